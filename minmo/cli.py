@@ -1,0 +1,99 @@
+"""The `minmo` command line: one sub-command per step, plus `run` for job specs.
+
+Heavy libraries (ray, torch) are imported inside the commands, so `minmo --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+
+def _cmd_demo_data(args: argparse.Namespace) -> int:
+    from minmo.demo import build_demo_corpus
+
+    print(build_demo_corpus(args.out, seed=args.seed, progress=not args.quiet))
+    return 0
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from pipelines.ingest.config import IngestConfig
+    from pipelines.ingest.run import run_ingest
+
+    options = json.loads(args.storage_options) if args.storage_options else {}
+    config = IngestConfig(
+        format=args.format,
+        corpus=args.corpus,
+        task=args.task,
+        max_segment_s=args.max_segment_s,
+        max_duration_s=args.max_duration_s,
+        files_per_unit=args.files_per_unit,
+        vad_actors=args.vad_actors,
+        storage_options=options,
+    )
+    summary = run_ingest(args.src, args.build, config, progress=not args.quiet)
+    print(summary.render())
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from minmo.jobs import run_job
+
+    run_job(args.job, args.build, progress=not args.quiet)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pipelines.ingest.config import IngestConfig
+
+    defaults = IngestConfig.__dataclass_fields__
+    parser = argparse.ArgumentParser(prog="minmo", description=__doc__)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo-data", help="synthesise the demo corpus with espeak-ng")
+    demo.add_argument("out", help="output directory")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_cmd_demo_data)
+
+    ingest = sub.add_parser("ingest", help="raw audio -> recordings/segments/quarantine tables")
+    ingest.add_argument("src", help="directory, glob, manifest (jsonl/csv/parquet), Kaldi or Lhotse dir; local or s3://")
+    ingest.add_argument("--build", required=True, help="build directory (local path or s3://)")
+    ingest.add_argument("--format", default="auto",
+                        choices=["auto", "dir", "jsonl", "csv", "parquet", "kaldi", "lhotse"])
+    ingest.add_argument("--corpus", default=None, help="corpus name (default: from the source)")
+    ingest.add_argument("--task", default=None, help="task label for every recording, e.g. asr")
+    ingest.add_argument("--max-segment-s", type=float, default=defaults["max_segment_s"].default)
+    ingest.add_argument("--max-duration-s", type=float, default=defaults["max_duration_s"].default)
+    ingest.add_argument("--files-per-unit", type=int, default=defaults["files_per_unit"].default,
+                        help="resume granularity: files committed together")
+    ingest.add_argument("--vad-actors", type=int, default=defaults["vad_actors"].default)
+    ingest.add_argument("--storage-options", default=None,
+                        help='JSON for the source filesystem, e.g. \'{"endpoint_override": "http://127.0.0.1:9000"}\'')
+    ingest.set_defaults(func=_cmd_ingest)
+
+    run = sub.add_parser("run", help="run a job spec's steps in order")
+    run.add_argument("job", help="YAML job spec, e.g. jobs/demo.yaml")
+    run.add_argument("--build", required=True, help="build directory")
+    run.set_defaults(func=_cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        # Configuration and input errors are the user's to fix: say what, not a traceback.
+        from minmo.jobs import JobSpecError
+
+        if isinstance(exc, JobSpecError) or type(exc) in (ValueError, FileNotFoundError):
+            print(f"minmo {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

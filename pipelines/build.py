@@ -1,0 +1,118 @@
+"""The build directory: where one corpus build lives, local or on an object store.
+
+Owns: the layout of DIR (tables, shards, state), atomic writes, and the per-step ledger of
+finished work units that makes every step resumable. Must not: know what any step computes.
+
+Layout (see the README): DIR/<table>/part files, DIR/_state/<step>/done/<unit>.json (one marker
+per committed unit of work), DIR/_state/<step>/staging/<unit>/ (a unit's output before commit).
+A unit is committed by moving its staged files into the table folders and THEN writing its
+marker; a crash in between leaves files without a marker, which the next run deletes first.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from pipelines.ingest.fs import open_filesystem
+
+
+class BuildDir:
+    """A build directory on any pyarrow filesystem."""
+
+    def __init__(self, uri: str, **fs_options: Any) -> None:
+        self.uri = uri
+        self.fs, self.root = open_filesystem(uri, **fs_options)
+        self.fs.create_dir(self.root, recursive=True)
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def table_dir(self, table: str) -> str:
+        return self.path(table)
+
+    def exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def files(self, directory: str, suffix: str = "") -> list[str]:
+        """Files directly in `directory` (sorted), empty when it does not exist."""
+        if not self.exists(directory):
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(directory, recursive=False))
+        return sorted(
+            i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix)
+        )
+
+    def write_bytes_atomic(self, path: str, data: bytes) -> None:
+        """Write under a temporary name beside the target, then rename over it."""
+        parent = path.rsplit("/", 1)[0]
+        self.fs.create_dir(parent, recursive=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with self.fs.open_output_stream(tmp) as out:
+            out.write(data)
+        self.fs.move(tmp, path)
+
+    def write_json_atomic(self, path: str, obj: Any) -> None:
+        self.write_bytes_atomic(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+
+    def read_json(self, path: str) -> Any:
+        with self.fs.open_input_stream(path) as f:
+            return json.loads(f.read().decode())
+
+    def delete(self, path: str) -> None:
+        info = self.fs.get_file_info(path)
+        if info.type == pafs.FileType.Directory:
+            self.fs.delete_dir(path)
+        elif info.type == pafs.FileType.File:
+            self.fs.delete_file(path)
+
+
+class StepLedger:
+    """What one step has committed, unit by unit, in DIR/_state/<step>/."""
+
+    def __init__(self, build: BuildDir, step: str, tables: tuple[str, ...]) -> None:
+        self.build = build
+        self.step = step
+        self.tables = tables
+        self.done_dir = build.path("_state", step, "done")
+        self.staging_root = build.path("_state", step, "staging")
+
+    def is_done(self, unit_id: str) -> bool:
+        return self.build.exists(f"{self.done_dir}/{unit_id}.json")
+
+    def done_units(self) -> Iterator[dict[str, Any]]:
+        for path in self.build.files(self.done_dir, ".json"):
+            yield self.build.read_json(path)
+
+    def staging_dir(self, unit_id: str) -> str:
+        return f"{self.staging_root}/{unit_id}"
+
+    def recover(self) -> int:
+        """Undo whatever a crashed run left half-done: staged output and table files of units
+        without a marker. Returns how many stray files were removed."""
+        removed = 0
+        if self.build.exists(self.staging_root):
+            self.build.delete(self.staging_root)
+        for table in self.tables:
+            for path in self.build.files(self.build.table_dir(table)):
+                name = path.rsplit("/", 1)[-1]
+                unit_id = name.split("_", 1)[0]
+                if ".tmp-" in name or not self.is_done(unit_id):
+                    self.build.delete(path)
+                    removed += 1
+        return removed
+
+    def commit(self, unit_id: str, summary: dict[str, Any]) -> None:
+        """Move the unit's staged files into the tables, then write its marker (the commit)."""
+        staging = self.staging_dir(unit_id)
+        for table in self.tables:
+            target = self.build.table_dir(table)
+            self.build.fs.create_dir(target, recursive=True)
+            for index, path in enumerate(self.build.files(f"{staging}/{table}", ".parquet")):
+                self.build.fs.move(path, f"{target}/{unit_id}_{index:04d}.parquet")
+        self.build.write_json_atomic(f"{self.done_dir}/{unit_id}.json", {"unit": unit_id, **summary})
+        self.build.delete(staging)

@@ -1,0 +1,72 @@
+"""Configuration of the ingest step: one dataclass, every field documented and checked.
+
+The `ingest:` section of a job spec maps onto `IngestConfig` one to one (see minmo/jobs.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class IngestConfig:
+    """How raw audio becomes the recordings / segments / quarantine tables."""
+
+    format: str = "auto"
+    """Source layout: auto, dir, jsonl, csv, parquet, kaldi, lhotse."""
+    corpus: str | None = None
+    """Corpus name for every recording; default: the manifest's column, else the source's name."""
+    task: str | None = None
+    """Task label (e.g. asr, conversation) for every recording, overriding the source's."""
+    min_duration_s: float = 0.1
+    """Shorter recordings are quarantined as too_short."""
+    max_duration_s: float = 4 * 3600.0
+    """Longer recordings are quarantined as too_long (a file is decoded whole in memory)."""
+    min_sample_rate_hz: int = 8000
+    """Sources stored below this rate are quarantined (unsupported_sample_rate)."""
+    max_channels: int = 2
+    """Sources with more channels (after folding dual mono) are quarantined."""
+    max_segment_s: float = 30.0
+    """VAD segments are cut to at most this long (MinMo's encoder window)."""
+    merge_gap_s: float = 0.5
+    """Neighbouring VAD speech regions closer than this are merged (within max_segment_s)."""
+    vad_threshold: float = 0.5
+    """silero-vad speech probability threshold."""
+    min_speech_s: float = 0.25
+    """VAD speech regions shorter than this are ignored."""
+    min_silence_s: float = 0.1
+    """A pause must last this long before VAD ends a speech region."""
+    speech_pad_s: float = 0.03
+    """Padding added to both sides of each VAD speech region."""
+    max_chars_per_s: float = 40.0
+    """A transcript denser than this (characters per second of audio) is text_audio_mismatch."""
+    files_per_unit: int = 512
+    """Files per committed unit of work: the granularity of resume (and of Ray executions)."""
+    decode_batch_size: int = 4
+    """Files per decode task batch."""
+    vad_batch_size: int = 16
+    """Recordings per VAD actor call (all their channels are scored as one batch)."""
+    vad_actors: int = 1
+    """Size of the VAD actor pool (one CPU each)."""
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    """Passed to the source filesystem, e.g. {"endpoint_override": "http://127.0.0.1:9000"}."""
+
+    def __post_init__(self) -> None:
+        from pipelines.ingest.sources import FORMATS
+
+        if self.format not in FORMATS:
+            raise ValueError(f"ingest.format={self.format!r}: choose one of {', '.join(FORMATS)}")
+        positive = ("min_duration_s", "max_duration_s", "max_segment_s", "files_per_unit",
+                    "decode_batch_size", "vad_batch_size", "vad_actors", "max_channels",
+                    "max_chars_per_s", "min_sample_rate_hz")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ingest.{name} must be > 0, got {getattr(self, name)}")
+        if self.min_duration_s >= self.max_duration_s:
+            raise ValueError("ingest.min_duration_s must be below ingest.max_duration_s")
+        if not 0.0 < self.vad_threshold < 1.0:
+            raise ValueError(f"ingest.vad_threshold must be in (0, 1), got {self.vad_threshold}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

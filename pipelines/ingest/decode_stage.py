@@ -1,0 +1,150 @@
+"""Ingest stage 1 (Ray Data tasks): read each source file, decode, check, measure, resample.
+
+Owns: everything about one item that needs only its own bytes. Emits one row per item: either
+its measurements plus 16 kHz float32 PCM for the VAD stage, or a quarantine row. Never raises
+for a bad item: the reason goes into the row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from minmo.audio import measure
+from minmo.audio.decode import DecodeError, container_of, decode_audio
+from minmo.audio.resample import TARGET_RATE_HZ, resample
+from pipelines.ingest.config import IngestConfig
+from pipelines.ingest.fs import open_filesystem
+from pipelines.ingest.items import SourceItem, quarantine_row
+from schemas import ReasonCode
+
+STAGE_SCHEMA = pa.schema(
+    [
+        ("order", pa.int64()),
+        ("item_json", pa.string()),
+        ("info_json", pa.string()),  # measured recording fields, "" when quarantined
+        ("quarantine_json", pa.string()),  # JSON list of quarantine rows
+        ("channels", pa.int16()),
+        ("pcm", pa.large_binary()),  # (channels, frames) float32 little-endian at 16 kHz
+    ]
+)
+
+
+class Rejected(Exception):
+    """An item that cannot be ingested, with its quarantine reason."""
+
+    def __init__(self, reason: ReasonCode, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class Decoded:
+    info: dict[str, Any]
+    pcm_16k: np.ndarray  # (channels, frames) float32
+
+
+def recording_id(source_uri: str, content_sha1: str) -> str:
+    """Stable id: the same file with the same content always gets the same id."""
+    return hashlib.sha1(f"{source_uri}\n{content_sha1}".encode()).hexdigest()[:20]
+
+
+def read_source(uri: str, storage_options: dict[str, Any]) -> bytes:
+    try:
+        fs, path = open_filesystem(uri, **storage_options)
+        with fs.open_input_file(path) as f:
+            return f.read()
+    except FileNotFoundError as exc:
+        raise Rejected(ReasonCode.MISSING_FILE, f"no such file: {exc}") from exc
+    except OSError as exc:
+        message = str(exc)
+        reason = ReasonCode.MISSING_FILE if "not found" in message.lower() or "does not exist" in message.lower() else ReasonCode.READ_ERROR
+        raise Rejected(reason, message) from exc
+
+
+def decode_item(item: SourceItem, config: IngestConfig) -> Decoded:
+    """Decode and vet one item; raise Rejected with the first rule it breaks."""
+    data = read_source(item.source_uri, config.storage_options)
+    try:
+        audio = decode_audio(data, container_of(item.source_uri))
+    except DecodeError as exc:
+        raise Rejected(ReasonCode.UNDECODABLE, str(exc)) from exc
+    if audio.frames == 0:
+        raise Rejected(ReasonCode.EMPTY_AUDIO, "decoded to 0 samples")
+    if measure.has_non_finite(audio.samples):
+        bad = int(np.count_nonzero(~np.isfinite(audio.samples)))
+        raise Rejected(ReasonCode.NON_FINITE_SAMPLES, f"{bad} NaN/Inf samples")
+    if audio.sample_rate_hz < config.min_sample_rate_hz:
+        raise Rejected(
+            ReasonCode.UNSUPPORTED_SAMPLE_RATE,
+            f"{audio.sample_rate_hz} Hz is below the minimum {config.min_sample_rate_hz} Hz",
+        )
+    kept = measure.fold_dual_mono(audio.samples)
+    if kept.shape[0] > config.max_channels:
+        raise Rejected(
+            ReasonCode.UNSUPPORTED_CHANNELS,
+            f"{kept.shape[0]} channels; at most {config.max_channels} are supported",
+        )
+    duration_s = audio.duration_s
+    if duration_s < config.min_duration_s:
+        raise Rejected(ReasonCode.TOO_SHORT, f"{duration_s:.3f} s < {config.min_duration_s} s")
+    if duration_s > config.max_duration_s:
+        raise Rejected(ReasonCode.TOO_LONG, f"{duration_s:.1f} s > {config.max_duration_s} s")
+    if item.text is not None and len(item.text.strip()) / duration_s > config.max_chars_per_s:
+        raise Rejected(
+            ReasonCode.TEXT_AUDIO_MISMATCH,
+            f"{len(item.text.strip())} characters of transcript for {duration_s:.2f} s of audio",
+        )
+    sha1 = measure.content_sha1(audio.samples, audio.sample_rate_hz)
+    info = {
+        "recording_id": recording_id(item.source_uri, sha1),
+        "container": audio.container,
+        "sample_rate_hz": audio.sample_rate_hz,
+        "source_channels": audio.channels,
+        "channels": int(kept.shape[0]),
+        "bits": audio.bits,
+        "duration_s": duration_s,
+        "bytes": len(data),
+        "content_sha1": sha1,
+        "peak_dbfs": measure.peak_dbfs(kept),
+        "rms_dbfs": measure.rms_dbfs(kept),
+        "clipping_ratio": measure.clipping_ratio(kept),
+    }
+    return Decoded(info=info, pcm_16k=resample(kept, audio.sample_rate_hz, TARGET_RATE_HZ))
+
+
+def decode_batch(batch: pa.Table, config: dict[str, Any]) -> pa.Table:
+    """Ray Data batch function: rows (order, item_json) -> STAGE_SCHEMA rows."""
+    cfg = IngestConfig(**config)
+    out: dict[str, list[Any]] = {name: [] for name in STAGE_SCHEMA.names}
+    for order, item_json in zip(
+        batch.column("order").to_pylist(), batch.column("item_json").to_pylist(), strict=True
+    ):
+        item = SourceItem.from_row(json.loads(item_json))
+        info_json, quarantine, channels, pcm = "", [], 0, b""
+        try:
+            decoded = decode_item(item, cfg)
+            info_json = json.dumps(decoded.info)
+            channels = decoded.pcm_16k.shape[0]
+            pcm = decoded.pcm_16k.astype("<f4", copy=False).tobytes()
+        except Rejected as rejected:
+            quarantine = [_reject_row(item, rejected.reason, rejected.detail)]
+        except Exception as exc:  # a bug must not kill the job; it is quarantined and counted
+            quarantine = [_reject_row(item, ReasonCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")]
+        out["order"].append(order)
+        out["item_json"].append(item_json)
+        out["info_json"].append(info_json)
+        out["quarantine_json"].append(json.dumps(quarantine))
+        out["channels"].append(channels)
+        out["pcm"].append(pcm)
+    return pa.Table.from_pydict(out, schema=STAGE_SCHEMA)
+
+
+def _reject_row(item: SourceItem, reason: ReasonCode, detail: str) -> dict[str, Any]:
+    return quarantine_row(item.source_uri, reason.value, detail, item_key=item.item_key)

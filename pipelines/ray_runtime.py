@@ -1,0 +1,25 @@
+"""Starting (or joining) Ray: a local instance by default, a cluster when RAY_ADDRESS is set.
+
+Every step calls `ensure_ray()` instead of `ray.init()` so that tests and callers that already
+started Ray (a local multi-node test cluster, `ray job submit`) keep their instance.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def ensure_ray(num_cpus: int | None = None, progress: bool = True) -> None:
+    import ray
+
+    # Token auth is on by default in recent Ray; a local single-user instance does not need it.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = progress
+    context.print_on_execution_start = False

@@ -1,0 +1,50 @@
+"""The quarantine table: every input a step refused, with a closed reason code and a detail.
+
+Nothing a step cannot use is dropped silently: it lands here, and the step's summary counts it.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import pyarrow as pa
+
+from schemas._table import TableContract
+
+
+class ReasonCode(str, enum.Enum):
+    """Why an input was refused. Closed: a new failure mode needs a new member here."""
+
+    MISSING_FILE = "missing_file"  # a manifest or listing points at nothing
+    READ_ERROR = "read_error"  # the file exists but its bytes could not be read
+    UNDECODABLE = "undecodable"  # no decoder could make audio of the bytes
+    EMPTY_AUDIO = "empty_audio"  # decoded to zero samples
+    TOO_SHORT = "too_short"  # shorter than the configured minimum
+    TOO_LONG = "too_long"  # longer than the configured maximum
+    NON_FINITE_SAMPLES = "non_finite_samples"  # NaN or Inf in the decoded samples
+    UNSUPPORTED_SAMPLE_RATE = "unsupported_sample_rate"  # below the configured minimum rate
+    UNSUPPORTED_CHANNELS = "unsupported_channels"  # more channels than configured
+    BAD_TRANSCRIPT_ENCODING = "bad_transcript_encoding"  # transcript bytes are not UTF-8
+    EMPTY_TRANSCRIPT = "empty_transcript"  # a transcript was given but is blank
+    BAD_MANIFEST_ROW = "bad_manifest_row"  # a manifest row lacks a path or cannot be parsed
+    UNSUPPORTED_SOURCE = "unsupported_source"  # e.g. a Kaldi wav.scp pipe command
+    BAD_SEGMENT = "bad_segment"  # a source supervision lies outside its audio or is inverted
+    TEXT_AUDIO_MISMATCH = "text_audio_mismatch"  # far more text than the audio could carry
+    INTERNAL_ERROR = "internal_error"  # a bug: the step failed on this input; detail has it
+
+
+QUARANTINE = TableContract(
+    name="quarantine",
+    version=1,
+    schema=pa.schema(
+        [
+            pa.field("source_uri", pa.string(), nullable=False),
+            pa.field("step", pa.string(), nullable=False),
+            pa.field("reason_code", pa.string(), nullable=False),
+            pa.field("detail", pa.string()),
+            pa.field("item_key", pa.string()),  # utterance / row id inside a manifest, when any
+        ]
+    ),
+    required=("source_uri", "step", "reason_code"),
+    enums={"reason_code": ReasonCode},
+)

@@ -1,0 +1,53 @@
+"""The recordings table: one row per source audio file (or Kaldi wav.scp entry), measured.
+
+Audio stays in its source; this row says where it is, what it is, and how it sounds.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from schemas._table import TableContract
+
+RECORDINGS = TableContract(
+    name="recordings",
+    version=1,
+    schema=pa.schema(
+        [
+            pa.field("recording_id", pa.string(), nullable=False),  # sha1(source_uri, content)
+            pa.field("source_uri", pa.string(), nullable=False),
+            pa.field("corpus", pa.string(), nullable=False),
+            pa.field("container", pa.string(), nullable=False),  # wav, flac, mp3, ogg, m4a, ...
+            pa.field("sample_rate_hz", pa.int32(), nullable=False),  # as stored in the source
+            pa.field("source_channels", pa.int16(), nullable=False),
+            pa.field("channels", pa.int16(), nullable=False),  # kept after folding dual mono
+            pa.field("bits", pa.int16()),  # PCM bit depth; null for lossy codecs
+            pa.field("duration_s", pa.float64(), nullable=False),
+            pa.field("bytes", pa.int64(), nullable=False),
+            pa.field("content_sha1", pa.string(), nullable=False),  # of the decoded PCM
+            pa.field("peak_dbfs", pa.float32(), nullable=False),
+            pa.field("rms_dbfs", pa.float32(), nullable=False),
+            pa.field("clipping_ratio", pa.float32(), nullable=False),
+            pa.field("speech_ratio", pa.float32(), nullable=False),
+            pa.field("snr_db", pa.float32()),  # null when there is no speech or no pause
+            pa.field("language", pa.string()),
+            pa.field("transcript", pa.string()),
+            pa.field("speaker", pa.string()),
+            pa.field("task", pa.string()),
+            pa.field("dup_of", pa.string()),  # earlier recording_id with identical content
+        ]
+    ),
+    required=(
+        "recording_id",
+        "source_uri",
+        "corpus",
+        "container",
+        "sample_rate_hz",
+        "source_channels",
+        "channels",
+        "duration_s",
+        "bytes",
+        "content_sha1",
+    ),
+    non_negative=("duration_s", "bytes", "clipping_ratio", "speech_ratio", "sample_rate_hz"),
+)
