@@ -14,7 +14,9 @@ import numpy as np
 CLIP_LEVEL = 32766 / 32768
 # Digital silence would make SNR infinite; noise power is floored at -100 dBFS, capping SNR.
 NOISE_FLOOR_POWER = 1e-10
-DUAL_MONO_TOLERANCE = 1e-4
+# Channels whose difference is this far below the louder channel are one voice recorded twice
+# (dual mono, e.g. jfk.flac at -31.5 dB); one speaker per channel measures around +2 dB.
+DUAL_MONO_DIFFERENCE_DB = -25.0
 
 
 def dbfs(power_or_amplitude: float, *, power: bool) -> float:
@@ -50,14 +52,18 @@ def content_sha1(samples: np.ndarray, sample_rate_hz: int) -> str:
 
 
 def fold_dual_mono(samples: np.ndarray) -> np.ndarray:
-    """(C, T) -> (1, T) when every channel repeats channel 0 (a "stereo" file of one voice);
-    real multi-channel audio (one speaker per channel) is kept as it is."""
-    if samples.shape[0] > 1 and all(
-        np.max(np.abs(samples[c] - samples[0]), initial=0.0) <= DUAL_MONO_TOLERANCE
-        for c in range(1, samples.shape[0])
-    ):
-        return samples[:1]
-    return samples
+    """(C, T) -> (1, T) mean of channels when every channel repeats channel 0 (a "stereo" file of
+    one voice); real multi-channel audio (one speaker per channel) is kept as it is."""
+    if samples.shape[0] < 2:
+        return samples
+    first = samples[0].astype(np.float64)
+    for c in range(1, samples.shape[0]):
+        other = samples[c].astype(np.float64)
+        loudest = max(np.mean(first**2), np.mean(other**2))
+        difference = np.mean((first - other) ** 2)
+        if loudest > 0 and difference > loudest * 10 ** (DUAL_MONO_DIFFERENCE_DB / 10):
+            return samples
+    return samples.mean(axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
 
 
 def frame_powers(channel: np.ndarray, frame_samples: int) -> np.ndarray:

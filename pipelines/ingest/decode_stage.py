@@ -71,6 +71,8 @@ def read_source(uri: str, storage_options: dict[str, Any]) -> bytes:
 def decode_item(item: SourceItem, config: IngestConfig) -> Decoded:
     """Decode and vet one item; raise Rejected with the first rule it breaks."""
     data = read_source(item.source_uri, config.storage_options)
+    if not data:
+        raise Rejected(ReasonCode.EMPTY_AUDIO, "the file is 0 bytes long")
     try:
         audio = decode_audio(data, container_of(item.source_uri))
     except DecodeError as exc:

@@ -1,0 +1,45 @@
+"""The build directory's ledger: commit is atomic, a crashed unit is undone on the next run."""
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.build import BuildDir, StepLedger
+
+
+def _stage(build: BuildDir, ledger: StepLedger, unit: str) -> None:
+    staging = ledger.staging_dir(unit)
+    build.fs.create_dir(f"{staging}/t", recursive=True)
+    with build.fs.open_output_stream(f"{staging}/t/x.parquet") as out:
+        pq.write_table(pa.table({"a": [1]}), out)
+
+
+def test_commit_moves_files_then_marks_done(tmp_path):
+    build = BuildDir(str(tmp_path))
+    ledger = StepLedger(build, "step", ("t",))
+    _stage(build, ledger, "u1")
+    assert not ledger.is_done("u1")
+    ledger.commit("u1", {"rows": 1})
+    assert ledger.is_done("u1")
+    assert [p.name for p in (tmp_path / "t").iterdir()] == ["u1_0000.parquet"]
+    assert not (tmp_path / "_state" / "step" / "staging" / "u1").exists()
+    assert next(ledger.done_units())["rows"] == 1
+
+
+def test_recover_removes_uncommitted_output(tmp_path):
+    build = BuildDir(str(tmp_path))
+    ledger = StepLedger(build, "step", ("t",))
+    _stage(build, ledger, "u1")
+    ledger.commit("u1", {})
+    # a crash after moving u2's file but before its marker:
+    _stage(build, ledger, "u2")
+    build.fs.move(f"{ledger.staging_dir('u2')}/t/x.parquet", f"{build.table_dir('t')}/u2_0000.parquet")
+    assert ledger.recover() == 1
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["u1_0000.parquet"]
+    assert not (tmp_path / "_state" / "step" / "staging").exists()
+
+
+def test_atomic_write_leaves_no_temp_files(tmp_path):
+    build = BuildDir(str(tmp_path))
+    build.write_json_atomic(build.path("a", "b.json"), {"x": 1})
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["b.json"]
+    assert build.read_json(build.path("a", "b.json")) == {"x": 1}
