@@ -1,0 +1,342 @@
+"""Build the embedded demo corpus on disk: utterances, conversations, references, manifest.
+
+Owns the file layout, the per-file plan (which sentence, voice, rate and container), the seeded
+random choices, atomic writes and the summary. It must not synthesise or place audio itself
+(`speak.py`, `conversation.py`) nor hold the content (`script.py`).
+
+Layout (`OUT/README.md` repeats it for users):
+
+    OUT/manifest.jsonl                    one JSON object per audio file
+    OUT/utterances/<lang>/<voice>_<nnn>.{wav,flac}
+    OUT/conversations/<stem>.wav          16 kHz, stereo (A = ch 0, B = ch 1) or mono mix
+    OUT/conversations/<stem>.rttm         exact speaker turns
+    OUT/conversations/<stem>.turns.json   turns with text, kind and channel
+
+The list of files does not depend on the seed (only timing, levels and noise do), so
+rebuilding into the same directory with another seed leaves no stale files behind.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from minmo.demo import conversation as conv
+from minmo.demo.script import (
+    BACKCHANNELS,
+    CONVERSATIONS,
+    SENTENCES,
+    VOICES,
+    ConversationScript,
+    Phrase,
+    SpeakerLabel,
+    Voice,
+    voice,
+)
+from minmo.demo.speak import (
+    SpeakRequest,
+    espeak_binary,
+    resample,
+    synthesize_many,
+    trim_silence,
+)
+
+CORPUS = "minmo-demo"
+MANIFEST = "manifest.jsonl"
+
+# Most utterances are 16 kHz WAV; every tenth-slot below varies rate and container so ingest
+# meets resampling and FLAC decoding (index % 10 -> (rate, container)).
+FORMAT_SLOTS: dict[int, tuple[int, str]] = {
+    3: (22_050, "flac"),
+    5: (44_100, "flac"),
+    7: (8_000, "wav"),
+    8: (22_050, "flac"),
+}
+DEFAULT_FORMAT = (16_000, "wav")
+
+# Seeded ranges for utterance rendering.
+UTT_PEAK_DBFS = (-9.0, -2.0)
+UTT_LEAD_S = (0.10, 0.30)
+UTT_TAIL_S = (0.10, 0.35)
+UTT_NOISE_DBFS = (-80.0, -66.0)
+CONV_PEAK_DBFS = (-8.0, -4.0)
+CONV_NOISE_DBFS = (-66.0, -58.0)
+
+# Separate seed streams per item: a change to one file's draws cannot shift another's.
+_STREAM_UTTERANCE, _STREAM_CONVERSATION = 1, 2
+
+
+@dataclass(frozen=True)
+class DemoSummary:
+    """What a build wrote; `describe()` is the closing line the CLI prints."""
+
+    out_dir: Path
+    manifest: Path  # OUT/manifest.jsonl
+    utterances: int  # single-speaker files (task "asr")
+    conversations: int  # two-party recordings (task "conversation")
+    languages: tuple[str, ...]  # ISO 639-1 codes, sorted
+    voices: tuple[str, ...]  # synthetic speaker ids, sorted
+    audio_s: float  # total audio duration over all files
+    bytes_written: int
+    elapsed_s: float  # wall time; the only field that differs between identical builds
+
+    @property
+    def n_languages(self) -> int:
+        return len(self.languages)
+
+    @property
+    def n_voices(self) -> int:
+        return len(self.voices)
+
+    def describe(self) -> str:
+        return (
+            f"demo-data: {self.utterances} utterances + {self.conversations} conversations, "
+            f"{self.n_languages} languages ({', '.join(self.languages)}), {self.n_voices} voices, "
+            f"{self.audio_s:.1f} s audio, {self.bytes_written / 1e6:.1f} MB in "
+            f"{self.elapsed_s:.1f} s -> {self.manifest}"
+        )
+
+
+@dataclass(frozen=True)
+class UtterancePlan:
+    """One single-speaker utterance file: what is said, by whom, and how it is stored."""
+
+    index: int
+    voice: Voice
+    phrase: Phrase
+    rate_hz: int
+    container: str
+
+    @property
+    def path(self) -> str:
+        return f"utterances/{self.voice.language}/{self.voice.id}_{self.index:03d}.{self.container}"
+
+
+def plan_utterances() -> list[UtterancePlan]:
+    """Every sentence once; voices alternate within a language; formats follow FORMAT_SLOTS."""
+    plans: list[UtterancePlan] = []
+    for language, phrases in SENTENCES.items():
+        voices = [v for v in VOICES if v.language == language]
+        if not voices:
+            raise ValueError(f"no demo voice speaks {language!r}")
+        for k, phrase in enumerate(phrases):
+            index = len(plans)
+            rate, container = FORMAT_SLOTS.get(index % 10, DEFAULT_FORMAT)
+            plans.append(UtterancePlan(index, voices[k % len(voices)], phrase, rate, container))
+    return plans
+
+
+def build_demo_corpus(out_dir: str | Path, seed: int = 0, progress: bool = True) -> DemoSummary:
+    """Write the demo corpus into `out_dir`; the same seed gives byte-identical files.
+
+    Every file is written atomically, so an interrupted build never leaves a half-written
+    file under its final name, and a rerun simply rewrites the same bytes.
+    """
+    started = time.perf_counter()
+    espeak_binary()  # fail before creating anything if the synthesiser is missing
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    utterances = plan_utterances()
+    clips = _synthesize_all(utterances, CONVERSATIONS, progress)
+
+    written = 0
+    audio_s = 0.0
+    records: list[dict[str, Any]] = []
+    for plan in utterances:
+        audio = _render_utterance(plan, clips[(plan.phrase.spoken, plan.voice)], seed)
+        written += _atomic_write(out / plan.path, encode(audio, plan.rate_hz, plan.container))
+        audio_s += len(audio) / plan.rate_hz
+        records.append(_record(plan.path, plan.phrase.text, plan.voice.language, plan.voice.id))
+
+    for index, script in enumerate(CONVERSATIONS):
+        files, duration_s = _build_conversation(script, index, clips, seed)
+        for rel, data in files.items():
+            written += _atomic_write(out / rel, data)
+        audio_s += duration_s
+        records.append(_record(f"conversations/{script.stem}.wav", None, script.language, None))
+
+    manifest = out / MANIFEST
+    written += _atomic_write(manifest, _jsonl(records))
+    written += _atomic_write(out / "README.md", README.encode("utf-8"))
+
+    used_voices = {p.voice.id for p in utterances}
+    used_voices |= {v for s in CONVERSATIONS for v in (s.voice_a, s.voice_b)}
+    summary = DemoSummary(
+        out_dir=out,
+        manifest=manifest,
+        utterances=len(utterances),
+        conversations=len(CONVERSATIONS),
+        languages=tuple(sorted({r["language"] for r in records})),
+        voices=tuple(sorted(used_voices)),
+        audio_s=round(audio_s, 3),
+        bytes_written=written,
+        elapsed_s=time.perf_counter() - started,
+    )
+    if progress:
+        print(summary.describe(), file=sys.stderr)
+    return summary
+
+
+def _synthesize_all(
+    utterances: Iterable[UtterancePlan],
+    scripts: Iterable[ConversationScript],
+    progress: bool,
+) -> dict[SpeakRequest, tuple[np.ndarray, int]]:
+    """One espeak-ng call per distinct (text, voice) the whole corpus needs."""
+    requests: list[SpeakRequest] = [(p.phrase.spoken, p.voice) for p in utterances]
+    for script in scripts:
+        voices = {"A": voice(script.voice_a), "B": voice(script.voice_b)}
+        for i, line in enumerate(script.lines):
+            requests.append((line.phrase.spoken, voices[line.speaker]))
+            if i + 1 < len(script.lines) and script.lines[i + 1].entry == "interrupt":
+                requests.append((conv.first_clause(line.phrase).spoken, voices[line.speaker]))
+        for v in voices.values():
+            requests.extend((bc.spoken, v) for bc in BACKCHANNELS[script.language])
+    unique = len(set(requests))
+    with tqdm(total=unique, desc="demo-data: espeak-ng", unit="clip", disable=not progress) as bar:
+        return synthesize_many(requests, workers=min(4, os.cpu_count() or 1), on_done=bar.update)
+
+
+def _rng(stream: int, index: int, seed: int) -> np.random.Generator:
+    return np.random.default_rng([seed, stream, index])
+
+
+def _render_utterance(plan: UtterancePlan, native: tuple[np.ndarray, int], seed: int) -> np.ndarray:
+    """Trimmed speech at the planned rate and level, padded with a little noisy silence."""
+    rng = _rng(_STREAM_UTTERANCE, plan.index, seed)
+    audio, rate = native
+    speech = resample(trim_silence(audio, rate), rate, plan.rate_hz)
+    speech = _peak_normalize(speech, rng.uniform(*UTT_PEAK_DBFS))
+    lead = np.zeros(round(rng.uniform(*UTT_LEAD_S) * plan.rate_hz), np.float32)
+    tail = np.zeros(round(rng.uniform(*UTT_TAIL_S) * plan.rate_hz), np.float32)
+    out = np.concatenate([lead, speech, tail])
+    noise = 10 ** (rng.uniform(*UTT_NOISE_DBFS) / 20) * rng.standard_normal(len(out))
+    return np.clip(out + noise.astype(np.float32), -1.0, 1.0)
+
+
+def _to_work_rate(native: tuple[np.ndarray, int]) -> np.ndarray:
+    audio, rate = native
+    return _peak_normalize(trim_silence(resample(audio, rate, conv.RATE_HZ), conv.RATE_HZ), 0.0)
+
+
+def _build_conversation(
+    script: ConversationScript,
+    index: int,
+    clips: dict[SpeakRequest, tuple[np.ndarray, int]],
+    seed: int,
+) -> tuple[dict[str, bytes], float]:
+    """Audio plus both references for one scripted conversation, as {relative path: bytes},
+    and the recording's duration in seconds."""
+    rng = _rng(_STREAM_CONVERSATION, index, seed)
+    voices: dict[SpeakerLabel, Voice] = {"A": voice(script.voice_a), "B": voice(script.voice_b)}
+    line_clips: list[conv.LineClips] = []
+    for i, line in enumerate(script.lines):
+        v = voices[line.speaker]
+        full = _to_work_rate(clips[(line.phrase.spoken, v)])
+        clause = None
+        if i + 1 < len(script.lines) and script.lines[i + 1].entry == "interrupt":
+            clause = _to_work_rate(clips[(conv.first_clause(line.phrase).spoken, v)])
+        line_clips.append(conv.LineClips(full, clause))
+    backchannels = {
+        label: [(bc, _to_work_rate(clips[(bc.spoken, v)])) for bc in BACKCHANNELS[script.language]]
+        for label, v in voices.items()
+    }
+    turns = conv.plan_conversation(script, line_clips, backchannels, rng)
+    length_ms = conv.conversation_length_ms(turns, rng)
+    gains: dict[SpeakerLabel, float] = {
+        label: 10 ** (rng.uniform(*CONV_PEAK_DBFS) / 20) for label in ("A", "B")
+    }
+    audio = conv.render(turns, length_ms, script.stereo, gains, rng.uniform(*CONV_NOISE_DBFS), rng)
+    doc = conv.turns_document(script, turns, length_ms, {k: v.id for k, v in voices.items()})
+    base = f"conversations/{script.stem}"
+    files = {
+        f"{base}.wav": encode(audio, conv.RATE_HZ, "wav"),
+        f"{base}.rttm": conv.rttm(script.stem, turns).encode("utf-8"),
+        f"{base}.turns.json": (json.dumps(doc, ensure_ascii=False, indent=1) + "\n").encode(),
+    }
+    return files, length_ms / 1000
+
+
+def _peak_normalize(audio: np.ndarray, peak_dbfs: float) -> np.ndarray:
+    peak = float(np.abs(audio).max())
+    if peak == 0.0:
+        raise ValueError("cannot normalise a silent clip")
+    return (audio * (10 ** (peak_dbfs / 20) / peak)).astype(np.float32)
+
+
+def encode(audio: np.ndarray, rate_hz: int, container: str) -> bytes:
+    """PCM16 WAV or FLAC bytes. Quantised here (round, clip) rather than in libsndfile so the
+    bytes depend only on the samples."""
+    pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype(np.int16)
+    buf = io.BytesIO()
+    sf.write(buf, pcm, rate_hz, format=container.upper(), subtype="PCM_16")
+    return buf.getvalue()
+
+
+def _atomic_write(path: Path, data: bytes) -> int:
+    """Write under a temporary name in the same directory, then rename over the target."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return len(data)
+
+
+def _record(path: str, text: str | None, language: str, speaker: str | None) -> dict[str, Any]:
+    return {
+        "path": path,
+        "text": text,
+        "language": language,
+        "speaker": speaker,
+        "task": "asr" if text is not None else "conversation",
+        "corpus": CORPUS,
+    }
+
+
+def _jsonl(records: Iterable[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+
+
+README = """\
+# minmo demo corpus
+
+Synthetic speech made by `minmo demo-data OUT` with espeak-ng, so the whole pipeline can be run
+and tested without downloading anything. All text was written for minmo; every file is
+regenerated byte for byte from the same seed.
+
+```
+manifest.jsonl                        one JSON object per audio file:
+                                      {"path", "text", "language", "speaker", "task", "corpus"}
+utterances/<lang>/<voice>_<nnn>.wav   single-speaker read sentences (task "asr"), mostly
+utterances/<lang>/<voice>_<nnn>.flac  16 kHz PCM16 WAV, some 22.05/44.1 kHz FLAC, a few 8 kHz
+conversations/<stem>.wav              two-party dialogues, 16 kHz PCM16 (task "conversation"):
+                                      stereo = speaker A on channel 0, B on channel 1; or mono mix
+conversations/<stem>.rttm             exact speaker turns (RTTM, seconds, 3 decimals)
+conversations/<stem>.turns.json       the same turns with text, channel and kind:
+                                      "turn", "interruption" (cuts the other speaker off; the
+                                      interrupted turn ends where it was cut) or "backchannel"
+                                      (a short "mm-hm" while the other speaker keeps the floor)
+```
+
+Languages: en, de, es, fr, zh (Mandarin, synthesised from pinyin). Reference turn boundaries are
+where the synthesised speech starts and stops (clips were trimmed before placing). Conversations
+contain pauses, overlaps, interruptions and back-channels, and a little Gaussian noise.
+"""
