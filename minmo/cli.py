@@ -59,19 +59,37 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo_data)
 
     ingest = sub.add_parser("ingest", help="raw audio -> recordings/segments/quarantine tables")
-    ingest.add_argument("src", help="directory, glob, manifest (jsonl/csv/parquet), Kaldi or Lhotse dir; local or s3://")
+    ingest.add_argument(
+        "src",
+        help="directory, glob, manifest (jsonl/csv/parquet), Kaldi or Lhotse dir; local or s3://",
+    )
     ingest.add_argument("--build", required=True, help="build directory (local path or s3://)")
-    ingest.add_argument("--format", default="auto",
-                        choices=["auto", "dir", "jsonl", "csv", "parquet", "kaldi", "lhotse"])
+    ingest.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", "dir", "jsonl", "csv", "parquet", "kaldi", "lhotse"],
+    )
     ingest.add_argument("--corpus", default=None, help="corpus name (default: from the source)")
     ingest.add_argument("--task", default=None, help="task label for every recording, e.g. asr")
     ingest.add_argument("--max-segment-s", type=float, default=defaults["max_segment_s"].default)
     ingest.add_argument("--max-duration-s", type=float, default=defaults["max_duration_s"].default)
-    ingest.add_argument("--files-per-unit", type=int, default=defaults["files_per_unit"].default,
-                        help="resume granularity: files committed together")
-    ingest.add_argument("--vad-actors", type=int, default=defaults["vad_actors"].default)
-    ingest.add_argument("--storage-options", default=None,
-                        help='JSON for the source filesystem, e.g. \'{"endpoint_override": "http://127.0.0.1:9000"}\'')
+    ingest.add_argument(
+        "--files-per-unit",
+        type=int,
+        default=defaults["files_per_unit"].default,
+        help="resume granularity: files committed together",
+    )
+    ingest.add_argument(
+        "--vad-actors",
+        type=int,
+        default=None,
+        help="decode+VAD actors (default: one per CPU of the Ray cluster)",
+    )
+    ingest.add_argument(
+        "--storage-options",
+        default=None,
+        help='JSON for the source filesystem, e.g. \'{"endpoint_override": "http://127.0.0.1:9000"}\'',
+    )
     ingest.set_defaults(func=_cmd_ingest)
 
     run = sub.add_parser("run", help="run a job spec's steps in order")

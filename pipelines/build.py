@@ -4,7 +4,9 @@ Owns: the layout of DIR (tables, shards, state), atomic writes, and the per-step
 finished work units that makes every step resumable. Must not: know what any step computes.
 
 Layout (see the README): DIR/<table>/part files, DIR/_state/<step>/done/<unit>.json (one marker
-per committed unit of work), DIR/_state/<step>/staging/<unit>/ (a unit's output before commit).
+per committed unit of work), DIR/_state/<step>/staging/<run>/<unit>/ (a unit's output before
+commit). Staging is per run: workers of a killed run can outlive their driver for a while and
+keep writing; a fresh run id fences their late files off from what the new run commits.
 A unit is committed by moving its staged files into the table folders and THEN writing its
 marker; a crash in between leaves files without a marker, which the next run deletes first.
 """
@@ -79,7 +81,9 @@ class StepLedger:
         self.step = step
         self.tables = tables
         self.done_dir = build.path("_state", step, "done")
-        self.staging_root = build.path("_state", step, "staging")
+        self.staging_all = build.path("_state", step, "staging")
+        self.run_id = uuid.uuid4().hex[:12]
+        self.staging_root = f"{self.staging_all}/{self.run_id}"
 
     def is_done(self, unit_id: str) -> bool:
         return self.build.exists(f"{self.done_dir}/{unit_id}.json")
@@ -95,8 +99,8 @@ class StepLedger:
         """Undo whatever a crashed run left half-done: staged output and table files of units
         without a marker. Returns how many stray files were removed."""
         removed = 0
-        if self.build.exists(self.staging_root):
-            self.build.delete(self.staging_root)
+        if self.build.exists(self.staging_all):
+            self.build.delete(self.staging_all)
         for table in self.tables:
             for path in self.build.files(self.build.table_dir(table)):
                 name = path.rsplit("/", 1)[-1]
@@ -114,5 +118,7 @@ class StepLedger:
             self.build.fs.create_dir(target, recursive=True)
             for index, path in enumerate(self.build.files(f"{staging}/{table}", ".parquet")):
                 self.build.fs.move(path, f"{target}/{unit_id}_{index:04d}.parquet")
-        self.build.write_json_atomic(f"{self.done_dir}/{unit_id}.json", {"unit": unit_id, **summary})
+        self.build.write_json_atomic(
+            f"{self.done_dir}/{unit_id}.json", {"unit": unit_id, **summary}
+        )
         self.build.delete(staging)

@@ -19,7 +19,11 @@ def ensure_ray(num_cpus: int | None = None, progress: bool = True) -> None:
         if address:
             ray.init(address=address, log_to_driver=True)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+            # address="local" always starts a fresh instance: a bare ray.init() would try to
+            # join whatever cluster /tmp/ray/ray_current_cluster last named, even a dead one.
+            ray.init(
+                address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True
+            )
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
     context.print_on_execution_start = False

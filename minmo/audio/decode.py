@@ -12,6 +12,7 @@ start-up per file, so it is never done.
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +30,24 @@ _PCM_BITS = {
     "ALAW": 8,
     "ULAW": 8,
 }
-_SOUNDFILE_CONTAINERS = {"wav", "wave", "flac", "ogg", "oga", "mp3", "aiff", "aif", "au", "w64", "sph", "nist"}
+_SOUNDFILE_CONTAINERS = {
+    "wav",
+    "wave",
+    "flac",
+    "ogg",
+    "oga",
+    "mp3",
+    "aiff",
+    "aif",
+    "au",
+    "w64",
+    "sph",
+    "nist",
+}
+
+
+# Error messages quote in-memory objects with their addresses; reruns must give equal details.
+_ADDRESS = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 
 
 class DecodeError(Exception):
@@ -78,7 +96,8 @@ def decode_audio(data: bytes, container_hint: str = "") -> DecodedAudio:
         except DecodeError:
             raise
         except Exception as exc:  # each library raises its own types; we report them all
-            errors.append(f"{decoder.__name__.removeprefix('_decode_')}: {exc}".strip())
+            message = _ADDRESS.sub("<in-memory file>", str(exc)).strip()
+            errors.append(f"{decoder.__name__.removeprefix('_decode_')}: {message}")
     raise DecodeError("; ".join(errors))
 
 

@@ -36,7 +36,11 @@ def rms_dbfs(samples: np.ndarray) -> float:
 
 def clipping_ratio(samples: np.ndarray) -> float:
     """Share of samples at full scale: more than ~1e-4 usually means audible distortion."""
-    return float(np.count_nonzero(np.abs(samples) >= CLIP_LEVEL) / samples.size) if samples.size else 0.0
+    return (
+        float(np.count_nonzero(np.abs(samples) >= CLIP_LEVEL) / samples.size)
+        if samples.size
+        else 0.0
+    )
 
 
 def has_non_finite(samples: np.ndarray) -> bool:

@@ -41,14 +41,18 @@ class IngestConfig:
     """Padding added to both sides of each VAD speech region."""
     max_chars_per_s: float = 40.0
     """A transcript denser than this (characters per second of audio) is text_audio_mismatch."""
-    files_per_unit: int = 512
-    """Files per committed unit of work: the granularity of resume (and of Ray executions)."""
+    files_per_unit: int = 256
+    """Files per committed unit of work: the granularity of resume."""
+    units_per_wave: int = 64
+    """Units per Ray execution: Ray's start-up is paid once per wave; the driver holds one
+    wave's listing in memory."""
     decode_batch_size: int = 4
     """Files per decode task batch."""
     vad_batch_size: int = 16
     """Recordings per VAD actor call (all their channels are scored as one batch)."""
-    vad_actors: int = 1
-    """Size of the VAD actor pool (one CPU each)."""
+    vad_actors: int | None = None
+    """Size of the decode+VAD actor pool (one CPU each; Ray fuses the decode tasks into these
+    actors, so PCM never crosses the object store). Default: every CPU of the Ray cluster."""
     storage_options: dict[str, Any] = field(default_factory=dict)
     """Passed to the source filesystem, e.g. {"endpoint_override": "http://127.0.0.1:9000"}."""
 
@@ -57,12 +61,23 @@ class IngestConfig:
 
         if self.format not in FORMATS:
             raise ValueError(f"ingest.format={self.format!r}: choose one of {', '.join(FORMATS)}")
-        positive = ("min_duration_s", "max_duration_s", "max_segment_s", "files_per_unit",
-                    "decode_batch_size", "vad_batch_size", "vad_actors", "max_channels",
-                    "max_chars_per_s", "min_sample_rate_hz")
+        positive = (
+            "min_duration_s",
+            "max_duration_s",
+            "max_segment_s",
+            "files_per_unit",
+            "units_per_wave",
+            "decode_batch_size",
+            "vad_batch_size",
+            "max_channels",
+            "max_chars_per_s",
+            "min_sample_rate_hz",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"ingest.{name} must be > 0, got {getattr(self, name)}")
+        if self.vad_actors is not None and self.vad_actors <= 0:
+            raise ValueError(f"ingest.vad_actors must be > 0 or null, got {self.vad_actors}")
         if self.min_duration_s >= self.max_duration_s:
             raise ValueError("ingest.min_duration_s must be below ingest.max_duration_s")
         if not 0.0 < self.vad_threshold < 1.0:

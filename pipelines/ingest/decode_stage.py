@@ -25,6 +25,7 @@ from schemas import ReasonCode
 
 STAGE_SCHEMA = pa.schema(
     [
+        ("unit", pa.string()),
         ("order", pa.int64()),
         ("item_json", pa.string()),
         ("info_json", pa.string()),  # measured recording fields, "" when quarantined
@@ -64,7 +65,11 @@ def read_source(uri: str, storage_options: dict[str, Any]) -> bytes:
         raise Rejected(ReasonCode.MISSING_FILE, f"no such file: {exc}") from exc
     except OSError as exc:
         message = str(exc)
-        reason = ReasonCode.MISSING_FILE if "not found" in message.lower() or "does not exist" in message.lower() else ReasonCode.READ_ERROR
+        reason = (
+            ReasonCode.MISSING_FILE
+            if "not found" in message.lower() or "does not exist" in message.lower()
+            else ReasonCode.READ_ERROR
+        )
         raise Rejected(reason, message) from exc
 
 
@@ -122,11 +127,14 @@ def decode_item(item: SourceItem, config: IngestConfig) -> Decoded:
 
 
 def decode_batch(batch: pa.Table, config: dict[str, Any]) -> pa.Table:
-    """Ray Data batch function: rows (order, item_json) -> STAGE_SCHEMA rows."""
+    """Ray Data batch function: rows (unit, order, item_json) -> STAGE_SCHEMA rows."""
     cfg = IngestConfig(**config)
     out: dict[str, list[Any]] = {name: [] for name in STAGE_SCHEMA.names}
-    for order, item_json in zip(
-        batch.column("order").to_pylist(), batch.column("item_json").to_pylist(), strict=True
+    units = (
+        batch.column("unit").to_pylist() if "unit" in batch.column_names else [""] * batch.num_rows
+    )
+    for unit, order, item_json in zip(
+        units, batch.column("order").to_pylist(), batch.column("item_json").to_pylist(), strict=True
     ):
         item = SourceItem.from_row(json.loads(item_json))
         info_json, quarantine, channels, pcm = "", [], 0, b""
@@ -138,7 +146,10 @@ def decode_batch(batch: pa.Table, config: dict[str, Any]) -> pa.Table:
         except Rejected as rejected:
             quarantine = [_reject_row(item, rejected.reason, rejected.detail)]
         except Exception as exc:  # a bug must not kill the job; it is quarantined and counted
-            quarantine = [_reject_row(item, ReasonCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")]
+            quarantine = [
+                _reject_row(item, ReasonCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+            ]
+        out["unit"].append(unit)
         out["order"].append(order)
         out["item_json"].append(item_json)
         out["info_json"].append(info_json)

@@ -55,7 +55,11 @@ class SourceItem:
 
 
 def quarantine_row(
-    source_uri: str, reason_code: str, detail: str, step: str = "ingest", item_key: str | None = None
+    source_uri: str,
+    reason_code: str,
+    detail: str,
+    step: str = "ingest",
+    item_key: str | None = None,
 ) -> dict[str, Any]:
     """A row of the quarantine table (schemas.quarantine.QUARANTINE)."""
     return {

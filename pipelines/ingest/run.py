@@ -1,16 +1,23 @@
-"""The ingest step: a source layout -> recordings, segments and quarantine tables in a build dir.
+"""The ingest step: source layouts -> recordings, segments and quarantine tables in a build dir.
 
-Owns: cutting the source listing into units of work, running each pending unit through the Ray
-Data stages (decode tasks -> VAD actor pool -> three `write_parquet`s), marking duplicates, and
-committing each unit atomically through the build directory's ledger. A rerun after a crash
-skips committed units and redoes only the rest; nothing is written twice.
+Owns: cutting the streamed source listing into units of work, running waves of pending units
+through Ray Data (decode -> VAD actor pool -> `write_datasink`), marking duplicates, and
+committing each unit atomically through the build directory's ledger as soon as all its rows
+are staged. A rerun after a crash skips committed units and redoes only the rest; nothing is
+written twice.
+
+Why units and waves: a unit (`files_per_unit` files) is the granule of resume; a wave
+(`units_per_wave` units) is one Ray execution, so Ray's per-execution start-up (actor pool,
+model load) is paid once per wave while the driver holds only one wave's listing in memory.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -26,6 +33,7 @@ from pipelines.build import BuildDir, StepLedger
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.decode_stage import decode_batch
 from pipelines.ingest.items import SourceItem
+from pipelines.ingest.sink import StagedUnitsDatasink, write_table
 from pipelines.ingest.sources import list_sources
 from pipelines.ingest.vad_stage import VadSegmenter
 from pipelines.ray_runtime import ensure_ray
@@ -33,6 +41,7 @@ from schemas import QUARANTINE, RECORDINGS, SEGMENTS
 
 STEP = "ingest"
 TABLES = ("recordings", "segments", "quarantine")
+POLL_S = 1.0
 
 
 @dataclass
@@ -46,11 +55,19 @@ class Unit:
     @property
     def unit_id(self) -> str:
         keys = [f"{i.source_uri}|{i.item_key}" for _, i in self.items]
-        keys += [f"{q['source_uri']}|{q['item_key']}|{q['reason_code']}" for q in self.listing_rejects]
+        keys += [
+            f"{q['source_uri']}|{q['item_key']}|{q['reason_code']}" for q in self.listing_rejects
+        ]
         return hashlib.sha1("\n".join(keys).encode()).hexdigest()[:16]
 
+    @property
+    def size(self) -> int:
+        return len(self.items) + len(self.listing_rejects)
 
-def plan_units(listing: Iterable[SourceItem | dict[str, Any]], files_per_unit: int) -> Iterator[Unit]:
+
+def plan_units(
+    listing: Iterable[SourceItem | dict[str, Any]], files_per_unit: int
+) -> Iterator[Unit]:
     """Chunk the (streamed) listing into units; the same listing always gives the same units."""
     unit = Unit()
     for order, entry in enumerate(listing):
@@ -58,10 +75,10 @@ def plan_units(listing: Iterable[SourceItem | dict[str, Any]], files_per_unit: i
             unit.items.append((order, entry))
         else:
             unit.listing_rejects.append(entry)
-        if len(unit.items) + len(unit.listing_rejects) >= files_per_unit:
+        if unit.size >= files_per_unit:
             yield unit
             unit = Unit()
-    if unit.items or unit.listing_rejects:
+    if unit.size:
         yield unit
 
 
@@ -78,6 +95,7 @@ class IngestSummary:
     segments: int = 0
     audio_s: float = 0.0
     duplicates: int = 0
+    already_ingested: int = 0
     quarantined: Counter = field(default_factory=Counter)
 
     @property
@@ -91,6 +109,7 @@ class IngestSummary:
             f"{self.wall_s:.1f} s wall = {self.audio_hours_per_wall_hour:,.0f} audio-h per wall-h",
             f"  build:    {self.recordings} recordings ({self.audio_s / 3600:.3f} h, "
             f"{self.duplicates} exact duplicates), {self.segments} segments",
+            f"  skipped, already in the build from another listing: {self.already_ingested}",
             f"  quarantined: {sum(self.quarantined.values())}"
             + "".join(f"\n    {reason}: {n}" for reason, n in sorted(self.quarantined.items())),
         ]
@@ -103,80 +122,173 @@ class IngestSummary:
         return data
 
 
-def run_ingest(src: str, build_uri: str, config: IngestConfig, progress: bool = True) -> IngestSummary:
-    """Ingest `src` into the build directory `build_uri`; resumable and idempotent."""
+def run_ingest(
+    src: str | list[str], build_uri: str, config: IngestConfig, progress: bool = True
+) -> IngestSummary:
+    """Ingest one or more sources into the build directory `build_uri`; resumable, idempotent."""
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
+    sources = [src] if isinstance(src, str) else list(src)
     ensure_ray(progress=progress)
-    build = BuildDir(build_uri)
+    build = BuildDir(build_uri, **config.storage_options)
     ledger = StepLedger(build, STEP, TABLES)
     ledger.recover()
     summary = IngestSummary()
-    listing = list_sources(src, config.format, corpus=config.corpus, task=config.task,
-                           **config.storage_options)
+    listing = itertools.chain.from_iterable(
+        list_sources(
+            s, config.format, corpus=config.corpus, task=config.task, **config.storage_options
+        )
+        for s in sources
+    )
     bar = tqdm(desc="ingest", unit="file", disable=not progress)
-    for unit in plan_units(listing, config.files_per_unit):
-        bar.update(len(unit.items) + len(unit.listing_rejects))
-        if ledger.is_done(unit.unit_id):
-            summary.units_skipped += 1
-            continue
-        unit_summary = _run_unit(build, ledger, unit, config)
-        ledger.commit(unit.unit_id, unit_summary)
-        summary.units_run += 1
-        summary.run_files += len(unit.items)
-        summary.run_audio_s += unit_summary["audio_s"]
-        bar.set_postfix(audio_h=f"{summary.run_audio_s / 3600:.2f}")
+    units = plan_units(listing, config.files_per_unit)
+    while wave := list(itertools.islice(units, config.units_per_wave)):
+        pending = []
+        for unit in wave:
+            if ledger.is_done(unit.unit_id):
+                summary.units_skipped += 1
+                bar.update(unit.size)
+            else:
+                pending.append(unit)
+        if pending:
+            WaveRunner(build, ledger, config, pending, summary, bar).run()
     bar.close()
     for done in ledger.done_units():
         summary.recordings += done["recordings"]
         summary.segments += done["segments"]
         summary.audio_s += done["audio_s"]
         summary.duplicates += done["duplicates"]
+        summary.already_ingested += done.get("already_ingested", 0)
         summary.quarantined.update(done["quarantined"])
     summary.wall_s = time.perf_counter() - started
     build.write_json_atomic(build.path("_state", STEP, "summary.json"), summary.to_dict())
     return summary
 
 
-def _run_unit(build: BuildDir, ledger: StepLedger, unit: Unit, config: IngestConfig) -> dict[str, Any]:
-    import ray
+class WaveRunner:
+    """One Ray execution over a wave of pending units, committing units as they complete."""
 
-    staging = ledger.staging_dir(unit.unit_id)
-    already = committed_sources(build, [i.source_uri for _, i in unit.items])
-    items = [(o, i) for o, i in unit.items if i.source_uri not in already]
-    listing_rejects = [q for q in unit.listing_rejects if q["source_uri"] not in already]
-    cfg = config.to_dict()
-    rows = [{"order": o, "item_json": json.dumps(i.to_row())} for o, i in items]
-    quarantine_rows: list[dict[str, Any]] = list(listing_rejects)
-    stats: dict[str, Any] = {"recordings": 0, "segments": 0, "audio_s": 0.0, "duplicates": 0}
-    if rows:
-        ds = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / config.decode_batch_size))
-        ds = ds.map_batches(decode_batch, fn_kwargs={"config": cfg}, batch_format="pyarrow",
-                            batch_size=config.decode_batch_size, num_cpus=1)
-        ds = ds.map_batches(VadSegmenter, fn_constructor_kwargs={"config": cfg},
-                            batch_format="pyarrow", batch_size=config.vad_batch_size, num_cpus=1,
-                            compute=ray.data.ActorPoolStrategy(size=config.vad_actors))
-        meta = ds.materialize()
-        dup_of = find_duplicates(build, meta)
-        recordings = meta.map_batches(_recordings_table, fn_kwargs={"dup_of": dup_of},
-                                      batch_format="pyarrow")
-        recordings.write_parquet(f"{staging}/recordings", filesystem=build.fs)
-        segments = meta.map_batches(_segments_table, batch_format="pyarrow")
-        segments.write_parquet(f"{staging}/segments", filesystem=build.fs)
-        rejects = meta.map_batches(_quarantine_table, batch_format="pyarrow")
-        rejects.write_parquet(f"{staging}/quarantine", filesystem=build.fs)
-        stats["recordings"] = recordings.count()
-        stats["segments"] = segments.count()
-        stats["audio_s"] = float(recordings.sum("duration_s") or 0.0) if stats["recordings"] else 0.0
-        stats["duplicates"] = sum(1 for v in dup_of.values() if v)
-        quarantine_rows += [r for r in rejects.iter_rows()]
-    if listing_rejects:
-        build.fs.create_dir(f"{staging}/quarantine", recursive=True)
-        with build.fs.open_output_stream(f"{staging}/quarantine/listing.parquet") as out:
-            pq.write_table(QUARANTINE.from_rows(listing_rejects), out)
-    stats["quarantined"] = dict(Counter(q["reason_code"] for q in quarantine_rows))
-    stats["files"] = len(items)
+    def __init__(
+        self,
+        build: BuildDir,
+        ledger: StepLedger,
+        config: IngestConfig,
+        units: list[Unit],
+        summary: IngestSummary,
+        bar: Any,
+    ) -> None:
+        self.build, self.ledger, self.config = build, ledger, config
+        self.summary, self.bar = summary, bar
+        self.units = {u.unit_id: u for u in units}
+        self.expected: dict[str, int] = {}
+        self.already: dict[str, int] = {}
+        self.rows: list[dict[str, Any]] = []
+        for unit in units:
+            self._prepare(unit)
+
+    def _prepare(self, unit: Unit) -> None:
+        """Drop what an earlier run already committed (a listing that changed between runs
+        must not ingest a file twice); stage the listing's own quarantine rows now."""
+        already = committed_sources(self.build, [i.source_uri for _, i in unit.items])
+        items = [(o, i) for o, i in unit.items if i.source_uri not in already]
+        rejects = [q for q in unit.listing_rejects if q["source_uri"] not in already]
+        staging = self.ledger.staging_dir(unit.unit_id)
+        if rejects:
+            write_table(
+                self.build.fs,
+                f"{staging}/quarantine/listing.parquet",
+                QUARANTINE.from_rows(rejects),
+            )
+        self.expected[unit.unit_id] = len(items)
+        self.already[unit.unit_id] = unit.size - len(items) - len(rejects)
+        self.rows += [
+            {"unit": unit.unit_id, "order": o, "item_json": json.dumps(i.to_row())}
+            for o, i in items
+        ]
+
+    def run(self) -> None:
+        failure: list[BaseException] = []
+        worker = threading.Thread(target=self._execute, args=(failure,), daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(POLL_S)
+            self._commit_complete()
+        if failure:
+            raise failure[0]
+        self._commit_complete()
+        missing = sorted(self.units)
+        if missing:
+            raise RuntimeError(f"ingest: units {missing} did not complete; rerun to resume")
+
+    def _execute(self, failure: list[BaseException]) -> None:
+        import ray
+
+        if not self.rows:
+            return
+        config = self.config
+        cfg = config.to_dict()
+        try:
+            ds = ray.data.from_items(
+                self.rows, override_num_blocks=math.ceil(len(self.rows) / config.decode_batch_size)
+            )
+            ds = ds.map_batches(
+                decode_batch,
+                fn_kwargs={"config": cfg},
+                batch_format="pyarrow",
+                batch_size=config.decode_batch_size,
+                num_cpus=1,
+            )
+            actors = config.vad_actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
+            ds = ds.map_batches(
+                VadSegmenter,
+                fn_constructor_kwargs={"config": cfg},
+                batch_format="pyarrow",
+                batch_size=config.vad_batch_size,
+                num_cpus=1,
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+            )
+            ds.write_datasink(StagedUnitsDatasink(self.build.fs, self.ledger.staging_root))
+        except BaseException as exc:  # re-raised on the driver's main thread
+            failure.append(exc)
+
+    def _commit_complete(self) -> None:
+        for unit_id in list(self.units):
+            staging = self.ledger.staging_dir(unit_id)
+            staged = sum(
+                self.build.read_json(p)["items"]
+                for p in self.build.files(f"{staging}/progress", ".json")
+            )
+            if staged < self.expected[unit_id]:
+                continue
+            unit = self.units.pop(unit_id)
+            order = {i.source_uri: o for o, i in unit.items}
+            stats = unit_stats(self.build, staging)
+            stats["duplicates"] = mark_duplicates(self.build, f"{staging}/recordings", order)
+            stats["files"] = self.expected[unit_id]
+            stats["already_ingested"] = self.already[unit_id]
+            self.ledger.commit(unit_id, stats)
+            self.summary.units_run += 1
+            self.summary.run_files += stats["files"]
+            self.summary.run_audio_s += stats["audio_s"]
+            self.bar.update(unit.size)
+            self.bar.set_postfix(audio_h=f"{self.summary.run_audio_s / 3600:.2f}")
+
+
+def unit_stats(build: BuildDir, staging: str) -> dict[str, Any]:
+    """Counts of a staged unit, read from its (small, metadata-only) Parquet files."""
+    stats: dict[str, Any] = {"recordings": 0, "segments": 0, "audio_s": 0.0, "quarantined": {}}
+    recs = build.files(f"{staging}/recordings", ".parquet")
+    if recs:
+        durations = pads.dataset(recs, filesystem=build.fs).to_table(columns=["duration_s"])
+        stats["recordings"] = durations.num_rows
+        stats["audio_s"] = float(pc.sum(durations.column("duration_s")).as_py() or 0.0)
+    for path in build.files(f"{staging}/segments", ".parquet"):
+        stats["segments"] += pq.ParquetFile(build.fs.open_input_file(path)).metadata.num_rows
+    rejects = build.files(f"{staging}/quarantine", ".parquet")
+    if rejects:
+        reasons = pads.dataset(rejects, filesystem=build.fs).to_table(columns=["reason_code"])
+        stats["quarantined"] = dict(Counter(reasons.column("reason_code").to_pylist()))
     return stats
 
 
@@ -194,51 +306,47 @@ def committed_sources(build: BuildDir, uris: list[str]) -> set[str]:
     return found
 
 
-def find_duplicates(build: BuildDir, meta: Any) -> dict[str, str | None]:
-    """recording_id -> earlier recording_id with identical decoded content (or None).
-
-    "Earlier" is listing order: first the committed tables (scanned only for this unit's hashes,
-    never loaded whole), then earlier items of the same unit."""
-    found = []
-    for row in meta.select_columns(["order", "recording_json"]).iter_rows():
-        if row["recording_json"]:
-            rec = json.loads(row["recording_json"])
-            found.append((row["order"], rec["recording_id"], rec["content_sha1"]))
-    found.sort()
+def mark_duplicates(build: BuildDir, staged_dir: str, order: dict[str, int]) -> int:
+    """Fill `dup_of` in a unit's staged recordings: the earlier recording with the same decoded
+    content. "Earlier" is listing order: committed units first (scanned only for this unit's
+    hashes, never loaded whole), then earlier items of this unit. Returns the duplicate count."""
+    staged = build.files(staged_dir, ".parquet")
+    if not staged:
+        return 0
+    mine = (
+        pads.dataset(staged, filesystem=build.fs, format="parquet")
+        .to_table(columns=["recording_id", "source_uri", "content_sha1"])
+        .to_pylist()
+    )
+    mine.sort(key=lambda r: (order.get(r["source_uri"], 0), r["recording_id"]))
     first: dict[str, str] = {}
-    files = build.files(build.table_dir("recordings"), ".parquet")
-    if files and found:
-        dataset = pads.dataset(files, filesystem=build.fs, format="parquet")
-        hashes = sorted({h for _, _, h in found})
-        earlier = dataset.to_table(
-            columns=["content_sha1", "recording_id", "dup_of"],
+    committed = build.files(build.table_dir("recordings"), ".parquet")
+    if committed:
+        hashes = sorted({r["content_sha1"] for r in mine})
+        earlier = pads.dataset(committed, filesystem=build.fs, format="parquet").to_table(
+            columns=["content_sha1", "recording_id"],
             filter=pc.field("content_sha1").isin(hashes) & pc.field("dup_of").is_null(),
         )
-        for sha, rid in zip(earlier.column("content_sha1").to_pylist(),
-                            earlier.column("recording_id").to_pylist(), strict=True):
+        for sha, rid in zip(
+            earlier.column("content_sha1").to_pylist(),
+            earlier.column("recording_id").to_pylist(),
+            strict=True,
+        ):
             first.setdefault(sha, rid)
-    dup_of: dict[str, str | None] = {}
-    for _, rid, sha in found:
-        original = first.setdefault(sha, rid)
-        dup_of[rid] = original if original != rid else None
-    return dup_of
-
-
-def _recordings_table(batch: pa.Table, dup_of: dict[str, str | None]) -> pa.Table:
-    rows = [json.loads(r) for r in batch.column("recording_json").to_pylist() if r]
-    for row in rows:
-        row["dup_of"] = dup_of.get(row["recording_id"])
-    return RECORDINGS.from_rows(rows)
-
-
-def _segments_table(batch: pa.Table) -> pa.Table:
-    rows = [s for r in batch.column("segments_json").to_pylist() for s in json.loads(r)]
-    return SEGMENTS.from_rows(rows)
-
-
-def _quarantine_table(batch: pa.Table) -> pa.Table:
-    rows = [q for r in batch.column("quarantine_json").to_pylist() for q in json.loads(r)]
-    return QUARANTINE.from_rows(rows)
+    dup_of = {}
+    for row in mine:
+        original = first.setdefault(row["content_sha1"], row["recording_id"])
+        if original != row["recording_id"]:
+            dup_of[row["recording_id"]] = original
+    if dup_of:
+        for path in staged:
+            table = pq.read_table(path, filesystem=build.fs)
+            ids = table.column("recording_id").to_pylist()
+            if any(i in dup_of for i in ids):
+                column = pa.array([dup_of.get(i) for i in ids], pa.string())
+                table = table.set_column(table.schema.get_field_index("dup_of"), "dup_of", column)
+                write_table(build.fs, path, RECORDINGS.validate(table))
+    return len(dup_of)
 
 
 def read_table(build: BuildDir, table: str) -> pa.Table:
@@ -247,4 +355,6 @@ def read_table(build: BuildDir, table: str) -> pa.Table:
     files = build.files(build.table_dir(table), ".parquet")
     if not files:
         return contract.empty()
-    return pads.dataset(files, filesystem=build.fs, format="parquet", schema=contract.schema).to_table()
+    return pads.dataset(
+        files, filesystem=build.fs, format="parquet", schema=contract.schema
+    ).to_table()

@@ -22,6 +22,7 @@ from schemas import ReasonCode, SegmentOrigin, segment_id
 
 OUTPUT_SCHEMA = pa.schema(
     [
+        ("unit", pa.string()),
         ("order", pa.int64()),
         ("recording_json", pa.string()),  # "" when the item was quarantined
         ("segments_json", pa.string()),  # JSON list of segment rows
@@ -65,11 +66,13 @@ class VadSegmenter:
         streams: list[np.ndarray] = []
         for row in rows:
             if row["info_json"]:
-                pcm = np.frombuffer(row["pcm"], dtype="<f4").reshape(row["channels"], -1)
+                # frombuffer views are read-only; torch wants writable memory.
+                pcm = np.frombuffer(row["pcm"], dtype="<f4").reshape(row["channels"], -1).copy()
                 streams.extend(pcm)
         probs = iter(self.vad.speech_probs(streams)) if streams else iter(())
         out: dict[str, list[Any]] = {name: [] for name in OUTPUT_SCHEMA.names}
         for row in rows:
+            out["unit"].append(row["unit"])
             out["order"].append(row["order"])
             if not row["info_json"]:
                 out["recording_json"].append("")
@@ -84,8 +87,9 @@ class VadSegmenter:
                 recording, segments, rejected = self.finish(item, info, pcm, channel_probs)
             except Exception as exc:  # a bug must not kill the job; quarantined and counted
                 detail = f"vad stage: {type(exc).__name__}: {exc}"
-                reject = quarantine_row(item.source_uri, ReasonCode.INTERNAL_ERROR.value, detail,
-                                        item_key=item.item_key)
+                reject = quarantine_row(
+                    item.source_uri, ReasonCode.INTERNAL_ERROR.value, detail, item_key=item.item_key
+                )
                 recording, segments, rejected = None, [], [reject]
             out["recording_json"].append(json.dumps(recording) if recording else "")
             out["segments_json"].append(json.dumps(segments))
@@ -93,7 +97,11 @@ class VadSegmenter:
         return pa.Table.from_pydict(out, schema=OUTPUT_SCHEMA)
 
     def finish(
-        self, item: SourceItem, info: dict[str, Any], pcm: np.ndarray, channel_probs: list[np.ndarray]
+        self,
+        item: SourceItem,
+        info: dict[str, Any],
+        pcm: np.ndarray,
+        channel_probs: list[np.ndarray],
     ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
         cfg = self.config
         speech_masks = [p >= cfg.vad_threshold for p in channel_probs]
@@ -118,16 +126,25 @@ class VadSegmenter:
         supervisions = list(item.supervisions)
         if not supervisions and item.text is not None and info["duration_s"] <= cfg.max_segment_s:
             # A short transcribed file is one supervision covering the whole file.
-            supervisions = [Supervision(start_s=0.0, end_s=None, text=item.text,
-                                        speaker=item.speaker, language=item.language,
-                                        item_key=item.item_key)]
+            supervisions = [
+                Supervision(
+                    start_s=0.0,
+                    end_s=None,
+                    text=item.text,
+                    speaker=item.speaker,
+                    language=item.language,
+                    item_key=item.item_key,
+                )
+            ]
         if supervisions:
             segments, rejected = self.supervised_segments(item, info, supervisions, channel_probs)
         else:
             segments, rejected = self.vad_segments(info, channel_probs), []
         return recording, segments, rejected
 
-    def vad_segments(self, info: dict[str, Any], channel_probs: list[np.ndarray]) -> list[dict[str, Any]]:
+    def vad_segments(
+        self, info: dict[str, Any], channel_probs: list[np.ndarray]
+    ) -> list[dict[str, Any]]:
         cfg = self.config
         samples = int(round(info["duration_s"] * TARGET_RATE_HZ))
         segments = []
@@ -142,8 +159,16 @@ class VadSegmenter:
                 speech_pad_ms=int(cfg.speech_pad_s * 1000),
             )
             for start, end in merge_regions(regions, cfg.merge_gap_s, cfg.max_segment_s):
-                segments.append(_segment(info["recording_id"], channel, start, end,
-                                         mean_prob(probs, start, end), SegmentOrigin.VAD))
+                segments.append(
+                    _segment(
+                        info["recording_id"],
+                        channel,
+                        start,
+                        end,
+                        mean_prob(probs, start, end),
+                        SegmentOrigin.VAD,
+                    )
+                )
         return segments
 
     def supervised_segments(
@@ -166,21 +191,42 @@ class VadSegmenter:
             elif channel >= info["channels"]:
                 problem = f"channel {channel} but the audio has {info['channels']}"
             if problem:
-                rejected.append(quarantine_row(item.source_uri, ReasonCode.BAD_SEGMENT.value,
-                                               problem, item_key=sup.item_key))
+                rejected.append(
+                    quarantine_row(
+                        item.source_uri,
+                        ReasonCode.BAD_SEGMENT.value,
+                        problem,
+                        item_key=sup.item_key,
+                    )
+                )
                 continue
             end = min(end, duration)
-            if sup.text is not None and len(sup.text.strip()) / (end - sup.start_s) > self.config.max_chars_per_s:
-                rejected.append(quarantine_row(
-                    item.source_uri, ReasonCode.TEXT_AUDIO_MISMATCH.value,
-                    f"{len(sup.text.strip())} characters for {end - sup.start_s:.2f} s",
-                    item_key=sup.item_key))
+            if (
+                sup.text is not None
+                and len(sup.text.strip()) / (end - sup.start_s) > self.config.max_chars_per_s
+            ):
+                rejected.append(
+                    quarantine_row(
+                        item.source_uri,
+                        ReasonCode.TEXT_AUDIO_MISMATCH.value,
+                        f"{len(sup.text.strip())} characters for {end - sup.start_s:.2f} s",
+                        item_key=sup.item_key,
+                    )
+                )
                 continue
-            segment = _segment(info["recording_id"], channel, sup.start_s, end,
-                               mean_prob(channel_probs[channel], sup.start_s, end),
-                               SegmentOrigin.SUPERVISION)
-            segment.update(text=sup.text, speaker=sup.speaker or item.speaker,
-                           language=sup.language or item.language)
+            segment = _segment(
+                info["recording_id"],
+                channel,
+                sup.start_s,
+                end,
+                mean_prob(channel_probs[channel], sup.start_s, end),
+                SegmentOrigin.SUPERVISION,
+            )
+            segment.update(
+                text=sup.text,
+                speaker=sup.speaker or item.speaker,
+                language=sup.language or item.language,
+            )
             segments.append(segment)
         return segments, rejected
 

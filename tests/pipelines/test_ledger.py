@@ -21,7 +21,7 @@ def test_commit_moves_files_then_marks_done(tmp_path):
     ledger.commit("u1", {"rows": 1})
     assert ledger.is_done("u1")
     assert [p.name for p in (tmp_path / "t").iterdir()] == ["u1_0000.parquet"]
-    assert not (tmp_path / "_state" / "step" / "staging" / "u1").exists()
+    assert not (tmp_path / "_state" / "step" / "staging" / ledger.run_id / "u1").exists()
     assert next(ledger.done_units())["rows"] == 1
 
 
@@ -32,7 +32,9 @@ def test_recover_removes_uncommitted_output(tmp_path):
     ledger.commit("u1", {})
     # a crash after moving u2's file but before its marker:
     _stage(build, ledger, "u2")
-    build.fs.move(f"{ledger.staging_dir('u2')}/t/x.parquet", f"{build.table_dir('t')}/u2_0000.parquet")
+    build.fs.move(
+        f"{ledger.staging_dir('u2')}/t/x.parquet", f"{build.table_dir('t')}/u2_0000.parquet"
+    )
     assert ledger.recover() == 1
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["u1_0000.parquet"]
     assert not (tmp_path / "_state" / "step" / "staging").exists()

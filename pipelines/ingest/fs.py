@@ -1,0 +1,211 @@
+"""Storage access for ingest: local paths and object-store URIs through `pyarrow.fs`, alike.
+
+Owns: turning a path or URI (`/data/x.flac`, `s3://bucket/x.flac`) into a pyarrow `FileSystem`
+and a path on it (`open_filesystem`), the `Location` value the source readers pass around, and
+the few reads they need (line streams, small whole files, listings, batched existence checks).
+
+Must not: know about any source layout or decode audio. Everything goes through pyarrow.fs so
+that a layout reader written against a local directory works unchanged on `s3://`.
+
+S3 endpoint: the `endpoint_override` option when given, else the standard `AWS_ENDPOINT_URL_S3`
+/ `AWS_ENDPOINT_URL` environment variables (an `http://host:port` value selects plain HTTP, as
+MinIO and moto need). Region: the `region` option, else `AWS_REGION` / `AWS_DEFAULT_REGION`,
+else us-east-1; it is never looked up over the network, so an unreachable endpoint fails on the
+first read instead of hanging in a region probe.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import posixpath
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.fs as pafs
+
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+
+# pyarrow's FileSystem.type_name → the URI scheme that names it.
+_URI_SCHEME = {"s3": "s3", "gcs": "gs", "hdfs": "hdfs"}
+
+_LINE_BUFFER_BYTES = 1 << 20
+
+
+def uri_scheme(uri: str) -> str | None:
+    """`s3` for `s3://b/k`, None for a plain local path (also for `C:/...`-free POSIX paths)."""
+    match = _SCHEME.match(uri)
+    return match.group(1).lower() if match else None
+
+
+def open_filesystem(uri: str, **options: Any) -> tuple[pafs.FileSystem, str]:
+    """The filesystem holding `uri` and the path of `uri` on it.
+
+    Local paths (and `file://` URIs) give `LocalFileSystem` and an absolute path; `s3://bucket/key`
+    gives an `S3FileSystem` (keyword `options` are its constructor arguments) and `bucket/key`.
+    Other schemes go through `pyarrow.fs.FileSystem.from_uri`. Filesystems are cached per scheme
+    and options, because every manifest row may name its own URI and building an S3 client per
+    row would dominate the listing.
+    """
+    scheme = uri_scheme(uri)
+    if scheme is None or scheme == "file":
+        path = uri[len("file://") :] if scheme == "file" else uri
+        return _local(), posixpath.normpath(os.path.abspath(os.path.expanduser(path)))
+    rest = uri[len(scheme) + 3 :].rstrip("/")
+    if scheme in ("s3", "s3a"):
+        return _s3(_freeze(_s3_options(options))), rest
+    if scheme in ("gs", "gcs"):
+        return _gcs(_freeze(options)), rest
+    if options:
+        raise ValueError(
+            f"storage options are only supported for s3:// and gs:// URIs, not {uri!r}"
+        )
+    fs, path = pafs.FileSystem.from_uri(uri)
+    return fs, path
+
+
+def _freeze(options: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(options.items()))
+
+
+@functools.lru_cache(maxsize=1)
+def _local() -> pafs.FileSystem:
+    return pafs.LocalFileSystem()
+
+
+def _s3_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Fill the S3 endpoint and region from the standard AWS variables unless given."""
+    opts = dict(options)
+    endpoint = (
+        opts.pop("endpoint_override", None)
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+    )
+    if endpoint:
+        scheme = uri_scheme(endpoint)
+        if scheme in ("http", "https"):
+            opts.setdefault("scheme", scheme)
+            endpoint = endpoint[len(scheme) + 3 :]
+        opts["endpoint_override"] = endpoint.rstrip("/")
+    region = opts.get("region") or os.environ.get("AWS_REGION")
+    opts["region"] = region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return opts
+
+
+@functools.lru_cache(maxsize=16)
+def _s3(frozen: tuple[tuple[str, Any], ...]) -> pafs.FileSystem:
+    return pafs.S3FileSystem(**dict(frozen))
+
+
+@functools.lru_cache(maxsize=16)
+def _gcs(frozen: tuple[tuple[str, Any], ...]) -> pafs.FileSystem:
+    return pafs.GcsFileSystem(**dict(frozen))
+
+
+def to_uri(fs: pafs.FileSystem, path: str) -> str:
+    """The canonical URI of `path` on `fs`: the path itself when local, else `scheme://path`."""
+    if fs.type_name == "local":
+        return path
+    return f"{_URI_SCHEME.get(fs.type_name, fs.type_name)}://{path}"
+
+
+@dataclass(frozen=True)
+class Location:
+    """A path on a filesystem, with the options that opened it (so relatives open alike)."""
+
+    fs: pafs.FileSystem
+    path: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def from_uri(cls, uri: str, **options: Any) -> Location:
+        fs, path = open_filesystem(uri, **options)
+        return cls(fs, path, _freeze(options))
+
+    @property
+    def uri(self) -> str:
+        return to_uri(self.fs, self.path)
+
+    @property
+    def is_local(self) -> bool:
+        return self.fs.type_name == "local"
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path)
+
+    @property
+    def parent(self) -> Location:
+        return Location(self.fs, posixpath.dirname(self.path), self.options)
+
+    def child(self, relative: str) -> Location:
+        return Location(
+            self.fs, posixpath.normpath(posixpath.join(self.path, relative)), self.options
+        )
+
+    def resolve(self, ref: str) -> Location:
+        """Where `ref` (a URI, an absolute path or a path relative to this directory) points.
+
+        An absolute path in a manifest on an object store means a key on the same store (there
+        is no other root it could mean); on a local manifest it is a local path.
+        """
+        scheme = uri_scheme(ref)
+        if scheme is not None:
+            same_store = _URI_SCHEME.get(self.fs.type_name) == scheme
+            return Location.from_uri(ref, **(dict(self.options) if same_store else {}))
+        if ref.startswith("/"):
+            path = posixpath.normpath(ref) if self.is_local else ref.lstrip("/")
+            return Location(self.fs, path, self.options)
+        return self.child(ref)
+
+    def info(self) -> pafs.FileInfo:
+        return self.fs.get_file_info(self.path)
+
+    def is_dir(self) -> bool:
+        return self.info().type == pafs.FileType.Directory
+
+    def is_file(self) -> bool:
+        return self.info().type == pafs.FileType.File
+
+    def list_dir(self) -> list[pafs.FileInfo]:
+        """This directory's entries, not recursive: listing one directory at a time keeps a
+        walk's memory to the largest directory instead of the whole tree."""
+        return self.fs.get_file_info(pafs.FileSelector(self.path, recursive=False))
+
+    def read_bytes(self, limit: int | None = None) -> bytes:
+        """The file's bytes (decompressed when its name ends in .gz), at most `limit` of them."""
+        with self.fs.open_input_stream(self.path, compression="detect") as stream:
+            return stream.read() if limit is None else stream.read(limit)
+
+    def iter_lines(self) -> Iterator[bytes]:
+        """The file's lines as bytes without their line ending, streamed (gzip by extension).
+
+        Bytes, not text: each caller decides per line what a non-UTF-8 line means, so one bad
+        line costs one row and not the whole file."""
+        with self.fs.open_input_stream(self.path, compression="detect") as stream:
+            for line in io.BufferedReader(stream, buffer_size=_LINE_BUFFER_BYTES):
+                yield line.rstrip(b"\r\n")
+
+    def open_binary(self) -> io.BufferedReader:
+        """A buffered byte stream (gzip by extension), for readers that want a file object."""
+        stream = self.fs.open_input_stream(self.path, compression="detect")
+        return io.BufferedReader(stream, buffer_size=_LINE_BUFFER_BYTES)
+
+
+def existing(locations: Iterable[Location]) -> list[bool]:
+    """For each location, whether a file is there; one batched call per filesystem, because on
+    an object store each check is a request and batching lets pyarrow issue them together."""
+    locs = list(locations)
+    found = [False] * len(locs)
+    by_fs: dict[int, list[int]] = {}
+    for i, loc in enumerate(locs):
+        by_fs.setdefault(id(loc.fs), []).append(i)
+    for indices in by_fs.values():
+        fs = locs[indices[0]].fs
+        infos = fs.get_file_info([locs[i].path for i in indices])
+        for i, info in zip(indices, infos, strict=True):
+            found[i] = info.type == pafs.FileType.File
+    return found

@@ -1,0 +1,253 @@
+"""What every layout reader shares: the read context, pending items, rejects and keyed lookups.
+
+Owns: `ReadContext` (corpus/task policy), `Pending` (an item whose audio location may still need
+an existence check), `reject` (a quarantine row with a closed reason code), `settle` (the batched
+existence check that turns pendings into `SourceItem`s or `missing_file` rows), and
+`KeyedLookup` (joining a keyed side file to a driver stream without loading it when sorted).
+
+Must not: know any particular layout's file names or columns.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from pipelines.ingest.fs import Location, existing
+from pipelines.ingest.items import SourceItem, Supervision, quarantine_row
+from schemas.quarantine import ReasonCode
+
+log = logging.getLogger(__name__)
+
+Row = dict[str, Any]  # a quarantine row (schemas.quarantine.QUARANTINE)
+V = TypeVar("V")
+
+SETTLE_BATCH = 256
+
+
+@dataclass(frozen=True)
+class ReadContext:
+    """The caller's choices every reader applies the same way.
+
+    `corpus` / `task` given by the caller override whatever the source says; otherwise a
+    manifest's per-row `corpus` wins over `default_corpus` (the source directory's name), and a
+    row's `task` is kept as is."""
+
+    default_corpus: str
+    corpus: str | None = None
+    task: str | None = None
+
+    def corpus_for(self, row_corpus: str | None = None) -> str:
+        return self.corpus or row_corpus or self.default_corpus
+
+    def task_for(self, row_task: str | None = None) -> str | None:
+        return self.task or row_task
+
+
+@dataclass
+class Pending:
+    """An item whose audio is at the first of `candidates` that exists.
+
+    Readers do not check existence themselves: `settle` does it in batches for all of them.
+    `listed=True` means a directory listing already proved the file is there."""
+
+    item: SourceItem
+    candidates: list[Location]
+    listed: bool = False
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A record refused while parsing, wrapped so that no record's own keys (a manifest row
+    may hold anything) can pass for a quarantine row's."""
+
+    row: Row
+
+
+def reject(source_uri: str, reason: ReasonCode, detail: str, item_key: str | None = None) -> Row:
+    """A quarantine row of the ingest step (the reason code is the closed enum's value)."""
+    return quarantine_row(source_uri, reason.value, detail, step="ingest", item_key=item_key)
+
+
+def decode_utf8(raw: bytes) -> str | None:
+    """`raw` as text, or None when it is not UTF-8 (a leading byte-order mark is dropped: it is
+    an encoding marker, not part of the transcript)."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return None
+
+
+def utf8_error(raw: bytes) -> str:
+    """Where `raw` stops being UTF-8, for a quarantine detail."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at offset {err.start})"
+    return "valid UTF-8"
+
+
+def with_transcript(item: SourceItem) -> SourceItem:
+    """Give a transcribed whole-file item its whole-file supervision, so downstream steps read
+    every transcript from `supervisions` whatever layout it came from."""
+    if item.text is not None and not item.supervisions:
+        item.supervisions.append(
+            Supervision(
+                start_s=0.0,
+                end_s=None,
+                text=item.text,
+                speaker=item.speaker,
+                language=item.language,
+                item_key=item.item_key,
+            )
+        )
+    return item
+
+
+def in_time_order(item: SourceItem) -> SourceItem:
+    """Sort the item's supervisions by time, so the output does not depend on the order a
+    manifest happened to list them in."""
+    item.supervisions.sort(
+        key=lambda s: (
+            s.start_s,
+            float("inf") if s.end_s is None else s.end_s,
+            -1 if s.channel is None else s.channel,
+            s.item_key or "",
+        )
+    )
+    return item
+
+
+def settle(
+    stream: Iterable[Pending | Row], check_exists: bool = True, batch_size: int = SETTLE_BATCH
+) -> Iterator[SourceItem | Row]:
+    """Resolve each pending item to its first existing candidate, in stream order.
+
+    Existence is checked `batch_size` items at a time (one batched request per filesystem and
+    candidate rank), not per item: on an object store a check is a network round trip. Without
+    `check_exists` the first candidate is taken on trust."""
+    batch: list[Pending | Row] = []
+    for entry in stream:
+        batch.append(entry)
+        if len(batch) >= batch_size:
+            yield from _settle_batch(batch, check_exists)
+            batch = []
+    yield from _settle_batch(batch, check_exists)
+
+
+def _settle_batch(batch: list[Pending | Row], check_exists: bool) -> Iterator[SourceItem | Row]:
+    pending = {i: e for i, e in enumerate(batch) if isinstance(e, Pending)}
+    chosen: dict[int, Location] = {}
+    unresolved: list[int] = []
+    for i, waiting in pending.items():
+        if waiting.listed or not check_exists:
+            chosen[i] = waiting.candidates[0]
+        else:
+            unresolved.append(i)
+    rank = 0  # ask for every item's best candidate at once, then the second best of the rest...
+    while unresolved:
+        asked = [i for i in unresolved if rank < len(pending[i].candidates)]
+        found = existing(pending[i].candidates[rank] for i in asked)
+        for i, ok in zip(asked, found, strict=True):
+            if ok:
+                chosen[i] = pending[i].candidates[rank]
+        unresolved = [i for i in asked if i not in chosen]
+        rank += 1
+    for i, entry in enumerate(batch):
+        if not isinstance(entry, Pending):
+            yield entry
+        elif i in chosen:
+            entry.item.source_uri = chosen[i].uri
+            yield entry.item
+        else:
+            tried = ", ".join(dict.fromkeys(c.uri for c in entry.candidates))
+            detail = f"no audio file at {tried}"
+            yield reject(
+                entry.candidates[0].uri, ReasonCode.MISSING_FILE, detail, entry.item.item_key
+            )
+
+
+def is_sorted(keys: Iterable[str | None]) -> bool:
+    """Whether the non-None keys never decrease (Python's code-point order equals the byte order
+    of `LC_ALL=C sort` on UTF-8, the order Kaldi and Lhotse's lazy joins assume)."""
+    last: str | None = None
+    for key in keys:
+        if key is None:
+            continue
+        if last is not None and key < last:
+            return False
+        last = key
+    return True
+
+
+@dataclass
+class KeyedLookup(Generic[V]):
+    """The records of a keyed file (Kaldi `text`, `segments` by recording, Lhotse supervisions
+    by recording), fetched by key while a driver stream is walked.
+
+    With `streaming=True` the file is read once alongside the driver, holding only the records
+    between two queries: that needs the file sorted by key and the queries made in non-decreasing
+    key order (check both with `is_sorted` first). Otherwise the whole file is indexed in a dict,
+    the only way to join an unsorted file; the reader logs when it has to.
+
+    Records whose key is None are the file's own bad lines; they and the records no query asked
+    for come out of `take_orphans()` so the caller can quarantine them.
+    """
+
+    records: Callable[[], Iterator[tuple[str | None, V]]]
+    streaming: bool
+    _iter: Iterator[tuple[str | None, V]] | None = None
+    _head: tuple[str | None, V] | None = None
+    _index: dict[str, list[V]] | None = None
+    _orphans: list[tuple[str | None, V]] = field(default_factory=list)
+
+    def get(self, key: str) -> list[V]:
+        """All records with `key` (empty when none)."""
+        if not self.streaming:
+            return self._indexed().pop(key, [])
+        found: list[V] = []
+        while (head := self._peek()) is not None:
+            head_key, value = head
+            if head_key is not None and head_key > key:
+                break
+            self._head = None
+            if head_key == key:
+                found.append(value)
+            else:
+                self._orphans.append(head)
+        return found
+
+    def take_orphans(self) -> list[tuple[str | None, V]]:
+        orphans, self._orphans = self._orphans, []
+        return orphans
+
+    def finish(self) -> list[tuple[str | None, V]]:
+        """Every record never fetched (after the driver is done), plus pending bad lines."""
+        if self.streaming:
+            while (head := self._peek()) is not None:
+                self._head = None
+                self._orphans.append(head)
+        else:
+            for key, values in self._indexed().items():
+                self._orphans.extend((key, v) for v in values)
+            self._index = {}
+        return self.take_orphans()
+
+    def _peek(self) -> tuple[str | None, V] | None:
+        if self._head is None:
+            if self._iter is None:
+                self._iter = self.records()
+            self._head = next(self._iter, None)
+        return self._head
+
+    def _indexed(self) -> dict[str, list[V]]:
+        if self._index is None:
+            self._index = {}
+            for key, value in self.records():
+                if key is None:
+                    self._orphans.append((key, value))
+                else:
+                    self._index.setdefault(key, []).append(value)
+        return self._index
