@@ -14,7 +14,9 @@ from collections.abc import Sequence
 def _cmd_demo_data(args: argparse.Namespace) -> int:
     from minmo.demo import build_demo_corpus
 
-    print(build_demo_corpus(args.out, seed=args.seed, progress=not args.quiet))
+    summary = build_demo_corpus(args.out, seed=args.seed, progress=not args.quiet)
+    if args.quiet:
+        print(summary.describe())
     return 0
 
 
@@ -61,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser("ingest", help="raw audio -> recordings/segments/quarantine tables")
     ingest.add_argument(
         "src",
+        nargs="+",
         help="directory, glob, manifest (jsonl/csv/parquet), Kaldi or Lhotse dir; local or s3://",
     )
     ingest.add_argument("--build", required=True, help="build directory (local path or s3://)")

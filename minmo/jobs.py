@@ -55,7 +55,8 @@ def _run_demo_data(build: str, section: dict[str, Any], progress: bool) -> Any:
 
     out = section.get("out", f"{build}/demo-src")
     summary = build_demo_corpus(out, seed=int(section.get("seed", 0)), progress=progress)
-    print(f"demo-data: {summary}")
+    if not progress:  # with progress on, the builder prints its own closing line
+        print(summary.describe())
     return summary
 
 

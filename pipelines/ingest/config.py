@@ -48,8 +48,9 @@ class IngestConfig:
     wave's listing in memory."""
     decode_batch_size: int = 4
     """Files per decode task batch."""
-    vad_batch_size: int = 16
-    """Recordings per VAD actor call (all their channels are scored as one batch)."""
+    vad_batch_size: int = 64
+    """Recordings per VAD actor call: all their channels are scored as one batch, and wider
+    batches step silero's LSTM over more streams at once (~1.4x faster at 64 than at 16)."""
     vad_actors: int | None = None
     """Size of the decode+VAD actor pool (one CPU each; Ray fuses the decode tasks into these
     actors, so PCM never crosses the object store). Default: every CPU of the Ray cluster."""

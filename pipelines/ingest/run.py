@@ -239,16 +239,23 @@ class WaveRunner:
                 batch_size=config.decode_batch_size,
                 num_cpus=1,
             )
+            blocks = math.ceil(len(self.rows) / config.decode_batch_size)
             actors = config.vad_actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
+            actors = min(actors, blocks)  # an actor without input only costs start-up
             ds = ds.map_batches(
                 VadSegmenter,
                 fn_constructor_kwargs={"config": cfg},
                 batch_format="pyarrow",
                 batch_size=config.vad_batch_size,
                 num_cpus=1,
-                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+                compute=ray.data.ActorPoolStrategy(size=actors),
             )
-            ds.write_datasink(StagedUnitsDatasink(self.build.fs, self.ledger.staging_root))
+            # Writing metadata is light: a fractional CPU lets write tasks run beside the actors
+            # that hold every core, instead of queueing until the actors finish.
+            ds.write_datasink(
+                StagedUnitsDatasink(self.build.fs, self.ledger.staging_root),
+                ray_remote_args={"num_cpus": 0.25},
+            )
         except BaseException as exc:  # re-raised on the driver's main thread
             failure.append(exc)
 

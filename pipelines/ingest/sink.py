@@ -61,9 +61,15 @@ def write_json(fs: pafs.FileSystem, path: str, obj: Any) -> None:
 class StagedUnitsDatasink(Datasink):
     """Writes each unit's rows under `<staging>/<unit>/`; the driver commits units."""
 
-    def __init__(self, fs: pafs.FileSystem, staging: str) -> None:
+    def __init__(self, fs: pafs.FileSystem, staging: str, rows_per_write: int = 64) -> None:
         self.fs = fs
         self.staging = staging
+        self.rows_per_write = rows_per_write
+
+    @property
+    def min_rows_per_write(self) -> int:
+        """Bundle small blocks: fewer, larger files and fewer write tasks."""
+        return self.rows_per_write
 
     def write(self, blocks, ctx) -> int:  # type: ignore[override]
         by_unit: dict[str, list[dict[str, Any]]] = defaultdict(list)

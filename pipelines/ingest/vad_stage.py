@@ -124,8 +124,8 @@ class VadSegmenter:
             "dup_of": None,
         }
         supervisions = list(item.supervisions)
-        if not supervisions and item.text is not None and info["duration_s"] <= cfg.max_segment_s:
-            # A short transcribed file is one supervision covering the whole file.
+        if not supervisions and item.text is not None:
+            # A transcribed file is one supervision covering the whole file.
             supervisions = [
                 Supervision(
                     start_s=0.0,
@@ -136,6 +136,10 @@ class VadSegmenter:
                     item_key=item.item_key,
                 )
             ]
+        if info["duration_s"] > cfg.max_segment_s:
+            # A whole-file transcript of long audio cannot be cut without an alignment: such a
+            # file is segmented by VAD and its transcript stays on the recording row.
+            supervisions = [s for s in supervisions if not _whole_file(s)]
         if supervisions:
             segments, rejected = self.supervised_segments(item, info, supervisions, channel_probs)
         else:
@@ -157,6 +161,7 @@ class VadSegmenter:
                 max_speech_duration_s=cfg.max_segment_s,
                 min_silence_duration_ms=int(cfg.min_silence_s * 1000),
                 speech_pad_ms=int(cfg.speech_pad_s * 1000),
+                time_resolution=3,
             )
             for start, end in merge_regions(regions, cfg.merge_gap_s, cfg.max_segment_s):
                 segments.append(
@@ -229,6 +234,10 @@ class VadSegmenter:
             )
             segments.append(segment)
         return segments, rejected
+
+
+def _whole_file(sup: Supervision) -> bool:
+    return sup.start_s == 0.0 and sup.end_s is None
 
 
 def _segment(

@@ -90,3 +90,25 @@ def test_resample_8k_to_16k_keeps_duration_and_tone():
     assert out.shape == (1, 16000)
     spectrum = np.abs(np.fft.rfft(out[0]))
     assert abs(int(np.argmax(spectrum)) - 1000) <= 1
+
+
+@pytest.mark.parametrize(
+    ("codec", "ext"), [("aac", "m4a"), ("libopus", "opus"), ("libopus", "webm")]
+)
+def test_ffmpeg_only_containers_decode_in_process(tmp_path, shared_data, codec, ext):
+    """m4a/opus/webm are not libsndfile formats: they go through torchcodec (FFmpeg's
+    libraries in this process). The ffmpeg CLI only makes the fixture."""
+    import shutil
+    import subprocess
+
+    if shutil.which("ffmpeg") is None:
+        pytest.fail("ffmpeg is not installed (make test installs it: apt-get install ffmpeg)")
+    out = tmp_path / f"jfk.{ext}"
+    src = shared_data / "asr_whisper_jfk" / "jfk.flac"
+    subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-i", str(src), "-c:a", codec, str(out)], check=True
+    )
+    audio = decode_audio(out.read_bytes(), ext)
+    assert audio.container == ext and audio.bits is None
+    assert abs(audio.duration_s - 11.0) < 0.1
+    assert audio.channels == 2 and np.abs(audio.samples).max() > 0.1
