@@ -40,16 +40,9 @@ SOURCES = (
     "diar_pyannote_sample/sample.wav",
 )
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from machine import cpu_model  # noqa: E402
 
 
 def load_corpus(minutes: float) -> list[np.ndarray]:

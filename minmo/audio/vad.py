@@ -215,6 +215,11 @@ def _as_stream(stream: np.ndarray) -> Tensor:
     array = np.ascontiguousarray(stream, dtype=np.float32)
     if array.ndim != 1:
         raise ValueError(f"each stream must be 1-D mono audio, got shape {array.shape}")
+    if not array.flags.writeable:
+        # A read-only view (e.g. of an Arrow buffer) is only ever read here: no copy needed.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(array)
     return torch.from_numpy(array)
 
 

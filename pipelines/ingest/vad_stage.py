@@ -18,6 +18,7 @@ from minmo.audio.resample import TARGET_RATE_HZ
 from minmo.audio.vad import FRAME_SAMPLES, BatchedSileroVad, speech_timestamps
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.items import SourceItem, Supervision, quarantine_row
+from pipelines.ingest.layouts.common import with_transcript
 from schemas import ReasonCode, SegmentOrigin, segment_id
 
 OUTPUT_SCHEMA = pa.schema(
@@ -62,24 +63,26 @@ class VadSegmenter:
         self.vad = BatchedSileroVad(num_threads=1)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
-        streams: list[np.ndarray] = []
-        for row in rows:
-            if row["info_json"]:
-                # frombuffer views are read-only; torch wants writable memory.
-                pcm = np.frombuffer(row["pcm"], dtype="<f4").reshape(row["channels"], -1).copy()
-                streams.extend(pcm)
+        rows = batch.drop_columns(["pcm"]).to_pylist()
+        pcm_column = batch.column("pcm")
+        # Zero-copy views of the Arrow buffers: the audio is read, never written, from here on.
+        pcms = [
+            np.frombuffer(pcm_column[i].as_buffer(), dtype="<f4").reshape(row["channels"], -1)
+            if row["info_json"]
+            else None
+            for i, row in enumerate(rows)
+        ]
+        streams = [channel for pcm in pcms if pcm is not None for channel in pcm]
         probs = iter(self.vad.speech_probs(streams)) if streams else iter(())
         out: dict[str, list[Any]] = {name: [] for name in OUTPUT_SCHEMA.names}
-        for row in rows:
+        for row, pcm in zip(rows, pcms, strict=True):
             out["unit"].append(row["unit"])
             out["order"].append(row["order"])
-            if not row["info_json"]:
+            if pcm is None:
                 out["recording_json"].append("")
                 out["segments_json"].append("[]")
                 out["quarantine_json"].append(row["quarantine_json"])
                 continue
-            pcm = np.frombuffer(row["pcm"], dtype="<f4").reshape(row["channels"], -1)
             channel_probs = [next(probs) for _ in range(row["channels"])]
             item = SourceItem.from_row(json.loads(row["item_json"]))
             info = json.loads(row["info_json"])
@@ -123,19 +126,7 @@ class VadSegmenter:
             "task": cfg.task or item.task,
             "dup_of": None,
         }
-        supervisions = list(item.supervisions)
-        if not supervisions and item.text is not None:
-            # A transcribed file is one supervision covering the whole file.
-            supervisions = [
-                Supervision(
-                    start_s=0.0,
-                    end_s=None,
-                    text=item.text,
-                    speaker=item.speaker,
-                    language=item.language,
-                    item_key=item.item_key,
-                )
-            ]
+        supervisions = list(with_transcript(item).supervisions)
         if info["duration_s"] > cfg.max_segment_s:
             # A whole-file transcript of long audio cannot be cut without an alignment: such a
             # file is segmented by VAD and its transcript stays on the recording row.
