@@ -183,6 +183,7 @@ class WaveRunner:
         self.units = {u.unit_id: u for u in units}
         self.expected: dict[str, int] = {}
         self.already: dict[str, int] = {}
+        self.seen: set[str] = set()  # this wave's URIs; earlier waves are committed by now
         self.rows: list[dict[str, Any]] = []
         for unit in units:
             self._prepare(unit)
@@ -190,9 +191,14 @@ class WaveRunner:
     def _prepare(self, unit: Unit) -> None:
         """Drop what an earlier run already committed (a listing that changed between runs
         must not ingest a file twice); stage the listing's own quarantine rows now."""
-        already = committed_sources(self.build, [i.source_uri for _, i in unit.items])
-        items = [(o, i) for o, i in unit.items if i.source_uri not in already]
-        rejects = [q for q in unit.listing_rejects if q["source_uri"] not in already]
+        committed = committed_sources(self.build, [i.source_uri for _, i in unit.items])
+        items = []
+        for order, item in unit.items:
+            # Listed twice in this wave (two manifest rows, one file): the first listing wins.
+            if item.source_uri not in committed and item.source_uri not in self.seen:
+                items.append((order, item))
+                self.seen.add(item.source_uri)
+        rejects = [q for q in unit.listing_rejects if q["source_uri"] not in committed]
         staging = self.ledger.staging_dir(unit.unit_id)
         if rejects:
             write_table(

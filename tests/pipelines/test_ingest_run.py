@@ -109,6 +109,7 @@ def _hostile_corpus(root: Path) -> Path:
     data[10] = np.inf
     sf.write(nan, data, 16000, subtype="FLOAT")
     sf.write(root / "short.wav", np.zeros(100, np.float32), 16000)
+    sf.write(root / "wordy.wav", np.zeros(16000, np.float32), 16000)
     sf.write(root / "long.wav", np.zeros(16000 * 8, np.float32), 16000)
     sf.write(root / "rate.wav", np.zeros(4000, np.float32), 2000)
     sf.write(root / "quad.wav", rng.standard_normal((16000, 4)) * 0.1, 16000)
@@ -116,6 +117,7 @@ def _hostile_corpus(root: Path) -> Path:
     (root / "corrupt.flac").write_bytes(b"fLaC" + bytes(rng.integers(0, 255, 3000, dtype=np.uint8)))
     lines = [
         {"path": "good.wav", "text": "a fine utterance", "language": "en"},
+        {"path": "good.wav", "text": "the same file listed again"},
         {"path": "nan.wav"},
         {"path": "short.wav"},
         {"path": "long.wav"},
@@ -125,7 +127,7 @@ def _hostile_corpus(root: Path) -> Path:
         {"path": "corrupt.flac"},
         {"path": "missing.wav"},
         {"path": "good.wav", "text": "   "},
-        {"path": "good.wav", "text": "x" * 1000},
+        {"path": "wordy.wav", "text": "x" * 1000},
         {"text": "no path at all"},
     ]
     manifest = root / "manifest.jsonl"
@@ -164,7 +166,7 @@ def test_hostile_input_never_crashes_and_every_reason_is_counted(tmp_path):
     dup = [r for r in recs.to_pylist() if r["dup_of"]]
     assert len(dup) == 1, "the same audio under another URI is marked as a duplicate"
     assert dup[0]["source_uri"].endswith("copy_of_good.wav")
-    assert summary.already_ingested == 0
+    assert summary.already_ingested == 1  # good.wav's second manifest row
     again = run_ingest(str(manifest), build, config, progress=False)
     assert again.units_run == 0 and again.recordings == 2
     kaldi_segments = _tables(build)["segments"].to_pylist()
