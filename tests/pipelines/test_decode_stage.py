@@ -50,9 +50,11 @@ def test_bad_items_become_quarantine_rows(tmp_path):
     junk.write_bytes(b"RIFF not really" * 50)
     wordy = tmp_path / "wordy.wav"
     sf.write(wordy, np.zeros(16000, np.float32), 16000)
+    unreadable = tmp_path / "a_directory.wav"
+    unreadable.mkdir()
     items = [
         SourceItem(str(p), corpus="t", text=("a" * 500 if p == wordy else None))
-        for p in (nan, short, low, many, empty, junk, wordy, tmp_path / "missing.wav")
+        for p in (nan, short, low, many, empty, junk, wordy, tmp_path / "missing.wav", unreadable)
     ]
     rows = _run(items)
     reasons = [json.loads(r["quarantine_json"])[0]["reason_code"] for r in rows]
@@ -65,6 +67,7 @@ def test_bad_items_become_quarantine_rows(tmp_path):
         "undecodable",
         "text_audio_mismatch",
         "missing_file",
+        "read_error",
     ]
     assert all(r["pcm"] == b"" and r["info_json"] == "" for r in rows)
 
