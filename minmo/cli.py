@@ -32,6 +32,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         max_segment_s=args.max_segment_s,
         max_duration_s=args.max_duration_s,
         files_per_unit=args.files_per_unit,
+        units_per_wave=args.units_per_wave,
         vad_actors=args.vad_actors,
         storage_options=options,
     )
@@ -81,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=defaults["files_per_unit"].default,
         help="resume granularity: files committed together",
+    )
+    ingest.add_argument(
+        "--units-per-wave",
+        type=int,
+        default=defaults["units_per_wave"].default,
+        help="units per Ray execution (start-up is paid once per wave)",
     )
     ingest.add_argument(
         "--vad-actors",

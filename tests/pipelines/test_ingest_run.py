@@ -194,7 +194,8 @@ def _write_corpus(root: Path, n: int) -> Path:
 def test_resume_after_kill_gives_the_same_tables(tmp_path):
     src = _write_corpus(tmp_path / "src", 24)
     reference = str(tmp_path / "reference")
-    config = IngestConfig(files_per_unit=5)
+    # One unit per wave: units commit seconds apart, so the kill lands between two of them.
+    config = IngestConfig(files_per_unit=5, units_per_wave=1)
     run_ingest(str(src), reference, config, progress=False)
 
     crashed = tmp_path / "crashed"
@@ -209,6 +210,8 @@ def test_resume_after_kill_gives_the_same_tables(tmp_path):
         str(crashed),
         "--files-per-unit",
         "5",
+        "--units-per-wave",
+        "1",
     ]
     proc = subprocess.Popen(
         command,
