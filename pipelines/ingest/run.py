@@ -27,6 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipelines.build import BuildDir, StepLedger
@@ -184,6 +185,7 @@ class WaveRunner:
         self.expected: dict[str, int] = {}
         self.already: dict[str, int] = {}
         self.seen: set[str] = set()  # this wave's URIs; earlier waves are committed by now
+        self.progress: dict[str, tuple[str, int]] = {}  # progress file -> (unit, items)
         self.rows: list[dict[str, Any]] = []
         for unit in units:
             self._prepare(unit)
@@ -235,9 +237,8 @@ class WaveRunner:
         config = self.config
         cfg = config.to_dict()
         try:
-            ds = ray.data.from_items(
-                self.rows, override_num_blocks=math.ceil(len(self.rows) / config.decode_batch_size)
-            )
+            blocks = math.ceil(len(self.rows) / config.decode_batch_size)
+            ds = ray.data.from_items(self.rows, override_num_blocks=blocks)
             ds = ds.map_batches(
                 decode_batch,
                 fn_kwargs={"config": cfg},
@@ -245,7 +246,6 @@ class WaveRunner:
                 batch_size=config.decode_batch_size,
                 num_cpus=1,
             )
-            blocks = math.ceil(len(self.rows) / config.decode_batch_size)
             actors = config.vad_actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
             actors = min(actors, blocks)  # an actor without input only costs start-up
             ds = ds.map_batches(
@@ -265,14 +265,27 @@ class WaveRunner:
         except BaseException as exc:  # re-raised on the driver's main thread
             failure.append(exc)
 
+    def _staged_items(self) -> Counter:
+        """Items staged per unit: one recursive listing of this run's staging per poll, and each
+        progress file read once (they are written by rename, so never change)."""
+        root = self.ledger.staging_root
+        if self.build.exists(root):
+            infos = self.build.fs.get_file_info(pafs.FileSelector(root, recursive=True))
+            for info in infos:
+                parts = info.path[len(root) :].strip("/").split("/")
+                is_progress = len(parts) == 3 and parts[1] == "progress"
+                if is_progress and parts[2].endswith(".json") and info.path not in self.progress:
+                    self.progress[info.path] = (parts[0], self.build.read_json(info.path)["items"])
+        staged: Counter = Counter()
+        for unit_id, items in self.progress.values():
+            staged[unit_id] += items
+        return staged
+
     def _commit_complete(self) -> None:
+        staged = self._staged_items()
         for unit_id in list(self.units):
             staging = self.ledger.staging_dir(unit_id)
-            staged = sum(
-                self.build.read_json(p)["items"]
-                for p in self.build.files(f"{staging}/progress", ".json")
-            )
-            if staged < self.expected[unit_id]:
+            if staged[unit_id] < self.expected[unit_id]:
                 continue
             unit = self.units.pop(unit_id)
             order = {i.source_uri: o for o, i in unit.items}
