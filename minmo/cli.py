@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 
 def _cmd_demo_data(args: argparse.Namespace) -> int:
@@ -38,6 +39,40 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     )
     summary = run_ingest(args.src, args.build, config, progress=not args.quiet)
     print(summary.render())
+    return 0
+
+
+def _cmd_diarize(args: argparse.Namespace) -> int:
+    from pipelines.diarize import DiarizeConfig, run_diarize
+
+    config = DiarizeConfig(
+        backend=args.backend,
+        diarization_model=args.diarization_model,
+        num_speakers=None if args.num_speakers == 0 else args.num_speakers,
+        min_speakers=args.min_speakers,
+        max_speakers=args.max_speakers,
+        tasks=args.task,
+        device=args.device,
+        actors=args.actors,
+        recordings_per_unit=args.recordings_per_unit,
+        storage_options=json.loads(args.storage_options) if args.storage_options else {},
+    )
+    print(run_diarize(args.build, config, progress=not args.quiet).render())
+    return 0
+
+
+def _cmd_label_turns(args: argparse.Namespace) -> int:
+    from pipelines.turns import LabelTurnsConfig, run_label_turns
+
+    config = LabelTurnsConfig(
+        pause_s=args.pause_s,
+        backchannel_max_s=args.backchannel_max_s,
+        backchannel_window_s=args.backchannel_window_s,
+        hop_s=args.hop_s,
+        seed=args.seed,
+        storage_options=json.loads(args.storage_options) if args.storage_options else {},
+    )
+    print(run_label_turns(args.build, config, progress=not args.quiet).render())
     return 0
 
 
@@ -102,11 +137,73 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.set_defaults(func=_cmd_ingest)
 
+    _add_diarize(sub)
+    _add_label_turns(sub)
+
     run = sub.add_parser("run", help="run a job spec's steps in order")
     run.add_argument("job", help="YAML job spec, e.g. jobs/demo.yaml")
     run.add_argument("--build", required=True, help="build directory")
     run.set_defaults(func=_cmd_run)
     return parser
+
+
+def _add_diarize(sub: Any) -> None:
+    from pipelines.diarize import BACKENDS
+
+    p = sub.add_parser("diarize", help="conversation recordings -> speaker turns table")
+    p.add_argument("--build", required=True, help="build directory (local path or s3://)")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKENDS,
+        help="auto: channels for multi-channel audio, else pyannote if a model is given, "
+        "else offline",
+    )
+    p.add_argument(
+        "--diarization-model",
+        default=None,
+        help="pyannote pipeline: local dir with config.yaml, or a repo id in your HF cache",
+    )
+    p.add_argument(
+        "--num-speakers", type=int, default=2, help="speakers per conversation (0: estimate)"
+    )
+    p.add_argument("--min-speakers", type=int, default=None)
+    p.add_argument("--max-speakers", type=int, default=None)
+    p.add_argument(
+        "--task",
+        action="append",
+        default=None,
+        help="diarize recordings with this task (repeatable; default: conversation)",
+    )
+    p.add_argument("--device", default=None, help="torch device for model backends")
+    p.add_argument("--actors", type=int, default=None, help="actor pool size")
+    p.add_argument("--recordings-per-unit", type=int, default=16, help="resume granularity")
+    p.add_argument("--storage-options", default=None, help="JSON for the build filesystem")
+    p.set_defaults(func=_cmd_diarize)
+
+
+def _add_label_turns(sub: Any) -> None:
+    from pipelines.turns import LabelTurnsConfig
+
+    d = LabelTurnsConfig()
+    p = sub.add_parser(
+        "label-turns", help="speaker turns -> duplex events and frame labels (2 per conversation)"
+    )
+    p.add_argument("--build", required=True, help="build directory (local path or s3://)")
+    p.add_argument("--pause-s", type=float, default=d.pause_s, help="pauses shorter join a turn")
+    p.add_argument(
+        "--backchannel-max-s", type=float, default=d.backchannel_max_s, help="longest back-channel"
+    )
+    p.add_argument(
+        "--backchannel-window-s",
+        type=float,
+        default=d.backchannel_window_s,
+        help="the other speaker talks this close before and after a back-channel",
+    )
+    p.add_argument("--hop-s", type=float, default=d.hop_s, help="frame hop (LLM input rate)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the user turn-taking gaps")
+    p.add_argument("--storage-options", default=None, help="JSON for the build filesystem")
+    p.set_defaults(func=_cmd_label_turns)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

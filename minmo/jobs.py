@@ -3,9 +3,10 @@
 Owns: parsing and checking a spec (unknown keys are an error naming the nearest valid key) and
 running its steps. Each step's section maps one to one onto that step's config dataclass.
 
-    steps: [demo-data, ingest]
+    steps: [demo-data, ingest, diarize, label-turns]
     demo-data: {out: "{build}/demo-src", seed: 0}
     ingest: {src: "{build}/demo-src/manifest.jsonl", max_segment_s: 30}
+    diarize: {backend: auto, num_speakers: 2}
 
 `{build}` in any string value is replaced by the build directory.
 """
@@ -79,9 +80,37 @@ def _ingest_keys() -> tuple[str, ...]:
     return ("src", *(f.name for f in dataclasses.fields(IngestConfig)))
 
 
+def _run_diarize(build: str, section: dict[str, Any], progress: bool) -> Any:
+    from pipelines.diarize import DiarizeConfig, run_diarize
+
+    summary = run_diarize(build, DiarizeConfig(**section), progress=progress)
+    print(summary.render())
+    return summary
+
+
+def _run_label_turns(build: str, section: dict[str, Any], progress: bool) -> Any:
+    from pipelines.turns import LabelTurnsConfig, run_label_turns
+
+    summary = run_label_turns(build, LabelTurnsConfig(**section), progress=progress)
+    print(summary.render())
+    return summary
+
+
+def _config_keys(module: str, name: str) -> tuple[str, ...]:
+    import importlib
+
+    return tuple(f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name)))
+
+
 STEPS: dict[str, Callable[[], Step]] = {
     "demo-data": lambda: Step("demo-data", ("out", "seed"), _run_demo_data),
     "ingest": lambda: Step("ingest", _ingest_keys(), _run_ingest),
+    "diarize": lambda: Step(
+        "diarize", _config_keys("pipelines.diarize", "DiarizeConfig"), _run_diarize
+    ),
+    "label-turns": lambda: Step(
+        "label-turns", _config_keys("pipelines.turns", "LabelTurnsConfig"), _run_label_turns
+    ),
 }
 
 

@@ -3,7 +3,8 @@
 Owns: the layout of DIR (tables, shards, state), atomic writes, and the per-step ledger of
 finished work units that makes every step resumable. Must not: know what any step computes.
 
-Layout (see the README): DIR/<table>/part files, DIR/_state/<step>/done/<unit>.json (one marker
+Layout (see the README): DIR/<table>/part files (`<step>~<unit>_<n>.parquet`; ingest's have no
+step prefix), DIR/_state/<step>/done/<unit>.json (one marker
 per committed unit of work), DIR/_state/<step>/staging/<run>/<unit>/ (a unit's output before
 commit). Staging is per run: workers of a killed run can outlive their driver for a while and
 keep writing; a fresh run id fences their late files off from what the new run commits.
@@ -95,6 +96,17 @@ class StepLedger:
     def staging_dir(self, unit_id: str) -> str:
         return f"{self.staging_root}/{unit_id}"
 
+    def table_file_owner(self, name: str) -> tuple[str, str]:
+        """(step, unit id) of a table part file: `<step>~<unit>_<n>.parquet`, or ingest's
+        historical `<unit>_<n>.parquet`. Several steps add rows to one table (quarantine), so
+        each step only ever recovers its own files."""
+        owner, _, rest = name.rpartition("~")
+        return (owner or "ingest"), rest.split("_", 1)[0]
+
+    def part_name(self, unit_id: str, index: int) -> str:
+        prefix = "" if self.step == "ingest" else f"{self.step}~"
+        return f"{prefix}{unit_id}_{index:04d}.parquet"
+
     def recover(self) -> int:
         """Undo whatever a crashed run left half-done: staged output and table files of units
         without a marker. Returns how many stray files were removed."""
@@ -104,7 +116,9 @@ class StepLedger:
         for table in self.tables:
             for path in self.build.files(self.build.table_dir(table)):
                 name = path.rsplit("/", 1)[-1]
-                unit_id = name.split("_", 1)[0]
+                step, unit_id = self.table_file_owner(name)
+                if step != self.step:
+                    continue
                 if ".tmp-" in name or not self.is_done(unit_id):
                     self.build.delete(path)
                     removed += 1
@@ -117,7 +131,7 @@ class StepLedger:
             target = self.build.table_dir(table)
             self.build.fs.create_dir(target, recursive=True)
             for index, path in enumerate(self.build.files(f"{staging}/{table}", ".parquet")):
-                self.build.fs.move(path, f"{target}/{unit_id}_{index:04d}.parquet")
+                self.build.fs.move(path, f"{target}/{self.part_name(unit_id, index)}")
         self.build.write_json_atomic(
             f"{self.done_dir}/{unit_id}.json", {"unit": unit_id, **summary}
         )

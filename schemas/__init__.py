@@ -1,11 +1,19 @@
 """Arrow contracts between minmo's steps and its trainer: one module per table, each versioned."""
 
 from schemas._table import SchemaError, TableContract
+from schemas.duplex import EVENTS, FRAME_LABELS, EventType, FrameLabel
 from schemas.quarantine import QUARANTINE, ReasonCode
 from schemas.recordings import RECORDINGS
 from schemas.segments import SEGMENTS, SegmentOrigin, segment_id
+from schemas.turns import TURNS, DiarizationBackend
 
 __all__ = [
+    "EVENTS",
+    "FRAME_LABELS",
+    "TURNS",
+    "DiarizationBackend",
+    "EventType",
+    "FrameLabel",
     "QUARANTINE",
     "RECORDINGS",
     "SEGMENTS",

@@ -30,6 +30,12 @@ class ReasonCode(str, enum.Enum):
     UNSUPPORTED_SOURCE = "unsupported_source"  # e.g. a Kaldi wav.scp pipe command
     BAD_SEGMENT = "bad_segment"  # a source supervision lies outside its audio or is inverted
     TEXT_AUDIO_MISMATCH = "text_audio_mismatch"  # far more text than the audio could carry
+    NOT_MULTICHANNEL = (
+        "not_multichannel"  # a one-channel recording given to per-channel diarization
+    )
+    NO_SPEECH = "no_speech"  # diarization found no speech at all
+    SINGLE_SPEAKER = "single_speaker"  # a conversation in which only one speaker talks
+    NOT_TWO_PARTY = "not_two_party"  # duplex labels need exactly two speakers
     INTERNAL_ERROR = "internal_error"  # a bug: the step failed on this input; detail has it
 
 

@@ -1,0 +1,1 @@
+"""Full-duplex turn-taking: labels from speaker turns (MinMo's heuristics) and their evaluation."""

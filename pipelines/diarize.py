@@ -1,0 +1,319 @@
+"""The diarize step: conversation recordings -> the speaker turns table (+ quarantine).
+
+Owns: choosing the recordings to diarize (by task, duplicates skipped), the backend choice per
+recording (`auto`: `channels` for multi-channel audio, else `pyannote` when a model is
+configured, else `offline`), the Ray Data actor stage that loads audio and runs the backend,
+and the step's summary. The algorithms live in minmo/diarization/.
+
+Resumable and idempotent through `RecordingStep`: a recording is diarized once per build;
+bad input (no speech, one speaker, a one-channel recording forced onto `channels`, unreadable
+audio) is quarantined with a reason, never a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from pipelines.build import BuildDir
+from pipelines.ingest.items import quarantine_row
+from pipelines.ray_runtime import ensure_ray
+from pipelines.recording_step import RecordingStep, StepTotals
+from schemas import QUARANTINE, TURNS, DiarizationBackend, ReasonCode
+
+STEP = "diarize"
+BACKENDS = ("auto", *(b.value for b in DiarizationBackend))
+
+
+@dataclass
+class DiarizeConfig:
+    """How conversations are diarized; the `diarize:` section of a job spec maps onto it."""
+
+    backend: str = "auto"
+    """auto, channels, pyannote or offline (see the module docstring for `auto`)."""
+    diarization_model: str | None = None
+    """pyannote pipeline: a local directory with config.yaml, or a repo id in the HF cache."""
+    num_speakers: int | None = 2
+    """Speakers per conversation; two-party conversations default to 2. None: estimate."""
+    min_speakers: int | None = None
+    max_speakers: int | None = None
+    tasks: list[str] = field(default_factory=lambda: ["conversation"])
+    """Recordings whose `task` is one of these are diarized."""
+    device: str | None = None
+    """Torch device for model backends; default cuda when the actor has a GPU, else cpu."""
+    actors: int | None = None
+    """Actor pool size; default one per CPU (or per GPU when GPUs are used)."""
+    gpus_per_actor: float | None = None
+    """GPUs per actor; default 1 when the Ray cluster has GPUs and a model backend is used."""
+    recordings_per_unit: int = 16
+    units_per_wave: int = 16
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            self.tasks = ["conversation"]
+        if self.backend not in BACKENDS:
+            raise ValueError(f"diarize backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.backend == "pyannote" and not self.diarization_model:
+            raise ValueError("backend 'pyannote' needs diarization_model (a local path)")
+        if self.recordings_per_unit < 1 or self.units_per_wave < 1:
+            raise ValueError("recordings_per_unit and units_per_wave must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def choose_backend(config: DiarizeConfig, channels: int) -> str:
+    if config.backend != "auto":
+        return config.backend
+    if channels >= 2:
+        return DiarizationBackend.CHANNELS.value
+    if config.diarization_model:
+        return DiarizationBackend.PYANNOTE.value
+    return DiarizationBackend.OFFLINE.value
+
+
+def load_audio_16k(source_uri: str, channels: int, storage_options: dict[str, Any]) -> np.ndarray:
+    """The recording as ingest saw it: decoded, dual mono folded, (channels, samples) at 16 kHz."""
+    from minmo.audio.decode import container_of, decode_audio
+    from minmo.audio.measure import fold_dual_mono
+    from minmo.audio.resample import TARGET_RATE_HZ, resample
+    from pipelines.ingest.decode_stage import read_source
+
+    audio = decode_audio(read_source(source_uri, storage_options), container_of(source_uri))
+    samples = fold_dual_mono(audio.samples)
+    if channels == 1 and samples.shape[0] > 1:
+        samples = samples.mean(axis=0, keepdims=True)
+    return resample(samples, audio.sample_rate_hz, TARGET_RATE_HZ)
+
+
+def speech_and_overlap_s(turns: list[dict[str, Any]]) -> tuple[float, float]:
+    """Seconds with anyone speaking, and with two or more speaking at once."""
+    edges = sorted([(t["start_s"], 1) for t in turns] + [(t["end_s"], -1) for t in turns])
+    speech = overlap = 0.0
+    active = 0
+    last = 0.0
+    for time_s, delta in edges:
+        if active >= 1:
+            speech += time_s - last
+        if active >= 2:
+            overlap += time_s - last
+        active += delta
+        last = time_s
+    return speech, overlap
+
+
+class DiarizeStage:
+    """Ray Data actor: one recording per call -> its turns rows or a quarantine row.
+
+    Backends are built on first use and kept for the actor's life (model loads are the
+    expensive part)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        import torch
+
+        self.config = DiarizeConfig(**config)
+        self.backends: dict[str, Any] = {}
+        torch.set_num_threads(1)  # one CPU per actor: more threads only contend
+
+    def _backend(self, name: str) -> Any:
+        if name not in self.backends:
+            if name == "channels":
+                from minmo.diarization.channels import ChannelDiarizer
+
+                self.backends[name] = ChannelDiarizer()
+            elif name == "pyannote":
+                from minmo.diarization.pyannote_backend import PyannoteDiarizer
+
+                model = self.config.diarization_model
+                assert model is not None
+                self.backends[name] = PyannoteDiarizer(model, device=self.config.device)
+            else:
+                from minmo.diarization.offline import OfflineDiarizer
+
+                self.backends[name] = OfflineDiarizer()
+        return self.backends[name]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {"unit": [], "recording_id": [], "result_json": []}
+        for unit, rid, item_json in zip(
+            batch["unit"], batch["recording_id"], batch["item_json"], strict=True
+        ):
+            out["unit"].append(unit)
+            out["recording_id"].append(rid)
+            out["result_json"].append(json.dumps(self.diarize(json.loads(item_json))))
+        return out
+
+    def diarize(self, item: dict[str, Any]) -> dict[str, Any]:
+        from minmo.audio.decode import DecodeError
+        from minmo.diarization.types import DiarizationRejected, SpeakerHints
+        from pipelines.ingest.decode_stage import Rejected
+
+        config = self.config
+        backend = choose_backend(config, item["channels"])
+        stats: dict[str, float] = {"audio_s": item["duration_s"], f"backend_{backend}": 1}
+
+        def reject(reason: str, detail: str) -> dict[str, Any]:
+            row = quarantine_row(item["source_uri"], reason, detail, step=STEP)
+            row["item_key"] = item["recording_id"]
+            return {"tables": {"quarantine": [row]}, "stats": stats}
+
+        started = time.perf_counter()
+        try:
+            audio = load_audio_16k(item["source_uri"], item["channels"], config.storage_options)
+            hints = SpeakerHints(config.num_speakers, config.min_speakers, config.max_speakers)
+            segments = self._backend(backend)(audio, hints)
+        except DiarizationRejected as exc:
+            return reject(exc.reason, exc.detail)
+        except Rejected as exc:
+            return reject(exc.reason.value, exc.detail)
+        except DecodeError as exc:
+            return reject(ReasonCode.UNDECODABLE.value, str(exc))
+        except Exception as exc:  # a bug must not sink the job: quarantined with its trace
+            detail = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"
+            return reject(ReasonCode.INTERNAL_ERROR.value, detail)
+        stats["compute_s"] = time.perf_counter() - started
+        rows = [
+            {
+                "recording_id": item["recording_id"],
+                "speaker": s.speaker,
+                "channel": s.channel,
+                "start_s": round(s.start_s, 3),
+                "end_s": round(s.end_s, 3),
+                "backend": backend,
+                "confidence": float(np.clip(s.confidence, 0.0, 1.0)),
+            }
+            for s in segments
+        ]
+        speech_s, overlap_s = speech_and_overlap_s(rows)
+        stats |= {
+            "conversations": 1,
+            "diarized_audio_s": item["duration_s"],
+            "speech_s": speech_s,
+            "overlap_s": overlap_s,
+        }
+        return {"tables": {"turns": rows}, "stats": stats}
+
+
+@dataclass
+class DiarizeSummary:
+    """This run and the whole build after it."""
+
+    recordings_run: int
+    wall_s: float
+    run_audio_s: float
+    totals: StepTotals
+
+    def to_dict(self) -> dict[str, Any]:
+        t = self.totals
+        return {
+            "recordings_run": self.recordings_run,
+            "wall_s": self.wall_s,
+            "run_audio_s": self.run_audio_s,
+            "conversations": int(t.stats.get("conversations", 0)),
+            "hours": t.stats.get("diarized_audio_s", 0.0) / 3600,
+            "turns": t.rows.get("turns", 0),
+            "speech_s": t.stats.get("speech_s", 0.0),
+            "overlap_ratio": self.overlap_ratio,
+            "backends": {
+                k.removeprefix("backend_"): int(v)
+                for k, v in t.stats.items()
+                if k.startswith("backend_")
+            },
+            "quarantined": dict(t.quarantined),
+            "real_time_factor": self.real_time_factor,
+        }
+
+    @property
+    def overlap_ratio(self) -> float:
+        speech = self.totals.stats.get("speech_s", 0.0)
+        return self.totals.stats.get("overlap_s", 0.0) / speech if speech else 0.0
+
+    @property
+    def real_time_factor(self) -> float:
+        audio = self.totals.stats.get("diarized_audio_s", 0.0)
+        return self.totals.stats.get("compute_s", 0.0) / audio if audio else 0.0
+
+    def render(self) -> str:
+        d = self.to_dict()
+        rate = self.run_audio_s / self.wall_s if self.wall_s else 0.0
+        backends = ", ".join(f"{k} {v}" for k, v in sorted(d["backends"].items())) or "none"
+        lines = [
+            f"diarize: {self.recordings_run} recording(s) this run, {self.run_audio_s / 3600:.3f} "
+            f"audio hours in {self.wall_s:.1f} s wall = {rate:,.0f} audio-h per wall-h",
+            f"  build: {d['conversations']} conversations diarized ({d['hours']:.3f} h), "
+            f"{d['turns']} turns, overlap {100 * d['overlap_ratio']:.1f}% of speech",
+            f"  backends: {backends}; compute {d['real_time_factor']:.3f}x real time per actor",
+            f"  quarantined: {sum(d['quarantined'].values())}"
+            + "".join(f"\n    {r}: {n}" for r, n in sorted(d["quarantined"].items())),
+        ]
+        return "\n".join(lines)
+
+
+def conversations_to_diarize(build: BuildDir, config: DiarizeConfig) -> list[dict[str, Any]]:
+    """Recordings with a conversation task, duplicates skipped, sorted by recording id."""
+    files = build.files(build.table_dir("recordings"), ".parquet")
+    if not files:
+        return []
+    columns = ["recording_id", "source_uri", "channels", "duration_s", "task", "dup_of"]
+    table = pads.dataset(files, filesystem=build.fs, format="parquet").to_table(
+        columns=columns,
+        filter=pc.field("task").isin(config.tasks) & pc.field("dup_of").is_null(),
+    )
+    rows = table.drop_columns(["task", "dup_of"]).to_pylist()
+    return sorted(rows, key=lambda r: r["recording_id"])
+
+
+def run_diarize(build_uri: str, config: DiarizeConfig, progress: bool = True) -> DiarizeSummary:
+    """Diarize every pending conversation of the build; resumable, idempotent."""
+    build = BuildDir(build_uri, **config.storage_options)
+    step = RecordingStep(
+        build,
+        STEP,
+        {"turns": TURNS, "quarantine": QUARANTINE},
+        config.recordings_per_unit,
+        config.units_per_wave,
+    )
+    done = step.covered()
+    pending = [r for r in conversations_to_diarize(build, config) if r["recording_id"] not in done]
+    counts = None
+    if pending:
+        ensure_ray(progress=progress)
+        counts = step.run(
+            pending, lambda ds: _diarize_dataset(ds, config, len(pending)), progress, len(pending)
+        )
+    summary = DiarizeSummary(
+        recordings_run=counts.recordings_run if counts else 0,
+        wall_s=counts.wall_s if counts else 0.0,
+        run_audio_s=counts.stats.get("audio_s", 0.0) if counts else 0.0,
+        totals=step.totals(),
+    )
+    build.write_json_atomic(build.path("_state", STEP, "summary.json"), summary.to_dict())
+    return summary
+
+
+def _diarize_dataset(ds: Any, config: DiarizeConfig, n_items: int) -> Any:
+    import ray
+
+    resources = ray.cluster_resources()
+    uses_model = config.backend != "channels"
+    gpus = config.gpus_per_actor
+    if gpus is None:
+        gpus = 1.0 if uses_model and resources.get("GPU", 0) >= 1 else 0.0
+    slots = resources.get("GPU", 0) / gpus if gpus else resources.get("CPU", 1)
+    actors = max(1, min(config.actors or int(slots), n_items))
+    return ds.map_batches(
+        DiarizeStage,
+        fn_constructor_kwargs={"config": config.to_dict()},
+        batch_size=1,
+        num_cpus=1,
+        num_gpus=gpus,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+    )

@@ -1,0 +1,79 @@
+"""Full-duplex training labels: turn-taking events and per-frame labels, per role assignment.
+
+Every two-party conversation yields two samples, one per choice of which speaker plays the
+user; the other plays the assistant. `sample_id` = `<recording_id>-u<user speaker>`.
+
+Frame classes (`FrameLabel`), from the assistant's point of view at each frame:
+
+* listen (0): the assistant does not hold the floor; it stays silent.
+* speak_now (1): the user's turn has just ended; the assistant starts its turn at this frame
+  (an `assistant_turn_taking` event).
+* keep_speaking (2): the assistant holds the floor and is talking; it continues, also while the
+  user says a back-channel (a `user_backchannel` event lies in these frames).
+* stop_now (3): the user takes the floor at this frame (a `user_turn_taking` event); if the
+  assistant is still talking (a barge-in) it stops now, otherwise it must not resume.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import pyarrow as pa
+
+from schemas._table import TableContract
+
+
+class EventType(str, enum.Enum):
+    ASSISTANT_TURN_TAKING = "assistant_turn_taking"  # at the end of the user's turn
+    USER_TURN_TAKING = "user_turn_taking"  # the user starts a turn (gap T, or a barge-in)
+    USER_BACKCHANNEL = "user_backchannel"  # the user speaks, the assistant keeps the floor
+
+
+class FrameLabel(enum.IntEnum):
+    LISTEN = 0
+    SPEAK_NOW = 1
+    KEEP_SPEAKING = 2
+    STOP_NOW = 3
+
+
+EVENTS = TableContract(
+    name="events",
+    version=1,
+    schema=pa.schema(
+        [
+            pa.field("sample_id", pa.string(), nullable=False),
+            pa.field("recording_id", pa.string(), nullable=False),
+            pa.field("user_speaker", pa.string(), nullable=False),
+            pa.field("assistant_speaker", pa.string(), nullable=False),
+            pa.field("event_type", pa.string(), nullable=False),
+            pa.field("time_s", pa.float64(), nullable=False),
+            # user_turn_taking only: the drawn gap T after the assistant's turn (null on a
+            # barge-in, where the user's real start is used)
+            pa.field("gap_s", pa.float64()),
+            pa.field("barge_in", pa.bool_(), nullable=False),  # the user cut into a turn
+        ]
+    ),
+    required=("sample_id", "recording_id", "user_speaker", "assistant_speaker", "event_type"),
+    enums={"event_type": EventType},
+    non_negative=("time_s", "gap_s"),
+)
+
+FRAME_LABELS = TableContract(
+    name="frame_labels",
+    version=1,
+    schema=pa.schema(
+        [
+            pa.field("sample_id", pa.string(), nullable=False),
+            pa.field("recording_id", pa.string(), nullable=False),
+            pa.field("user_speaker", pa.string(), nullable=False),
+            pa.field("assistant_speaker", pa.string(), nullable=False),
+            pa.field("user_channel", pa.int16(), nullable=False),  # where the user is heard
+            pa.field("hop_s", pa.float64(), nullable=False),  # frame i covers [i*hop, (i+1)*hop)
+            pa.field("n_frames", pa.int32(), nullable=False),
+            pa.field("duration_s", pa.float64(), nullable=False),
+            pa.field("labels", pa.list_(pa.int8()), nullable=False),  # FrameLabel values
+        ]
+    ),
+    required=("sample_id", "recording_id", "user_speaker", "assistant_speaker", "labels"),
+    non_negative=("hop_s", "n_frames", "duration_s"),
+)

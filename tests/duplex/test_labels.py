@@ -1,0 +1,150 @@
+"""Hand-made turn sequences with exactly known events and frame labels.
+
+Most cases use a 0.5 s hop (easy frame arithmetic) and gap_std_s = 0, so the user's drawn gap T
+is exactly its mean, 0.6 s; the seeded draw itself is tested separately.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from minmo.duplex.labels import (
+    DuplexConfig,
+    Span,
+    analyse,
+    events_for,
+    frame_labels,
+    gap_generator,
+    join_turns,
+)
+from schemas.duplex import EventType
+
+FIXED = DuplexConfig(gap_std_s=0.0, hop_s=0.5)
+ATT, UTT, UBC = (
+    EventType.ASSISTANT_TURN_TAKING,
+    EventType.USER_TURN_TAKING,
+    EventType.USER_BACKCHANNEL,
+)
+
+
+def spans(*items: tuple[str, float, float]) -> list[Span]:
+    return [Span(*item) for item in items]
+
+
+def label(ipus: list[Span], user: str, duration_s: float, config: DuplexConfig = FIXED):
+    conversation = analyse(ipus, config)
+    events = events_for(conversation, user, "rec", config)
+    labels = frame_labels(conversation, user, events, duration_s, config.hop_s)
+    return conversation, [(e.event_type, round(e.time_s, 3)) for e in events], labels.tolist()
+
+
+def test_plain_alternation_gives_speak_now_and_seeded_user_start() -> None:
+    ipus = spans(("A", 0.0, 2.0), ("B", 2.5, 4.0), ("A", 4.6, 6.0))
+    _, events, labels = label(ipus, "A", 7.0)
+    assert events == [(ATT, 2.0), (UTT, 4.6)]  # B's turn ends at 4.0, A starts T = 0.6 later
+    assert labels == [0, 0, 0, 0, 1, 2, 2, 2, 0, 3, 0, 0, 0, 0]
+    _, events, labels = label(ipus, "B", 7.0)
+    assert events == [(UTT, 2.6), (ATT, 4.0)]
+    # The assistant (A) opens: it holds the floor from its first word, with no speak-now.
+    assert labels == [2, 2, 2, 2, 0, 3, 0, 0, 1, 2, 2, 2, 0, 0]
+
+
+def test_backchannel_does_not_take_the_floor() -> None:
+    ipus = spans(("A", 0.0, 6.0), ("B", 2.0, 2.4), ("B", 7.0, 9.0))
+    conversation, events, labels = label(ipus, "B", 9.0)
+    assert conversation.backchannels == [Span("B", 2.0, 2.4)]
+    assert events == [(UBC, 2.0), (UTT, 6.6)]
+    assert labels[:12] == [2] * 12  # the assistant keeps talking through the "mm-hm"
+    assert labels[13] == 3
+    # With A as the user, B's "mm-hm" is the assistant's own back-channel: no user event.
+    _, events, _ = label(ipus, "A", 9.0)
+    assert events == [(ATT, 6.0)]
+
+
+def test_backchannel_in_the_speakers_pause() -> None:
+    ipus = spans(("A", 0.0, 3.0), ("B", 3.2, 3.5), ("A", 3.9, 6.0))
+    conversation, events, _ = label(ipus, "B", 6.5)
+    assert conversation.backchannels == [Span("B", 3.2, 3.5)]
+    assert conversation.transfers == []
+    assert events == [(UBC, 3.2)]
+
+
+def test_short_answer_that_the_other_does_not_talk_over_takes_the_floor() -> None:
+    ipus = spans(("A", 0.0, 3.0), ("B", 3.3, 3.8), ("A", 5.5, 7.0))
+    conversation, events, _ = label(ipus, "B", 7.5)
+    assert conversation.backchannels == []
+    assert events == [(UTT, 3.6), (ATT, 3.8)]
+
+
+def test_barge_in_uses_the_real_start_and_stops_the_assistant() -> None:
+    ipus = spans(("A", 0.0, 5.0), ("B", 4.0, 8.0))
+    conversation, events, labels = label(ipus, "B", 8.0)
+    assert conversation.transfers[0].overlapped
+    assert events == [(UTT, 4.0)]
+    conv_events = events_for(conversation, "B", "rec", FIXED)
+    assert conv_events[0].barge_in and conv_events[0].gap_s is None
+    assert labels == [2] * 8 + [3] + [0] * 7  # the assistant's floor ends when B cuts in
+    _, events, labels = label(ipus, "A", 8.0)
+    assert events == [(ATT, 5.0)]  # the user's (A's) turn ends at 5.0
+    assert labels == [0] * 10 + [1] + [2] * 5
+
+
+def test_failed_interruption_leaves_the_floor() -> None:
+    ipus = spans(("A", 0.0, 8.0), ("B", 3.0, 4.5))
+    conversation, events, _ = label(ipus, "B", 8.5)
+    assert conversation.backchannels == []  # 1.5 s is too long for a back-channel
+    assert conversation.kept_floor == [Span("B", 3.0, 4.5)]
+    assert conversation.transfers == []
+    assert events == []
+
+
+def test_long_silence_within_one_speakers_floor_is_no_event() -> None:
+    ipus = spans(("A", 0.0, 2.0), ("A", 5.0, 7.0), ("B", 8.0, 10.0))
+    conversation, events, labels = label(ipus, "B", 10.0)
+    assert len(conversation.turns) == 3  # A's two turns stay apart (3 s pause)
+    assert events == [(UTT, 7.6)]
+    # A holds the floor through its own long pause: keep_speaking runs to its last word.
+    assert labels[:14] == [2] * 14 and labels[15] == 3
+
+
+def test_short_pauses_join_a_turn() -> None:
+    turns = join_turns(spans(("A", 0.0, 1.0), ("A", 1.3, 2.0), ("A", 2.6, 3.0)), pause_s=0.5)
+    assert turns == spans(("A", 0.0, 2.0), ("A", 2.6, 3.0))
+
+
+def test_overlapping_take_over_at_turn_end() -> None:
+    # B starts 0.3 s before A finishes (a normal overlap at a transition): a barge-in at 3.7.
+    ipus = spans(("A", 0.0, 4.0), ("B", 3.7, 6.0))
+    _, events, _ = label(ipus, "B", 6.0)
+    assert events == [(UTT, 3.7)]
+
+
+def test_needs_two_speakers() -> None:
+    with pytest.raises(ValueError, match="2 speakers"):
+        analyse(spans(("A", 0.0, 1.0)), FIXED)
+    with pytest.raises(ValueError, match="2 speakers"):
+        analyse(spans(("A", 0.0, 1.0), ("B", 1.0, 2.0), ("C", 2.0, 3.0)), FIXED)
+
+
+def test_seeded_gaps_are_reproducible_and_follow_the_distribution() -> None:
+    ipus = [Span("AB"[i % 2], 2.0 * i, 2.0 * i + 1.5) for i in range(40)]
+    config = DuplexConfig()
+    first = events_for(analyse(ipus, config), "B", "rec-1", config)
+    again = events_for(analyse(ipus, config), "B", "rec-1", config)
+    other = events_for(analyse(ipus, config), "B", "rec-2", config)
+    assert first == again
+    assert [e.time_s for e in first] != [e.time_s for e in other]
+    gaps = [e.gap_s for e in first if e.event_type is UTT]
+    assert len(gaps) == 20 and all(g is not None and g >= 0 for g in gaps)
+    draws = np.maximum(0, gap_generator("x", "A", 0).normal(0.6, 0.4, 20_000))
+    assert abs(draws.mean() - 0.6) < 0.03  # clipping at 0 lifts the mean only slightly
+    assert abs(draws.std() - 0.4) < 0.04
+
+
+def test_frames_cover_the_duration_at_the_hop() -> None:
+    ipus = spans(("A", 0.0, 2.0), ("B", 2.5, 4.0))
+    conversation = analyse(ipus, DuplexConfig())
+    events = events_for(conversation, "A", "r", DuplexConfig())
+    assert len(frame_labels(conversation, "A", events, 4.0, 0.12)) == 34  # ceil(4 / 0.12)
+    assert len(frame_labels(conversation, "A", events, 3.6, 0.12)) == 30  # exact multiple
