@@ -8,6 +8,7 @@ from schemas.segments import SEGMENTS, SegmentOrigin, segment_id
 from schemas.turns import TURNS, DiarizationBackend
 
 __all__ = [
+    "CONTRACTS",
     "EVENTS",
     "FRAME_LABELS",
     "TURNS",
@@ -23,3 +24,8 @@ __all__ = [
     "TableContract",
     "segment_id",
 ]
+
+CONTRACTS: dict[str, TableContract] = {
+    c.name: c for c in (RECORDINGS, SEGMENTS, QUARANTINE, TURNS, EVENTS, FRAME_LABELS)
+}
+"""Every table a build directory can hold, by name."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from minmo.duplex.labels import DuplexConfig, Span, analyse, events_for, frame_labels
 from schemas.duplex import EventType, FrameLabel
 
 DEFAULT_KS = (1, 5, 10)
@@ -158,3 +159,60 @@ def score_samples(
                 c, n = 0, len(ref_bc)
             backchannel[k] = (backchannel[k][0] + c, backchannel[k][1] + n)
     return DuplexScore(events, backchannel)
+
+
+def map_speakers(hypothesis: Sequence[Span], reference: Sequence[Span]) -> dict[str, str]:
+    """Hypothesis speaker -> reference speaker, maximising the seconds of speech they share
+    (the optimal one-to-one mapping DER uses). Unmapped hypothesis speakers keep their name."""
+    from scipy.optimize import linear_sum_assignment
+
+    hyp_names = sorted({s.speaker for s in hypothesis})
+    ref_names = sorted({s.speaker for s in reference})
+    shared = np.zeros((len(hyp_names), len(ref_names)))
+    for h in hypothesis:
+        for r in reference:
+            both = min(h.end_s, r.end_s) - max(h.start_s, r.start_s)
+            if both > 0:
+                shared[hyp_names.index(h.speaker), ref_names.index(r.speaker)] += both
+    rows, cols = linear_sum_assignment(-shared)
+    return {hyp_names[i]: ref_names[j] for i, j in zip(rows, cols, strict=True)}
+
+
+def label_sample_set(
+    turns: Sequence[Span], recording_id: str, duration_s: float, config: DuplexConfig
+) -> dict[str, tuple[list[tuple[EventType, float]], np.ndarray]]:
+    """Both role assignments of one conversation: {user speaker: (events, frame labels)}."""
+    conversation = analyse(turns, config)
+    out = {}
+    for user in conversation.speakers:
+        events = events_for(conversation, user, recording_id, config)
+        labels = frame_labels(conversation, user, events, duration_s, config.hop_s)
+        out[user] = ([(e.event_type, e.time_s) for e in events], labels)
+    return out
+
+
+def label_agreement(
+    conversations: Iterable[tuple[str, float, Sequence[Span], Sequence[Span]]],
+    config: DuplexConfig,
+    ks: Sequence[int] = DEFAULT_KS,
+) -> DuplexScore:
+    """Labels from diarized turns scored against labels from reference turns.
+
+    `conversations` yields (recording id, duration, diarized turns, reference turns). Diarized
+    speakers are renamed to the reference speakers they match best first, so both sides draw
+    the same seeded user gaps: the comparison measures diarization, not the random draw.
+    """
+    predicted: dict[str, tuple[list[tuple[EventType, float]], np.ndarray]] = {}
+    reference: dict[str, tuple[list[tuple[EventType, float]], np.ndarray]] = {}
+    for rid, duration_s, hyp, ref in conversations:
+        names = map_speakers(hyp, ref)
+        renamed = [Span(names.get(s.speaker, s.speaker), s.start_s, s.end_s) for s in hyp]
+        for user, sample in label_sample_set(ref, rid, duration_s, config).items():
+            reference[f"{rid}-u{user}"] = sample
+        try:
+            hyp_samples = label_sample_set(renamed, rid, duration_s, config)
+        except ValueError:  # not two speakers: every reference event of it is missed
+            hyp_samples = {}
+        for user, sample in hyp_samples.items():
+            predicted[f"{rid}-u{user}"] = sample
+    return score_samples(predicted, reference, config.hop_s, ks)

@@ -38,7 +38,7 @@ from pipelines.ingest.sink import StagedUnitsDatasink, write_table
 from pipelines.ingest.sources import list_sources
 from pipelines.ingest.vad_stage import VadSegmenter
 from pipelines.ray_runtime import ensure_ray
-from schemas import QUARANTINE, RECORDINGS, SEGMENTS
+from schemas import CONTRACTS, QUARANTINE, RECORDINGS
 
 STEP = "ingest"
 TABLES = ("recordings", "segments", "quarantine")
@@ -377,7 +377,7 @@ def mark_duplicates(build: BuildDir, staged_dir: str, order: dict[str, int]) -> 
 
 def read_table(build: BuildDir, table: str) -> pa.Table:
     """A whole committed table (for tests and small builds; steps stream instead)."""
-    contract = {"recordings": RECORDINGS, "segments": SEGMENTS, "quarantine": QUARANTINE}[table]
+    contract = CONTRACTS[table]
     files = build.files(build.table_dir(table), ".parquet")
     if not files:
         return contract.empty()
