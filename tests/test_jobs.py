@@ -5,7 +5,7 @@ from minmo.jobs import JobSpecError, load_job
 
 def test_demo_job_parses(tmp_path):
     plan = load_job("jobs/demo.yaml", str(tmp_path))
-    assert [step.name for step, _ in plan] == ["demo-data", "ingest"]
+    assert [step.name for step, _ in plan] == ["demo-data", "ingest", "diarize", "label-turns"]
     ingest = plan[1][1]
     assert ingest["src"].startswith(str(tmp_path))
 
@@ -24,4 +24,14 @@ def test_unknown_step_and_top_level_key(tmp_path):
         load_job(spec, str(tmp_path))
     spec.write_text("steps: [ingest]\nstepz: 1\n")
     with pytest.raises(JobSpecError, match='did you mean "steps"'):
+        load_job(spec, str(tmp_path))
+
+
+def test_step_sections_are_checked_against_their_configs(tmp_path):
+    spec = tmp_path / "job.yaml"
+    spec.write_text("steps: [diarize, label-turns]\ndiarize:\n  backnd: offline\n")
+    with pytest.raises(JobSpecError, match='did you mean "backend"'):
+        load_job(spec, str(tmp_path))
+    spec.write_text("steps: [label-turns]\nlabel-turns:\n  hop: 0.12\n")
+    with pytest.raises(JobSpecError, match='did you mean "hop_s"'):
         load_job(spec, str(tmp_path))
