@@ -76,7 +76,7 @@ VOICES: tuple[Voice, ...] = (
     Voice("de_m2", "de", "de+m2", 152, 38),
     Voice("es_m4", "es", "es+m4", 168, 45),
     Voice("es_f4", "es", "es-419+f4", 175, 68),
-    Voice("fr_f1", "fr", "fr-fr+f1", 165, 60),
+    Voice("fr_f1", "fr", "fr-be+f1", 165, 60),  # fr-fr+f1 vs fr-fr+m5 differ in pitch only
     Voice("fr_m5", "fr", "fr-fr+m5", 158, 36),
     Voice("zh_f5", "zh", "cmn-latn-pinyin+f5", 175, 64),
     Voice("zh_m1", "zh", "cmn-latn-pinyin+m1", 168, 40),

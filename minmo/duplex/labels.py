@@ -13,9 +13,11 @@ The rules are the MinMo paper's heuristics (arXiv 2501.06282, stage 4), made pre
 4. **Events**, for one choice of which speaker plays the user (the other is the assistant):
    * assistant turn-taking: at the end of the user's turn, when the floor passes to the assistant;
    * user turn-taking: when the floor passes to the user. A user who cuts into the assistant's
-     turn (a barge-in) does so at their real start; otherwise the user starts a gap T after the
-     assistant's turn ends, T ~ N(0.6 s, 0.4^2 s^2) clipped at 0, drawn from a generator seeded
-     by (recording, user side, seed), one draw per assistant turn, so reruns are identical;
+     turn (a barge-in), or starts within `immediate_s` of its end, does so at their real start;
+     otherwise the user starts a gap T after the assistant's turn ends, T ~ N(0.6 s, 0.4^2 s^2)
+     clipped at 0. T is drawn from a generator seeded by (recording, user side, seed), one
+     draw per hand-over to the user in order (also for those that keep the real start, so a
+     hand-over changing kind does not shift later draws): reruns are identical;
    * user back-channel: at the start of each user back-channel inside the assistant's floor.
 5. **Frame labels** (`schemas.duplex.FrameLabel`): keep_speaking while the assistant holds the
    floor and until its speech in that floor ends, speak_now on the frame of each assistant
@@ -25,7 +27,12 @@ Why these defaults: `pause_s` = 0.5 s joins the comma-length pauses inside a sen
 gap before a new thought (telephone-speech studies put within-turn pauses mostly under 0.5 s);
 `backchannel_max_s` = 1.0 s covers "mm-hm", "yeah", "right, right" (Fisher back-channels are
 mostly 0.2-0.8 s) but not a short answer with content; `backchannel_window_s` = 1.0 s lets the
-other speaker pause briefly around the back-channel, as they commonly do. The default hop is
+other speaker pause briefly around the back-channel, as they commonly do. `immediate_s` = 0.2 s:
+a start that soon after the other's end is faster than a reaction (latching: the modal gap in
+human conversation is about 0.2 s, planned during the other's turn), so the real start is kept;
+it also makes labels robust to diarizers that give one speaker per instant, which cut a short
+gap or an overlapped hand-over into two abutting segments.
+The default hop is
 0.12 s, the LLM's input frame rate after MinMo's input projector.
 
 Pure: turns in, events and labels out; no I/O.
@@ -57,6 +64,7 @@ class DuplexConfig:
     gap_mean_s: float = GAP_MEAN_S
     gap_std_s: float = GAP_STD_S
     seed: int = 0
+    immediate_s: float = 0.2
 
     def __post_init__(self) -> None:
         if self.hop_s <= 0:
@@ -168,9 +176,14 @@ def analyse(ipus: Iterable[Span], config: DuplexConfig) -> Conversation:
 
 
 def gap_generator(recording_id: str, user: str, seed: int) -> np.random.Generator:
-    """The per-(conversation, user side) stream of user turn-taking gaps: reruns draw the same."""
+    """The stream of one sample's user turn-taking gaps: same inputs, same draws, every rerun."""
     digest = hashlib.sha256(f"{recording_id}|{user}|{seed}".encode()).digest()
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def draw_gap(rng: np.random.Generator, config: DuplexConfig) -> float:
+    """T ~ N(gap_mean_s, gap_std_s^2), clipped at 0."""
+    return max(0.0, float(rng.normal(config.gap_mean_s, config.gap_std_s)))
 
 
 def events_for(
@@ -181,20 +194,18 @@ def events_for(
         raise ValueError(f"{user!r} is not a speaker of this conversation")
     assistant = next(s for s in conversation.speakers if s != user)
     rng = gap_generator(recording_id, user, config.seed)
-    # One draw per assistant floor turn in order, used only when the user takes the floor after
-    # it without cutting in; drawing for every turn keeps later draws stable when a transfer
-    # changes kind.
     events: list[Event] = []
     for transfer in conversation.transfers:
         if transfer.speaker == assistant:
             events.append(Event(EventType.ASSISTANT_TURN_TAKING, transfer.previous_end_s))
+            continue
+        gap = draw_gap(rng, config)
+        if transfer.start_s < transfer.previous_end_s + config.immediate_s:
+            barge_in = transfer.overlapped
+            events.append(Event(EventType.USER_TURN_TAKING, transfer.start_s, barge_in=barge_in))
         else:
-            gap = max(0.0, float(rng.normal(config.gap_mean_s, config.gap_std_s)))
-            if transfer.overlapped:
-                events.append(Event(EventType.USER_TURN_TAKING, transfer.start_s, barge_in=True))
-            else:
-                time_s = transfer.previous_end_s + gap
-                events.append(Event(EventType.USER_TURN_TAKING, time_s, gap_s=gap))
+            time_s = transfer.previous_end_s + gap
+            events.append(Event(EventType.USER_TURN_TAKING, time_s, gap_s=gap))
     for bc in conversation.backchannels:
         if bc.speaker == user:
             events.append(Event(EventType.USER_BACKCHANNEL, bc.start_s))

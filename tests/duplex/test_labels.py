@@ -13,6 +13,7 @@ from minmo.duplex.labels import (
     DuplexConfig,
     Span,
     analyse,
+    draw_gap,
     events_for,
     frame_labels,
     gap_generator,
@@ -120,6 +121,19 @@ def test_overlapping_take_over_at_turn_end() -> None:
     assert events == [(UTT, 3.7)]
 
 
+def test_a_start_abutting_the_others_end_counts_as_a_cut_in() -> None:
+    # One-speaker-per-instant diarizers cut an overlapped hand-over into abutting segments.
+    ipus = spans(("A", 0.0, 4.0), ("B", 4.0, 6.0), ("A", 6.02, 8.0))
+    conversation = analyse(ipus, FIXED)
+    events = events_for(conversation, "B", "rec", FIXED)
+    assert [(e.time_s, e.barge_in, e.gap_s) for e in events] == [
+        (4.0, False, None),
+        (6.0, False, None),
+    ]
+    events = events_for(conversation, "A", "rec", FIXED)
+    assert [(e.event_type, e.time_s) for e in events] == [(ATT, 4.0), (UTT, 6.02)]
+
+
 def test_needs_two_speakers() -> None:
     with pytest.raises(ValueError, match="2 speakers"):
         analyse(spans(("A", 0.0, 1.0)), FIXED)
@@ -137,9 +151,16 @@ def test_seeded_gaps_are_reproducible_and_follow_the_distribution() -> None:
     assert [e.time_s for e in first] != [e.time_s for e in other]
     gaps = [e.gap_s for e in first if e.event_type is UTT]
     assert len(gaps) == 20 and all(g is not None and g >= 0 for g in gaps)
-    draws = np.maximum(0, gap_generator("x", "A", 0).normal(0.6, 0.4, 20_000))
+    rng = gap_generator("x", "A", 0)
+    draws = np.array([draw_gap(rng, config) for _ in range(20_000)])
+    assert draws.min() >= 0.0
     assert abs(draws.mean() - 0.6) < 0.03  # clipping at 0 lifts the mean only slightly
     assert abs(draws.std() - 0.4) < 0.04
+    # A hand-over that keeps its real start still consumes its draw: later gaps do not shift.
+    near = [Span("A", 0.0, 2.0), Span("B", 2.1, 4.0), Span("A", 4.5, 6.0), Span("B", 7.0, 9.0)]
+    far = [Span("A", 0.0, 2.0), Span("B", 3.0, 4.0), Span("A", 4.5, 6.0), Span("B", 7.0, 9.0)]
+    last = [events_for(analyse(x, config), "B", "r", config)[-1] for x in (near, far)]
+    assert last[0] == last[1] and last[0].gap_s is not None
 
 
 def test_frames_cover_the_duration_at_the_hop() -> None:
