@@ -117,7 +117,7 @@ def run(
     line = f"  {name}: pooled "
     if show_der:
         agreement = label_agreement(conversations, DuplexConfig())
-        f1 = " ".join(f"{e.value.split('_')[0][:4]}/{e.value.split('_')[1]} {agreement.f1(e, 5):.2f}" for e in EventType)
+        f1 = ", ".join(f"{e.value} {agreement.f1(e, 5):.2f}" for e in EventType)
         line += f"DER {100 * pooled.der:.1f}%  JER {100 * pooled.jer:.1f}%  "
         line += f"RTF {compute / audio_s:.4f}  labels F1@5: {f1}"
     else:
@@ -131,8 +131,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch threads {args.threads}, cuda {torch.cuda.is_available()}")
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch threads {args.threads}, cuda {torch.cuda.is_available()}"
+    )
 
     from minmo.diarization.channels import ChannelDiarizer
     from minmo.diarization.offline import OfflineDiarizer
@@ -141,7 +143,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         stereo, mono = demo_sets(Path(tmp) / "demo")
         sample = [shared_item("diar_pyannote_sample/sample")]
-        aws = [shared_item("stereo_aws_lca_autorepairs40/Auto_Repairs_40_UTC_stereo", ".energyvad.rttm")]
+        aws = [
+            shared_item(
+                "stereo_aws_lca_autorepairs40/Auto_Repairs_40_UTC_stereo", ".energyvad.rttm"
+            )
+        ]
         channels, offline = ChannelDiarizer(), OfflineDiarizer()
         print("channels")
         run("demo stereo", channels, stereo)

@@ -39,13 +39,14 @@ divided by `margin_scale` and clipped to [0, 1]. With one speaker (hinted) it is
 similarity of the windows to the speaker's mean embedding.
 
 Why Resemblyzer is re-implemented here instead of imported: `import resemblyzer` pulls in
-webrtcvad, which fails to import here (it needs pkg_resources), and librosa, which is not
-installed; the network is four layers. `_SpeakerEncoder` loads the wheel's `pretrained.pt` into
+webrtcvad, which fails to import without setuptools' pkg_resources, and librosa, which minmo
+does not otherwise need; the network is four layers. `_SpeakerEncoder` loads the wheel's `pretrained.pt` into
 the same layers and computes the same linear-power Slaney mel spectrogram as librosa, with torch.
 
-Known limit: voices Resemblyzer cannot tell apart are refused as one voice. On the demo corpus
-the espeak-ng voices fr_f1 and fr_m5 are such a pair (their centroids are 0.96 cosine-similar,
-as similar as two halves of one voice), so `fr_vacances` is refused.
+Known limit: voices Resemblyzer cannot tell apart are refused as one voice. espeak-ng's
+`fr-fr+f1` and `fr-fr+m5` were such a pair (centroids 0.96 cosine-similar, as similar as two
+halves of one voice: the variants change pitch, not the voice), which is why the demo's French
+female voice is built on `fr-be`.
 """
 
 from __future__ import annotations
