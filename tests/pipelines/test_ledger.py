@@ -20,7 +20,7 @@ def test_commit_moves_files_then_marks_done(tmp_path):
     assert not ledger.is_done("u1")
     ledger.commit("u1", {"rows": 1})
     assert ledger.is_done("u1")
-    assert [p.name for p in (tmp_path / "t").iterdir()] == ["u1_0000.parquet"]
+    assert [p.name for p in (tmp_path / "t").iterdir()] == ["step~u1_0000.parquet"]
     assert not (tmp_path / "_state" / "step" / "staging" / ledger.run_id / "u1").exists()
     assert next(ledger.done_units())["rows"] == 1
 
@@ -33,10 +33,10 @@ def test_recover_removes_uncommitted_output(tmp_path):
     # a crash after moving u2's file but before its marker:
     _stage(build, ledger, "u2")
     build.fs.move(
-        f"{ledger.staging_dir('u2')}/t/x.parquet", f"{build.table_dir('t')}/u2_0000.parquet"
+        f"{ledger.staging_dir('u2')}/t/x.parquet", f"{build.table_dir('t')}/step~u2_0000.parquet"
     )
     assert ledger.recover() == 1
-    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["u1_0000.parquet"]
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["step~u1_0000.parquet"]
     assert not (tmp_path / "_state" / "step" / "staging").exists()
 
 
@@ -45,3 +45,22 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     build.write_json_atomic(build.path("a", "b.json"), {"x": 1})
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["b.json"]
     assert build.read_json(build.path("a", "b.json")) == {"x": 1}
+
+
+def test_steps_sharing_a_table_recover_only_their_own_files(tmp_path):
+    """quarantine gets rows from every step: one step's recovery must not touch another's."""
+    build = BuildDir(str(tmp_path))
+    ingest = StepLedger(build, "ingest", ("t",))
+    _stage(build, ingest, "a1")
+    ingest.commit("a1", {})
+    diarize = StepLedger(build, "diarize", ("t",))
+    _stage(build, diarize, "b1")
+    diarize.commit("b1", {})
+    names = sorted(p.name for p in (tmp_path / "t").iterdir())
+    assert names == ["a1_0000.parquet", "diarize~b1_0000.parquet"]  # ingest keeps its old names
+    assert StepLedger(build, "ingest", ("t",)).recover() == 0
+    assert StepLedger(build, "diarize", ("t",)).recover() == 0
+    build.delete(f"{diarize.done_dir}/b1.json")  # diarize's unit lost its marker
+    assert StepLedger(build, "ingest", ("t",)).recover() == 0
+    assert StepLedger(build, "diarize", ("t",)).recover() == 1
+    assert [p.name for p in (tmp_path / "t").iterdir()] == ["a1_0000.parquet"]
