@@ -76,6 +76,24 @@ def _cmd_label_turns(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_synthesize(args: argparse.Namespace) -> int:
+    from pipelines.synthesize import SynthesizeConfig, run_synthesize
+
+    config = SynthesizeConfig(
+        dialogues=args.dialogues,
+        layout=args.layout,
+        backend=args.backend,
+        backend_options=json.loads(args.backend_options) if args.backend_options else {},
+        responses=args.responses,
+        duplex=not args.no_duplex,
+        seed=args.seed,
+        actors=args.actors,
+        storage_options=json.loads(args.storage_options) if args.storage_options else {},
+    )
+    print(run_synthesize(args.build, config, progress=not args.quiet).render())
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from minmo.jobs import run_job
 
@@ -137,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.set_defaults(func=_cmd_ingest)
 
+    _add_synthesize(sub)
     _add_diarize(sub)
     _add_label_turns(sub)
 
@@ -145,6 +164,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--build", required=True, help="build directory")
     run.set_defaults(func=_cmd_run)
     return parser
+
+
+def _add_synthesize(sub: Any) -> None:
+    p = sub.add_parser(
+        "synthesize", help="text dialogues -> spoken dialogues (stage 3) and duplex calls"
+    )
+    p.add_argument("--build", required=True, help="build directory (local path or s3://)")
+    p.add_argument("--dialogues", action="append", required=True, help="chat JSONL (repeatable)")
+    p.add_argument("--layout", default="auto", choices=["auto", "chatml", "sharegpt", "alpaca"])
+    p.add_argument("--backend", default="espeak", choices=["espeak", "piper", "http"])
+    p.add_argument(
+        "--backend-options",
+        default=None,
+        help='JSON, e.g. \'{"base_url": "http://gpu:50000", "api": "cosyvoice"}\'',
+    )
+    p.add_argument("--responses", default=None, help="JSONL of query_text/response (recipe 2)")
+    p.add_argument("--no-duplex", action="store_true", help="skip simulated duplex calls")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--actors", type=int, default=None)
+    p.add_argument("--storage-options", default=None, help="JSON for the build filesystem")
+    p.set_defaults(func=_cmd_synthesize)
 
 
 def _add_diarize(sub: Any) -> None:

@@ -8,7 +8,8 @@ running its steps. Each step's section maps one to one onto that step's config d
     ingest: {src: "{build}/demo-src/manifest.jsonl", max_segment_s: 30}
     diarize: {backend: auto, num_speakers: 2}
 
-`{build}` in any string value is replaced by the build directory.
+`{build}` in any string value is replaced by the build directory, `{job_dir}` by the directory
+holding the spec (for data files shipped beside it).
 """
 
 from __future__ import annotations
@@ -96,6 +97,14 @@ def _run_label_turns(build: str, section: dict[str, Any], progress: bool) -> Any
     return summary
 
 
+def _run_synthesize(build: str, section: dict[str, Any], progress: bool) -> Any:
+    from pipelines.synthesize import SynthesizeConfig, run_synthesize
+
+    summary = run_synthesize(build, SynthesizeConfig(**section), progress=progress)
+    print(summary.render())
+    return summary
+
+
 def _config_keys(module: str, name: str) -> tuple[str, ...]:
     import importlib
 
@@ -108,19 +117,22 @@ STEPS: dict[str, Callable[[], Step]] = {
     "diarize": lambda: Step(
         "diarize", _config_keys("pipelines.diarize", "DiarizeConfig"), _run_diarize
     ),
+    "synthesize": lambda: Step(
+        "synthesize", _config_keys("pipelines.synthesize", "SynthesizeConfig"), _run_synthesize
+    ),
     "label-turns": lambda: Step(
         "label-turns", _config_keys("pipelines.turns", "LabelTurnsConfig"), _run_label_turns
     ),
 }
 
 
-def _expand(value: Any, build: str) -> Any:
+def _expand(value: Any, build: str, job_dir: str = ".") -> Any:
     if isinstance(value, str):
-        return value.replace("{build}", build)
+        return value.replace("{build}", build).replace("{job_dir}", job_dir)
     if isinstance(value, list):
-        return [_expand(v, build) for v in value]
+        return [_expand(v, build, job_dir) for v in value]
     if isinstance(value, dict):
-        return {k: _expand(v, build) for k, v in value.items()}
+        return {k: _expand(v, build, job_dir) for k, v in value.items()}
     return value
 
 
@@ -142,7 +154,7 @@ def load_job(path: str | Path, build: str) -> list[tuple[Step, dict[str, Any]]]:
         if not isinstance(section, dict):
             raise JobSpecError(f"{path}: section '{name}' must be a mapping")
         check_keys(f"{path}: {name}", section, step.keys)
-        plan.append((step, _expand(section, build)))
+        plan.append((step, _expand(section, build, str(Path(path).resolve().parent))))
     return plan
 
 

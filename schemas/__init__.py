@@ -1,13 +1,20 @@
 """Arrow contracts between minmo's steps and its trainer: one module per table, each versioned."""
 
 from schemas._table import SchemaError, TableContract
+from schemas.dialogues import DIALOGUES, ChatLayout, Role
 from schemas.duplex import EVENTS, FRAME_LABELS, EventType, FrameLabel
 from schemas.quarantine import QUARANTINE, ReasonCode
 from schemas.recordings import RECORDINGS
+from schemas.s2s import S2S_SAMPLES, S2SRecipe
 from schemas.segments import SEGMENTS, SegmentOrigin, segment_id
 from schemas.turns import TURNS, DiarizationBackend
 
 __all__ = [
+    "S2S_SAMPLES",
+    "S2SRecipe",
+    "DIALOGUES",
+    "ChatLayout",
+    "Role",
     "CONTRACTS",
     "EVENTS",
     "FRAME_LABELS",
@@ -26,6 +33,7 @@ __all__ = [
 ]
 
 CONTRACTS: dict[str, TableContract] = {
-    c.name: c for c in (RECORDINGS, SEGMENTS, QUARANTINE, TURNS, EVENTS, FRAME_LABELS)
+    c.name: c
+    for c in (RECORDINGS, SEGMENTS, QUARANTINE, TURNS, EVENTS, FRAME_LABELS, DIALOGUES, S2S_SAMPLES)
 }
 """Every table a build directory can hold, by name."""

@@ -5,7 +5,13 @@ from minmo.jobs import JobSpecError, load_job
 
 def test_demo_job_parses(tmp_path):
     plan = load_job("jobs/demo.yaml", str(tmp_path))
-    assert [step.name for step, _ in plan] == ["demo-data", "ingest", "diarize", "label-turns"]
+    assert [step.name for step, _ in plan] == [
+        "demo-data",
+        "ingest",
+        "synthesize",
+        "diarize",
+        "label-turns",
+    ]
     ingest = plan[1][1]
     assert ingest["src"].startswith(str(tmp_path))
 

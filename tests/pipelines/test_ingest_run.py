@@ -163,6 +163,8 @@ def test_hostile_input_never_crashes_and_every_reason_is_counted(tmp_path):
         ReasonCode.NO_SPEECH.value,
         ReasonCode.SINGLE_SPEAKER.value,
         ReasonCode.NOT_TWO_PARTY.value,
+        ReasonCode.BAD_DIALOGUE.value,
+        ReasonCode.TTS_FAILED.value,
     }
     assert expected <= reasons, f"missing: {expected - reasons}: {quarantine.to_pylist()}"
     assert sum(summary.quarantined.values()) == quarantine.num_rows
