@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from pipelines.build import BuildDir
-from pipelines.recording_step import RecordingStep, StepTotals
 from pipelines.ray_runtime import ensure_ray
+from pipelines.recording_step import RecordingStep, StepTotals
 from schemas import (
     DIALOGUES,
     QUARANTINE,
@@ -160,6 +160,33 @@ def recording_row(
     }
 
 
+def whole_segment(rec: dict[str, Any]) -> dict[str, Any]:
+    """One synthesised line is one supervised segment: its text, voice and language."""
+    return {
+        "segment_id": segment_id(rec["recording_id"], 0, 0.0, rec["duration_s"]),
+        "recording_id": rec["recording_id"],
+        "channel": 0,
+        "start_s": 0.0,
+        "end_s": rec["duration_s"],
+        "duration_s": rec["duration_s"],
+        "speech_prob": rec["speech_ratio"],
+        "origin": "supervision",
+        "text": rec["transcript"],
+        "speaker": rec["speaker"],
+        "language": rec["language"],
+    }
+
+
+def simulation_config(options: dict[str, Any], seed: int) -> Any:
+    """SimulationConfig from a job spec's mapping; gap fields may be given as mappings of
+    GapDistribution's fields, e.g. {kind: normal, a: 0.6, b: 0.4, min_s: 0}."""
+    from minmo.duplex.simulate import GapDistribution, SimulationConfig
+
+    values = {k: GapDistribution(**v) if isinstance(v, dict) else v for k, v in options.items()}
+    values.setdefault("seed", seed)
+    return SimulationConfig(**values)
+
+
 class SynthesizeStage:
     """Ray Data actor: one dialogue (or one real query) per call -> rows of every table."""
 
@@ -179,11 +206,15 @@ class SynthesizeStage:
             batch["unit"], batch["recording_id"], batch["item_json"], strict=True
         ):
             item = json.loads(item_json)
+            retries_before = getattr(self.backend, "retries_used", 0)
             try:
                 result = self.process(item)
             except Exception as exc:  # a bug must not sink the job
                 detail = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"
                 result = _reject(item, ReasonCode.INTERNAL_ERROR.value, detail)
+            retries = getattr(self.backend, "retries_used", 0) - retries_before
+            if retries:
+                result["stats"]["tts_retries"] = retries
             out["unit"].append(unit)
             out["recording_id"].append(key)
             out["result_json"].append(json.dumps(result))
@@ -270,21 +301,7 @@ class SynthesizeStage:
                 task=f"s2s_{r['role']}",
             )
             tables["recordings"].append(rec)
-            tables["segments"].append(
-                {
-                    "segment_id": segment_id(rec["recording_id"], 0, 0.0, rec["duration_s"]),
-                    "recording_id": rec["recording_id"],
-                    "channel": 0,
-                    "start_s": 0.0,
-                    "end_s": rec["duration_s"],
-                    "duration_s": rec["duration_s"],
-                    "speech_prob": rec["speech_ratio"],
-                    "origin": "supervision",
-                    "text": r["text"],
-                    "speaker": request.voice.voice_id,
-                    "language": language,
-                }
-            )
+            tables["segments"].append(whole_segment(rec))
             stats[f"{r['role']}_s"] = stats.get(f"{r['role']}_s", 0.0) + rec["duration_s"]
             stats[f"voice_s:{request.voice.voice_id}"] = (
                 stats.get(f"voice_s:{request.voice.voice_id}", 0.0) + rec["duration_s"]
@@ -334,20 +351,30 @@ class SynthesizeStage:
         tables: dict[str, list[dict[str, Any]]],
         stats: dict[str, float],
     ) -> None:
-        """Assemble the dialogue as a two-channel call (user = channel 0) with exact RTTM."""
-        from minmo.duplex.simulate import SimulationConfig, simulate_conversation
+        """Assemble the dialogue as a two-channel call (user = channel 0) with exact RTTM.
+
+        Clips are trimmed to their speech first, so the reference boundaries (and the drawn
+        gaps between them) sit where speech is, not where the synthesiser's padding ends."""
+        from minmo.demo.speak import trim_silence
+        from minmo.duplex.simulate import simulate
         from minmo.tts.base import TtsRequest
 
         words = BACKCHANNELS.get(language, BACKCHANNELS["en"])
         requests = [TtsRequest(f"{did}-bc{i}", w, user_voice) for i, w in enumerate(words)]
         clips, failure = self._speak(requests)
-        if failure:
-            clips = []
-        sim = simulate_conversation(
-            [(r["role"], a) for r, a in zip(rows, audio, strict=True)],
-            {"user": clips, "assistant": []},
-            SimulationConfig(**self.config.duplex_options),
-            dialogue_id=did,
+        pool = []
+        for clip in [] if failure else clips:
+            try:
+                trimmed = trim_silence(clip, RATE_HZ)
+            except ValueError:
+                continue
+            if len(trimmed) <= RATE_HZ:  # longer than 1 s is a turn, not a back-channel
+                pool.append(trimmed)
+        sim = simulate(
+            [(r["role"], trim_silence(a, RATE_HZ)) for r, a in zip(rows, audio, strict=True)],
+            {"user": pool},
+            did,
+            simulation_config(self.config.duplex_options, self.config.seed),
         )
         uri, data = self._write(f"audio/duplex/{did}.flac", sim.audio)
         self.build.write_bytes_atomic(
@@ -380,6 +407,7 @@ class SynthesizeStage:
             speaker=voice.voice_id,
             task="s2s_assistant",
         )
+        tables = {"recordings": [rec], "segments": [whole_segment(rec)]}
         sample = {
             "sample_id": item["recording_id"],
             "dialogue_id": item["recording_id"],
@@ -406,7 +434,7 @@ class SynthesizeStage:
             "compute_s": time.perf_counter() - started,
             "s2s_samples": 1,
         }
-        return {"tables": {"recordings": [rec], "s2s_samples": [sample]}, "stats": stats}
+        return {"tables": tables | {"s2s_samples": [sample]}, "stats": stats}
 
 
 def _reject(item: dict[str, Any], reason: str, detail: str) -> dict[str, Any]:
@@ -505,6 +533,7 @@ class SynthesizeSummary:
             "asr_queries": int(t.get("asr_queries", 0)),
             "s2s_samples": int(t.get("s2s_samples", 0)),
             "duplex_conversations": int(t.get("duplex_conversations", 0)),
+            "tts_retries": int(t.get("tts_retries", 0)),
             "hours_per_role": {
                 "user": t.get("user_s", 0.0) / 3600,
                 "assistant": t.get("assistant_s", 0.0) / 3600,
@@ -527,7 +556,8 @@ class SynthesizeSummary:
                 f"{d['duplex_conversations']} duplex conversations",
                 f"  hours per role: {roles}",
                 f"  per voice: {voices}",
-                f"  TTS speed: {d['audio_s_per_compute_s']:.1f} audio s per compute s per actor",
+                f"  TTS speed: {d['audio_s_per_compute_s']:.1f} audio s per compute s per actor; "
+                f"{d['tts_retries']} request retries",
                 f"  quarantined: {sum(d['quarantined'].values())}"
                 + "".join(f"\n    {r}: {n}" for r, n in sorted(d["quarantined"].items())),
             ]

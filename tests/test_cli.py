@@ -15,7 +15,7 @@ def test_help_lists_the_commands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for command in ("demo-data", "ingest", "diarize", "label-turns", "run"):
+    for command in ("demo-data", "ingest", "synthesize", "diarize", "label-turns", "run"):
         assert command in out
 
 
@@ -48,10 +48,12 @@ def test_demo_job_end_to_end(tmp_path):
     assert len(stereo) >= 3
     assert read_table(b, "segments").num_rows > recordings.num_rows
     assert read_table(b, "quarantine").num_rows == 0
-    # diarize + label-turns: six two-party conversations -> turns, two labelled samples each.
+    # synthesize: 8 bundled dialogues -> stage-3 samples and 8 simulated duplex calls, which
+    # diarize + label-turns take with the 6 demo conversations: two labelled samples each.
+    assert read_table(b, "s2s_samples").num_rows > 8
     turns = read_table(b, "turns")
-    assert len(set(turns.column("recording_id").to_pylist())) == 6
-    assert read_table(b, "frame_labels").num_rows == 12
+    assert len(set(turns.column("recording_id").to_pylist())) == 6 + 8
+    assert read_table(b, "frame_labels").num_rows == 2 * (6 + 8)
     assert read_table(b, "events").num_rows > 12
-    for line in ("diarize:", "label-turns:", "events: assistant_turn_taking"):
+    for line in ("synthesize:", "diarize:", "label-turns:", "events: assistant_turn_taking"):
         assert line in result.stdout
