@@ -80,6 +80,13 @@ class SynthesizeConfig:
     """Passed to the backend, e.g. {"base_url": "http://gpu-host:50000", "max_in_flight": 8}."""
     user_voices: dict[str, list[str]] = field(default_factory=dict)
     """Per language, the user voice pool (engine voices); default: USER_VOICES."""
+    user_prompts: bool = False
+    """Zero-shot user voices: draw each dialogue's user voice from speaker prompts cut from
+    transcribed real recordings in the build (for backends that clone a voice, e.g. http with
+    CosyVoice); languages without prompts fall back to `user_voices`."""
+    max_prompts: int = 64
+    prompt_pool: list[dict[str, Any]] = field(default_factory=list)
+    """Filled by the step from the build when `user_prompts` is on (uri, text, language)."""
     assistant_voices: dict[str, str] = field(default_factory=dict)
     """Per language, the assistant's target voice; default: ASSISTANT_VOICES."""
     responses: str | None = None
@@ -257,9 +264,19 @@ class SynthesizeStage:
         rows = [r for r in item["turns"] if r["role"] != "system"]
         language = (rows[0].get("language") if rows else None) or "en"
         rng = seeded_rng(did, config.seed)
-        pool = config.user_pool(language)
-        user_voice = Voice(f"user:{pool[int(rng.integers(len(pool)))]}", language)
-        user_voice = Voice(user_voice.voice_id, language, user_voice.voice_id.split(":", 1)[1])
+        prompts = [p for p in config.prompt_pool if p["language"] == language]
+        if prompts:
+            prompt = prompts[int(rng.integers(len(prompts)))]
+            user_voice = Voice(
+                f"user:prompt:{prompt['segment_id']}",
+                language,
+                prompt_wav=prompt["uri"],
+                prompt_text=prompt["text"],
+            )
+        else:
+            pool = config.user_pool(language)
+            engine_voice = pool[int(rng.integers(len(pool)))]
+            user_voice = Voice(f"user:{engine_voice}", language, engine_voice)
         engine = config.assistant_voice(language)
         assistant_voice = Voice(f"assistant:{engine}", language, engine)
         requests = []
@@ -445,6 +462,64 @@ def _reject(item: dict[str, Any], reason: str, detail: str) -> dict[str, Any]:
     return {"tables": {"quarantine": [row]}, "stats": {}}
 
 
+def speaker_prompts(build: BuildDir, config: SynthesizeConfig) -> list[dict[str, Any]]:
+    """Speaker prompts for zero-shot voices: transcribed segments of 3-12 s from the build, cut
+    to 16 kHz WAV files under DIR/audio/prompts/ (written once, atomically), in id order."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+    import soundfile as sf
+
+    from pipelines.diarize import load_audio_16k
+    from pipelines.ingest.fs import to_uri
+
+    files = build.files(build.table_dir("segments"), ".parquet")
+    if not files:
+        return []
+    duration = pc.field("duration_s")
+    segments = (
+        pads.dataset(files, filesystem=build.fs, format="parquet")
+        .to_table(
+            filter=pc.field("text").is_valid() & (duration >= 3.0) & (duration <= 12.0),
+            columns=[
+                "segment_id",
+                "recording_id",
+                "channel",
+                "start_s",
+                "end_s",
+                "text",
+                "language",
+            ],
+        )
+        .sort_by("segment_id")
+        .slice(0, config.max_prompts)
+        .to_pylist()
+    )
+    recordings = pads.dataset(
+        build.files(build.table_dir("recordings"), ".parquet"), filesystem=build.fs
+    ).to_table(columns=["recording_id", "source_uri", "channels"])
+    info = {r["recording_id"]: r for r in recordings.to_pylist()}
+    pool = []
+    for s in segments:
+        path = build.path("audio", "prompts", f"{s['segment_id']}.wav")
+        if not build.exists(path):
+            rec = info[s["recording_id"]]
+            audio = load_audio_16k(rec["source_uri"], rec["channels"], config.storage_options)
+            clip = audio[s["channel"], int(s["start_s"] * RATE_HZ) : int(s["end_s"] * RATE_HZ)]
+            out = io.BytesIO()
+            sf.write(out, clip, RATE_HZ, format="WAV", subtype="PCM_16")
+            build.write_bytes_atomic(path, out.getvalue())
+        language = s["language"] or "en"
+        pool.append(
+            {
+                "segment_id": s["segment_id"],
+                "uri": to_uri(build.fs, path),
+                "text": s["text"],
+                "language": language,
+            }
+        )
+    return pool
+
+
 def dialogue_items(config: SynthesizeConfig) -> list[dict[str, Any]]:
     """Work items: each parsed dialogue, and each unparseable row (echoed into quarantine)."""
     from pipelines.dialogues import read_dialogues
@@ -584,6 +659,8 @@ def run_synthesize(
         config.dialogues_per_unit,
         config.units_per_wave,
     )
+    if config.user_prompts and not config.prompt_pool:
+        config.prompt_pool = speaker_prompts(build, config)
     done = step.covered()
     pending = [
         i

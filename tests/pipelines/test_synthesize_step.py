@@ -182,3 +182,38 @@ def test_simulated_calls_flow_through_diarize_and_label_turns(built: dict[str, A
     for event_type in (EventType.ASSISTANT_TURN_TAKING, EventType.USER_TURN_TAKING):
         assert agreement.f1(event_type, 5) >= 0.9, agreement.render()
     assert read_table(b, "frame_labels").num_rows == 16
+
+
+def test_zero_shot_user_voices_come_from_real_recordings(
+    built: dict[str, Any], tmp_path: Path
+) -> None:
+    from minmo.tts.cosyvoice_stub_server import StubServer
+
+    build = tmp_path / "zero-shot"
+    for part in ("recordings", "segments", "quarantine"):
+        shutil.copytree(
+            Path(built["build"]) / part, build / part, ignore=shutil.ignore_patterns("*~*")
+        )
+    segments = {s["text"]: s for s in read_table(BuildDir(str(build)), "segments").to_pylist()}
+    with StubServer() as stub:
+        config = SynthesizeConfig(
+            dialogues=[str(DIALOGUES)],
+            backend="http",
+            backend_options={"base_url": stub.base_url, "default_spk_id": "spk"},
+            user_prompts=True,
+            duplex=False,
+        )
+        summary = run_synthesize(str(build), config, progress=False).to_dict()
+        requests = list(stub.requests)
+    assert summary["dialogues"] == 8 and summary["quarantined"] == {}
+    zero_shot = [
+        r for r in requests if r.endpoint in ("/inference_zero_shot", "/inference_instruct2")
+    ]
+    assert zero_shot, [r.endpoint for r in requests]
+    for r in zero_shot:
+        assert r.files["prompt_wav"][:4] == b"RIFF"  # a WAV cut from an ingested recording
+        if r.endpoint == "/inference_zero_shot":
+            assert r.fields["prompt_text"] in segments
+    assert len(list((build / "audio" / "prompts").glob("*.wav"))) == len(
+        [s for s in segments.values() if 3.0 <= s["duration_s"] <= 12.0]
+    )
