@@ -1,0 +1,1 @@
+"""Text and speech tokenizers for the shard step."""
