@@ -1,0 +1,254 @@
+"""Stage shards: samples -> deterministic webdataset tars plus a byte-offset index per tar.
+
+Owns the on-disk training format of one stage directory:
+
+    <out_dir>/<stage>-000000.tar       webdataset tar; each sample's members are contiguous,
+                                       named <key>.json, <key>.flac, <key>.speech_tokens.npy, ...
+    <out_dir>/<stage>-000000.tar.idx   little-endian uint64: byte offset of each sample's first
+                                       member header, then a sentinel = the tar's size in bytes
+    <out_dir>/index.json               per-shard counts/bytes/sha256, per-task and stage totals
+
+Tars are written with webdataset's `TarWriter` (fixed integer mtime=0 so no PAX headers, uid/gid 0, fixed user/group
+names, mode 0o444, members in sorted order), so the same samples and seed give byte-identical
+files. Every file is written to a temp name and renamed into place, so a crash never leaves a
+half-written shard under its final name. Must not: do I/O beyond `out_dir`, decode audio, or drop
+samples silently (an invalid sample raises `ValueError` naming its key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from webdataset import TarWriter
+
+INDEX_NAME = "index.json"
+INDEX_VERSION = 1
+# Members a sample may carry besides "json" (required); the tar member name is "<key>.<member>".
+ARRAY_MEMBERS = ("speech_tokens.npy", "text_tokens.npy", "labels.npy")
+OPTIONAL_MEMBERS = ("flac", *ARRAY_MEMBERS)
+ALL_MEMBERS = ("json", *OPTIONAL_MEMBERS)
+# webdataset splits "<key>.<ext>" at the first dot, so keys may not contain dots or slashes.
+KEY_RE = re.compile(r"^[A-Za-z0-9_\-:+=@,]+$")
+# An int: a float mtime makes tarfile emit a PAX header before every member.
+TAR_MTIME = 0
+TAR_USER = "minmo"
+TAR_MODE = 0o444
+
+
+def validate_key(key: Any) -> str | None:
+    """Return why `key` is not a valid sample key, or None when it is."""
+    if not isinstance(key, str) or not key:
+        return f"key must be a non-empty str, got {key!r}"
+    if not KEY_RE.match(key):
+        return f"key {key!r} must be ASCII letters/digits/_-:+=@, (no dots, slashes or spaces)"
+    return None
+
+
+def shard_name(stage: str, index: int) -> str:
+    return f"{stage}-{index:06d}.tar"
+
+
+def _shuffle_rank(seed: int, key: str) -> bytes:
+    # A per-key hash makes the order independent of input order and of Python's hash seed.
+    return hashlib.sha256(f"{seed}:{key}".encode()).digest()
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def encode_sample(sample: dict[str, Any]) -> dict[str, bytes | str]:
+    """Validate one sample and encode every member to bytes (json: sorted keys, compact UTF-8)."""
+    key = sample.get("__key__")
+    if (why := validate_key(key)) is not None:
+        raise ValueError(why)
+    unknown = set(sample) - {"__key__", *ALL_MEMBERS}
+    if unknown:
+        raise ValueError(f"sample {key}: unknown members {sorted(unknown)}; allowed {ALL_MEMBERS}")
+    if not isinstance(sample.get("json"), dict):
+        raise ValueError(f"sample {key}: 'json' member (a dict) is required")
+    out: dict[str, bytes | str] = {"__key__": str(key)}
+    out["json"] = json.dumps(
+        sample["json"], sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode("utf-8")
+    if "flac" in sample:
+        if not isinstance(sample["flac"], (bytes, bytearray)):
+            raise ValueError(f"sample {key}: 'flac' must be bytes")
+        out["flac"] = bytes(sample["flac"])
+    for name in ARRAY_MEMBERS:
+        if name in sample:
+            arr = sample[name]
+            if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "iu":
+                raise ValueError(f"sample {key}: {name!r} must be an integer numpy array")
+            out[name] = _npy_bytes(arr)
+    return out
+
+
+def _tar_bytes_estimate(encoded: dict[str, bytes | str]) -> int:
+    # Header block + payload rounded up to 512-byte blocks, per member.
+    return sum(512 + -(-len(v) // 512) * 512 for k, v in encoded.items() if k != "__key__")
+
+
+def _stats(sample: dict[str, Any]) -> dict[str, Any]:
+    meta = sample["json"]
+    return {
+        "task": str(meta.get("task", "unknown")),
+        "audio_s": float(meta.get("duration_s", 0.0) or 0.0),
+        "text_tokens": int(np.size(sample["text_tokens.npy"]))
+        if "text_tokens.npy" in sample
+        else 0,
+        "speech_tokens": int(np.size(sample["speech_tokens.npy"]))
+        if "speech_tokens.npy" in sample
+        else 0,
+    }
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_one_tar(path: Path, encoded_samples: list[dict[str, bytes | str]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    offsets: list[int] = []
+    with tmp.open("wb") as f:
+        writer = TarWriter(
+            f,
+            user=TAR_USER,
+            group=TAR_USER,
+            mode=TAR_MODE,
+            compress=False,
+            encoder=False,
+            mtime=TAR_MTIME,
+        )
+        for enc in encoded_samples:
+            # TarFile.offset is the logical position of the next header, even in stream mode.
+            offsets.append(writer.tarstream.offset)
+            writer.write(enc)
+        writer.close()
+    size = tmp.stat().st_size
+    os.replace(tmp, path)
+    _atomic_write_bytes(
+        path.with_name(path.name + ".idx"), np.asarray([*offsets, size], dtype="<u8").tobytes()
+    )
+
+
+def _chunks(
+    encoded: list[tuple[dict[str, bytes | str], dict[str, Any]]], max_samples: int, max_bytes: int
+) -> Iterator[list[tuple[dict[str, bytes | str], dict[str, Any]]]]:
+    chunk: list[tuple[dict[str, bytes | str], dict[str, Any]]] = []
+    chunk_bytes = 0
+    for enc, st in encoded:
+        size = _tar_bytes_estimate(enc)
+        # A single oversize sample still gets its own shard rather than being dropped.
+        if chunk and (len(chunk) >= max_samples or chunk_bytes + size > max_bytes):
+            yield chunk
+            chunk, chunk_bytes = [], 0
+        chunk.append((enc, st))
+        chunk_bytes += size
+    if chunk:
+        yield chunk
+
+
+def _add(totals: dict[str, Any], st: dict[str, Any]) -> None:
+    totals["samples"] += 1
+    totals["audio_s"] = round(totals["audio_s"] + st["audio_s"], 6)
+    totals["text_tokens"] += st["text_tokens"]
+    totals["speech_tokens"] += st["speech_tokens"]
+
+
+def _zero() -> dict[str, Any]:
+    return {"samples": 0, "audio_s": 0.0, "text_tokens": 0, "speech_tokens": 0}
+
+
+def write_stage_shards(
+    samples: Iterable[dict[str, Any]],
+    out_dir: Path,
+    stage: str,
+    max_samples: int = 2000,
+    max_bytes: int = 500_000_000,
+    seed: int = 0,
+    shuffle: bool = True,
+) -> dict[str, Any]:
+    """Write one stage's samples as shards + `.idx` files + `index.json`; return the index.
+
+    All samples are held in memory (encoded) for the global shuffle. With `shuffle`, order is by
+    sha256(f"{seed}:{key}"), so it does not depend on input order; without it, input order is kept.
+    A shard closes at `max_samples` samples or when the next sample would pass `max_bytes`.
+    """
+    if validate_key(stage) is not None:
+        raise ValueError(f"stage {stage!r} must be a valid key-like name: {validate_key(stage)}")
+    if max_samples < 1 or max_bytes < 1:
+        raise ValueError("max_samples and max_bytes must be >= 1")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    encoded: list[tuple[dict[str, bytes | str], dict[str, Any]]] = []
+    seen: set[str] = set()
+    for sample in samples:
+        enc = encode_sample(sample)
+        key = str(enc["__key__"])
+        if key in seen:
+            raise ValueError(f"duplicate sample key {key!r}")
+        seen.add(key)
+        encoded.append((enc, _stats(sample)))
+    if shuffle:
+        encoded.sort(key=lambda pair: _shuffle_rank(seed, str(pair[0]["__key__"])))
+
+    shards: list[dict[str, Any]] = []
+    tasks: dict[str, dict[str, Any]] = {}
+    stage_totals = {**_zero(), "shards": 0, "bytes": 0}
+    for i, chunk in enumerate(_chunks(encoded, max_samples, max_bytes)):
+        name = shard_name(stage, i)
+        path = out_dir / name
+        _write_one_tar(path, [enc for enc, _ in chunk])
+        shard = {"name": name, **_zero()}
+        for _, st in chunk:
+            _add(shard, st)
+            _add(tasks.setdefault(st["task"], _zero()), st)
+            _add(stage_totals, st)
+        shard["bytes"] = path.stat().st_size
+        shard["sha256"] = _sha256_file(path)
+        stage_totals["shards"] += 1
+        stage_totals["bytes"] += shard["bytes"]
+        shards.append(shard)
+
+    # Shards left over from an earlier, larger run would otherwise look like part of this stage.
+    keep = {s["name"] for s in shards}
+    for old in out_dir.glob(f"{stage}-*.tar"):
+        if old.name not in keep:
+            old.unlink()
+            old.with_name(old.name + ".idx").unlink(missing_ok=True)
+
+    index = {
+        "version": INDEX_VERSION,
+        "stage": stage,
+        "seed": seed,
+        "shuffle": shuffle,
+        "shards": shards,
+        "tasks": dict(sorted(tasks.items())),
+        "totals": stage_totals,
+    }
+    _atomic_write_bytes(
+        out_dir / INDEX_NAME, (json.dumps(index, indent=2, sort_keys=True) + "\n").encode()
+    )
+    return index
