@@ -119,7 +119,8 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (shards are hundreds of MB)."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -227,7 +228,7 @@ def write_stage_shards(
             _add(tasks.setdefault(st["task"], _zero()), st)
             _add(stage_totals, st)
         shard["bytes"] = path.stat().st_size
-        shard["sha256"] = _sha256_file(path)
+        shard["sha256"] = sha256_file(path)
         stage_totals["shards"] += 1
         stage_totals["bytes"] += shard["bytes"]
         shards.append(shard)

@@ -11,7 +11,6 @@ Must not: modify anything on disk.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import tarfile
@@ -21,18 +20,10 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from pipelines.shards import ALL_MEMBERS, INDEX_NAME, validate_key
+from pipelines.shards import ALL_MEMBERS, INDEX_NAME, sha256_file, validate_key
 
 SPEECH_VOCAB = 6561  # CosyVoice-2 speech tokenizer codebook size.
 MAX_LABEL = 3
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -147,7 +138,7 @@ def _check_shard(stage_dir: Path, entry: dict[str, Any]) -> list[str]:
     size = path.stat().st_size
     if size != entry.get("bytes"):
         problems.append(f"{name}: -: size {size} != index bytes {entry.get('bytes')}")
-    if _sha256(path) != entry.get("sha256"):
+    if sha256_file(path) != entry.get("sha256"):
         problems.append(f"{name}: -: sha256 does not match index.json")
     samples, read_problems = _read_samples(path)
     problems += read_problems
