@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -81,7 +81,14 @@ def label_conversation(item: dict[str, Any], config: DuplexConfig) -> dict[str, 
     for user in speakers:
         assistant = next(s for s in speakers if s != user)
         sid = sample_id(rid, user)
-        events = events_for(conversation, user, rid, config)
+        # Event times are stored to the millisecond; frames are placed from those same times,
+        # so a frame's label and the event table agree even at a frame boundary.
+        events = [
+            replace(
+                e, time_s=round(e.time_s, 3), gap_s=None if e.gap_s is None else round(e.gap_s, 3)
+            )
+            for e in events_for(conversation, user, rid, config)
+        ]
         labels = frame_labels(conversation, user, events, item["duration_s"], config.hop_s)
         events_rows += [
             {
