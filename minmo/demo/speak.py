@@ -6,15 +6,12 @@ must not decide what is said (`script.py`) or where a clip is placed (`conversat
 
 from __future__ import annotations
 
-import io
 import shutil
-import struct
 import subprocess
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import soundfile as sf
 import soxr
 
 from minmo.demo.script import Voice
@@ -71,32 +68,14 @@ def synthesize(text: str, voice: Voice, exe: str | None = None) -> tuple[np.ndar
 
 
 def decode_streamed_wav(data: bytes) -> tuple[np.ndarray, int]:
-    """Decode a WAV written to a pipe.
+    """Decode a WAV espeak-ng wrote to a pipe (placeholder sizes patched, see
+    `minmo.tts.espeak.decode_piped_wav`), as this module's EspeakError on bad output."""
+    from minmo.tts.espeak import decode_piped_wav
 
-    A writer that cannot seek back leaves placeholder RIFF and data sizes (espeak-ng writes
-    0x7ffff000), so the sizes are patched to the bytes actually received before soundfile
-    reads them; otherwise the reader may expect samples that never came.
-    """
-    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise EspeakError("espeak-ng did not write a RIFF/WAVE stream")
-    patched = bytearray(data)
-    struct.pack_into("<I", patched, 4, len(data) - 8)
-    pos = 12
-    while pos + 8 <= len(data):
-        chunk_id = data[pos : pos + 4]
-        (size,) = struct.unpack_from("<I", data, pos + 4)
-        if chunk_id == b"data":
-            real = len(data) - (pos + 8)
-            real -= real % 2  # whole 16-bit samples only
-            struct.pack_into("<I", patched, pos + 4, real)
-            break
-        pos += 8 + size + (size % 2)
-    else:
-        raise EspeakError("espeak-ng WAV stream has no data chunk")
-    audio, rate = sf.read(io.BytesIO(bytes(patched)), dtype="float32", always_2d=False)
-    if audio.ndim != 1:
-        audio = audio.mean(axis=1, dtype=np.float32)
-    return audio, int(rate)
+    try:
+        return decode_piped_wav(data)
+    except ValueError as exc:
+        raise EspeakError(f"espeak-ng: {exc}") from exc
 
 
 def resample(audio: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:

@@ -247,7 +247,7 @@ def decode_piped_wav(data: bytes) -> tuple[np.ndarray, int]:
 
     A writer that cannot seek leaves placeholder RIFF/data sizes (espeak-ng writes 0x7ffff000);
     they are patched to the bytes actually received so the reader does not wait for samples
-    that never came (same fix as `minmo.demo.speak.decode_streamed_wav`).
+    that never came. The demo corpus builder decodes through this too.
     """
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         raise ValueError("output is not a RIFF/WAVE stream")
