@@ -94,6 +94,46 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_shards(args: argparse.Namespace) -> int:
+    from pipelines.shard_step import ShardsConfig, run_shards
+
+    config = ShardsConfig(
+        stages=["all"] if args.stage == "all" else [f"stage{args.stage}"],
+        text_tokenizer=args.text_tokenizer,
+        speech_tokenizer=args.speech_tokenizer,
+        max_samples=args.max_samples,
+        max_bytes=args.max_mb * 1_000_000,
+        seed=args.seed,
+        bucket_edges_s=args.bucket_edges_s or [],
+        mixture=json.loads(args.mixture) if args.mixture else {},
+        batch_size=args.batch_size,
+        storage_options=json.loads(args.storage_options) if args.storage_options else {},
+    )
+    print(run_shards(args.build, config, progress=not args.quiet).render())
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipelines.verify import verify_shards
+
+    results = verify_shards(Path(args.dir))
+    if not results:
+        print(f"minmo verify: no stage directory with index.json under {args.dir}", file=sys.stderr)
+        return 2
+    bad = 0
+    for stage, problems in results.items():
+        if problems:
+            bad += 1
+            print(f"{stage}: FAILED, {len(problems)} problem(s); first: {problems[0]}")
+            for p in problems[1:20]:
+                print(f"  {p}")
+        else:
+            print(f"{stage}: ok")
+    return 1 if bad else 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from minmo.jobs import run_job
 
@@ -158,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synthesize(sub)
     _add_diarize(sub)
     _add_label_turns(sub)
+    _add_shards(sub)
+
+    verify = sub.add_parser("verify", help="check shards against index.json (exit 1 when bad)")
+    verify.add_argument("dir", help="DIR/shards (all stages) or one stage directory")
+    verify.set_defaults(func=_cmd_verify)
 
     run = sub.add_parser("run", help="run a job spec's steps in order")
     run.add_argument("job", help="YAML job spec, e.g. jobs/demo.yaml")
@@ -244,6 +289,29 @@ def _add_label_turns(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the user turn-taking gaps")
     p.add_argument("--storage-options", default=None, help="JSON for the build filesystem")
     p.set_defaults(func=_cmd_label_turns)
+
+
+def _add_shards(sub: Any) -> None:
+    from pipelines.shard_step import ShardsConfig
+
+    d = ShardsConfig()
+    p = sub.add_parser("shards", help="tables -> per-stage WebDataset shards + index.json")
+    p.add_argument("--build", required=True, help="build directory (local path)")
+    p.add_argument("--stage", default="all", choices=["1", "2", "3", "4", "all"])
+    p.add_argument("--text-tokenizer", default=None, help="HF tokenizer dir (Qwen2.5-7B-Instruct)")
+    p.add_argument(
+        "--speech-tokenizer",
+        default=None,
+        help="S3TokenizerV2 state_dict .pt; without it the codes come from RANDOM weights",
+    )
+    p.add_argument("--max-samples", type=int, default=d.max_samples, help="samples per shard")
+    p.add_argument("--max-mb", type=int, default=d.max_bytes // 1_000_000, help="MB per shard")
+    p.add_argument("--seed", type=int, default=d.seed, help="shuffle / prompt / mixture seed")
+    p.add_argument("--bucket-edges-s", type=float, nargs="*", help="duration bucket edges")
+    p.add_argument("--mixture", default=None, help='JSON, e.g. \'{"stage1": {"asr": 0.5}}\'')
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="tokenizer batch")
+    p.add_argument("--storage-options", default=None, help="JSON for the build filesystem")
+    p.set_defaults(func=_cmd_shards)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -105,6 +105,33 @@ def _run_synthesize(build: str, section: dict[str, Any], progress: bool) -> Any:
     return summary
 
 
+def _run_shards(build: str, section: dict[str, Any], progress: bool) -> Any:
+    from pipelines.shard_step import ShardsConfig, run_shards
+
+    summary = run_shards(build, ShardsConfig(**section), progress=progress)
+    print(summary.render())
+    return summary
+
+
+def _run_verify(build: str, section: dict[str, Any], progress: bool) -> Any:
+    from pathlib import Path
+
+    from pipelines.verify import verify_shards
+
+    root = Path(section.get("dir", f"{build}/shards"))
+    results = verify_shards(root)
+    for stage, problems in results.items():
+        print(f"verify {stage}: " + ("ok" if not problems else f"FAILED: {problems[0]}"))
+    failed = {s: p for s, p in results.items() if p}
+    if not results or failed:
+        raise RuntimeError(
+            f"verify: {len(failed)} bad stage(s) under {root}"
+            if results
+            else f"verify: no shards under {root}"
+        )
+    return results
+
+
 def _config_keys(module: str, name: str) -> tuple[str, ...]:
     import importlib
 
@@ -123,6 +150,10 @@ STEPS: dict[str, Callable[[], Step]] = {
     "label-turns": lambda: Step(
         "label-turns", _config_keys("pipelines.turns", "LabelTurnsConfig"), _run_label_turns
     ),
+    "shards": lambda: Step(
+        "shards", _config_keys("pipelines.shard_step", "ShardsConfig"), _run_shards
+    ),
+    "verify": lambda: Step("verify", ("dir",), _run_verify),
 }
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from pipelines.audio_source import load_audio_16k
 from pipelines.build import BuildDir
 from pipelines.ingest.items import quarantine_row
 from pipelines.ray_runtime import ensure_ray
@@ -78,20 +79,6 @@ def choose_backend(config: DiarizeConfig, channels: int) -> str:
     if config.diarization_model:
         return DiarizationBackend.PYANNOTE.value
     return DiarizationBackend.OFFLINE.value
-
-
-def load_audio_16k(source_uri: str, channels: int, storage_options: dict[str, Any]) -> np.ndarray:
-    """The recording as ingest saw it: decoded, dual mono folded, (channels, samples) at 16 kHz."""
-    from minmo.audio.decode import container_of, decode_audio
-    from minmo.audio.measure import fold_dual_mono
-    from minmo.audio.resample import TARGET_RATE_HZ, resample
-    from pipelines.ingest.decode_stage import read_source
-
-    audio = decode_audio(read_source(source_uri, storage_options), container_of(source_uri))
-    samples = fold_dual_mono(audio.samples)
-    if channels == 1 and samples.shape[0] > 1:
-        samples = samples.mean(axis=0, keepdims=True)
-    return resample(samples, audio.sample_rate_hz, TARGET_RATE_HZ)
 
 
 def speech_and_overlap_s(turns: list[dict[str, Any]]) -> tuple[float, float]:

@@ -128,12 +128,40 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_one_tar(path: Path, encoded_samples: list[dict[str, bytes | str]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    offsets: list[int] = []
-    with tmp.open("wb") as f:
-        writer = TarWriter(
-            f,
+class _HashingFile:
+    """Write-only file wrapper: counts bytes and hashes them on the way through, so a shard's
+    sha256 and size come for free instead of re-reading hundreds of MB."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.sha256 = hashlib.sha256()
+        self.bytes = 0
+
+    def write(self, data: bytes) -> int:
+        self.raw.write(data)
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+class ShardTarWriter:
+    """One shard, streamed: encoded samples in, then `<name>` + `<name>.idx` committed atomically.
+
+    Members go through webdataset's TarWriter with fixed metadata (see module docstring). `close`
+    returns (bytes, sha256); until then only temp names exist, so a crash leaves no partial shard
+    under its final name.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self._raw = self.tmp.open("wb")
+        self._file = _HashingFile(self._raw)
+        self._writer = TarWriter(
+            self._file,
             user=TAR_USER,
             group=TAR_USER,
             mode=TAR_MODE,
@@ -141,16 +169,42 @@ def _write_one_tar(path: Path, encoded_samples: list[dict[str, bytes | str]]) ->
             encoder=False,
             mtime=TAR_MTIME,
         )
+        self.offsets: list[int] = []
+
+    def add(self, encoded: dict[str, bytes | str]) -> None:
+        # TarFile.offset is the logical position of the next header, even in stream mode.
+        self.offsets.append(self._writer.tarstream.offset)
+        self._writer.write(encoded)
+
+    def close(self) -> tuple[int, str]:
+        self._writer.close()  # writes the end-of-archive blocks through _HashingFile
+        self._raw.close()
+        size = self._file.bytes
+        if size != self.tmp.stat().st_size:
+            raise OSError(
+                f"{self.tmp}: wrote {size} bytes but the file has {self.tmp.stat().st_size}"
+            )
+        os.replace(self.tmp, self.path)
+        _atomic_write_bytes(
+            self.path.with_name(self.path.name + ".idx"),
+            np.asarray([*self.offsets, size], dtype="<u8").tobytes(),
+        )
+        return size, self._file.sha256.hexdigest()
+
+    def abort(self) -> None:
+        self._raw.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def _write_one_tar(path: Path, encoded_samples: list[dict[str, bytes | str]]) -> tuple[int, str]:
+    writer = ShardTarWriter(path)
+    try:
         for enc in encoded_samples:
-            # TarFile.offset is the logical position of the next header, even in stream mode.
-            offsets.append(writer.tarstream.offset)
-            writer.write(enc)
-        writer.close()
-    size = tmp.stat().st_size
-    os.replace(tmp, path)
-    _atomic_write_bytes(
-        path.with_name(path.name + ".idx"), np.asarray([*offsets, size], dtype="<u8").tobytes()
-    )
+            writer.add(enc)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close()
 
 
 def _chunks(
@@ -221,14 +275,14 @@ def write_stage_shards(
     for i, chunk in enumerate(_chunks(encoded, max_samples, max_bytes)):
         name = shard_name(stage, i)
         path = out_dir / name
-        _write_one_tar(path, [enc for enc, _ in chunk])
+        size, digest = _write_one_tar(path, [enc for enc, _ in chunk])
         shard = {"name": name, **_zero()}
         for _, st in chunk:
             _add(shard, st)
             _add(tasks.setdefault(st["task"], _zero()), st)
             _add(stage_totals, st)
-        shard["bytes"] = path.stat().st_size
-        shard["sha256"] = sha256_file(path)
+        shard["bytes"] = size
+        shard["sha256"] = digest
         stage_totals["shards"] += 1
         stage_totals["bytes"] += shard["bytes"]
         shards.append(shard)

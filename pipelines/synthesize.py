@@ -469,7 +469,7 @@ def speaker_prompts(build: BuildDir, config: SynthesizeConfig) -> list[dict[str,
     import pyarrow.dataset as pads
     import soundfile as sf
 
-    from pipelines.diarize import load_audio_16k
+    from pipelines.audio_source import load_audio_16k
     from pipelines.ingest.fs import to_uri
 
     files = build.files(build.table_dir("segments"), ".parquet")

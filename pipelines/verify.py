@@ -129,7 +129,53 @@ def _check_idx(path: Path, samples: list[tuple[str, int, dict[str, bytes]]]) -> 
     return problems
 
 
-def _check_shard(stage_dir: Path, entry: dict[str, Any]) -> list[str]:
+# Members each stage's samples must carry (stage names as written by the shard step).
+STAGE_MEMBERS = {
+    "stage1": {"json", "flac", "text_tokens.npy"},
+    "stage2": {"json", "text_tokens.npy", "speech_tokens.npy"},
+    "stage3": {"json", "flac", "text_tokens.npy", "speech_tokens.npy"},
+    "stage4": {"json", "flac", "text_tokens.npy", "labels.npy"},
+}
+
+
+def _array_len(data: bytes | None) -> int | None:
+    if data is None:
+        return None
+    try:
+        return int(np.load(io.BytesIO(data), allow_pickle=False).size)
+    except Exception:  # noqa: BLE001 - reported by _check_member
+        return None
+
+
+def _check_consistency(index: dict[str, Any], members: dict[str, bytes]) -> list[str]:
+    """The json's counts against the arrays, the stage's member set, the text vocabulary."""
+    problems: list[str] = []
+    required = STAGE_MEMBERS.get(str(index.get("stage")))
+    if required and (missing := sorted(required - set(members))):
+        problems.append(f"missing members {missing} required in {index.get('stage')}")
+    try:
+        meta = json.loads(members["json"])
+    except (KeyError, ValueError):
+        return problems
+    for field, member in (
+        ("n_speech_tokens", "speech_tokens.npy"),
+        ("n_text_tokens", "text_tokens.npy"),
+        ("n_labels", "labels.npy"),
+    ):
+        got = _array_len(members.get(member))
+        if field in meta and got is not None and got != meta[field]:
+            problems.append(f"{member} has {got} entries, json says {field}={meta[field]}")
+    vocab = (index.get("tokenizers") or {}).get("text_vocab_size")
+    if vocab and "text_tokens.npy" in members:
+        arr = np.load(io.BytesIO(members["text_tokens.npy"]), allow_pickle=False)
+        if arr.size and arr.max() >= vocab:
+            problems.append(f"text token {arr.max()} outside the tokenizer's {vocab} ids")
+    return problems
+
+
+def _check_shard(
+    stage_dir: Path, entry: dict[str, Any], index: dict[str, Any] | None = None
+) -> list[str]:
     name = str(entry.get("name"))
     path = stage_dir / name
     if not path.is_file():
@@ -155,6 +201,8 @@ def _check_shard(stage_dir: Path, entry: dict[str, Any]) -> list[str]:
         for ext, data in members.items():
             if ext in ALL_MEMBERS and (why := _check_member(ext, data)) is not None:
                 problems.append(f"{name}: {key}: {why}")
+        for why in _check_consistency(index or {}, members):
+            problems.append(f"{name}: {key}: {why}")
     if not read_problems:
         problems += _check_idx(path, samples)
     # Put per-sample problems (they name a key) before shard-level ones so the first message
@@ -177,7 +225,7 @@ def verify_stage(stage_dir: Path) -> list[str]:
     listed = set()
     for entry in shards:
         listed.add(entry.get("name"))
-        problems += _check_shard(stage_dir, entry)
+        problems += _check_shard(stage_dir, entry, index)
     for extra in sorted(p.name for p in stage_dir.glob("*.tar")):
         if extra not in listed:
             problems.append(f"{extra}: -: tar not listed in {INDEX_NAME}")
@@ -185,7 +233,10 @@ def verify_stage(stage_dir: Path) -> list[str]:
 
 
 def verify_shards(root: Path) -> dict[str, list[str]]:
-    """`verify_stage` for every subdirectory of `root` holding an index.json: {stage: problems}."""
+    """`verify_stage` for every subdirectory of `root` holding an index.json: {stage: problems}.
+    `root` may also be one stage directory itself."""
+    if (Path(root) / INDEX_NAME).is_file():
+        return {Path(root).name: verify_stage(Path(root))}
     return {
         d.name: verify_stage(d)
         for d in sorted(Path(root).iterdir())

@@ -38,6 +38,7 @@ class ReasonCode(str, enum.Enum):
     NOT_TWO_PARTY = "not_two_party"  # duplex labels need exactly two speakers
     BAD_DIALOGUE = "bad_dialogue"  # a chat row with no turns, unknown roles or empty text
     TTS_FAILED = "tts_failed"  # the TTS engine could not speak a line (after retries)
+    SAMPLE_FAILED = "sample_failed"  # a shard sample's audio or tokens could not be made
     INTERNAL_ERROR = "internal_error"  # a bug: the step failed on this input; detail has it
 
 

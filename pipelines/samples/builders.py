@@ -1,0 +1,464 @@
+"""Per-stage sample builders: build tables -> specs (pipelines/samples/spec.py), streamed.
+
+Owns which tasks each stage gets from which rows (DESIGN.md §1 taxonomy):
+
+  stage1  asr, contextual_asr, language_id, speech_translation, emotion, audio_event
+          (segments with a transcript / language / side-input labels), speaker_analysis
+          (diarized conversations), s2t_chat (s2s_samples: user audio -> assistant text)
+  stage2  tts (transcribed segments), instruct_tts (synthesized lines with a style)
+  stage3  s2s_chat, s2s_style_chat (s2s_samples: user audio -> assistant text + speech)
+  stage4  duplex (frame_labels: conversation audio + per-frame labels)
+
+A task is only built where the data carries its label; what was not built, and why, is counted
+in `BuildCounts.skipped` so that nothing disappears without a trace. Must not read audio.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipelines.build import BuildDir
+from pipelines.samples import sources
+from pipelines.samples.prompts import PromptBook, language_name
+from pipelines.samples.spec import audio_ref, make_spec, user_with_audio
+
+STAGES = ("stage1", "stage2", "stage3", "stage4")
+STAGE_TASKS = {
+    "stage1": (
+        "asr",
+        "contextual_asr",
+        "language_id",
+        "speech_translation",
+        "emotion",
+        "audio_event",
+        "speaker_analysis",
+        "s2t_chat",
+    ),
+    "stage2": ("tts", "instruct_tts"),
+    "stage3": ("s2s_chat", "s2s_style_chat"),
+    "stage4": ("duplex",),
+}
+
+
+@dataclass
+class SampleConfig:
+    """Which rows make samples. Durations bound what one training example may hold."""
+
+    min_input_s: float = 0.3
+    max_input_s: float = 60.0  # longest audio a stage-1/3 sample feeds the encoder
+    max_target_s: float = 30.0  # longest target speech of a stage-2/3 sample
+    max_conversation_s: float = 1200.0  # longest stage-4 conversation
+    contextual_min_words: int = 4
+    hotwords: int = 2  # bias words drawn from the transcript
+    distractors: int = 3  # bias words drawn from other transcripts of the same language
+    translations: list[str] = field(default_factory=list)  # JSONL side inputs
+    audio_events: str | None = None  # JSONL side input
+    prompts: str | None = None  # template file; default jobs/prompts/tasks.yaml
+    seed: int = 0
+
+
+@dataclass
+class BuildCounts:
+    built: Counter = field(default_factory=Counter)  # task -> specs
+    skipped: Counter = field(default_factory=Counter)  # "<task>: <why>" -> rows
+
+
+def _hash_int(*parts: Any) -> int:
+    return int.from_bytes(
+        hashlib.sha256("\0".join(map(str, parts)).encode()).digest()[:8], "little"
+    )
+
+
+def _words(text: str) -> list[str]:
+    return [w.strip(".,;:!?¿¡\"'()") for w in text.split() if len(w.strip(".,;:!?¿¡\"'()")) >= 3]
+
+
+class StageBuilder:
+    """Reads the tables once per stage and yields specs; `counts` says what was built/skipped."""
+
+    def __init__(self, build: BuildDir, config: SampleConfig) -> None:
+        self.build = build
+        self.config = config
+        self.book = PromptBook.load(config.prompts, config.seed)
+        self.counts = BuildCounts()
+        self._recs: dict[str, sources.RecordingInfo] | None = None
+
+    @property
+    def recs(self) -> dict[str, sources.RecordingInfo]:
+        if self._recs is None:
+            self._recs = sources.recordings(self.build)
+        return self._recs
+
+    def specs(self, stage: str) -> Iterator[dict[str, Any]]:
+        builders = {
+            "stage1": self._stage1,
+            "stage2": self._stage2,
+            "stage3": self._stage3,
+            "stage4": self._stage4,
+        }
+        if stage not in builders:
+            raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+        for spec in builders[stage]():
+            self.counts.built[spec["task"]] += 1
+            yield spec
+
+    # ---- shared -------------------------------------------------------------------------------
+
+    def _segments(self) -> Iterator[tuple[dict[str, Any], sources.RecordingInfo]]:
+        """Transcribed or language-tagged segments of non-duplicate recordings."""
+        cols = ["segment_id", "recording_id", "channel", "start_s", "end_s", "text", "language"]
+        for seg in sources.iter_rows(self.build, "segments", cols):
+            rec = self.recs.get(seg["recording_id"])
+            if rec is None or rec.duplicate:
+                continue
+            yield seg, rec
+
+    def _meta(self, rec: sources.RecordingInfo, **extra: Any) -> dict[str, Any]:
+        return {"source_uri": rec.source_uri, "corpus": rec.corpus, **extra}
+
+    def _skip(self, task: str, why: str) -> None:
+        self.counts.skipped[f"{task}: {why}"] += 1
+
+    # ---- stage 1 ------------------------------------------------------------------------------
+
+    def _stage1(self) -> Iterator[dict[str, Any]]:
+        cfg = self.config
+        styles = sources.styles_by_audio(self.build)
+        events = sources.audio_events(cfg.audio_events)
+        translations = sources.translations(cfg.translations)
+        pool = self._word_pool()
+        events_done: set[str] = set()
+        for seg, rec in self._segments():
+            span = seg["end_s"] - seg["start_s"]
+            if not cfg.min_input_s <= span <= cfg.max_input_s:
+                self._skip("stage1", "segment outside min/max input duration")
+                continue
+            ref = audio_ref(
+                rec.source_uri, rec.channels, seg["channel"], seg["start_s"], seg["end_s"]
+            )
+            meta = self._meta(rec, recording_id=seg["recording_id"], segment_id=seg["segment_id"])
+            sid, lang, text = (
+                seg["segment_id"],
+                seg.get("language"),
+                (seg.get("text") or "").strip(),
+            )
+
+            ctx = {"sid": sid, "lang": lang, "meta": meta, "ref": ref}
+            if text:
+                yield self._seg_spec(ctx, "asr", self.book.choose("asr", sid), text)
+                bias = self._bias_words(sid, text, lang, pool)
+                if bias:
+                    prompt = self.book.choose("contextual_asr", sid, hotwords=", ".join(bias))
+                    yield self._seg_spec(ctx, "contextual_asr", prompt, text, hotwords=bias)
+                else:
+                    self._skip("contextual_asr", "transcript too short for bias words")
+                for target, translated in translations.get(
+                    (lang or "", sources.normalise_text(text)), []
+                ):
+                    prompt = self.book.choose(
+                        "speech_translation", sid, target_language=language_name(target)
+                    )
+                    yield self._seg_spec(
+                        ctx, "speech_translation", prompt, translated, target_language=target
+                    )
+            if lang:
+                yield self._seg_spec(
+                    ctx, "language_id", self.book.choose("language_id", sid), language_name(lang)
+                )
+            style = styles.get(rec.source_uri)
+            if style and style.emotion:
+                yield self._seg_spec(
+                    ctx, "emotion", self.book.choose("emotion", sid), style.emotion
+                )
+            uri = sources.normalise_uri(rec.source_uri)
+            if uri in events and uri not in events_done:
+                events_done.add(uri)
+                whole = audio_ref(rec.source_uri, rec.channels, None, 0.0, rec.duration_s)
+                answer = ", ".join(events[uri])
+                yield make_spec(
+                    stage="stage1",
+                    task="audio_event",
+                    source_id=seg["recording_id"],
+                    language=lang,
+                    messages=[
+                        {
+                            "role": "user",
+                            "content": user_with_audio(self.book.choose("audio_event", sid)),
+                        },
+                        {"role": "assistant", "content": answer},
+                    ],
+                    meta=self._meta(rec, recording_id=seg["recording_id"]),
+                    input_audio=whole,
+                )
+        yield from self._speaker_analysis()
+        yield from self._s2t_chat()
+
+    @staticmethod
+    def _seg_spec(
+        ctx: dict[str, Any], task: str, prompt: str, answer: str, **extra: Any
+    ) -> dict[str, Any]:
+        """A stage-1 sample over one segment's audio; `extra` fields join its meta and its key."""
+        return make_spec(
+            stage="stage1",
+            task=task,
+            source_id=ctx["sid"] + "".join(f":{v}" for v in extra.values()),
+            language=ctx["lang"],
+            messages=[
+                {"role": "user", "content": user_with_audio(prompt)},
+                {"role": "assistant", "content": answer},
+            ],
+            meta={**ctx["meta"], **extra},
+            input_audio=ctx["ref"],
+        )
+
+    def _word_pool(self) -> dict[str, list[str]]:
+        """Per language, a bounded, seeded sample of transcript words: the distractor pool."""
+        limit = 5000
+        pool: dict[str, list[tuple[int, str]]] = {}
+        for seg, _ in self._segments():
+            lang = seg.get("language") or ""
+            for w in set(_words(seg.get("text") or "")):
+                heap = pool.setdefault(lang, [])
+                heap.append((_hash_int(self.config.seed, w), w))
+                if len(heap) > 2 * limit:  # keep the `limit` smallest hashes: a seeded sample
+                    heap.sort()
+                    del heap[limit:]
+        return {lang: sorted(w for _, w in sorted(h)[:limit]) for lang, h in pool.items()}
+
+    def _bias_words(
+        self, sid: str, text: str, lang: str | None, pool: dict[str, list[str]]
+    ) -> list[str]:
+        words = sorted(set(_words(text)))
+        if len(text.split()) < self.config.contextual_min_words or not words:
+            return []
+        chosen = sorted(words, key=lambda w: _hash_int(self.config.seed, sid, w))
+        hot = chosen[: self.config.hotwords]
+        lower = {w.lower() for w in words}
+        others = [w for w in pool.get(lang or "", []) if w.lower() not in lower]
+        others.sort(key=lambda w: _hash_int(self.config.seed, sid, "distractor", w))
+        bias = hot + others[: self.config.distractors]
+        return sorted(bias, key=lambda w: _hash_int(self.config.seed, sid, "order", w))
+
+    def _speaker_analysis(self) -> Iterator[dict[str, Any]]:
+        by_rec: dict[str, list[dict[str, Any]]] = {}
+        for t in sources.iter_rows(
+            self.build, "turns", ["recording_id", "speaker", "start_s", "end_s"]
+        ):
+            by_rec.setdefault(t["recording_id"], []).append(t)
+        for rid in sorted(by_rec):
+            rec = self.recs.get(rid)
+            if rec is None:
+                self._skip("speaker_analysis", "turns of an unknown recording")
+                continue
+            if rec.duration_s > self.config.max_input_s:
+                self._skip("speaker_analysis", "conversation longer than max_input_s")
+                continue
+            turns = sorted(by_rec[rid], key=lambda t: (t["start_s"], t["speaker"]))
+            order: list[str] = []
+            for t in turns:
+                if t["speaker"] not in order:
+                    order.append(t["speaker"])
+            names = {s: f"speaker {i + 1}" for i, s in enumerate(order)}
+            talk = Counter()
+            for t in turns:
+                talk[names[t["speaker"]]] += t["end_s"] - t["start_s"]
+            most = max(talk, key=lambda n: (talk[n], n))
+            answer = (
+                f"{len(order)} speakers take {len(turns)} turns in {rec.duration_s:.0f} seconds; "
+                f"{names[order[0]]} speaks first and {most} talks the most "
+                f"({talk[most]:.0f} s)."
+            )
+            yield make_spec(
+                stage="stage1",
+                task="speaker_analysis",
+                source_id=rid,
+                language=None,
+                messages=[
+                    {
+                        "role": "user",
+                        "content": user_with_audio(self.book.choose("speaker_analysis", rid)),
+                    },
+                    {"role": "assistant", "content": answer},
+                ],
+                meta=self._meta(rec, recording_id=rid, speakers=len(order), turns=len(turns)),
+                input_audio=audio_ref(rec.source_uri, rec.channels, None, 0.0, rec.duration_s),
+            )
+
+    def _s2s_rows(self) -> Iterator[dict[str, Any]]:
+        yield from sources.iter_rows(self.build, "s2s_samples")
+
+    def _user_ref(self, row: dict[str, Any], channels: dict[str, int]):
+        return audio_ref(
+            row["user_audio_uri"],
+            channels.get(row["user_audio_uri"], 1),
+            0 if channels.get(row["user_audio_uri"], 1) == 1 else None,
+            row["user_start_s"],
+            row["user_end_s"],
+        )
+
+    def _history(self, row: dict[str, Any]) -> list[dict[str, str]]:
+        return [
+            {"role": m["role"], "content": m["content"]}
+            for m in json.loads(row.get("history_json") or "[]")
+        ]
+
+    def _s2t_chat(self) -> Iterator[dict[str, Any]]:
+        channels = sources.channels_by_uri(self.recs)
+        for row in self._s2s_rows():
+            span = row["user_end_s"] - row["user_start_s"]
+            if not self.config.min_input_s <= span <= self.config.max_input_s:
+                self._skip("s2t_chat", "user audio outside min/max input duration")
+                continue
+            yield make_spec(
+                stage="stage1",
+                task="s2t_chat",
+                source_id=row["sample_id"],
+                language=row.get("language"),
+                messages=[
+                    *self._history(row),
+                    {
+                        "role": "user",
+                        "content": user_with_audio(self.book.choose("s2t_chat", row["sample_id"])),
+                    },
+                    {"role": "assistant", "content": row["assistant_text"]},
+                ],
+                meta={
+                    "sample_id": row["sample_id"],
+                    "dialogue_id": row["dialogue_id"],
+                    "recipe": row["recipe"],
+                    "source_uri": row["user_audio_uri"],
+                },
+                input_audio=self._user_ref(row, channels),
+            )
+
+    # ---- stage 2 ------------------------------------------------------------------------------
+
+    def _stage2(self) -> Iterator[dict[str, Any]]:
+        styles = sources.styles_by_audio(self.build)
+        for seg, rec in self._segments():
+            text = (seg.get("text") or "").strip()
+            if not text:
+                continue
+            span = seg["end_s"] - seg["start_s"]
+            if not self.config.min_input_s <= span <= self.config.max_target_s:
+                self._skip("tts", "segment outside min input / max target duration")
+                continue
+            sid, lang = seg["segment_id"], seg.get("language")
+            target = audio_ref(
+                rec.source_uri, rec.channels, seg["channel"], seg["start_s"], seg["end_s"]
+            )
+            meta = self._meta(rec, recording_id=seg["recording_id"], segment_id=sid)
+            yield make_spec(
+                stage="stage2",
+                task="tts",
+                source_id=sid,
+                language=lang,
+                messages=[
+                    {"role": "user", "content": self.book.choose("tts", sid, text=text)},
+                    {"role": "assistant", "content": text},
+                ],
+                meta=meta,
+                target_speech=target,
+            )
+            style = styles.get(rec.source_uri)
+            if style:
+                instruction = style.instruction or f"in a {style.emotion} voice"
+                prompt = self.book.choose("instruct_tts", sid, text=text, instruction=instruction)
+                yield make_spec(
+                    stage="stage2",
+                    task="instruct_tts",
+                    source_id=sid,
+                    language=lang,
+                    messages=[
+                        {"role": "user", "content": prompt},
+                        {"role": "assistant", "content": text},
+                    ],
+                    meta={**meta, "instruction": instruction, "emotion": style.emotion},
+                    target_speech=target,
+                )
+
+    # ---- stage 3 ------------------------------------------------------------------------------
+
+    def _stage3(self) -> Iterator[dict[str, Any]]:
+        channels = sources.channels_by_uri(self.recs)
+        for row in self._s2s_rows():
+            span = row["user_end_s"] - row["user_start_s"]
+            if not self.config.min_input_s <= span <= self.config.max_input_s:
+                self._skip("s2s_chat", "user audio outside min/max input duration")
+                continue
+            if row["assistant_duration_s"] > self.config.max_target_s:
+                self._skip("s2s_chat", "assistant audio longer than max_target_s")
+                continue
+            instruction = row.get("style_instruction")
+            task = "s2s_style_chat" if instruction else "s2s_chat"
+            prompt = self.book.choose(task, row["sample_id"], instruction=instruction or "")
+            yield make_spec(
+                stage="stage3",
+                task=task,
+                source_id=row["sample_id"],
+                language=row.get("language"),
+                messages=[
+                    *self._history(row),
+                    {"role": "user", "content": user_with_audio(prompt)},
+                    {"role": "assistant", "content": row["assistant_text"]},
+                ],
+                meta={
+                    "sample_id": row["sample_id"],
+                    "dialogue_id": row["dialogue_id"],
+                    "recipe": row["recipe"],
+                    "source_uri": row["user_audio_uri"],
+                    "assistant_audio_uri": row["assistant_audio_uri"],
+                    "user_voice": row.get("user_voice"),
+                    "assistant_voice": row["assistant_voice"],
+                    "instruction": instruction,
+                },
+                input_audio=self._user_ref(row, channels),
+                target_speech=audio_ref(
+                    row["assistant_audio_uri"],
+                    channels.get(row["assistant_audio_uri"], 1),
+                    0,
+                    0.0,
+                    row["assistant_duration_s"],
+                ),
+            )
+
+    # ---- stage 4 ------------------------------------------------------------------------------
+
+    def _stage4(self) -> Iterator[dict[str, Any]]:
+        for row in sources.iter_rows(self.build, "frame_labels"):
+            rec = self.recs.get(row["recording_id"])
+            if rec is None:
+                self._skip("duplex", "frame labels of an unknown recording")
+                continue
+            if rec.duration_s > self.config.max_conversation_s:
+                self._skip("duplex", "conversation longer than max_conversation_s")
+                continue
+            sid = row["sample_id"]
+            yield make_spec(
+                stage="stage4",
+                task="duplex",
+                source_id=sid,
+                language=None,
+                messages=[
+                    {"role": "system", "content": self.book.choose("duplex", sid)},
+                    {"role": "user", "content": user_with_audio("")},
+                ],
+                meta=self._meta(
+                    rec,
+                    recording_id=row["recording_id"],
+                    sample_id=sid,
+                    user_speaker=row["user_speaker"],
+                    assistant_speaker=row["assistant_speaker"],
+                    user_channel=int(row["user_channel"]),
+                    label_hop_s=float(row["hop_s"]),
+                ),
+                # All channels as recorded: on a two-channel call the trainer can feed the user's
+                # channel (meta.user_channel) and still see when the assistant side talks.
+                input_audio=audio_ref(rec.source_uri, rec.channels, None, 0.0, rec.duration_s),
+                labels=[int(v) for v in row["labels"]],
+            )

@@ -1,0 +1,159 @@
+"""Read the build's tables for the sample builders, one column set at a time.
+
+Owns table access for the builders: small lookups keyed by id (recordings, synthesized turns,
+side-input labels) and streaming iteration over the big tables (segments, frame labels) in
+record batches. At the paper's scale the segments table never sits in one process; the lookups
+hold one small row per recording (about 200 bytes) and one per synthesized turn.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from pipelines.build import BuildDir
+
+BATCH_ROWS = 8192
+
+
+def table_files(build: BuildDir, table: str) -> list[str]:
+    return build.files(build.table_dir(table), ".parquet")
+
+
+def iter_rows(
+    build: BuildDir, table: str, columns: list[str] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Stream a table's rows in file order (deterministic: part files are sorted by name)."""
+    files = table_files(build, table)
+    if not files:
+        return
+    dataset = pads.dataset(files, filesystem=build.fs, format="parquet")
+    wanted = None if columns is None else [c for c in columns if c in dataset.schema.names]
+    for batch in dataset.to_batches(columns=wanted, batch_size=BATCH_ROWS):
+        yield from batch.to_pylist()
+
+
+def read_table(build: BuildDir, table: str, columns: list[str]) -> pa.Table | None:
+    files = table_files(build, table)
+    if not files:
+        return None
+    return pads.dataset(files, filesystem=build.fs, format="parquet").to_table(columns=columns)
+
+
+@dataclass(frozen=True)
+class RecordingInfo:
+    source_uri: str
+    channels: int
+    corpus: str
+    duration_s: float
+    task: str | None
+    duplicate: bool
+
+
+def recordings(build: BuildDir) -> dict[str, RecordingInfo]:
+    cols = ["recording_id", "source_uri", "channels", "corpus", "duration_s", "task", "dup_of"]
+    out: dict[str, RecordingInfo] = {}
+    for r in iter_rows(build, "recordings", cols):
+        out[r["recording_id"]] = RecordingInfo(
+            source_uri=r["source_uri"],
+            channels=int(r["channels"]),
+            corpus=r["corpus"],
+            duration_s=float(r["duration_s"]),
+            task=r.get("task"),
+            duplicate=r.get("dup_of") is not None,
+        )
+    return out
+
+
+def channels_by_uri(recs: dict[str, RecordingInfo]) -> dict[str, int]:
+    return {r.source_uri: r.channels for r in recs.values()}
+
+
+@dataclass(frozen=True)
+class TurnStyle:
+    """What the dialogues table says about how one synthesized line was spoken."""
+
+    instruction: str | None
+    emotion: str | None
+
+
+def styles_by_audio(build: BuildDir) -> dict[str, TurnStyle]:
+    """Audio URI of each synthesized line -> its style, from s2s_samples joined with dialogues."""
+    dialogue_rows = {
+        (r["dialogue_id"], r["turn_index"]): r
+        for r in iter_rows(
+            build, "dialogues", ["dialogue_id", "turn_index", "style_instruction", "emotion"]
+        )
+    }
+    out: dict[str, TurnStyle] = {}
+    for s in iter_rows(
+        build,
+        "s2s_samples",
+        ["dialogue_id", "turn_index", "recipe", "user_audio_uri", "assistant_audio_uri"],
+    ):
+        turns = [(s["assistant_audio_uri"], s["turn_index"])]
+        if s["recipe"] == "tts_dialogue":  # the user line is synthesized too, one turn earlier
+            turns.append((s["user_audio_uri"], s["turn_index"] - 1))
+        for uri, index in turns:
+            row = dialogue_rows.get((s["dialogue_id"], index))
+            if row and (row.get("style_instruction") or row.get("emotion")):
+                out[uri] = TurnStyle(row.get("style_instruction"), row.get("emotion"))
+    return out
+
+
+def _resolve(uri: str, base: Path) -> str:
+    if "://" in uri:
+        return uri
+    path = Path(uri)
+    return os.path.realpath(path if path.is_absolute() else base / path)
+
+
+def normalise_uri(uri: str) -> str:
+    return uri if "://" in uri else os.path.realpath(uri)
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with Path(path).open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                yield number, json.loads(line)
+
+
+def audio_events(path: str | Path | None) -> dict[str, list[str]]:
+    """Side input: JSONL of {"source_uri", "events": [..]} per recording (paths relative to the
+    file), the labels of the audio-event task. Keyed by the normalised source URI."""
+    if not path:
+        return {}
+    base = Path(path).resolve().parent
+    out: dict[str, list[str]] = {}
+    for number, row in read_jsonl(path):
+        uri, events = row.get("source_uri"), row.get("events")
+        if not isinstance(uri, str) or not isinstance(events, list) or not events:
+            raise ValueError(f"{path}:{number}: need 'source_uri' and a non-empty 'events' list")
+        out[_resolve(uri, base)] = [str(e) for e in events]
+    return out
+
+
+def translations(paths: list[str] | None) -> dict[tuple[str, str], list[tuple[str, str]]]:
+    """Side input: JSONL of {"language", "text", "target_language", "translation"}; an utterance
+    whose (language, transcript) matches gets a speech-translation sample per target language."""
+    out: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for path in paths or []:
+        for number, row in read_jsonl(path):
+            fields = ("language", "text", "target_language", "translation")
+            if not all(isinstance(row.get(f), str) and row[f].strip() for f in fields):
+                raise ValueError(f"{path}:{number}: need non-empty {', '.join(fields)}")
+            key = (row["language"], normalise_text(row["text"]))
+            out.setdefault(key, []).append((row["target_language"], row["translation"].strip()))
+    return out
+
+
+def normalise_text(text: str) -> str:
+    return " ".join(text.split())

@@ -1,0 +1,239 @@
+"""Ray Data stages that turn sample specs into shard members: audio, then tokens.
+
+Two stages, so that each runs on the resource it needs:
+
+* `load_audio_batch` (Ray tasks, CPU): decodes each spec's input audio span to 16 kHz FLAC
+  (`<key>.flac`) and its target speech span to float32 PCM for the next stage. Recordings are
+  decoded once per batch even when many segments of one recording share it.
+* `TokenizeStage` (Ray actors; one GPU each when the cluster has GPUs, else CPU): the text side
+  through the chat template (`minmo/tokens/text.py`) and the speech side through S3TokenizerV2
+  (`minmo/tokens/speech.py`, 25 tokens per second, clips over 30 s windowed), batched; it writes
+  each sample's final `.json` (messages, task, durations, token counts, provenance, tokenizers).
+
+A spec whose audio cannot be read or whose tokens come out inconsistent gets an `error` string
+instead of members; the shard step quarantines it. Must not: write files, choose shards.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from pipelines.audio_source import load_audio_16k
+from pipelines.samples.spec import span_s
+
+RATE_HZ = 16000
+SPEECH_TOKENS_PER_S = 25
+DECODE_CACHE = 4  # whole recordings kept per batch (segments of one recording arrive together)
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+class _RecordingCache:
+    def __init__(self, storage_options: dict[str, Any]) -> None:
+        self.storage_options = storage_options
+        self.items: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+
+    def span(self, ref: dict[str, Any]) -> np.ndarray:
+        """(channels, samples) float32 of the span; one channel picked unless channel is None."""
+        key = (ref["uri"], int(ref["channels"]))
+        if key not in self.items:
+            self.items[key] = load_audio_16k(ref["uri"], key[1], self.storage_options)
+            while len(self.items) > DECODE_CACHE:
+                self.items.popitem(last=False)
+        audio = self.items[key]
+        start = round(ref["start_s"] * RATE_HZ)
+        end = min(round(ref["end_s"] * RATE_HZ), audio.shape[1])
+        if end - start <= 0:
+            raise ValueError(
+                f"span {ref['start_s']}-{ref['end_s']} s is empty in {ref['uri']} "
+                f"({audio.shape[1] / RATE_HZ:.3f} s long)"
+            )
+        if ref["channel"] is not None:
+            if ref["channel"] >= audio.shape[0]:
+                raise ValueError(f"channel {ref['channel']} missing in {ref['uri']}")
+            audio = audio[ref["channel"] : ref["channel"] + 1]
+        out = np.ascontiguousarray(audio[:, start:end], dtype=np.float32)
+        if not np.isfinite(out).all():
+            raise ValueError(f"non-finite samples in {ref['uri']}")
+        return out
+
+
+def flac_bytes(audio: np.ndarray) -> bytes:
+    """(channels, samples) float32 -> 16-bit FLAC at 16 kHz."""
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(audio.T, -1.0, 1.0), RATE_HZ, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def load_audio_batch(
+    batch: dict[str, np.ndarray], storage_options: dict[str, Any] | None = None
+) -> dict[str, list[Any]]:
+    """specs -> {spec, flac (bytes|b""), target_pcm (float32 bytes|b""), error}."""
+    cache = _RecordingCache(storage_options or {})
+    out: dict[str, list[Any]] = {
+        "key": [],
+        "shard": [],
+        "spec": [],
+        "flac": [],
+        "target_pcm": [],
+        "error": [],
+    }
+    for key, shard, spec_json in zip(batch["key"], batch["shard"], batch["spec"], strict=True):
+        spec = json.loads(spec_json)
+        flac = target = b""
+        error = ""
+        try:
+            if spec["input_audio"] is not None:
+                flac = flac_bytes(cache.span(spec["input_audio"]))
+            if spec["target_speech"] is not None:
+                target = cache.span(spec["target_speech"]).mean(axis=0).astype(np.float32).tobytes()
+        except Exception as exc:  # noqa: BLE001 - any failure quarantines this sample only
+            error = f"{type(exc).__name__}: {exc}"
+        out["key"].append(key)
+        out["shard"].append(int(shard))
+        out["spec"].append(spec_json)
+        out["flac"].append(flac)
+        out["target_pcm"].append(target)
+        out["error"].append(error)
+    return out
+
+
+def tokenizer_info(text_tokenizer: str | None, speech_tokenizer: str | None) -> dict[str, Any]:
+    """What each shard's index and each sample's json record about the tokenizers used."""
+    info: dict[str, Any] = {
+        "text_tokenizer": text_tokenizer or "builtin: byte-level BPE, 2048 merges on demo text",
+        "speech_tokenizer": speech_tokenizer,
+        "speech_tokenizer_random_init": speech_tokenizer is None,
+        "speech_tokens_per_s": SPEECH_TOKENS_PER_S,
+    }
+    if speech_tokenizer is None:
+        info["warning"] = (
+            "SPEECH TOKENS FROM A RANDOM-INIT S3TokenizerV2: the codes mean nothing; "
+            "pass --speech-tokenizer PATH for a real corpus"
+        )
+    return info
+
+
+class TokenizeStage:
+    """Text tokens + speech tokens + the final json, one actor per device."""
+
+    def __init__(self, text_tokenizer: str | None, speech_tokenizer: str | None) -> None:
+        from minmo.tokens.speech import SpeechTokenizer
+        from minmo.tokens.text import load_text_tokenizer
+
+        self.text = load_text_tokenizer(text_tokenizer)
+        self.speech = SpeechTokenizer(speech_tokenizer)
+        self.info = tokenizer_info(text_tokenizer, speech_tokenizer)
+        self.info["text_vocab_size"] = len(self.text)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+        from minmo.tokens.speech import n_speech_tokens
+
+        n = len(batch["key"])
+        errors = [str(e) for e in batch["error"]]
+        specs = [json.loads(s) for s in batch["spec"]]
+        clips = {
+            i: np.frombuffer(batch["target_pcm"][i], dtype=np.float32).copy()
+            for i in range(n)
+            if not errors[i] and specs[i]["target_speech"] is not None
+        }
+        codes: dict[int, np.ndarray] = {}
+        if clips:
+            order = sorted(clips)
+            try:
+                codes = dict(
+                    zip(order, self.speech.tokenize([clips[i] for i in order]), strict=True)
+                )
+            except Exception as exc:  # noqa: BLE001 - retry one by one to isolate the bad clip
+                for i in order:
+                    try:
+                        codes[i] = self.speech.tokenize([clips[i]])[0]
+                    except Exception as one:  # noqa: BLE001
+                        errors[i] = f"speech tokenizer: {type(one).__name__}: {one} (batch: {exc})"
+        out: dict[str, list[Any]] = {
+            k: []
+            for k in (
+                "key",
+                "shard",
+                "error",
+                "json",
+                "flac",
+                "speech_tokens",
+                "text_tokens",
+                "labels",
+            )
+        }
+        for i, spec in enumerate(specs):
+            members: dict[str, bytes] = {}
+            if not errors[i]:
+                try:
+                    members = self._members(spec, batch["flac"][i], codes.get(i), clips.get(i))
+                    if i in codes and codes[i].size != n_speech_tokens(clips[i].size):
+                        raise ValueError(
+                            f"{codes[i].size} speech tokens for {clips[i].size} samples"
+                        )
+                except Exception as exc:  # noqa: BLE001
+                    errors[i] = f"{type(exc).__name__}: {exc}"
+                    members = {}
+            out["key"].append(batch["key"][i])
+            out["shard"].append(int(batch["shard"][i]))
+            out["error"].append(errors[i])
+            for name in ("json", "flac", "speech_tokens", "text_tokens", "labels"):
+                out[name].append(members.get(name, b""))
+        return out
+
+    def _members(
+        self, spec: dict[str, Any], flac: bytes, codes: np.ndarray | None, clip: np.ndarray | None
+    ) -> dict[str, bytes]:
+        from minmo.tokens.text import encode_chat
+
+        messages = spec["messages"]
+        text_ids = encode_chat(self.text, messages)
+        if messages[-1]["role"] == "assistant":
+            prompt = encode_chat(self.text, messages[:-1], add_generation_prompt=True)
+            target_start = int(prompt.size)
+        else:
+            target_start = int(text_ids.size)
+        input_s = span_s(spec["input_audio"])
+        target_s = 0.0 if clip is None else clip.size / RATE_HZ
+        meta = {
+            "key": spec["key"],
+            "stage": spec["stage"],
+            "task": spec["task"],
+            "language": spec["language"],
+            "messages": messages,
+            "duration_s": round(input_s if spec["input_audio"] is not None else target_s, 3),
+            "input_duration_s": round(input_s, 3),
+            "target_speech_s": round(target_s, 3),
+            "sample_rate_hz": RATE_HZ,
+            "input_channels": None,
+            "n_text_tokens": int(text_ids.size),
+            "target_start": target_start,  # text tokens before this index are the prompt
+            "n_speech_tokens": 0 if codes is None else int(codes.size),
+            "n_labels": 0 if spec["labels"] is None else len(spec["labels"]),
+            "provenance": spec["meta"],
+            "tokenizers": self.info,
+        }
+        members = {"text_tokens": _npy(text_ids)}
+        if flac:
+            members["flac"] = flac
+            meta["input_channels"] = sf.info(io.BytesIO(flac)).channels
+        if codes is not None:
+            members["speech_tokens"] = _npy(codes.astype(np.int32))
+        if spec["labels"] is not None:
+            members["labels"] = _npy(np.asarray(spec["labels"], dtype=np.int8))
+            meta["label_hop_s"] = spec["meta"].get("label_hop_s")
+        members["json"] = json.dumps(
+            meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        ).encode("utf-8")
+        return members
