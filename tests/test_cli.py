@@ -15,7 +15,16 @@ def test_help_lists_the_commands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for command in ("demo-data", "ingest", "synthesize", "diarize", "label-turns", "run"):
+    for command in (
+        "demo-data",
+        "ingest",
+        "synthesize",
+        "diarize",
+        "label-turns",
+        "shards",
+        "verify",
+        "run",
+    ):
         assert command in out
 
 
@@ -57,3 +66,8 @@ def test_demo_job_end_to_end(tmp_path):
     assert read_table(b, "events").num_rows > 12
     for line in ("synthesize:", "diarize:", "label-turns:", "events: assistant_turn_taking"):
         assert line in result.stdout
+    # shards + verify: four stages written from everything above, each verified.
+    for stage in ("stage1", "stage2", "stage3", "stage4"):
+        assert f"verify {stage}: ok" in result.stdout
+        assert (build / "shards" / stage / "index.json").is_file()
+    assert "RANDOM-INIT S3TokenizerV2" in result.stdout

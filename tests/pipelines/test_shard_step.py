@@ -261,3 +261,39 @@ def test_ray_data_reads_the_shards(demo: dict[str, Any]) -> None:
     keys = {r["__key__"] for r in rows}
     assert all(k.startswith("duplex-") for k in keys)
     assert all("labels.npy" in r and "flac" in r for r in rows)
+
+
+def test_minmo_verify_names_the_first_bad_shard_and_sample(
+    demo: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import hashlib
+    import tarfile
+
+    from minmo.cli import main
+
+    stage3 = tmp_path / "stage3"
+    shutil.copytree(_stage(demo, "stage3"), stage3)
+    assert main(["verify", str(stage3)]) == 0
+    # Drop one sample's speech tokens and re-seal the index, so only the member check sees it.
+    tar_path = next(iter(sorted(stage3.glob("*.tar"))))
+    out = io.BytesIO()
+    dropped = None
+    with (
+        tarfile.open(tar_path) as src,
+        tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as dst,
+    ):
+        for member in src.getmembers():
+            if dropped is None and member.name.endswith(".speech_tokens.npy"):
+                dropped = member.name.split(".")[0]
+                continue
+            dst.addfile(member, src.extractfile(member))
+    tar_path.write_bytes(out.getvalue())
+    index = json.loads((stage3 / "index.json").read_text())
+    entry = next(s for s in index["shards"] if s["name"] == tar_path.name)
+    entry["bytes"] = tar_path.stat().st_size
+    entry["sha256"] = hashlib.sha256(tar_path.read_bytes()).hexdigest()
+    (stage3 / "index.json").write_text(json.dumps(index))
+    capsys.readouterr()
+    assert main(["verify", str(stage3)]) == 1
+    first = capsys.readouterr().out.splitlines()[0]
+    assert tar_path.name in first and dropped in first and "speech_tokens.npy" in first
