@@ -21,8 +21,9 @@ dict, int32 text tokens (~4 per second) and int32 speech tokens (25 per second).
    full-size S3TokenizerV2 (random init: same compute as real weights) and the tiny test
    checkpoint, on one batch of clips totalling `--tokenize-seconds` of audio, after one warm-up
    call on the same batch; the best of `--tokenize-repeats` timed calls is kept (the worst is
-   shown: shared machines vary a lot from call to call). RTF = compute (wall) seconds / audio seconds (lower is better); the
-   batch is padded to its longest clip, so the compute covers "padded" seconds of audio.
+   shown: shared machines vary a lot from call to call). RTF = compute (wall) seconds / audio
+   seconds (lower is better); the batch is padded to its longest clip, so the compute covers
+   "padded" seconds of audio.
 
 MB are 10**6 bytes. Audio-hours per core-hour = audio seconds / CPU seconds.
 """

@@ -134,6 +134,13 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _cmd_model_info(args: argparse.Namespace) -> int:
+    from minmo.model.info import render
+
+    print(render(args.size))
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from minmo.jobs import run_job
 
@@ -203,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="check shards against index.json (exit 1 when bad)")
     verify.add_argument("dir", help="DIR/shards (all stages) or one stage directory")
     verify.set_defaults(func=_cmd_verify)
+
+    info = sub.add_parser("model-info", help="MinMo's parameters per module vs the paper")
+    info.add_argument("--size", choices=["tiny", "full"], default="full")
+    info.set_defaults(func=_cmd_model_info)
 
     run = sub.add_parser("run", help="run a job spec's steps in order")
     run.add_argument("job", help="YAML job spec, e.g. jobs/demo.yaml")
