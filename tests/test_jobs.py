@@ -11,6 +11,8 @@ def test_demo_job_parses(tmp_path):
         "synthesize",
         "diarize",
         "label-turns",
+        "shards",
+        "verify",
     ]
     ingest = plan[1][1]
     assert ingest["src"].startswith(str(tmp_path))
