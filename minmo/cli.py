@@ -141,6 +141,18 @@ def _cmd_model_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    if args.ray:
+        from minmo.train.entry import run_train_ray
+
+        run_train_ray(args.job, args.build, args.workers, args.gpu, steps=args.steps)
+        return 0
+    from minmo.train.entry import run_train
+
+    print(run_train(args.job, args.build, progress=not args.quiet, steps=args.steps).render())
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from minmo.jobs import run_job
 
@@ -210,6 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="check shards against index.json (exit 1 when bad)")
     verify.add_argument("dir", help="DIR/shards (all stages) or one stage directory")
     verify.set_defaults(func=_cmd_verify)
+
+    tr = sub.add_parser("train", help="train one MinMo stage from its shards (torchrun-ready)")
+    tr.add_argument("job", help="training spec, e.g. jobs/train/1a.yaml")
+    tr.add_argument("--build", required=True, help="build directory holding shards/")
+    tr.add_argument("--steps", type=int, default=None, help="override the spec's steps")
+    tr.add_argument("--ray", action="store_true", help="run on Ray Train's TorchTrainer")
+    tr.add_argument("--workers", type=int, default=2, help="Ray Train workers (with --ray)")
+    tr.add_argument("--gpu", action="store_true", help="one GPU per Ray Train worker")
+    tr.set_defaults(func=_cmd_train)
 
     info = sub.add_parser("model-info", help="MinMo's parameters per module vs the paper")
     info.add_argument("--size", choices=["tiny", "full"], default="full")

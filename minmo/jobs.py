@@ -132,6 +132,17 @@ def _run_verify(build: str, section: dict[str, Any], progress: bool) -> Any:
     return results
 
 
+def _run_train(build: str, section: dict[str, Any], progress: bool) -> Any:
+    from minmo.train.entry import run_train
+
+    results = []
+    for job in section.get("stages", []):
+        result = run_train(job, build, progress=progress, steps=section.get("steps"))
+        print(result.render())
+        results.append(result)
+    return results
+
+
 def _config_keys(module: str, name: str) -> tuple[str, ...]:
     import importlib
 
@@ -154,6 +165,7 @@ STEPS: dict[str, Callable[[], Step]] = {
         "shards", _config_keys("pipelines.shard_step", "ShardsConfig"), _run_shards
     ),
     "verify": lambda: Step("verify", ("dir",), _run_verify),
+    "train": lambda: Step("train", ("stages", "steps"), _run_train),
 }
 
 

@@ -201,6 +201,7 @@ class MinMo(nn.Module):
                 output_hidden_states=kind != "text",
                 use_cache=False,
             )
+        out["llm_positions"] = sp.attention_mask.sum()
         if kind == "text" or stage == "3":
             logits = result.logits
             text_loss = F.cross_entropy(

@@ -1,0 +1,265 @@
+"""The training loop: one function that runs as a single process, under torchrun, or inside a
+Ray Train worker (`minmo train --ray`), unchanged.
+
+    build MinMo (tiny or full; real weights from local paths) -> init_from the previous stage's
+    export -> apply the stage's recipe -> DDP / FSDP2 -> AdamW over trainable parameters only,
+    warmup + cosine -> resume from the newest checkpoint (weights, optimizer, scheduler, data
+    position, RNG) -> steps (gradient accumulation, clipping, bf16 autocast on GPU) -> checkpoint
+    every N steps and on SIGTERM -> export the trained modules.
+
+Ranks stay in lockstep: before every micro-batch all ranks agree (all-reduce MIN) that each has
+one; when any rank's epoch is exhausted, all move to the next epoch together. A rank therefore
+never waits on a collective that another rank will not reach.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from minmo.model.minmo import RECIPES, SHARDS_OF_STAGE, MinMo, MinMoConfig, SpecialIds
+from minmo.train.checkpoint import Checkpointer, export, load_export, trained_modules
+from minmo.train.config import ModelSpec, TrainConfig
+from minmo.train.distributed import (
+    DistInfo,
+    all_min,
+    all_sum,
+    init_distributed,
+    resolve_mode,
+    wrap_model,
+)
+from minmo.train.metrics import MetricsLog, step_flops
+
+
+def build_model(spec: ModelSpec, tokenizer: Any) -> MinMo:
+    """MinMo at `spec.size`; real weights where the spec gives local paths."""
+    from dataclasses import replace
+
+    vocab = len(tokenizer)
+    config = MinMoConfig.tiny(vocab) if spec.size == "tiny" else MinMoConfig.full()
+    if spec.llm_path:
+        config = replace(config, llm=replace(config.llm, path=spec.llm_path))
+    model = MinMo(config, SpecialIds.from_tokenizer(tokenizer), vocab)
+    if spec.sensevoice_dir:
+        from minmo.model.voice_encoder import VoiceEncoder
+
+        model.voice_encoder = VoiceEncoder.from_pretrained(spec.sensevoice_dir)
+    if spec.cosyvoice2_llm:
+        from minmo.model.voice_lm import VoiceTokenLM
+
+        model.voice_lm = VoiceTokenLM.from_cosyvoice2(spec.cosyvoice2_llm, config.voice_lm)
+    return model
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@dataclass
+class TrainResult:
+    stage: str
+    steps_run: int
+    final_step: int
+    losses: list[float] = field(default_factory=list)
+    resumed_from: str | None = None
+    export_dir: str | None = None
+    trainable: dict[str, dict[str, int]] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+    def render(self) -> str:
+        first, last = (self.losses[0], self.losses[-1]) if self.losses else (float("nan"),) * 2
+        parts = [
+            f"train {self.stage}: {self.steps_run} steps this run (step {self.final_step}) "
+            f"in {self.wall_s:.1f} s; loss {first:.4f} -> {last:.4f}",
+            "  trainable: "
+            + ", ".join(
+                f"{m} {v['trainable']:,}/{v['total']:,}" for m, v in self.trainable.items()
+            ),
+        ]
+        if self.resumed_from:
+            parts.append(f"  resumed from {self.resumed_from}")
+        if self.export_dir:
+            parts.append(f"  exported to {self.export_dir}")
+        return "\n".join(parts)
+
+
+class _Stop:
+    """SIGTERM sets a flag; the loop checkpoints at the end of the step and leaves."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        # Not the main thread (some launchers): no handler, so no flag.
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+
+def _next_batch(loader: Any, info: DistInfo) -> Any:
+    """A batch on every rank, or an epoch change on every rank together."""
+    while True:
+        batch = loader.next_batch()
+        if all_min(int(batch is not None), info):
+            return batch
+        loader.next_epoch()
+
+
+def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult:
+    from minmo.train.data import StageLoader
+
+    from minmo.tokens.text import load_text_tokenizer
+
+    started = time.perf_counter()
+    info = init_distributed()
+    torch.manual_seed(config.seed)  # identical initial weights on every rank
+    np.random.seed(config.seed)
+    tokenizer = load_text_tokenizer(config.model.text_tokenizer)
+    model = build_model(config.model, tokenizer)
+    inherited = load_export(config.init_from, model) if config.init_from else []
+    model.apply_recipe(config.stage)
+    trainable_report = model.trainable_report()
+    forward_params = sum(p.numel() for p in model.parameters())
+    trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    mode = resolve_mode(config.parallel, info)
+    wrapped = wrap_model(model, mode, info, config.activation_checkpointing)
+    wrapped.train()
+    params = [p for p in wrapped.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: warmup_cosine(s, config.warmup_steps, config.steps, config.min_lr_ratio),
+    )
+    shards = config.shards or str(Path(build) / "shards" / SHARDS_OF_STAGE[config.stage])
+    loader = StageLoader(
+        shards,
+        rank=info.rank,
+        world=info.world,
+        seed=config.seed,
+        num_workers=config.num_workers,
+        max_samples=config.max_samples,
+        max_audio_s=config.max_audio_s,
+        max_tokens=config.max_tokens,
+    )
+    out_dir = Path(config.out or Path(build) / "checkpoints" / config.stage)
+    ckpt = Checkpointer(out_dir, config.keep_last, info.rank)
+    step = 0
+    resumed = ckpt.latest()
+    if resumed is not None:
+        extras = ckpt.load(resumed, wrapped, optimizer)
+        scheduler.load_state_dict(extras["scheduler"])
+        loader.load_state_dict(extras["data"])
+        step = int(extras["step"])
+    stop = _Stop()
+    metrics = MetricsLog(
+        out_dir, info.is_main, config.steps, step, config.tensorboard, progress and info.is_main
+    )
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if config.bf16 and info.device.type == "cuda"
+        else contextlib.nullcontext()
+    )
+    result = TrainResult(
+        config.stage,
+        0,
+        step,
+        trainable=trainable_report,
+        resumed_from=str(resumed) if resumed else None,
+    )
+    try:
+        while step < config.steps:
+            t0 = time.perf_counter()
+            sums = {"samples": 0.0, "audio_s": 0.0, "positions": 0.0, "tokens": 0.0}
+            parts: dict[str, float] = {}
+            for micro in range(config.grad_accum):
+                batch = _next_batch(loader, info).to(info.device)
+                sync = micro == config.grad_accum - 1 or mode != "ddp"
+                with contextlib.nullcontext() if sync else wrapped.no_sync(), autocast:
+                    out = wrapped(batch)
+                    loss = out["loss"] / config.grad_accum
+                loss.backward()
+                for key, value in out.items():
+                    if key.endswith("_loss"):
+                        parts[key] = parts.get(key, 0.0) + float(value) / config.grad_accum
+                sums["samples"] += batch.size
+                if batch.wave_lengths is not None:
+                    sums["audio_s"] += float(batch.wave_lengths.sum()) / 16000
+                sums["positions"] += float(out["llm_positions"])
+                sums["tokens"] += float(batch.input_lengths.sum())
+                if batch.speech_lengths is not None:
+                    sums["tokens"] += float(batch.speech_lengths.sum())
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            result.steps_run += 1
+            # Loss averaged over ranks, so the log does not depend on which rank writes it.
+            keys = sorted(parts)
+            reduced = all_sum([parts[k] for k in keys] + list(sums.values()), info)
+            parts = {k: v / info.world for k, v in zip(keys, reduced[: len(keys)], strict=True)}
+            totals = dict(zip(sums, reduced[len(keys) :], strict=True))
+            dt = time.perf_counter() - t0
+            record = {
+                "loss": parts[f"{_kind(config.stage)}_loss"],
+                **parts,
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": float(
+                    grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+                ),
+                "samples_per_s": totals["samples"] / dt,
+                "tokens_per_s": totals["tokens"] / dt,
+                "audio_s_per_s": totals["audio_s"] / dt,
+                "step_s": dt,
+                "epoch": loader.state_dict()["epoch"],
+            }
+            if config.peak_flops:
+                achieved = step_flops(totals["positions"], forward_params, trainable_params) / dt
+                record["mfu"] = achieved / (config.peak_flops * info.world)
+            result.losses.append(record["loss"])
+            if step % config.log_every == 0 or step == config.steps:
+                metrics.log(step, record)
+            leaving = not all_min(int(not stop.requested), info)
+            if step % config.save_every == 0 or step == config.steps or leaving:
+                ckpt.save(
+                    step,
+                    wrapped,
+                    optimizer,
+                    {"scheduler": scheduler.state_dict(), "data": loader.state_dict()},
+                )
+            if leaving:
+                break
+    finally:
+        metrics.close()
+        loader.close()
+    result.final_step = step
+    if step >= config.steps:
+        exported = export(
+            out_dir,
+            wrapped,
+            trained_modules(RECIPES[config.stage], inherited),
+            config.stage,
+            info.rank,
+        )
+        result.export_dir = str(exported) if exported else None
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
+def _kind(stage: str) -> str:
+    from minmo.model.minmo import LOSS_OF_STAGE
+
+    return LOSS_OF_STAGE[stage]
