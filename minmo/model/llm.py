@@ -34,6 +34,9 @@ class LLMConfig:
     rope_theta: float = 1_000_000.0
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = False
+    # Random-init std. Real runs load pretrained weights; a tiny random LLM that stays frozen
+    # (stages 1a/1b, 2, 4) needs a wider init, or its output logits are too flat to be steered.
+    initializer_range: float = 0.02
     lora_rank: int = 64
     lora_alpha: int = 128
     lora_dropout: float = 0.05
@@ -55,6 +58,7 @@ class LLMConfig:
             lora_alpha=16,
             lora_dropout=0.0,
             tie_word_embeddings=False,
+            initializer_range=0.3,
         )
 
     @classmethod
@@ -75,6 +79,7 @@ class LLMConfig:
             rope_theta=self.rope_theta,
             rms_norm_eps=self.rms_norm_eps,
             tie_word_embeddings=self.tie_word_embeddings,
+            initializer_range=self.initializer_range,
         )
 
 

@@ -117,9 +117,8 @@ def _next_batch(loader: Any, info: DistInfo) -> Any:
 
 
 def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult:
-    from minmo.train.data import StageLoader
-
     from minmo.tokens.text import load_text_tokenizer
+    from minmo.train.data import StageLoader
 
     started = time.perf_counter()
     info = init_distributed()

@@ -1,0 +1,1 @@
+"""The trainer: data loading, the training loop, checkpoints, metrics, distributed set-up."""
