@@ -182,7 +182,8 @@ def test_llm_loads_from_a_hugging_face_directory(tokenizer, tmp_path: Path) -> N
     base = loaded.get_base_model().state_dict()
     for name, tensor in reference.state_dict().items():
         # peft wraps each adapted Linear: its weight moves to `<name>.base_layer.weight`.
-        key = name if name in base else name.replace(".weight", ".base_layer.weight")
+        stem, _, leaf = name.rpartition(".")
+        key = name if name in base else f"{stem}.base_layer.{leaf}"
         assert torch.equal(base[key], tensor), name
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
