@@ -126,8 +126,13 @@ class Checkpointer:
             "model": get_model_state_dict(model, options=self._options()),
             "optim": get_optimizer_state_dict(model, optimizer, options=self._options()),
         }
-        dcp.load(state, checkpoint_id=str(path))
-        set_model_state_dict(model, state["model"], options=self._options())
+        dcp.load(state, checkpoint_id=str(path))  # fails on any trainable key the files lack
+        # strict=False: the frozen weights are absent on purpose (they come from the base model).
+        set_model_state_dict(
+            model,
+            state["model"],
+            options=StateDictOptions(ignore_frozen_params=True, strict=False),
+        )
         set_optimizer_state_dict(model, optimizer, state["optim"], options=self._options())
         own = path / f"rank{self.rank}.pt"
         if not own.is_file():
