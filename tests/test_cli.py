@@ -23,6 +23,8 @@ def test_help_lists_the_commands(capsys):
         "label-turns",
         "shards",
         "verify",
+        "train",
+        "model-info",
         "run",
     ):
         assert command in out
@@ -71,3 +73,7 @@ def test_demo_job_end_to_end(tmp_path):
         assert f"verify {stage}: ok" in result.stdout
         assert (build / "shards" / stage / "index.json").is_file()
     assert "RANDOM-INIT S3TokenizerV2" in result.stdout
+    # train: a tiny MinMo through all seven stages, each exporting its modules.
+    for stage in ("1a", "1b", "1c", "2a", "2b", "3", "4"):
+        assert f"train {stage}:" in result.stdout
+        assert (build / "checkpoints" / stage / "final" / "export.json").is_file()

@@ -13,6 +13,7 @@ def test_demo_job_parses(tmp_path):
         "label-turns",
         "shards",
         "verify",
+        "train",
     ]
     ingest = plan[1][1]
     assert ingest["src"].startswith(str(tmp_path))
