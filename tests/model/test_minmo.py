@@ -115,8 +115,8 @@ def test_each_stage_trains_exactly_its_recipe(tokenizer, stage: str) -> None:
 # tiny LLM the answers from the text alone: it then knows both answers but not which sample
 # gets which, and only the audio path can tell it.
 PRETRAIN_LLM = {"1a", "1b"}
-LR = {"1a": 1e-3, "1b": 1e-3}
-STEPS = {"2a": 300}
+LR = {"1a": 2e-3, "1b": 1e-3, "1c": 3e-3}
+STEPS = {"1a": 300, "2a": 300}
 
 
 def _pretrain_llm_on_text(model: MinMo, batch) -> None:
