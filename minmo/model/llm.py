@@ -151,9 +151,7 @@ def splice(
         if n_speech and len(marker) == 0:
             raise ValueError(f"sample {b} has speech but no <|startofspeech|> in its text tokens")
         if n_speech:
-            cut = int(marker[0]) + 1
-            if cut <= start - 1:
-                pass  # the gap is in the prompt: labels stay with their text positions
+            cut = int(marker[0]) + 1  # labels stay with their text positions across the gap
             gap = torch.full((n_speech,), IGNORE, dtype=torch.long, device=device)
             rows.append(torch.cat([emb[:cut], speech[b, :n_speech], emb[cut:]]))
             label_rows.append(torch.cat([text_labels[:cut], gap, text_labels[cut:]]))

@@ -293,10 +293,11 @@ class StageBuilder:
         yield from sources.iter_rows(self.build, "s2s_samples")
 
     def _user_ref(self, row: dict[str, Any], channels: dict[str, int]):
+        n = channels.get(row["user_audio_uri"], 1)
         return audio_ref(
             row["user_audio_uri"],
-            channels.get(row["user_audio_uri"], 1),
-            0 if channels.get(row["user_audio_uri"], 1) == 1 else None,
+            n,
+            0 if n == 1 else None,
             row["user_start_s"],
             row["user_end_s"],
         )
@@ -307,12 +308,18 @@ class StageBuilder:
             for m in json.loads(row.get("history_json") or "[]")
         ]
 
+    def _user_span_ok(self, row: dict[str, Any], task: str) -> bool:
+        """Whether an s2s row's user audio fits the input bounds; counts the skip when not."""
+        span = row["user_end_s"] - row["user_start_s"]
+        if self.config.min_input_s <= span <= self.config.max_input_s:
+            return True
+        self._skip(task, "user audio outside min/max input duration")
+        return False
+
     def _s2t_chat(self) -> Iterator[dict[str, Any]]:
         channels = sources.channels_by_uri(self.recs)
         for row in self._s2s_rows():
-            span = row["user_end_s"] - row["user_start_s"]
-            if not self.config.min_input_s <= span <= self.config.max_input_s:
-                self._skip("s2t_chat", "user audio outside min/max input duration")
+            if not self._user_span_ok(row, "s2t_chat"):
                 continue
             yield make_spec(
                 stage="stage1",
@@ -387,9 +394,7 @@ class StageBuilder:
     def _stage3(self) -> Iterator[dict[str, Any]]:
         channels = sources.channels_by_uri(self.recs)
         for row in self._s2s_rows():
-            span = row["user_end_s"] - row["user_start_s"]
-            if not self.config.min_input_s <= span <= self.config.max_input_s:
-                self._skip("s2s_chat", "user audio outside min/max input duration")
+            if not self._user_span_ok(row, "s2s_chat"):
                 continue
             if row["assistant_duration_s"] > self.config.max_target_s:
                 self._skip("s2s_chat", "assistant audio longer than max_target_s")
