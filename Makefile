@@ -13,6 +13,7 @@ DEBIAN_PACKAGES := ffmpeg espeak-ng
 
 demo: $(STAMP)
 	$(BIN)/minmo run jobs/demo.yaml --build $(BUILD)
+	@echo "demo done; the analysts' report: $(BUILD)/stats/report.html"
 
 test: $(STAMP)
 	$(BIN)/ruff check .

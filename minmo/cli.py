@@ -134,6 +134,21 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from pipelines.stats.compute import StatsConfig
+    from pipelines.stats.run import run_stats
+
+    config = StatsConfig(
+        out=args.out,
+        memory_limit=args.memory_limit,
+        threads=args.threads,
+        workers=args.workers,
+        title=args.title,
+    )
+    print(run_stats(args.inputs, config, progress=not args.quiet).render())
+    return 0
+
+
 def _cmd_model_info(args: argparse.Namespace) -> int:
     from minmo.model.info import render
 
@@ -222,6 +237,24 @@ def build_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="check shards against index.json (exit 1 when bad)")
     verify.add_argument("dir", help="DIR/shards (all stages) or one stage directory")
     verify.set_defaults(func=_cmd_verify)
+
+    st = sub.add_parser(
+        "stats",
+        help="statistics + HTML report of a build (or of two, compared: minmo stats A B)",
+    )
+    st.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="DIR",
+        help="a build directory, tables or shard directories (or an earlier stats.json); "
+        "two of them to compare A against B",
+    )
+    st.add_argument("--out", default=None, help="report directory (default DIR/stats)")
+    st.add_argument("--memory-limit", default="1GB", help="DuckDB memory cap (spills beyond)")
+    st.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: all)")
+    st.add_argument("--workers", type=int, default=4, help="shards read at once")
+    st.add_argument("--title", default=None, help="the report's title")
+    st.set_defaults(func=_cmd_stats)
 
     tr = sub.add_parser("train", help="train one MinMo stage from its shards (torchrun-ready)")
     tr.add_argument("job", help="training spec, e.g. jobs/train/1a.yaml")

@@ -143,6 +143,17 @@ def _run_train(build: str, section: dict[str, Any], progress: bool) -> Any:
     return results
 
 
+def _run_stats(build: str, section: dict[str, Any], progress: bool) -> Any:
+    from pipelines.stats.compute import StatsConfig
+    from pipelines.stats.run import run_stats
+
+    options = dict(section)
+    inputs = options.pop("inputs", None) or [build]
+    summary = run_stats(list(inputs), StatsConfig(**options), progress=progress)
+    print(summary.render())
+    return summary
+
+
 def _config_keys(module: str, name: str) -> tuple[str, ...]:
     import importlib
 
@@ -166,6 +177,9 @@ STEPS: dict[str, Callable[[], Step]] = {
     ),
     "verify": lambda: Step("verify", ("dir",), _run_verify),
     "train": lambda: Step("train", ("stages", "steps"), _run_train),
+    "stats": lambda: Step(
+        "stats", ("inputs", *_config_keys("pipelines.stats.compute", "StatsConfig")), _run_stats
+    ),
 }
 
 

@@ -1,0 +1,94 @@
+"""Comparison mode: what changed between two builds (a rerun, a filter change, a new corpus).
+
+Owns: compare.json, the flat list of B - A deltas of headline figures and of every breakdown
+(hours by corpus / language / task, samples by stage and task, quarantine by reason, shards per
+stage). The report draws both builds itself (sections.py); this is the machine-readable side.
+Must not: compute statistics from tables.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipelines.stats.report import _get
+
+COMPARE_VERSION = 1
+
+HEADLINE = (
+    "recordings.count",
+    "recordings.hours",
+    "recordings.bytes",
+    "recordings.duplicates.count",
+    "recordings.duplicates.hours",
+    "segments.count",
+    "segments.hours",
+    "quarantine.count",
+    "conversations.recordings",
+    "conversations.hours",
+    "conversations.turns",
+    "conversations.turns_per_minute.mean",
+    "conversations.gap_s.quantiles.p50",
+    "conversations.overlap_s.quantiles.p50",
+    "conversations.events.backchannel_per_minute",
+    "samples.count",
+    "samples.hours",
+    "recordings.duration_s.quantiles.p50",
+    "recordings.snr_db.quantiles.p50",
+    "recordings.rms_dbfs.quantiles.p50",
+    "segments.duration_s.quantiles.p50",
+)
+
+BREAKDOWNS = (
+    "recordings.by.corpus",
+    "recordings.by.language",
+    "recordings.by.task",
+    "segments.by.corpus",
+    "segments.by.language",
+    "samples.by.stage",
+    "samples.by.task",
+)
+
+
+def _row(metric: str, a: Any, b: Any) -> dict[str, Any]:
+    numeric = isinstance(a, int | float) and isinstance(b, int | float)
+    delta = round(b - a, 6) if numeric else None
+    relative = round((b - a) / a, 6) if numeric and a else None
+    return {"metric": metric, "a": a, "b": b, "delta": delta, "relative": relative}
+
+
+def compare_stats(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Every delta B - A, as rows {metric, a, b, delta, relative}; a missing side is null."""
+    rows = [_row(path, _get(a, path), _get(b, path)) for path in HEADLINE]
+    for path in BREAKDOWNS:
+        left = {r["key"]: r for r in _get(a, path) or []}
+        right = {r["key"]: r for r in _get(b, path) or []}
+        for key in sorted(left.keys() | right.keys()):
+            for field in ("count", "hours"):
+                rows.append(
+                    _row(
+                        f"{path}[{key}].{field}",
+                        (left.get(key) or {}).get(field),
+                        (right.get(key) or {}).get(field),
+                    )
+                )
+    reasons = {
+        f"{r['step']}:{r['reason_code']}": r["count"] for r in _get(a, "quarantine.by_reason") or []
+    }
+    reasons_b = {
+        f"{r['step']}:{r['reason_code']}": r["count"] for r in _get(b, "quarantine.by_reason") or []
+    }
+    for key in sorted(reasons.keys() | reasons_b.keys()):
+        rows.append(_row(f"quarantine[{key}].count", reasons.get(key, 0), reasons_b.get(key, 0)))
+    for stage in sorted((a.get("shards") or {}).keys() | (b.get("shards") or {}).keys()):
+        for field in ("shards", "samples", "hours", "bytes", "speech_tokens_per_s"):
+            path = f"shards.{stage}.{field}"
+            rows.append(_row(path, _get(a, path), _get(b, path)))
+    changed = [r for r in rows if r["a"] != r["b"]]
+    return {
+        "schema": "minmo.stats.compare",
+        "version": COMPARE_VERSION,
+        "a": a["inputs"]["root"],
+        "b": b["inputs"]["root"],
+        "changed": len(changed),
+        "deltas": rows,
+    }

@@ -1,0 +1,97 @@
+"""The stats step: discover what DIR holds, aggregate it, write stats.json and report.html.
+
+    minmo stats DIR [--out REPORT_DIR]       one build
+    minmo stats A B [--out REPORT_DIR]       two builds side by side, with deltas
+
+Owns: the order of the sections, the output files (atomic) and the step summary.
+Must not: hold any table in memory: every figure comes from a DuckDB aggregation
+(pipelines/stats/tables.py, shard_stats.py).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pipelines.build import BuildDir
+from pipelines.stats import shard_stats, tables
+from pipelines.stats.sources import connect, discover
+from schemas.stats import STATS_VERSION, validate_stats
+
+
+@dataclass
+class StatsConfig:
+    """How the stats step runs. Every field is optional in a job spec's `stats:` section."""
+
+    out: str | None = None  # where stats.json and report.html go; default DIR/stats
+    memory_limit: str = "1GB"  # DuckDB's buffer cap; larger aggregations spill to disk
+    threads: int | None = None  # DuckDB threads; default: all cores
+    workers: int = 4  # shards read at once when extracting sample metadata
+    title: str | None = None  # the report's title; default: the input's path
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError("stats.workers must be >= 1")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("stats.threads must be >= 1 (or left out for all cores)")
+
+
+def compute_stats(
+    uri: str, config: StatsConfig | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Every section of stats.json for the tables and shards under `uri` (schemas/stats.py)."""
+    config = config or StatsConfig()
+    sources = discover(uri)
+    out = BuildDir(config.out or f"{uri.rstrip('/')}/stats")
+    has = set(sources.tables)
+    started = time.perf_counter()
+    sample_files: list[str] = []
+    if sources.shard_dirs:
+        sample_files = shard_stats.extract_samples(sources, out, workers=config.workers)
+    con = connect(sources, config.memory_limit, config.threads)
+    if sample_files:
+        import pyarrow.dataset as pads
+
+        con.register(
+            "samples",
+            pads.dataset(sample_files, schema=shard_stats.SAMPLE_SCHEMA, filesystem=out.fs),
+        )
+
+    def section(name: str, make: Any) -> Any:
+        t0 = time.perf_counter()
+        value = make()
+        if progress:
+            print(f"stats: {name} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        return value
+
+    stats = {
+        "schema": "minmo.stats",
+        "version": STATS_VERSION,
+        "inputs": {**sources.describe(), "rows": _row_counts(con, has)},
+        "recordings": section("recordings", lambda: tables.recordings(con, has))
+        if "recordings" in has
+        else None,
+        "segments": section("segments", lambda: tables.segments(con, has))
+        if "segments" in has
+        else None,
+        "quarantine": section("quarantine", lambda: tables.quarantine(con))
+        if "quarantine" in has
+        else {"count": 0, "by_reason": []},
+        "conversations": section("conversations", lambda: tables.conversations(con, has))
+        if "turns" in has
+        else None,
+        "samples": section("samples", lambda: shard_stats.samples(con)) if sample_files else None,
+        "shards": section("shards", lambda: shard_stats.shard_balance(sources)),
+        "config": asdict(config),
+    }
+    stats["elapsed_s"] = round(time.perf_counter() - started, 3)
+    con.close()
+    return validate_stats(stats)
+
+
+def _row_counts(con: Any, has: set[str]) -> dict[str, int]:
+    return {
+        name: int(con.execute(f"SELECT count(*) FROM {name}").fetchone()[0]) for name in sorted(has)
+    }

@@ -1,0 +1,153 @@
+"""Distributions computed inside DuckDB: fixed-edge histograms, moments and approximate quantiles.
+
+Owns: the SQL for one numeric column's distribution, overall and per group, and the fixed bin
+edges of every metric the report shows. Edges are fixed (not data-driven) so that two builds'
+histograms line up bin for bin in comparison mode. Quantiles use DuckDB's `approx_quantile`
+(a t-digest: bounded memory at any row count; exact enough for a report, within a bin or two).
+Must not: pull rows into Python; every function returns only aggregates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+
+QUANTILES = (0.05, 0.5, 0.95)
+
+
+@dataclass(frozen=True)
+class Bins:
+    """A metric's histogram edges and unit; bin i is [edges[i], edges[i+1])."""
+
+    unit: str
+    edges: tuple[float, ...]
+    log_x: bool = False  # the report draws this metric on a log axis
+
+
+DURATION_S = Bins(
+    "s",
+    (0.0, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 25, 30, 45, 60, 120, 300, 600, 1800, 3600, 7200),
+    log_x=True,
+)
+DBFS = Bins("dBFS", tuple(float(v) for v in range(-90, 5, 5)))
+CLIPPING_RATIO = Bins("fraction of samples", (0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0 + 1e-9))
+SNR_DB = Bins("dB", tuple(float(v) for v in range(-10, 65, 5)))
+RATIO = Bins("fraction", tuple(round(i * 0.05, 2) for i in range(20)) + (1.0 + 1e-9,))
+TURNS_PER_MIN = Bins("turns/min", tuple(float(v) for v in range(0, 62, 2)))
+FLOOR_TRANSFER_S = Bins("s", tuple(round(-3.0 + 0.2 * i, 1) for i in range(31)))
+GAP_S = Bins("s", tuple(round(0.1 * i, 1) for i in range(31)))
+
+
+def _bin_case(column: str, edges: tuple[float, ...]) -> str:
+    """SQL giving the bin of `column`: -1 below the first edge, len(edges)-1 at or above the last."""
+    whens = " ".join(f"WHEN {column} < {e!r} THEN {i - 1}" for i, e in enumerate(edges))
+    return f"CASE {whens} ELSE {len(edges) - 1} END"
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def distribution(
+    con: duckdb.DuckDBPyConnection,
+    relation: str,
+    column: str,
+    bins: Bins,
+    *,
+    weight: str | None = None,
+    group_by: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """The distribution of `column` (a SQL expression) over `relation` (a table name or a
+    parenthesised subquery), with `by` holding the same per value of each `group_by` column.
+
+    `weight`, when given, is summed per bin as `hours` (e.g. duration_s / 3600 per row), so a
+    duration histogram shows both how many items and how much audio fall in each bin.
+    """
+    out = _dist(con, relation, column, bins, weight, None)
+    out["by"] = {g: _dist(con, relation, column, bins, weight, g)["groups"] for g in group_by}
+    return out
+
+
+def _dist(
+    con: duckdb.DuckDBPyConnection,
+    relation: str,
+    column: str,
+    bins: Bins,
+    weight: str | None,
+    group: str | None,
+) -> dict[str, Any]:
+    key = f"CAST({_q(group)} AS VARCHAR)" if group else "'*'"
+    qs = ", ".join(repr(q) for q in QUANTILES)
+    w = f"({weight})" if weight else "0"
+    moments = con.execute(
+        f"""
+        SELECT {key} AS k, count(*) FILTER (WHERE __v IS NOT NULL), count(*) FILTER (WHERE __v IS NULL),
+               sum(__v), avg(__v), min(__v), max(__v), approx_quantile(__v, [{qs}])
+        FROM (SELECT CAST(({column}) AS DOUBLE) AS __v, * FROM {relation}) GROUP BY k
+        """
+    ).fetchall()
+    hist = con.execute(
+        f"""
+        SELECT {key} AS k, {_bin_case("__v", bins.edges)} AS b, count(*), sum(__w)
+        FROM (SELECT CAST(({column}) AS DOUBLE) AS __v, CAST({w} AS DOUBLE) AS __w, *
+              FROM {relation}) WHERE __v IS NOT NULL AND NOT isnan(__v) GROUP BY k, b
+        """
+    ).fetchall()
+    n_bins = len(bins.edges) - 1
+    groups: dict[str, dict[str, Any]] = {}
+    for k, n, nulls, total, mean, lo, hi, quant in moments:
+        groups["null" if k is None else k] = {
+            "n": int(n),
+            "nulls": int(nulls),
+            "sum": _num(total),
+            "mean": _num(mean),
+            "min": _num(lo),
+            "max": _num(hi),
+            "quantiles": {
+                f"p{round(q * 100):02d}": _num(v)
+                for q, v in zip(QUANTILES, quant or [None] * len(QUANTILES), strict=True)
+            },
+            "counts": [0] * n_bins,
+            "underflow": 0,
+            "overflow": 0,
+            **({"hours": [0.0] * n_bins} if weight else {}),
+        }
+    for k, b, n, wsum in hist:
+        g = groups["null" if k is None else k]
+        if b < 0:
+            g["underflow"] += int(n)
+        elif b >= n_bins:
+            g["overflow"] += int(n)
+        else:
+            g["counts"][b] = int(n)
+            if weight:
+                g["hours"][b] = round(float(wsum or 0.0), 6)
+    if group:
+        return {"groups": groups}
+    whole = groups.get("*") or _empty(n_bins, weight is not None)
+    return {"unit": bins.unit, "edges": list(bins.edges), "log_x": bins.log_x, **whole}
+
+
+def _empty(n_bins: int, weighted: bool) -> dict[str, Any]:
+    return {
+        "n": 0,
+        "nulls": 0,
+        "sum": None,
+        "mean": None,
+        "min": None,
+        "max": None,
+        "quantiles": {f"p{round(q * 100):02d}": None for q in QUANTILES},
+        "counts": [0] * n_bins,
+        "underflow": 0,
+        "overflow": 0,
+        **({"hours": [0.0] * n_bins} if weighted else {}),
+    }
+
+
+def _num(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return None if value != value else round(value, 6)  # NaN -> null: JSON has no NaN

@@ -1,0 +1,465 @@
+"""What the report shows, section by section, for one build or two (see report.py).
+
+Owns: the choice and order of tables and plots and their captions' wording.
+Must not: compute statistics beyond picking values out of stats.json.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pipelines.stats import plots
+from pipelines.stats.report import Build, Report, _fmt, _get
+
+STAGES = ("stage1", "stage2", "stage3", "stage4")
+
+
+def render_report(builds: Sequence[Build], title: str) -> str:
+    """The whole HTML page for `builds` ([(label, stats)], one or two)."""
+    r = Report(builds, title)
+    _overview(r)
+    _hours(r)
+    _durations(r)
+    _quality(r)
+    _speakers_and_duplicates(r)
+    _quarantine(r)
+    _conversations(r)
+    _shards(r)
+    return r.html()
+
+
+def _has(r: Report, path: str) -> bool:
+    return any(_get(s, path) is not None for _, s in r.builds)
+
+
+def _overview(r: Report) -> None:
+    r.section(
+        "overview", "Overview", "Headline figures of the build" + ("s." if r.compare else ".")
+    )
+    metrics = [
+        ("recordings", "recordings.count"),
+        ("recording hours", "recordings.hours"),
+        ("recording GB (source bytes)", "recordings.gb"),
+        ("segments", "segments.count"),
+        ("segment hours", "segments.hours"),
+        ("exact duplicate recordings", "recordings.duplicates.count"),
+        ("exact duplicate hours", "recordings.duplicates.hours"),
+        ("quarantined inputs", "quarantine.count"),
+        ("conversations", "conversations.recordings"),
+        ("conversation hours", "conversations.hours"),
+        ("speaker turns", "conversations.turns"),
+        ("shard samples", "samples.count"),
+        ("shard sample hours", "samples.hours"),
+    ]
+    for _, s in r.builds:
+        if s.get("recordings"):
+            s["recordings"]["gb"] = round(s["recordings"]["bytes"] / 1e9, 6)
+    for stage in STAGES:
+        metrics.append((f"{stage} samples", f"shards.{stage}.samples"))
+        metrics.append((f"{stage} hours", f"shards.{stage}.hours"))
+    r.compare_rows(metrics)
+
+
+def _hours(r: Report) -> None:
+    r.section("hours", "Where the hours come from")
+    if not _has(r, "recordings") and not _has(r, "samples"):
+        r.note("No recordings table and no shards in this input.")
+        return
+    for dim in ("corpus", "language", "task"):
+        r.breakdown_plot(f"rec-{dim}", f"recordings.by.{dim}", f"Recorded audio hours by {dim}")
+    r.breakdown_plot("seg-language", "segments.by.language", "Segment hours by language")
+    r.breakdown_plot("smp-stage", "samples.by.stage", "Shard sample hours by training stage")
+    r.breakdown_plot("smp-task", "samples.by.task", "Shard sample hours by task")
+    r.breakdown_plot("smp-count-task", "samples.by.task", "Shard samples by task", unit_of="count")
+    for _, s in r.builds[-1:]:
+        rows = _get(s, "samples.by_stage_task") or []
+        if rows:
+            r.table(
+                ["stage", "task", "samples", "hours"],
+                [[x["stage"], x["task"], x["count"], x["hours"]] for x in rows],
+            )
+
+
+def _durations(r: Report) -> None:
+    r.section(
+        "durations",
+        "Durations",
+        "Fixed bins (0.5 s to 2 h), drawn at equal widths; counts per bin.",
+    )
+    r.dist_plot("dur-rec", "recordings.duration_s", "Recording durations", "duration")
+    r.dist_plot(
+        "dur-rec-h",
+        "recordings.duration_s",
+        "Audio hours per recording-duration bin",
+        "duration",
+        ylabel="audio hours (h)",
+        weight="hours",
+    )
+    r.dist_plot("dur-seg", "segments.duration_s", "Segment durations", "duration")
+    for stage in STAGES:
+        r.dist_plot(
+            f"dur-{stage}",
+            "samples.duration_s",
+            f"{stage} sample durations (input audio; target speech for TTS)",
+            "duration",
+            group=("stage", stage),
+        )
+
+
+def _quality(r: Report) -> None:
+    r.section(
+        "quality",
+        "Level, clipping, SNR and speech ratio",
+        "Per recording, as ingest measured them on the 16 kHz mono mix.",
+    )
+    if not _has(r, "recordings"):
+        r.note("No recordings table in this input.")
+        return
+    r.dist_plot("q-rms", "recordings.rms_dbfs", "RMS level per recording", "RMS level")
+    r.dist_plot("q-peak", "recordings.peak_dbfs", "Peak level per recording", "peak level")
+    r.dist_plot(
+        "q-clip",
+        "recordings.clipping_ratio",
+        "Clipped-sample ratio per recording (bins by decade)",
+        "clipped samples",
+    )
+    r.dist_plot("q-snr", "recordings.snr_db", "Estimated SNR per recording", "SNR")
+    r.dist_plot(
+        "q-speech", "recordings.speech_ratio", "Speech ratio (VAD) per recording", "speech ratio"
+    )
+    if _has(r, "segments"):
+        r.dist_plot(
+            "q-speech-prob",
+            "segments.speech_prob",
+            "Mean VAD speech probability per segment",
+            "speech probability",
+        )
+    rows = []
+    for label, s in r.builds:
+        for corpus, g in sorted((_get(s, "recordings.rms_dbfs.by.corpus") or {}).items()):
+            snr = (_get(s, "recordings.snr_db.by.corpus") or {}).get(corpus, {})
+            clip = (_get(s, "recordings.clipping_ratio.by.corpus") or {}).get(corpus, {})
+            rows.append(
+                [
+                    *([label] if r.compare else []),
+                    corpus,
+                    g["n"],
+                    g["quantiles"]["p50"],
+                    (snr.get("quantiles") or {}).get("p50"),
+                    clip.get("max"),
+                ]
+            )
+    if rows:
+        r.table(
+            [
+                *(["build"] if r.compare else []),
+                "corpus",
+                "recordings",
+                "median RMS dBFS",
+                "median SNR dB",
+                "max clipped ratio",
+            ],
+            rows,
+        )
+
+
+def _speakers_and_duplicates(r: Report) -> None:
+    r.section("speakers", "Speakers and exact duplicates")
+    if not _has(r, "recordings"):
+        r.note("No recordings table in this input.")
+        return
+    corpora: list[str] = []
+    for _, s in r.builds:
+        for row in _get(s, "recordings.speakers") or []:
+            if row["corpus"] not in corpora:
+                corpora.append(row["corpus"])
+    if corpora:
+        series = []
+        for label, s in r.builds:
+            rows = {x["corpus"]: x for x in _get(s, "recordings.speakers") or []}
+            series.append((label, [rows.get(c, {}).get("speakers", 0) for c in corpora]))
+        r.figure(
+            "speakers",
+            plots.bars("speakers", corpora, series, "distinct speakers", "corpus"),
+            "Distinct labelled speakers per corpus ("
+            + r.per_build(
+                lambda s: ", ".join(
+                    f"{x['corpus']} {x['speakers']} (+{x['diarized_speakers']} diarized voices)"
+                    for x in _get(s, "recordings.speakers") or []
+                )
+            )
+            + ").",
+        )
+    if any((_get(s, "recordings.duplicates.count") or 0) for _, s in r.builds):
+        r.breakdown_plot(
+            "dups", "recordings.duplicates.by_corpus", "Exact-duplicate audio hours by corpus"
+        )
+    else:
+        r.note("No exact duplicates: every recording's decoded audio hash is unique.")
+
+
+def _quarantine(r: Report) -> None:
+    r.section("quarantine", "Quarantine", "Inputs the steps refused, with the reason code.")
+    reasons: list[str] = []
+    for _, s in r.builds:
+        for row in _get(s, "quarantine.by_reason") or []:
+            key = f"{row['step']}: {row['reason_code']}"
+            if key not in reasons:
+                reasons.append(key)
+    if not reasons:
+        r.note("Nothing was quarantined.")
+        return
+    series = []
+    for label, s in r.builds:
+        rows = {
+            f"{x['step']}: {x['reason_code']}": x["count"] for x in _get(s, "quarantine.by_reason")
+        }
+        series.append((label, [rows.get(k, 0) for k in reasons]))
+    r.figure(
+        "quarantine",
+        plots.bars(
+            "quarantine", reasons, series, "inputs refused", "step: reason", horizontal=True
+        ),
+        "Quarantined inputs by step and reason ("
+        + r.per_build(lambda s: f"{s['quarantine']['count']:,} in all")
+        + ").",
+    )
+    for label, s in r.builds:
+        r.table(
+            [
+                *(["build"] if r.compare else []),
+                "step",
+                "reason",
+                "count",
+                "example URIs",
+                "example detail",
+            ],
+            [
+                [
+                    *([label] if r.compare else []),
+                    x["step"],
+                    x["reason_code"],
+                    x["count"],
+                    "\n".join(x["examples"]),
+                    x.get("example_detail"),
+                ]
+                for x in _get(s, "quarantine.by_reason") or []
+            ],
+        )
+
+
+def _conversations(r: Report) -> None:
+    r.section(
+        "conversations",
+        "Conversations and turn-taking",
+        "From the diarized turns: floor-transfer offset (FTO) is the next speaker's start minus "
+        "the previous turn's end, positive for a gap, negative for an overlap.",
+    )
+    if not _has(r, "conversations"):
+        r.note("No turns table in this input.")
+        return
+    r.compare_rows(
+        [
+            ("conversations", "conversations.recordings"),
+            ("hours", "conversations.hours"),
+            ("turns", "conversations.turns"),
+            ("speaker changes", "conversations.speaker_changes"),
+            ("turns per minute (mean)", "conversations.turns_per_minute.mean"),
+            ("median gap (s)", "conversations.gap_s.quantiles.p50"),
+            ("median overlap (s)", "conversations.overlap_s.quantiles.p50"),
+            ("back-channels per minute", "conversations.events.backchannel_per_minute"),
+            ("back-channel share of user events", "conversations.events.backchannel_share"),
+            ("barge-in share of user turn-takings", "conversations.events.barge_in_share"),
+        ]
+    )
+    r.dist_plot(
+        "c-tpm", "conversations.turns_per_minute", "Turns per minute per conversation", "turn rate"
+    )
+    r.dist_plot(
+        "c-fto",
+        "conversations.floor_transfer_s",
+        "Floor-transfer offsets at speaker changes",
+        "offset",
+    )
+    r.dist_plot("c-gap", "conversations.gap_s", "Gaps between speakers", "gap")
+    r.dist_plot("c-overlap", "conversations.overlap_s", "Overlaps between speakers", "overlap")
+    if _has(r, "conversations.events"):
+        types: list[str] = []
+        for _, s in r.builds:
+            for k in _get(s, "conversations.events.per_hour") or {}:
+                if k not in types:
+                    types.append(k)
+        series = [
+            (label, [(_get(s, "conversations.events.per_hour") or {}).get(t) or 0 for t in types])
+            for label, s in r.builds
+        ]
+        r.figure(
+            "c-events",
+            plots.bars("c-events", types, series, "events per hour", "duplex event type"),
+            "Duplex events per hour of labelled conversation (both role choices) ("
+            + r.per_build(
+                lambda s: ", ".join(
+                    f"{k} {v:,}" for k, v in (_get(s, "conversations.events.counts") or {}).items()
+                )
+            )
+            + ").",
+        )
+        r.dist_plot(
+            "c-user-gap",
+            "conversations.events.user_gap_s",
+            "Drawn user turn-taking gaps T (the N(0.6, 0.4^2) s heuristic)",
+            "gap T",
+        )
+    if _has(r, "conversations.frame_labels"):
+        classes = ["listen", "speak_now", "keep_speaking", "stop_now"]
+        series = [
+            (
+                label,
+                [(_get(s, "conversations.frame_labels.share") or {}).get(c, 0) for c in classes],
+            )
+            for label, s in r.builds
+        ]
+        r.figure(
+            "c-frames",
+            plots.bars("c-frames", classes, series, "share of frames", "frame label"),
+            "Duplex frame-label balance ("
+            + r.per_build(
+                lambda s: f"{(_get(s, 'conversations.frame_labels.frames') or 0):,} frames"
+            )
+            + ").",
+        )
+
+
+def _shards(r: Report) -> None:
+    r.section(
+        "shards",
+        "Shards: balance and mixture",
+        "Per stage, from index.json: samples per shard, and each task's share of the samples "
+        "against the share the job's mixture weights ask for (weight x samples built).",
+    )
+    stages = [st for st in STAGES if _has(r, f"shards.{st}")]
+    if not stages:
+        r.note("No shard directories in this input.")
+        return
+    rows = []
+    for stage in stages:
+        for label, s in r.builds:
+            x = _get(s, f"shards.{stage}")
+            if not x:
+                continue
+            rows.append(
+                [
+                    stage,
+                    *([label] if r.compare else []),
+                    x["shards"],
+                    x["samples"],
+                    x["hours"],
+                    round(x["bytes"] / 1e6, 3),
+                    x["spread"]["samples"]["cv"],
+                    x["spread"]["bytes"]["min"],
+                    x["spread"]["bytes"]["max"],
+                    x["speech_tokens_per_s"],
+                ]
+            )
+    r.table(
+        [
+            "stage",
+            *(["build"] if r.compare else []),
+            "shards",
+            "samples",
+            "hours",
+            "MB",
+            "samples CV",
+            "min bytes",
+            "max bytes",
+            "speech tokens/s",
+        ],
+        rows,
+    )
+    for stage in stages:
+        names: list[str] = []
+        for _, s in r.builds:
+            for x in _get(s, f"shards.{stage}.per_shard") or []:
+                if x["name"] not in names:
+                    names.append(x["name"])
+        for metric, unit in (("samples", "samples"), ("hours", "audio hours (h)")):
+            series = []
+            for label, s in r.builds:
+                by = {x["name"]: x[metric] for x in _get(s, f"shards.{stage}.per_shard") or []}
+                series.append((label, [by.get(n, 0) for n in names]))
+            r.figure(
+                f"sh-{stage}-{metric}",
+                plots.bars(
+                    f"sh-{stage}-{metric}",
+                    [n.rsplit(".", 1)[0] for n in names],
+                    series,
+                    unit,
+                    "shard",
+                ),
+                f"{stage}: {metric} per shard ("
+                + r.per_build(lambda s, st=stage, m=metric: _spread_text(s, st, m))
+                + ").",
+            )
+        mixes = [(label, _get(s, f"shards.{stage}.mixture") or []) for label, s in r.builds]
+        tasks = sorted({m["task"] for _, mix in mixes for m in mix})
+        if len(tasks) > 1:
+            target = {m["task"]: m["target_share"] or 0 for m in mixes[-1][1]}
+            series = [("target (weights)", [target.get(t, 0) for t in tasks])]
+            for label, mix in mixes:
+                got = {m["task"]: m["share"] or 0 for m in mix}
+                series.append(
+                    (
+                        f"achieved ({label})" if r.compare else "achieved",
+                        [got.get(t, 0) for t in tasks],
+                    )
+                )
+            worst = r.per_build(lambda s, st=stage: _worst_mix(s, st))
+            r.figure(
+                f"mix-{stage}",
+                plots.bars(f"mix-{stage}", tasks, series, "share of the stage's samples", "task"),
+                f"{stage}: task mixture, target share against achieved share ({worst}).",
+            )
+            for label, mix in mixes:
+                r.table(
+                    [
+                        *(["build"] if r.compare else []),
+                        "task",
+                        "weight",
+                        "built",
+                        "kept",
+                        "samples",
+                        "target share",
+                        "share",
+                        "delta",
+                    ],
+                    [
+                        [
+                            *([label] if r.compare else []),
+                            m["task"],
+                            m["weight"],
+                            m["built"],
+                            m["kept"],
+                            m["samples"],
+                            m["target_share"],
+                            m["share"],
+                            m["share_delta"],
+                        ]
+                        for m in mix
+                    ],
+                )
+
+
+def _spread_text(s: dict, stage: str, metric: str) -> str:
+    spread = _get(s, f"shards.{stage}.spread.{metric}") or {}
+    return (
+        f"{_get(s, f'shards.{stage}.shards') or 0} shards, min {_fmt(spread.get('min'))} / "
+        f"max {_fmt(spread.get('max'))} / CV {_fmt(spread.get('cv'))}"
+    )
+
+
+def _worst_mix(s: dict, stage: str) -> str:
+    rows = [m for m in _get(s, f"shards.{stage}.mixture") or [] if m["share_delta"] is not None]
+    if not rows:
+        return "no mixture"
+    m = max(rows, key=lambda m: abs(m["share_delta"]))
+    return f"largest gap {m['share_delta']:+.1%} for {m['task']}"

@@ -1,0 +1,109 @@
+"""What a `minmo stats` input holds: minmo tables and shard stage directories, found by walking.
+
+Owns: discovery (any mix: a build directory, a folder of builds, a single table folder, a shard
+directory) and exposing every table to DuckDB as a lazily scanned Arrow dataset, so queries stream
+record batches from Parquet (local or on any pyarrow filesystem) and never hold a table in memory.
+Must not: compute statistics.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+
+from pipelines.ingest.fs import open_filesystem
+from schemas import CONTRACTS
+
+MAX_DEPTH = 4  # how deep under the input a table or shard directory is looked for
+SKIP_DIRS = {"_state", "stats", "checkpoints", "demo-src", ".git"}
+
+
+@dataclass
+class Sources:
+    """The tables (name -> Parquet files) and shard stages (stage -> directory) under one input."""
+
+    uri: str
+    fs: pafs.FileSystem
+    root: str
+    tables: dict[str, list[str]] = field(default_factory=dict)
+    shard_dirs: dict[str, list[str]] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "root": self.uri,
+            "tables": {name: {"files": len(files)} for name, files in sorted(self.tables.items())},
+            "shard_stages": {s: len(d) for s, d in sorted(self.shard_dirs.items())},
+        }
+
+    def read_index(self, directory: str) -> dict[str, Any]:
+        with self.fs.open_input_stream(f"{directory}/index.json") as f:
+            return json.loads(f.read().decode())
+
+
+def discover(uri: str, **fs_options: Any) -> Sources:
+    """Walk `uri` for table folders (named after a contract, holding .parquet parts) and shard
+    stage folders (holding an index.json with a "stage"). Raises FileNotFoundError if it is
+    missing and ValueError if nothing minmo wrote is under it."""
+    fs, root = open_filesystem(uri, **fs_options)
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"stats: {uri} does not exist")
+    found = Sources(uri=uri, fs=fs, root=root)
+    _walk(found, root, 0)
+    if not found.tables and not found.shard_dirs:
+        raise ValueError(
+            f"stats: nothing to summarise under {uri}: no table folder "
+            f"({', '.join(sorted(CONTRACTS))}) with .parquet files and no shard index.json"
+        )
+    return found
+
+
+def _walk(found: Sources, directory: str, depth: int) -> None:
+    entries = found.fs.get_file_info(pafs.FileSelector(directory, recursive=False))
+    name = directory.rstrip("/").rsplit("/", 1)[-1]
+    files = [e for e in entries if e.type == pafs.FileType.File]
+    parquet = sorted(
+        e.path for e in files if e.path.endswith(".parquet") and ".tmp-" not in e.base_name
+    )
+    if name in CONTRACTS and parquet:
+        found.tables.setdefault(name, []).extend(parquet)
+        return
+    if any(e.base_name == "index.json" for e in files):
+        try:
+            stage = found.read_index(directory).get("stage")
+        except (OSError, ValueError):
+            stage = None
+        if isinstance(stage, str):
+            found.shard_dirs.setdefault(stage, []).append(directory)
+            return
+    if depth >= MAX_DEPTH:
+        return
+    for e in entries:
+        if e.type == pafs.FileType.Directory and e.base_name not in SKIP_DIRS:
+            _walk(found, e.path, depth + 1)
+
+
+def connect(
+    sources: Sources, memory_limit: str = "1GB", threads: int | None = None
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with every discovered table registered as a view of its dataset.
+
+    The memory limit caps DuckDB's own buffers (hash tables, sorts spill to a temp directory
+    beyond it); the Arrow scan streams batches, so memory does not grow with the row count.
+    """
+    config: dict[str, Any] = {"memory_limit": memory_limit}
+    if threads:
+        config["threads"] = threads
+    con = duckdb.connect(config=config)
+    for name, files in sources.tables.items():
+        contract = CONTRACTS[name]
+        dataset = pads.dataset(
+            files, schema=contract.schema, filesystem=sources.fs, format="parquet"
+        )
+        con.register(name, dataset)
+    return con

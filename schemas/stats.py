@@ -1,0 +1,280 @@
+"""The stats.json contract: what `minmo stats` writes, as a versioned JSON Schema.
+
+Every section is null when its input is absent from the build (no turns table: no
+`conversations`). Units are in the key names (`_s`, `hours`, `bytes`, `_dbfs`, `_db`).
+
+A *distribution* (`$defs/dist`) is a fixed-edge histogram plus moments and approximate
+quantiles: `counts[i]` items fell in `[edges[i], edges[i+1])`, `underflow`/`overflow` below the
+first or at/after the last edge, `nulls` had no value; `hours[i]` (duration histograms only) is
+the audio in that bin. `by.<dimension>.<value>` repeats it per corpus / language / task / stage.
+Edges are fixed per metric (pipelines/stats/dist.py), so two builds compare bin for bin.
+
+A *breakdown* (`$defs/breakdown`) is `[{key, count, hours}]`, most hours first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+STATS_VERSION = 1
+
+_NUM = {"type": ["number", "null"]}
+_COUNT = {"type": "integer", "minimum": 0}
+
+_GROUP = {
+    "type": "object",
+    "required": [
+        "n",
+        "nulls",
+        "mean",
+        "min",
+        "max",
+        "quantiles",
+        "counts",
+        "underflow",
+        "overflow",
+    ],
+    "properties": {
+        "n": _COUNT,
+        "nulls": _COUNT,
+        "sum": _NUM,
+        "mean": _NUM,
+        "min": _NUM,
+        "max": _NUM,
+        "quantiles": {
+            "type": "object",
+            "description": "approximate p05, p50 (median) and p95",
+            "required": ["p05", "p50", "p95"],
+            "additionalProperties": _NUM,
+        },
+        "counts": {"type": "array", "items": _COUNT},
+        "hours": {"type": "array", "items": {"type": "number"}},
+        "underflow": _COUNT,
+        "overflow": _COUNT,
+    },
+}
+
+STATS_JSON_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "minmo stats.json",
+    "type": "object",
+    "required": [
+        "schema",
+        "version",
+        "inputs",
+        "recordings",
+        "segments",
+        "quarantine",
+        "conversations",
+        "samples",
+        "shards",
+    ],
+    "$defs": {
+        "dist": {
+            **_GROUP,
+            "required": [*_GROUP["required"], "unit", "edges", "by"],
+            "properties": {
+                **_GROUP["properties"],
+                "unit": {"type": "string"},
+                "edges": {"type": "array", "items": {"type": "number"}, "minItems": 2},
+                "log_x": {"type": "boolean"},
+                "by": {
+                    "type": "object",
+                    "description": "dimension -> value -> the same distribution for that value",
+                    "additionalProperties": {"type": "object", "additionalProperties": _GROUP},
+                },
+            },
+        },
+        "breakdown": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["key", "count", "hours"],
+                "properties": {
+                    "key": {"type": "string"},
+                    "count": _COUNT,
+                    "hours": {"type": "number"},
+                },
+            },
+        },
+    },
+    "properties": {
+        "schema": {"const": "minmo.stats"},
+        "version": {"const": STATS_VERSION},
+        "inputs": {
+            "type": "object",
+            "description": "what was found: table -> files, shard stage -> directories, rows",
+            "required": ["root", "tables", "shard_stages", "rows"],
+        },
+        "recordings": {
+            "type": ["object", "null"],
+            "required": [
+                "count",
+                "hours",
+                "bytes",
+                "by",
+                "duration_s",
+                "rms_dbfs",
+                "peak_dbfs",
+                "clipping_ratio",
+                "snr_db",
+                "speech_ratio",
+                "speakers",
+                "duplicates",
+            ],
+            "properties": {
+                "count": _COUNT,
+                "hours": {"type": "number"},
+                "bytes": _COUNT,
+                "by": {
+                    "description": "corpus, language, task, container -> breakdown",
+                    "type": "object",
+                    "additionalProperties": {"$ref": "#/$defs/breakdown"},
+                },
+                "duration_s": {"$ref": "#/$defs/dist"},
+                "rms_dbfs": {"$ref": "#/$defs/dist"},
+                "peak_dbfs": {"$ref": "#/$defs/dist"},
+                "clipping_ratio": {"$ref": "#/$defs/dist"},
+                "snr_db": {"$ref": "#/$defs/dist"},
+                "speech_ratio": {"$ref": "#/$defs/dist"},
+                "speakers": {
+                    "type": "array",
+                    "description": "per corpus: distinct labelled speakers, distinct diarized "
+                    "voices (recording-local labels, counted per recording)",
+                    "items": {
+                        "type": "object",
+                        "required": ["corpus", "speakers", "diarized_speakers"],
+                    },
+                },
+                "duplicates": {
+                    "type": "object",
+                    "description": "recordings whose decoded PCM (content_sha1) an earlier one has",
+                    "required": ["count", "hours", "by_corpus"],
+                    "properties": {
+                        "count": _COUNT,
+                        "hours": {"type": "number"},
+                        "by_corpus": {"$ref": "#/$defs/breakdown"},
+                    },
+                },
+            },
+        },
+        "segments": {
+            "type": ["object", "null"],
+            "required": ["count", "hours", "by", "duration_s", "speech_prob"],
+            "properties": {
+                "duration_s": {"$ref": "#/$defs/dist"},
+                "speech_prob": {"$ref": "#/$defs/dist"},
+            },
+        },
+        "quarantine": {
+            "type": "object",
+            "required": ["count", "by_reason"],
+            "properties": {
+                "count": _COUNT,
+                "by_reason": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["step", "reason_code", "count", "examples"],
+                        "properties": {
+                            "count": _COUNT,
+                            "examples": {"type": "array", "items": {"type": "string"}},
+                        },
+                    },
+                },
+            },
+        },
+        "conversations": {
+            "type": ["object", "null"],
+            "description": "from turns (+ events, frame_labels): floor-transfer offset = next "
+            "speaker's start - previous turn's end (gap > 0, overlap < 0)",
+            "required": [
+                "recordings",
+                "hours",
+                "turns",
+                "turns_per_minute",
+                "floor_transfer_s",
+                "gap_s",
+                "overlap_s",
+                "events",
+                "frame_labels",
+            ],
+            "properties": {
+                "turns_per_minute": {"$ref": "#/$defs/dist"},
+                "floor_transfer_s": {"$ref": "#/$defs/dist"},
+                "gap_s": {"$ref": "#/$defs/dist"},
+                "overlap_s": {"$ref": "#/$defs/dist"},
+                "events": {
+                    "type": ["object", "null"],
+                    "required": [
+                        "samples",
+                        "hours",
+                        "counts",
+                        "per_hour",
+                        "backchannel_per_minute",
+                        "backchannel_share",
+                    ],
+                },
+                "frame_labels": {"type": ["object", "null"], "required": ["frames", "counts"]},
+            },
+        },
+        "samples": {
+            "type": ["object", "null"],
+            "description": "from the shards' json members",
+            "required": ["count", "hours", "by", "by_stage_task", "duration_s", "tokens"],
+            "properties": {"duration_s": {"$ref": "#/$defs/dist"}},
+        },
+        "shards": {
+            "type": "object",
+            "description": "stage -> balance and mixture, from each stage's index.json",
+            "additionalProperties": {
+                "type": "object",
+                "required": [
+                    "shards",
+                    "samples",
+                    "hours",
+                    "bytes",
+                    "per_shard",
+                    "spread",
+                    "speech_tokens_per_s",
+                    "mixture",
+                ],
+                "properties": {
+                    "per_shard": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["name", "samples", "hours", "bytes"],
+                        },
+                    },
+                    "mixture": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["task", "weight", "samples", "target_share", "share"],
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+class StatsSchemaError(ValueError):
+    """A stats.json does not match its schema; the message gives the path inside the document."""
+
+
+def validate_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    """Raise StatsSchemaError unless `stats` keeps STATS_JSON_SCHEMA; return it unchanged."""
+    import jsonschema
+
+    errors = sorted(
+        jsonschema.Draft202012Validator(STATS_JSON_SCHEMA).iter_errors(stats),
+        key=lambda e: list(e.absolute_path),
+    )
+    if errors:
+        first = errors[0]
+        where = "/".join(str(p) for p in first.absolute_path) or "(top)"
+        raise StatsSchemaError(f"stats.json v{STATS_VERSION}: at {where}: {first.message}")
+    return stats
