@@ -25,6 +25,7 @@ def test_help_lists_the_commands(capsys):
         "verify",
         "train",
         "model-info",
+        "stats",
         "run",
     ):
         assert command in out
@@ -77,3 +78,28 @@ def test_demo_job_end_to_end(tmp_path):
     for stage in ("1a", "1b", "1c", "2a", "2b", "3", "4"):
         assert f"train {stage}:" in result.stdout
         assert (build / "checkpoints" / stage / "final" / "export.json").is_file()
+    # stats: the analysts' report of everything above, which must render in a real browser.
+    report = build / "stats" / "report.html"
+    assert f"report: {report}" in result.stdout
+    _check_report_renders(report, build)
+
+
+def _check_report_renders(report: Path, build: Path) -> None:
+    import json
+    import shutil
+
+    from tests.stats.chromium import render_report, require_chromium
+
+    stats = json.loads((build / "stats" / "stats.json").read_text())
+    assert stats["recordings"]["count"] >= 46 and stats["samples"]["count"] > 100
+    assert set(stats["shards"]) == {"stage1", "stage2", "stage3", "stage4"}
+    require_chromium()
+    shot = build / "stats" / "report.png"
+    rendered = render_report(report, shot)
+    assert rendered.problems() == [], rendered.problems()
+    assert rendered.external_requests == []
+    assert len(rendered.figures) >= 30
+    # keep the screenshot where a developer (or CI's artifacts) can look at it
+    keep = REPO / "build" / "test-artifacts" / "demo-report.png"
+    keep.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(shot, keep)

@@ -14,6 +14,7 @@ def test_demo_job_parses(tmp_path):
         "shards",
         "verify",
         "train",
+        "stats",
     ]
     ingest = plan[1][1]
     assert ingest["src"].startswith(str(tmp_path))

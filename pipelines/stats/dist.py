@@ -31,7 +31,7 @@ DURATION_S = Bins(
     (0.0, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 25, 30, 45, 60, 120, 300, 600, 1800, 3600, 7200),
     log_x=True,
 )
-DBFS = Bins("dBFS", tuple(float(v) for v in range(-90, 5, 5)))
+DBFS = Bins("dBFS", tuple(float(v) for v in range(-90, 10, 5)))  # 0 dBFS falls in [0, 5)
 CLIPPING_RATIO = Bins("fraction of samples", (0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0 + 1e-9))
 SNR_DB = Bins("dB", tuple(float(v) for v in range(-10, 65, 5)))
 RATIO = Bins("fraction", tuple(round(i * 0.05, 2) for i in range(20)) + (1.0 + 1e-9,))

@@ -34,6 +34,7 @@ def _svg(fig: Any, salt: str) -> str:
 def _axes(height: float = HEIGHT_IN) -> tuple[Any, Any]:
     fig, ax = plt.subplots(figsize=(WIDTH_IN, height), dpi=100)
     ax.spines[["top", "right"]].set_visible(False)
+    ax.set_axisbelow(True)  # grid lines behind the bars
     ax.grid(axis="y", alpha=0.3)
     return fig, ax
 
@@ -80,7 +81,12 @@ def bars(
     return _svg(fig, salt)
 
 
-def _edge_label(value: float) -> str:
+def _edge_label(value: float, unit: str) -> str:
+    """Bin edges as people read them: durations past a minute in minutes or hours."""
+    if unit == "s" and value >= 3600:
+        return f"{value / 3600:g}h"
+    if unit == "s" and value >= 120:
+        return f"{value / 60:g}m"
     return f"{value:g}"
 
 
@@ -91,6 +97,7 @@ def histogram(
     xlabel: str,
     ylabel: str,
     categorical: bool = False,
+    unit: str = "",
 ) -> str:
     """A fixed-edge histogram. With one series, bars; with several, outlined steps so both
     builds stay visible. `categorical` draws uneven bins (durations: 0.5 s ... 2 h) at equal
@@ -111,9 +118,9 @@ def histogram(
             xs = [*lefts, lefts[-1] + widths[-1]]
             ax.stairs(list(values), xs, label=label, color=color, linewidth=1.8)
     if categorical:
-        step = max(1, (n_bins + 1) // 12)
+        step = max(1, (n_bins + 1) // 20)
         ticks = list(range(0, n_bins + 1, step))
-        ax.set_xticks(ticks, [_edge_label(edges[t]) for t in ticks])
+        ax.set_xticks(ticks, [_edge_label(edges[t], unit) for t in ticks], fontsize=8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if len(series) > 1:

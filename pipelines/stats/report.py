@@ -79,7 +79,13 @@ class Report:
     def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
         body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>"
+            "<tr>"
+            + "".join(
+                f"<td{'' if isinstance(c, int | float) or c is None else ' class=t'}>"
+                f"{html.escape(_fmt(c))}</td>"
+                for c in row
+            )
+            + "</tr>"
             for row in rows
         )
         self.parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
@@ -195,6 +201,7 @@ class Report:
                 f"{xlabel} ({ref['unit']})",
                 ylabel,
                 categorical=bool(ref.get("log_x")) or "ratio" in path,
+                unit=ref["unit"],
             ),
             f"{what}: {caption}.",
         )
@@ -215,15 +222,17 @@ class Report:
 
 
 CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1000px;
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1440px;
 color:#222;line-height:1.45;padding:0 1em}
 h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
 .meta{color:#555}nav ol{columns:2;font-size:.95em}
 table{border-collapse:collapse;margin:.8em 0;font-size:.9em}
 th,td{border:1px solid #ddd;padding:.25em .6em;text-align:right;vertical-align:top}
-th{background:#f4f6f8}td:first-child,th:first-child{text-align:left}
+th{background:#f4f6f8}td:first-child,th:first-child,td.t{text-align:left}
 td{max-width:28em;overflow-wrap:anywhere}
-figure.plot{margin:1.2em 0;padding:.5em;border:1px solid #eee;border-radius:4px}
-figure.plot svg{max-width:100%;height:auto;display:block}
+figure.plot{display:inline-block;vertical-align:top;box-sizing:border-box;width:calc(50% - 1em);
+margin:.5em .5em .5em 0;padding:.5em;border:1px solid #eee;border-radius:4px}
+figure.plot svg{width:100%;height:auto;display:block}
+@media (max-width:900px){figure.plot{width:100%}}
 figcaption{font-size:.9em;color:#333;margin-top:.4em}.note{color:#666;font-style:italic}
 """

@@ -64,19 +64,20 @@ def run_stats(
     config = config or StatsConfig()
     started = time.perf_counter()
     if len(inputs) == 1:
-        out = BuildDir(config.out or f"{inputs[0].rstrip('/')}/stats")
-        stats = [_load_or_compute(inputs[0], replace(config, out=out.uri), progress)]
+        out_uri = config.out or f"{inputs[0].rstrip('/')}/stats"
+        stats = [_load_or_compute(inputs[0], replace(config, out=out_uri), progress)]
         builds = [(_label(inputs[0]), stats[0])]
         title = config.title or f"minmo stats: {inputs[0]}"
     else:
         a, b = inputs
-        out = BuildDir(config.out or f"{b.rstrip('/')}/stats/compare")
+        out_uri = (config.out or f"{b.rstrip('/')}/stats/compare").rstrip("/")
         stats = [
-            _load_or_compute(a, replace(config, out=f"{out.uri.rstrip('/')}/a"), progress),
-            _load_or_compute(b, replace(config, out=f"{out.uri.rstrip('/')}/b"), progress),
+            _load_or_compute(a, replace(config, out=f"{out_uri}/a"), progress),
+            _load_or_compute(b, replace(config, out=f"{out_uri}/b"), progress),
         ]
         builds = [("A", stats[0]), ("B", stats[1])]
         title = config.title or f"minmo stats: {a} (A) against {b} (B)"
+    out = BuildDir(out_uri)  # only now: a missing input must not leave a folder behind
     stats_path = out.path("stats.json")
     compare_path = None
     if len(stats) == 1:

@@ -100,10 +100,20 @@ def connect(
     if threads:
         config["threads"] = threads
     con = duckdb.connect(config=config)
+    local = isinstance(sources.fs, pafs.LocalFileSystem)
     for name, files in sources.tables.items():
         contract = CONTRACTS[name]
-        dataset = pads.dataset(
-            files, schema=contract.schema, filesystem=sources.fs, format="parquet"
-        )
-        con.register(name, dataset)
+        if local:
+            # DuckDB's own Parquet reader: streams row groups under the memory limit.
+            folders = sorted({f.rsplit("/", 1)[0] for f in files})
+            listed = ", ".join("'" + f.replace("'", "''") + "/*.parquet'" for f in folders)
+            con.execute(
+                f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{listed}], union_by_name=true)"
+            )
+        else:
+            # Object stores go through pyarrow's filesystem (no DuckDB extension to download).
+            dataset = pads.dataset(
+                files, schema=contract.schema, filesystem=sources.fs, format="parquet"
+            )
+            con.register(name, dataset)
     return con

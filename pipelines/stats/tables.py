@@ -81,8 +81,9 @@ def speakers(con: duckdb.DuckDBPyConnection, has: set[str]) -> list[dict[str, An
     diarization found (recording-local, so counted per recording)."""
     labelled = ["SELECT corpus, speaker FROM recordings WHERE speaker IS NOT NULL"]
     if "segments" in has:
+        _recording_corpus(con)
         labelled.append(
-            "SELECT r.corpus, s.speaker FROM segments s JOIN recordings r USING (recording_id) "
+            "SELECT r.corpus, s.speaker FROM segments s JOIN rec_corpus r USING (recording_id) "
             "WHERE s.speaker IS NOT NULL"
         )
     rows = {
@@ -95,20 +96,35 @@ def speakers(con: duckdb.DuckDBPyConnection, has: set[str]) -> list[dict[str, An
     if "turns" in has:
         for k, n in con.execute(
             "SELECT r.corpus, count(DISTINCT (t.recording_id, t.speaker)) FROM turns t "
-            "JOIN recordings r USING (recording_id) GROUP BY r.corpus"
+            "JOIN rec_corpus r USING (recording_id) GROUP BY r.corpus"
         ).fetchall():
             rows.setdefault(k, {"corpus": k, "speakers": 0, "diarized_speakers": 0})
             rows[k]["diarized_speakers"] = int(n)
     return sorted(rows.values(), key=lambda r: (-r["speakers"], r["corpus"]))
 
 
-def segments(con: duckdb.DuckDBPyConnection, has: set[str]) -> dict[str, Any]:
-    corpus = (
-        "(SELECT s.*, r.corpus FROM segments s LEFT JOIN recordings r USING (recording_id))"
-        if "recordings" in has
-        else "(SELECT *, NULL AS corpus FROM segments)"
+def _recording_corpus(con: duckdb.DuckDBPyConnection) -> None:
+    """recording_id -> corpus as a DuckDB temp table: joins then build their hash table on this
+    (small, with known cardinality) side, not on the streamed segments or turns, and DuckDB
+    spills it to disk beyond the memory limit."""
+    con.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS rec_corpus AS "
+        "SELECT recording_id, any_value(corpus) AS corpus, max(duration_s) AS duration_s "
+        "FROM recordings GROUP BY recording_id"
     )
-    con.execute(f"CREATE OR REPLACE TEMP VIEW segments_c AS SELECT * FROM {corpus}")
+
+
+def segments(con: duckdb.DuckDBPyConnection, has: set[str]) -> dict[str, Any]:
+    columns = "s.duration_s, s.language, s.origin, s.speech_prob, s.speaker"
+    if "recordings" in has:
+        _recording_corpus(con)
+        source = (
+            f"SELECT {columns}, r.corpus FROM segments s "
+            "LEFT JOIN rec_corpus r USING (recording_id)"
+        )
+    else:
+        source = f"SELECT {columns}, NULL AS corpus FROM segments s"
+    con.execute(f"CREATE OR REPLACE TEMP VIEW segments_c AS {source}")
     n, hours = _one(con, f"SELECT count(*), sum({HOURS}) FROM segments_c")
     groups = ("corpus", "language", "origin")
     return {
@@ -150,9 +166,12 @@ def conversations(con: duckdb.DuckDBPyConnection, has: set[str]) -> dict[str, An
     overlap. `overlap_s` is how long the two turns overlap (a back-channel inside a turn overlaps
     for its whole length).
     """
+    if "recordings" in has:
+        _recording_corpus(con)
     length = (
-        "(SELECT t.recording_id, max(r.duration_s) AS duration_s, any_value(r.corpus) AS corpus "
-        "FROM turns t JOIN recordings r USING (recording_id) GROUP BY t.recording_id)"
+        "(SELECT t.recording_id, any_value(r.duration_s) AS duration_s, "
+        "any_value(r.corpus) AS corpus FROM turns t JOIN rec_corpus r USING (recording_id) "
+        "GROUP BY t.recording_id)"
         if "recordings" in has
         else "(SELECT recording_id, max(end_s) AS duration_s, NULL AS corpus FROM turns "
         "GROUP BY recording_id)"

@@ -1,0 +1,124 @@
+"""Shard statistics against hand-computed values: a stage of two hand-written shards whose
+index.json asks for a mixture the shards do not quite meet."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import webdataset as wds
+
+from pipelines.stats.compute import StatsConfig, compute_stats
+
+# (shard, key, task, corpus, seconds, speech tokens); 25 tokens per second throughout
+SAMPLES = [
+    (0, "s0", "tts", "a", 2.0, 50),
+    (0, "s1", "tts", "a", 4.0, 100),
+    (0, "s2", "instruct_tts", "a", 1.0, 25),
+    (1, "s3", "tts", "b", 3.0, 75),
+]
+
+
+def write_stage(root: Path) -> Path:
+    stage = root / "shards" / "stage2"
+    stage.mkdir(parents=True)
+    entries = []
+    for shard in (0, 1):
+        name = f"stage2-{shard:06d}.tar"
+        rows = [s for s in SAMPLES if s[0] == shard]
+        with wds.TarWriter(str(stage / name)) as tar:
+            for _, key, task, corpus, seconds, tokens in rows:
+                meta = {
+                    "key": key,
+                    "stage": "stage2",
+                    "task": task,
+                    "language": "en",
+                    "duration_s": seconds,
+                    "input_duration_s": 0.0,
+                    "target_speech_s": seconds,
+                    "n_text_tokens": 10,
+                    "n_speech_tokens": tokens,
+                    "n_labels": 0,
+                    "provenance": {"corpus": corpus},
+                }
+                # a large member before the json: the reader must skip it, not read it
+                tar.write({"__key__": key, "flac": b"\0" * 100_000, "json": json.dumps(meta)})
+        data = (stage / name).read_bytes()
+        entries.append(
+            {
+                "name": name,
+                "samples": len(rows),
+                "audio_s": sum(r[4] for r in rows),
+                "speech_s": sum(r[4] for r in rows),
+                "speech_tokens": sum(r[5] for r in rows),
+                "text_tokens": 10 * len(rows),
+                "bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+        )
+    index = {
+        "stage": "stage2",
+        "shards": entries,
+        "tasks": {
+            "tts": {"samples": 3, "audio_s": 9.0},
+            "instruct_tts": {"samples": 1, "audio_s": 1.0},
+        },
+        # the job asked instruct_tts x3: target 3*1 / (3*1 + 1*3) = 0.5, achieved 1/4
+        "mixture": {
+            "tts": {"weight": 1.0, "built": 3, "kept": 3},
+            "instruct_tts": {"weight": 3.0, "built": 1, "kept": 1},
+        },
+        "quarantined": {"sample_failed": 2},
+    }
+    (stage / "index.json").write_text(json.dumps(index))
+    return root
+
+
+@pytest.fixture()
+def built(tmp_path):
+    root = write_stage(tmp_path / "build")
+    out = tmp_path / "out"
+    return root, out, compute_stats(str(root), StatsConfig(out=str(out)), progress=False)
+
+
+def test_samples_from_the_json_members(built):
+    _, _, stats = built
+    smp = stats["samples"]
+    assert (smp["count"], smp["hours"]) == (4, pytest.approx(10 / 3600, abs=1e-6))
+    assert {r["key"]: r["count"] for r in smp["by"]["task"]} == {"tts": 3, "instruct_tts": 1}
+    assert {r["key"]: r["count"] for r in smp["by"]["corpus"]} == {"a": 3, "b": 1}
+    assert smp["tokens"]["stage2"]["speech_tokens"] == 250
+    assert smp["tokens"]["stage2"]["speech_tokens_per_s"] == pytest.approx(25.0)
+    dur = smp["duration_s"]["by"]["stage"]["stage2"]
+    assert (dur["n"], dur["min"], dur["max"], dur["mean"]) == (4, 1.0, 4.0, 2.5)
+    assert smp["duration_s"]["by"]["task"]["tts"]["n"] == 3
+
+
+def test_shard_balance_and_mixture_against_the_weights(built):
+    _, _, stats = built
+    st = stats["shards"]["stage2"]
+    assert (st["shards"], st["samples"]) == (2, 4)
+    assert [s["samples"] for s in st["per_shard"]] == [3, 1]
+    # samples per shard 3 and 1: mean 2, population sd 1, CV 0.5
+    assert st["spread"]["samples"] == {"min": 3 - 2, "max": 3, "mean": 2, "cv": 0.5}
+    assert st["speech_tokens_per_s"] == pytest.approx(25.0)
+    mix = {m["task"]: m for m in st["mixture"]}
+    assert mix["instruct_tts"]["target_share"] == pytest.approx(0.5)
+    assert mix["instruct_tts"]["share"] == pytest.approx(0.25)
+    assert mix["instruct_tts"]["share_delta"] == pytest.approx(-0.25)
+    assert mix["tts"]["share_delta"] == pytest.approx(0.25)
+    assert st["quarantined"] == {"sample_failed": 2}
+
+
+def test_sample_metadata_is_read_once_per_shard(built):
+    """A rerun reads the cached per-shard files: it works even with the tars gone."""
+    root, out, first = built
+    cached = sorted((out / "_samples" / "stage2").glob("*.parquet"))
+    assert len(cached) == 2
+    for tar in (root / "shards" / "stage2").glob("*.tar"):
+        tar.unlink()
+    again = compute_stats(str(root), StatsConfig(out=str(out)), progress=False)
+    assert again["samples"] == first["samples"]
+    assert sorted((out / "_samples" / "stage2").glob("*.parquet")) == cached
