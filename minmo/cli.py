@@ -144,6 +144,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         threads=args.threads,
         workers=args.workers,
         title=args.title,
+        storage_options=json.loads(args.storage_options) if args.storage_options else {},
     )
     print(run_stats(args.inputs, config, progress=not args.quiet).render())
     return 0
@@ -254,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: all)")
     st.add_argument("--workers", type=int, default=4, help="shards read at once")
     st.add_argument("--title", default=None, help="the report's title")
+    st.add_argument("--storage-options", default=None, help="JSON for s3:// inputs and output")
     st.set_defaults(func=_cmd_stats)
 
     tr = sub.add_parser("train", help="train one MinMo stage from its shards (torchrun-ready)")

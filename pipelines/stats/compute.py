@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipelines.build import BuildDir
 from pipelines.stats import shard_stats, tables
-from pipelines.stats.sources import connect, discover
+from pipelines.stats.sources import connect, discover, register_parquet
 from schemas.stats import STATS_VERSION, validate_stats
 
 
@@ -30,6 +30,7 @@ class StatsConfig:
     threads: int | None = None  # DuckDB threads; default: all cores
     workers: int = 4  # shards read at once when extracting sample metadata
     title: str | None = None  # the report's title; default: the input's path
+    storage_options: dict[str, Any] = field(default_factory=dict)  # s3:// client options
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -43,8 +44,8 @@ def compute_stats(
 ) -> dict[str, Any]:
     """Every section of stats.json for the tables and shards under `uri` (schemas/stats.py)."""
     config = config or StatsConfig()
-    sources = discover(uri)
-    out = BuildDir(config.out or f"{uri.rstrip('/')}/stats")
+    sources = discover(uri, **config.storage_options)
+    out = BuildDir(config.out or f"{uri.rstrip('/')}/stats", **config.storage_options)
     has = set(sources.tables)
     started = time.perf_counter()
     sample_files: list[str] = []
@@ -52,12 +53,7 @@ def compute_stats(
         sample_files = shard_stats.extract_samples(sources, out, workers=config.workers)
     con = connect(sources, config.memory_limit, config.threads)
     if sample_files:
-        import pyarrow.dataset as pads
-
-        con.register(
-            "samples",
-            pads.dataset(sample_files, schema=shard_stats.SAMPLE_SCHEMA, filesystem=out.fs),
-        )
+        register_parquet(con, "samples", sample_files, out.fs, shard_stats.SAMPLE_SCHEMA)
 
     def section(name: str, make: Any) -> Any:
         t0 = time.perf_counter()
@@ -84,7 +80,7 @@ def compute_stats(
         else None,
         "samples": section("samples", lambda: shard_stats.samples(con)) if sample_files else None,
         "shards": section("shards", lambda: shard_stats.shard_balance(sources)),
-        "config": asdict(config),
+        "config": {k: v for k, v in asdict(config).items() if k != "storage_options"},
     }
     stats["elapsed_s"] = round(time.perf_counter() - started, 3)
     con.close()

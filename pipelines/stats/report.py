@@ -103,14 +103,15 @@ class Report:
             return describe(self.builds[0][1])
         return "; ".join(f"{label}: {describe(s)}" for label, s in self.builds)
 
-    def compare_rows(self, metrics: Sequence[tuple[str, str]]) -> None:
-        """A metric table: one column per build, plus B - A when comparing."""
+    def compare_rows(self, metrics: Sequence[tuple[str, str | Callable[[dict], Any]]]) -> None:
+        """A metric table: one column per build, plus B - A when comparing. A metric is a
+        dotted path into stats.json or a function of it (derived figures)."""
         headers = ["metric", *(label for label, _ in self.builds)]
         if self.compare:
             headers.append("delta (B - A)")
         rows = []
         for name, path in metrics:
-            values = [_get(s, path) for _, s in self.builds]
+            values = [path(s) if callable(path) else _get(s, path) for _, s in self.builds]
             if all(v is None for v in values):
                 continue
             rows.append([name, *values, *([_delta(values[0], values[1])] if self.compare else [])])

@@ -50,7 +50,7 @@ class StatsSummary:
 
 def _load_or_compute(uri: str, config: StatsConfig, progress: bool) -> dict[str, Any]:
     if uri.endswith(".json"):
-        build = BuildDir(uri.rsplit("/", 1)[0] or ".")
+        build = BuildDir(uri.rsplit("/", 1)[0] or ".", **config.storage_options)
         return validate_stats(build.read_json(uri))
     return compute_stats(uri, config, progress=progress)
 
@@ -77,22 +77,26 @@ def run_stats(
         ]
         builds = [("A", stats[0]), ("B", stats[1])]
         title = config.title or f"minmo stats: {a} (A) against {b} (B)"
-    out = BuildDir(out_uri)  # only now: a missing input must not leave a folder behind
-    stats_path = out.path("stats.json")
+    out = BuildDir(
+        out_uri, **config.storage_options
+    )  # only now: a missing input must not leave a folder behind
+
+    def write(name: str, data: bytes) -> str:
+        """Write DIR/name atomically; return it as a URI like the input's (s3://... stays)."""
+        out.write_bytes_atomic(out.path(*name.split("/")), data)
+        return f"{out_uri.rstrip('/')}/{name}"
+
     compare_path = None
     if len(stats) == 1:
-        out.write_bytes_atomic(stats_path, _dump(stats[0]))
+        stats_path = write("stats.json", _dump(stats[0]))
     else:
-        out.write_bytes_atomic(out.path("a", "stats.json"), _dump(stats[0]))
-        out.write_bytes_atomic(out.path("b", "stats.json"), _dump(stats[1]))
-        stats_path = out.path("b", "stats.json")
-        compare_path = out.path("compare.json")
-        out.write_bytes_atomic(compare_path, _dump(compare_stats(stats[0], stats[1])))
+        write("a/stats.json", _dump(stats[0]))
+        stats_path = write("b/stats.json", _dump(stats[1]))
+        compare_path = write("compare.json", _dump(compare_stats(stats[0], stats[1])))
     page = render_report(builds, title)
-    report_path = out.path("report.html")
-    out.write_bytes_atomic(report_path, page.encode("utf-8"))
+    report_path = write("report.html", page.encode("utf-8"))
     return StatsSummary(
-        out=out.uri,
+        out=out_uri,
         stats_json=stats_path,
         report_html=report_path,
         compare_json=compare_path,

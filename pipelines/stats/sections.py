@@ -32,6 +32,10 @@ def _has(r: Report, path: str) -> bool:
     return any(_get(s, path) is not None for _, s in r.builds)
 
 
+def _scaled(value: float | None, factor: float) -> float | None:
+    return None if value is None else round(value * factor, 6)
+
+
 def _overview(r: Report) -> None:
     r.section(
         "overview", "Overview", "Headline figures of the build" + ("s." if r.compare else ".")
@@ -39,7 +43,7 @@ def _overview(r: Report) -> None:
     metrics = [
         ("recordings", "recordings.count"),
         ("recording hours", "recordings.hours"),
-        ("recording GB (source bytes)", "recordings.gb"),
+        ("recording GB (source bytes)", lambda s: _scaled(_get(s, "recordings.bytes"), 1e-9)),
         ("segments", "segments.count"),
         ("segment hours", "segments.hours"),
         ("exact duplicate recordings", "recordings.duplicates.count"),
@@ -51,9 +55,6 @@ def _overview(r: Report) -> None:
         ("shard samples", "samples.count"),
         ("shard sample hours", "samples.hours"),
     ]
-    for _, s in r.builds:
-        if s.get("recordings"):
-            s["recordings"]["gb"] = round(s["recordings"]["bytes"] / 1e9, 6)
     for stage in STAGES:
         metrics.append((f"{stage} samples", f"shards.{stage}.samples"))
         metrics.append((f"{stage} hours", f"shards.{stage}.hours"))

@@ -96,6 +96,9 @@ def extract_samples(
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         list(pool.map(one, todo))
+    for stage in sources.shard_dirs:  # files of shards that were rebuilt since: not needed
+        for stale in set(cache.files(cache.path("_samples", stage), ".parquet")) - set(paths):
+            cache.delete(stale)
     return paths
 
 

@@ -100,20 +100,28 @@ def connect(
     if threads:
         config["threads"] = threads
     con = duckdb.connect(config=config)
-    local = isinstance(sources.fs, pafs.LocalFileSystem)
     for name, files in sources.tables.items():
-        contract = CONTRACTS[name]
-        if local:
-            # DuckDB's own Parquet reader: streams row groups under the memory limit.
-            folders = sorted({f.rsplit("/", 1)[0] for f in files})
-            listed = ", ".join("'" + f.replace("'", "''") + "/*.parquet'" for f in folders)
-            con.execute(
-                f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{listed}], union_by_name=true)"
-            )
-        else:
-            # Object stores go through pyarrow's filesystem (no DuckDB extension to download).
-            dataset = pads.dataset(
-                files, schema=contract.schema, filesystem=sources.fs, format="parquet"
-            )
-            con.register(name, dataset)
+        register_parquet(con, name, files, sources.fs, CONTRACTS[name].schema)
     return con
+
+
+def register_parquet(
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    files: list[str],
+    fs: pafs.FileSystem,
+    schema: Any,
+) -> None:
+    """Expose Parquet `files` to DuckDB as view `name`. Local files go through DuckDB's own
+    reader, which streams row groups under the memory limit (a registered pyarrow dataset made
+    DuckDB build join hash tables on the streamed side: 1.2 GB at 10M rows, against 0.4 GB);
+    every file of each folder holding one of `files` is read, so callers keep folders clean.
+    Object stores go through pyarrow's filesystem: no DuckDB extension to download."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        folders = sorted({f.rsplit("/", 1)[0] for f in files})
+        listed = ", ".join("'" + f.replace("'", "''") + "/*.parquet'" for f in folders)
+        con.execute(
+            f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{listed}], union_by_name=true)"
+        )
+    else:
+        con.register(name, pads.dataset(files, schema=schema, filesystem=fs, format="parquet"))
