@@ -68,6 +68,7 @@ STATS_JSON_SCHEMA: dict[str, Any] = {
         "conversations",
         "samples",
         "shards",
+        "errors",
     ],
     "$defs": {
         "dist": {
@@ -99,6 +100,19 @@ STATS_JSON_SCHEMA: dict[str, Any] = {
         },
     },
     "properties": {
+        "errors": {
+            "type": "array",
+            "description": "inputs or sections that could not be read: left out, not fatal",
+            "items": {
+                "type": "object",
+                "required": ["section", "error"],
+                "properties": {
+                    "section": {"type": "string"},
+                    "source": {"type": "string"},
+                    "error": {"type": "string"},
+                },
+            },
+        },
         "schema": {"const": "minmo.stats"},
         "version": {"const": STATS_VERSION},
         "inputs": {

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import duckdb
 
 from pipelines.build import BuildDir
 from pipelines.stats import shard_stats, tables
@@ -48,40 +51,59 @@ def compute_stats(
     out = BuildDir(config.out or f"{uri.rstrip('/')}/stats", **config.storage_options)
     has = set(sources.tables)
     started = time.perf_counter()
+    errors: list[dict[str, str]] = []
     sample_files: list[str] = []
     if sources.shard_dirs:
-        sample_files = shard_stats.extract_samples(sources, out, workers=config.workers)
-    con = connect(sources, config.memory_limit, config.threads)
+        sample_files, unreadable = shard_stats.extract_samples(
+            sources, out, workers=config.workers, progress=progress
+        )
+        errors += [{"section": "samples", "source": src, "error": e} for src, e in unreadable]
+    con = connect(sources, config.memory_limit, config.threads, errors)
+    has -= {e["section"] for e in errors}  # tables that could not be opened
     if sample_files:
         register_parquet(con, "samples", sample_files, out.fs, shard_stats.SAMPLE_SCHEMA)
 
-    def section(name: str, make: Any) -> Any:
+    def section(name: str, make: Callable[[], Any], needs: str | None, empty: Any = None) -> Any:
+        """One section, or `empty` when its input is absent. A section that fails (a corrupt
+        Parquet file, an unreadable index.json) is recorded in `errors` and the rest go on:
+        one bad file must not cost the analyst the whole report."""
+        if needs is not None and needs not in has:
+            return empty
         t0 = time.perf_counter()
-        value = make()
+        try:
+            value = make()
+        except (duckdb.Error, OSError, ValueError, KeyError, TypeError) as exc:
+            errors.append({"section": name, "error": f"{type(exc).__name__}: {exc}"})
+            return empty
         if progress:
             print(f"stats: {name} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         return value
 
+    if sources.shard_dirs:
+        has.add("shards")
+    if sample_files:
+        has.add("samples")
     stats = {
         "schema": "minmo.stats",
         "version": STATS_VERSION,
-        "inputs": {**sources.describe(), "rows": _row_counts(con, has)},
-        "recordings": section("recordings", lambda: tables.recordings(con, has))
-        if "recordings" in has
-        else None,
-        "segments": section("segments", lambda: tables.segments(con, has))
-        if "segments" in has
-        else None,
-        "quarantine": section("quarantine", lambda: tables.quarantine(con))
-        if "quarantine" in has
-        else {"count": 0, "by_reason": []},
-        "conversations": section("conversations", lambda: tables.conversations(con, has))
-        if "turns" in has
-        else None,
-        "samples": section("samples", lambda: shard_stats.samples(con)) if sample_files else None,
-        "shards": section("shards", lambda: shard_stats.shard_balance(sources)),
+        "inputs": {
+            **sources.describe(),
+            "rows": section("rows", lambda: _row_counts(con, has & set(sources.tables)), None, {}),
+        },
+        "recordings": section("recordings", lambda: tables.recordings(con, has), "recordings"),
+        "segments": section("segments", lambda: tables.segments(con, has), "segments"),
+        "quarantine": section(
+            "quarantine",
+            lambda: tables.quarantine(con),
+            "quarantine",
+            {"count": 0, "by_reason": []},
+        ),
+        "conversations": section("conversations", lambda: tables.conversations(con, has), "turns"),
+        "samples": section("samples", lambda: shard_stats.samples(con), "samples"),
+        "shards": section("shards", lambda: shard_stats.shard_balance(sources), "shards", {}),
         "config": {k: v for k, v in asdict(config).items() if k != "storage_options"},
     }
+    stats["errors"] = errors
     stats["elapsed_s"] = round(time.perf_counter() - started, 3)
     con.close()
     return validate_stats(stats)

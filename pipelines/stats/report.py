@@ -76,6 +76,9 @@ class Report:
     def note(self, text: str) -> None:
         self.parts.append(f'<p class="note">{html.escape(text)}</p>')
 
+    def warn(self, text: str) -> None:
+        self.parts.append(f'<p class="warn">{html.escape(text)}</p>')
+
     def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
         body = "".join(
@@ -236,4 +239,5 @@ margin:.5em .5em .5em 0;padding:.5em;border:1px solid #eee;border-radius:4px}
 figure.plot svg{width:100%;height:auto;display:block}
 @media (max-width:900px){figure.plot{width:100%}}
 figcaption{font-size:.9em;color:#333;margin-top:.4em}.note{color:#666;font-style:italic}
+.warn{background:#fdecea;border-left:4px solid #c0392b;padding:.5em .8em}
 """

@@ -40,6 +40,8 @@ class StatsSummary:
                 f"({rec.get('hours', 0):.3f} h), {smp.get('count', 0):,} shard samples, "
                 f"{s['quarantine']['count']:,} quarantined"
             )
+            for e in s.get("errors") or []:
+                lines.append(f"  NOT READ ({e['section']}): {e.get('source', '')} {e['error']}")
         lines.append(f"  {self.figures} figures in {self.seconds:.1f} s")
         lines.append(f"  stats:  {self.stats_json}")
         if self.compare_json:

@@ -17,6 +17,7 @@ STAGES = ("stage1", "stage2", "stage3", "stage4")
 def render_report(builds: Sequence[Build], title: str) -> str:
     """The whole HTML page for `builds` ([(label, stats)], one or two)."""
     r = Report(builds, title)
+    _errors(r)
     _overview(r)
     _hours(r)
     _durations(r)
@@ -30,6 +31,21 @@ def render_report(builds: Sequence[Build], title: str) -> str:
 
 def _has(r: Report, path: str) -> bool:
     return any(_get(s, path) is not None for _, s in r.builds)
+
+
+def _errors(r: Report) -> None:
+    rows = [
+        [*([label] if r.compare else []), e["section"], e.get("source", ""), e["error"]]
+        for label, s in r.builds
+        for e in s.get("errors") or []
+    ]
+    if rows:
+        r.section("errors", "Inputs that could not be read")
+        r.warn(
+            f"{len(rows)} input(s) could not be read; the figures below leave them out. "
+            "Fix or remove them and rerun."
+        )
+        r.table([*(["build"] if r.compare else []), "section", "input", "error"], rows)
 
 
 def _scaled(value: float | None, factor: float) -> float | None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import tarfile
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from statistics import mean, pstdev
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from pipelines.build import BuildDir
 from pipelines.stats import dist as d
@@ -67,39 +67,55 @@ def read_sample_meta(sources: Sources, shard_path: str, shard: str) -> pa.Table:
 
 
 def extract_samples(
-    sources: Sources,
-    cache: BuildDir,
-    workers: int = 4,
-    on_shard: Callable[[], None] | None = None,
-) -> list[str]:
-    """Make sure every shard listed in every index.json has its samples file in `cache`;
-    return the paths of all of them. Shards already extracted (same sha256) are not reread."""
+    sources: Sources, cache: BuildDir, workers: int = 4, progress: bool = True
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """Make sure every shard listed in every index.json has its samples file in `cache`.
+
+    Returns the samples files of all readable shards and (shard, error) for each shard that
+    could not be read (missing, truncated, a json member that does not parse): those are left
+    out of the sample figures and reported, not fatal. Shards already extracted (same sha256)
+    are not reread; files of shards rebuilt since are deleted.
+    """
     todo: list[tuple[str, str, str]] = []
     paths: list[str] = []
     for stage, directories in sorted(sources.shard_dirs.items()):
         for directory in directories:
             for entry in sources.read_index(directory).get("shards", []):
-                target = cache.path(
-                    "_samples", stage, f"{entry['name']}-{entry['sha256'][:16]}.parquet"
-                )
+                name = f"{entry['name']}-{entry['sha256'][:16]}.parquet"
+                target = cache.path("_samples", stage, name)
                 paths.append(target)
                 if not cache.exists(target):
                     todo.append((f"{directory}/{entry['name']}", entry["name"], target))
+    unreadable: list[tuple[str, str]] = []
 
     def one(job: tuple[str, str, str]) -> None:
         shard_path, name, target = job
+        try:
+            table = read_sample_meta(sources, shard_path, name)
+        except (OSError, tarfile.TarError, ValueError, EOFError) as exc:
+            unreadable.append((shard_path, f"{type(exc).__name__}: {exc}"))
+            return
         sink = pa.BufferOutputStream()
-        pq.write_table(read_sample_meta(sources, shard_path, name), sink)
+        pq.write_table(table, sink)
         cache.write_bytes_atomic(target, sink.getvalue().to_pybytes())
-        if on_shard:
-            on_shard()
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        list(pool.map(one, todo))
+    with (
+        ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
+        tqdm(
+            total=len(todo),
+            desc="stats: shard metadata",
+            unit="shard",
+            disable=not progress or not todo,
+        ) as bar,
+    ):
+        for _ in pool.map(one, todo):
+            bar.update()
     for stage in sources.shard_dirs:  # files of shards that were rebuilt since: not needed
         for stale in set(cache.files(cache.path("_samples", stage), ".parquet")) - set(paths):
             cache.delete(stale)
-    return paths
+    target_of = {shard_path: target for shard_path, _, target in todo}
+    bad = {target_of[shard_path] for shard_path, _ in unreadable}
+    return [p for p in paths if p not in bad], sorted(unreadable)
 
 
 def samples(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:

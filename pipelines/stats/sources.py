@@ -89,19 +89,28 @@ def _walk(found: Sources, directory: str, depth: int) -> None:
 
 
 def connect(
-    sources: Sources, memory_limit: str = "1GB", threads: int | None = None
+    sources: Sources,
+    memory_limit: str = "1GB",
+    threads: int | None = None,
+    errors: list[dict[str, str]] | None = None,
 ) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with every discovered table registered as a view of its dataset.
 
-    The memory limit caps DuckDB's own buffers (hash tables, sorts spill to a temp directory
+    A table that cannot be registered (a corrupt Parquet footer) is appended to `errors` and
+    left out, when `errors` is given. The memory limit caps DuckDB's own buffers (hash tables, sorts spill to a temp directory
     beyond it); the Arrow scan streams batches, so memory does not grow with the row count.
     """
     config: dict[str, Any] = {"memory_limit": memory_limit}
     if threads:
         config["threads"] = threads
     con = duckdb.connect(config=config)
-    for name, files in sources.tables.items():
-        register_parquet(con, name, files, sources.fs, CONTRACTS[name].schema)
+    for name, files in sorted(sources.tables.items()):
+        try:
+            register_parquet(con, name, files, sources.fs, CONTRACTS[name].schema)
+        except (duckdb.Error, OSError, ValueError) as exc:
+            if errors is None:
+                raise
+            errors.append({"section": name, "error": f"{type(exc).__name__}: {exc}"})
     return con
 
 

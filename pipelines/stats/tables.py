@@ -80,8 +80,8 @@ def speakers(con: duckdb.DuckDBPyConnection, has: set[str]) -> list[dict[str, An
     """Per corpus: distinct labelled speakers (recordings/segments `speaker`) and distinct voices
     diarization found (recording-local, so counted per recording)."""
     labelled = ["SELECT corpus, speaker FROM recordings WHERE speaker IS NOT NULL"]
+    _recording_corpus(con)
     if "segments" in has:
-        _recording_corpus(con)
         labelled.append(
             "SELECT r.corpus, s.speaker FROM segments s JOIN rec_corpus r USING (recording_id) "
             "WHERE s.speaker IS NOT NULL"
@@ -186,11 +186,12 @@ def conversations(con: duckdb.DuckDBPyConnection, has: set[str]) -> dict[str, An
     )
     con.execute(
         """CREATE OR REPLACE TEMP VIEW transfers AS
-        SELECT start_s - prev_end AS fto_s,
+        SELECT t.recording_id, c.corpus, start_s - prev_end AS fto_s,
                CASE WHEN start_s < prev_end THEN least(prev_end, end_s) - start_s END AS overlap_s
         FROM (SELECT recording_id, speaker, start_s, end_s,
                      lag(speaker) OVER w AS prev_speaker, lag(end_s) OVER w AS prev_end
               FROM turns WINDOW w AS (PARTITION BY recording_id ORDER BY start_s, end_s, speaker))
+             AS t JOIN conv AS c USING (recording_id)
         WHERE prev_speaker IS NOT NULL AND prev_speaker <> speaker"""
     )
     n, hours, turns, transfers = _one(
@@ -211,12 +212,22 @@ def conversations(con: duckdb.DuckDBPyConnection, has: set[str]) -> dict[str, An
             d.TURNS_PER_MIN,
             group_by=("corpus",),
         ),
-        "floor_transfer_s": d.distribution(con, "transfers", "fto_s", d.FLOOR_TRANSFER_S),
+        "floor_transfer_s": d.distribution(
+            con, "transfers", "fto_s", d.FLOOR_TRANSFER_S, group_by=("corpus",)
+        ),
         "gap_s": d.distribution(
-            con, "(SELECT * FROM transfers WHERE fto_s >= 0)", "fto_s", d.GAP_S
+            con,
+            "(SELECT * FROM transfers WHERE fto_s >= 0)",
+            "fto_s",
+            d.GAP_S,
+            group_by=("corpus",),
         ),
         "overlap_s": d.distribution(
-            con, "(SELECT * FROM transfers WHERE overlap_s IS NOT NULL)", "overlap_s", d.GAP_S
+            con,
+            "(SELECT * FROM transfers WHERE overlap_s IS NOT NULL)",
+            "overlap_s",
+            d.GAP_S,
+            group_by=("corpus",),
         ),
         "events": events(con, has) if "events" in has else None,
         "frame_labels": frame_labels(con) if "frame_labels" in has else None,

@@ -122,3 +122,13 @@ def test_sample_metadata_is_read_once_per_shard(built):
     again = compute_stats(str(root), StatsConfig(out=str(out)), progress=False)
     assert again["samples"] == first["samples"]
     assert sorted((out / "_samples" / "stage2").glob("*.parquet")) == cached
+
+
+def test_an_unreadable_shard_is_reported_and_left_out(tmp_path):
+    root = write_stage(tmp_path / "build")
+    tar = root / "shards" / "stage2" / "stage2-000000.tar"
+    tar.write_bytes(tar.read_bytes()[:700])  # truncated inside its first member
+    stats = compute_stats(str(root), StatsConfig(out=str(tmp_path / "out")), progress=False)
+    assert stats["samples"]["count"] == 1  # shard 1's sample only
+    assert [(e["section"], e["source"]) for e in stats["errors"]] == [("samples", str(tar))]
+    assert stats["shards"]["stage2"]["samples"] == 4  # index.json figures still shown

@@ -166,3 +166,12 @@ def test_tables_are_found_anywhere_under_the_input(tmp_path):
     stats = compute_stats(str(tmp_path / "x"), StatsConfig(out=str(tmp_path / "o")), progress=False)
     assert stats["inputs"]["tables"]["recordings"]["files"] == 2
     assert stats["recordings"]["count"] == 4
+
+
+def test_a_corrupt_table_file_costs_only_its_section(tmp_path):
+    root = write_build(tmp_path / "b")
+    (root / "segments" / "part-0001.parquet").write_bytes(b"PAR1 not really parquet")
+    stats = compute_stats(str(root), StatsConfig(out=str(tmp_path / "o")), progress=False)
+    assert stats["segments"] is None
+    assert [e["section"] for e in stats["errors"]] == ["segments"]
+    assert stats["recordings"]["count"] == 4 and stats["conversations"]["turns"] == 5
