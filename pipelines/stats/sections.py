@@ -12,6 +12,7 @@ from pipelines.stats import plots
 from pipelines.stats.report import Build, Report, _fmt, _get
 
 STAGES = ("stage1", "stage2", "stage3", "stage4")
+MAX_SHARD_BARS = 120  # above this many shards a stage's balance is drawn as a histogram
 
 
 def render_report(builds: Sequence[Build], title: str) -> str:
@@ -400,22 +401,23 @@ def _shards(r: Report) -> None:
                 if x["name"] not in names:
                     names.append(x["name"])
         for metric, unit in (("samples", "samples"), ("hours", "audio hours (h)")):
+            caption = r.per_build(lambda s, st=stage, m=metric: _spread_text(s, st, m))
+            anchor = f"sh-{stage}-{metric}"
+            if len(names) > MAX_SHARD_BARS:  # one bar per shard is unreadable: their spread
+                r.figure(
+                    anchor,
+                    _shard_histogram(r, stage, metric, unit, anchor),
+                    f"{stage}: shards by {metric} per shard ({caption}).",
+                )
+                continue
             series = []
             for label, s in r.builds:
                 by = {x["name"]: x[metric] for x in _get(s, f"shards.{stage}.per_shard") or []}
                 series.append((label, [by.get(n, 0) for n in names]))
             r.figure(
-                f"sh-{stage}-{metric}",
-                plots.bars(
-                    f"sh-{stage}-{metric}",
-                    [n.rsplit(".", 1)[0] for n in names],
-                    series,
-                    unit,
-                    "shard",
-                ),
-                f"{stage}: {metric} per shard ("
-                + r.per_build(lambda s, st=stage, m=metric: _spread_text(s, st, m))
-                + ").",
+                anchor,
+                plots.bars(anchor, [n.rsplit(".", 1)[0] for n in names], series, unit, "shard"),
+                f"{stage}: {metric} per shard ({caption}).",
             )
         mixes = [(label, _get(s, f"shards.{stage}.mixture") or []) for label, s in r.builds]
         tasks = sorted({m["task"] for _, mix in mixes for m in mix})
@@ -480,3 +482,19 @@ def _worst_mix(s: dict, stage: str) -> str:
         return "no mixture"
     m = max(rows, key=lambda m: abs(m["share_delta"]))
     return f"largest gap {m['share_delta']:+.1%} for {m['task']}"
+
+
+def _shard_histogram(r: Report, stage: str, metric: str, unit: str, anchor: str) -> str:
+    """Per-shard values of every build binned on shared edges (30 bins over their range)."""
+    values = [[x[metric] for x in _get(s, f"shards.{stage}.per_shard") or []] for _, s in r.builds]
+    flat = [v for vs in values for v in vs]
+    lo, hi = min(flat), max(flat)
+    width = (hi - lo) / 30 or 1.0
+    edges = [lo + i * width for i in range(31)]
+    series = []
+    for (label, _), vs in zip(r.builds, values, strict=True):
+        counts = [0] * 30
+        for v in vs:
+            counts[min(29, int((v - lo) / width))] += 1
+        series.append((label, counts))
+    return plots.histogram(anchor, edges, series, f"{metric} per shard ({unit})", "shards")

@@ -181,7 +181,9 @@ def shard_balance(sources: Sources) -> dict[str, Any]:
         quarantined: dict[str, int] = {}
         for directory in directories:
             index = sources.read_index(directory)
-            prefix = "" if len(directories) == 1 else directory.rsplit("/", 2)[-2] + "/"
+            # several builds under the input: name shards by their folder, e.g. "b1/shards/"
+            relative = directory[len(sources.root) :].strip("/").rpartition("/")[0]
+            prefix = f"{relative}/" if len(directories) > 1 and relative else ""
             for s in index.get("shards", []):
                 shards.append(
                     {

@@ -124,3 +124,19 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert len(result.figures) == report.figures
     assert result.external_requests == []
     assert shot.stat().st_size > 50_000
+
+
+def test_a_stage_of_many_shards_is_drawn_as_a_histogram(report):
+    from pipelines.stats.sections import MAX_SHARD_BARS, render_report
+
+    stats = json.loads(Path(report.stats_json).read_text())
+    many = [
+        {"name": f"stage2-{i:06d}.tar", "samples": 100 + i % 7, "hours": 0.1, "bytes": 10**6}
+        for i in range(MAX_SHARD_BARS * 5)
+    ]
+    stats["shards"]["stage2"]["per_shard"] = many
+    page = render_report([("big", stats)], "many shards")
+    figures = dict(FIGURE.findall(page))
+    body = figures["fig-sh-stage2-samples"]
+    assert "stage2-000599" not in body  # no bar (or tick) per shard
+    assert len(body) < 150_000

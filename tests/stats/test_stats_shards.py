@@ -132,3 +132,17 @@ def test_an_unreadable_shard_is_reported_and_left_out(tmp_path):
     assert stats["samples"]["count"] == 1  # shard 1's sample only
     assert [(e["section"], e["source"]) for e in stats["errors"]] == [("samples", str(tar))]
     assert stats["shards"]["stage2"]["samples"] == 4  # index.json figures still shown
+
+
+def test_shards_of_several_builds_are_named_by_their_folder(tmp_path):
+    write_stage(tmp_path / "x" / "one")
+    write_stage(tmp_path / "x" / "two")
+    stats = compute_stats(str(tmp_path / "x"), StatsConfig(out=str(tmp_path / "o")), progress=False)
+    names = [s["name"] for s in stats["shards"]["stage2"]["per_shard"]]
+    assert names == [
+        "one/shards/stage2-000000.tar",
+        "one/shards/stage2-000001.tar",
+        "two/shards/stage2-000000.tar",
+        "two/shards/stage2-000001.tar",
+    ]
+    assert stats["samples"]["count"] == 8
