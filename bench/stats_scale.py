@@ -89,22 +89,41 @@ def write_synthetic_build(root: Path, n_segments: int, seed: int = 0) -> dict[st
     return {"segments": n_segments, "segment_hours": total_s / 3600, "recordings": n_rec}
 
 
-CHILD = """
-import json, resource, sys, time
+PEAK_RSS = """
+def peak_rss_mb():
+    # VmHWM is this program's own peak: ru_maxrss would carry over the peak of the process
+    # that forked it (Linux keeps it across exec), e.g. a whole pytest session's.
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+"""
+
+CHILD = (
+    PEAK_RSS
+    + """
+import json, sys, time
 from pipelines.stats.compute import StatsConfig, compute_stats
 t0 = time.perf_counter()
 s = compute_stats(sys.argv[1], StatsConfig(out=sys.argv[2], memory_limit=sys.argv[3]), progress=False)
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "seconds": time.perf_counter() - t0, "segments": s["segments"]["count"],
-                  "segment_hours": s["segments"]["hours"]}))
+print(json.dumps({"peak_rss_mb": peak_rss_mb(), "seconds": time.perf_counter() - t0,
+                  "segments": s["segments"]["count"], "segment_hours": s["segments"]["hours"]}))
 """
+)
 
-BASELINE = """
-import json, resource
+BASELINE = (
+    PEAK_RSS
+    + """
+import json
 import pipelines.stats.compute, duckdb
 duckdb.connect().execute("SELECT 1").fetchall()
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"peak_rss_mb": peak_rss_mb()}))
 """
+)
 
 
 def measure(root: Path, out: Path, memory_limit: str = "1GB") -> dict[str, float]:

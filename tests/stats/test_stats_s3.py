@@ -4,6 +4,7 @@ as on local disk, the report written back to the bucket."""
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 
@@ -32,21 +33,22 @@ def test_stats_of_an_s3_build_match_the_local_ones(tmp_path):
             "scheme": "http",
         }
         s3 = pafs.S3FileSystem(**options, allow_bucket_creation=True)
-        s3.create_dir("corpus")
+        bucket = f"stats-{uuid.uuid4().hex[:8]}"  # moto's servers share one in-process store
+        s3.create_dir(bucket)
         for path in sorted(p for p in local.rglob("*") if p.is_file()):
-            with s3.open_output_stream(f"corpus/build/{path.relative_to(local)}") as out:
+            with s3.open_output_stream(f"{bucket}/build/{path.relative_to(local)}") as out:
                 out.write(path.read_bytes())
         summary = run_stats(
-            ["s3://corpus/build"], StatsConfig(storage_options=options), progress=False
+            [f"s3://{bucket}/build"], StatsConfig(storage_options=options), progress=False
         )
         got = summary.stats[0]
         for section in ("recordings", "segments", "quarantine", "conversations", "samples"):
             assert _rounded(got[section]) == _rounded(expected[section]), section
         assert got["shards"] == expected["shards"]
-        assert summary.report_html == "s3://corpus/build/stats/report.html"
-        with s3.open_input_stream("corpus/build/stats/stats.json") as f:
+        assert summary.report_html == f"s3://{bucket}/build/stats/report.html"
+        with s3.open_input_stream(f"{bucket}/build/stats/stats.json") as f:
             assert json.loads(f.read())["recordings"]["count"] == 4
-        with s3.open_input_stream("corpus/build/stats/report.html") as f:
+        with s3.open_input_stream(f"{bucket}/build/stats/report.html") as f:
             assert f.read().count(b'<figure class="plot"') == summary.figures
     finally:
         server.stop()

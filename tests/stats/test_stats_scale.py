@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PEAK_RSS_BOUND_MB = 600  # measured: ~320 MB at 1M rows, ~390 MB at 10M (DuckDB limit 1GB)
+PEAK_RSS_BOUND_MB = 400  # measured (VmHWM): 217 MB at 1M rows, 266 MB at 10M (DuckDB limit 1GB)
 
 
 def _bench():
