@@ -21,7 +21,7 @@ STATS_VERSION = 1
 _NUM = {"type": ["number", "null"]}
 _COUNT = {"type": "integer", "minimum": 0}
 
-_GROUP = {
+_GROUP: dict[str, Any] = {
     "type": "object",
     "required": [
         "n",
