@@ -59,7 +59,12 @@ def test_demo_job_end_to_end(tmp_path):
     stereo = [r for r in recordings.to_pylist() if r["channels"] == 2]
     assert len(stereo) >= 3
     assert read_table(b, "segments").num_rows > recordings.num_rows
-    assert read_table(b, "quarantine").num_rows == 0
+    # the only refusals: the four broken rows of demo_dialogues_unusable.jsonl
+    refused = read_table(b, "quarantine").to_pylist()
+    assert sorted((q["step"], q["reason_code"], q["item_key"]) for q in refused) == [
+        ("synthesize", "bad_dialogue", f"line {n}") for n in (1, 2, 3, 4)
+    ]
+    assert all(q["source_uri"].endswith("demo_dialogues_unusable.jsonl") for q in refused)
     # synthesize: 8 bundled dialogues -> stage-3 samples and 8 simulated duplex calls, which
     # diarize + label-turns take with the 6 demo conversations: two labelled samples each.
     assert read_table(b, "s2s_samples").num_rows > 8
@@ -93,6 +98,7 @@ def _check_report_renders(report: Path, build: Path) -> None:
     stats = json.loads((build / "stats" / "stats.json").read_text())
     assert stats["recordings"]["count"] >= 46 and stats["samples"]["count"] > 100
     assert set(stats["shards"]) == {"stage1", "stage2", "stage3", "stage4"}
+    assert stats["quarantine"]["count"] == 4 and not stats["errors"]
     require_chromium()
     shot = build / "stats" / "report.png"
     rendered = render_report(report, shot)
