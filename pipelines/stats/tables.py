@@ -139,9 +139,11 @@ def segments(con: duckdb.DuckDBPyConnection, has: set[str]) -> dict[str, Any]:
 
 
 def quarantine(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    # an example names the item inside its source when there is one ("chats.jsonl#line 3")
+    where = "source_uri || coalesce('#' || item_key, '')"
     rows = con.execute(
-        f"SELECT step, reason_code, count(*), min(source_uri, {EXAMPLES}), "
-        "arg_min(detail, source_uri) FROM quarantine GROUP BY step, reason_code "
+        f"SELECT step, reason_code, count(*), min({where}, {EXAMPLES}), "
+        f"arg_min(detail, {where}) FROM quarantine GROUP BY step, reason_code "
         "ORDER BY count(*) DESC, step, reason_code"
     ).fetchall()
     by_reason = [

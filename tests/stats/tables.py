@@ -73,6 +73,13 @@ QUARANTINE_ROWS = [
     {"source_uri": "/data/x/q.wav", "step": "ingest", "reason_code": "undecodable", "detail": "q"},
     {"source_uri": "/data/x/e.wav", "step": "ingest", "reason_code": "empty_audio", "detail": None},
     {"source_uri": "/data/y/c.wav", "step": "diarize", "reason_code": "no_speech", "detail": "d"},
+    {
+        "source_uri": "/data/chats.jsonl",
+        "item_key": "line 7",
+        "step": "synthesize",
+        "reason_code": "bad_dialogue",
+        "detail": "line 7: invalid JSON",
+    },
 ]
 
 # c1 (60 s): A 0-10, B 10.5-20 (gap 0.5), A 19.5-30 (overlap 0.5), B 25-26 (a back-channel

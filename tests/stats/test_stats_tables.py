@@ -92,15 +92,17 @@ def test_segments_by_corpus_through_the_recordings(stats):
 
 def test_quarantine_counts_by_reason_with_example_uris(stats):
     q = stats["quarantine"]
-    assert q["count"] == 6
+    assert q["count"] == 7
     assert [(r["step"], r["reason_code"], r["count"]) for r in q["by_reason"]] == [
         ("ingest", "undecodable", 4),
         ("diarize", "no_speech", 1),
         ("ingest", "empty_audio", 1),
+        ("synthesize", "bad_dialogue", 1),
     ]
     first = q["by_reason"][0]
     assert first["examples"] == ["/data/x/a.wav", "/data/x/m.wav", "/data/x/q.wav"]
     assert first["example_detail"] == "a"
+    assert q["by_reason"][3]["examples"] == ["/data/chats.jsonl#line 7"]
 
 
 def test_conversation_gaps_overlaps_and_rates(stats):
