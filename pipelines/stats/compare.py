@@ -56,6 +56,13 @@ def _row(metric: str, a: Any, b: Any) -> dict[str, Any]:
     return {"metric": metric, "a": a, "b": b, "delta": delta, "relative": relative}
 
 
+def _reasons(stats: dict[str, Any]) -> dict[str, int]:
+    return {
+        f"{r['step']}:{r['reason_code']}": r["count"]
+        for r in _get(stats, "quarantine.by_reason") or []
+    }
+
+
 def compare_stats(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """Every delta B - A, as rows {metric, a, b, delta, relative}; a missing side is null."""
     rows = [_row(path, _get(a, path), _get(b, path)) for path in HEADLINE]
@@ -71,14 +78,9 @@ def compare_stats(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
                         (right.get(key) or {}).get(field),
                     )
                 )
-    reasons = {
-        f"{r['step']}:{r['reason_code']}": r["count"] for r in _get(a, "quarantine.by_reason") or []
-    }
-    reasons_b = {
-        f"{r['step']}:{r['reason_code']}": r["count"] for r in _get(b, "quarantine.by_reason") or []
-    }
-    for key in sorted(reasons.keys() | reasons_b.keys()):
-        rows.append(_row(f"quarantine[{key}].count", reasons.get(key, 0), reasons_b.get(key, 0)))
+    reasons_a, reasons_b = _reasons(a), _reasons(b)
+    for key in sorted(reasons_a.keys() | reasons_b.keys()):
+        rows.append(_row(f"quarantine[{key}].count", reasons_a.get(key, 0), reasons_b.get(key, 0)))
     for stage in sorted((a.get("shards") or {}).keys() | (b.get("shards") or {}).keys()):
         for field in ("shards", "samples", "hours", "bytes", "speech_tokens_per_s"):
             path = f"shards.{stage}.{field}"

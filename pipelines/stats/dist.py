@@ -65,19 +65,26 @@ def distribution(
     `weight`, when given, is summed per bin as `hours` (e.g. duration_s / 3600 per row), so a
     duration histogram shows both how many items and how much audio fall in each bin.
     """
-    out = _dist(con, relation, column, bins, weight, None)
-    out["by"] = {g: _dist(con, relation, column, bins, weight, g)["groups"] for g in group_by}
-    return out
+    n_bins = len(bins.edges) - 1
+    whole = _groups(con, relation, column, bins, weight, None).get("*")
+    return {
+        "unit": bins.unit,
+        "edges": list(bins.edges),
+        "log_x": bins.log_x,
+        **(whole or _empty(n_bins, weight is not None)),
+        "by": {g: _groups(con, relation, column, bins, weight, g) for g in group_by},
+    }
 
 
-def _dist(
+def _groups(
     con: duckdb.DuckDBPyConnection,
     relation: str,
     column: str,
     bins: Bins,
     weight: str | None,
     group: str | None,
-) -> dict[str, Any]:
+) -> dict[str, dict[str, Any]]:
+    """{group value: distribution without edges}; the one value is "*" when `group` is None."""
     key = f"CAST({_q(group)} AS VARCHAR)" if group else "'*'"
     qs = ", ".join(repr(q) for q in QUANTILES)
     w = f"({weight})" if weight else "0"
@@ -98,7 +105,8 @@ def _dist(
     n_bins = len(bins.edges) - 1
     groups: dict[str, dict[str, Any]] = {}
     for k, n, nulls, total, mean, lo, hi, quant in moments:
-        groups["null" if k is None else k] = {
+        groups[_name(k)] = {
+            **_empty(n_bins, weight is not None),
             "n": int(n),
             "nulls": int(nulls),
             "sum": _num(total),
@@ -109,13 +117,9 @@ def _dist(
                 f"p{round(q * 100):02d}": _num(v)
                 for q, v in zip(QUANTILES, quant or [None] * len(QUANTILES), strict=True)
             },
-            "counts": [0] * n_bins,
-            "underflow": 0,
-            "overflow": 0,
-            **({"hours": [0.0] * n_bins} if weight else {}),
         }
     for k, b, n, wsum in hist:
-        g = groups["null" if k is None else k]
+        g = groups[_name(k)]
         if b < 0:
             g["underflow"] += int(n)
         elif b >= n_bins:
@@ -124,13 +128,15 @@ def _dist(
             g["counts"][b] = int(n)
             if weight:
                 g["hours"][b] = round(float(wsum or 0.0), 6)
-    if group:
-        return {"groups": groups}
-    whole = groups.get("*") or _empty(n_bins, weight is not None)
-    return {"unit": bins.unit, "edges": list(bins.edges), "log_x": bins.log_x, **whole}
+    return groups
+
+
+def _name(key: str | None) -> str:
+    return "null" if key is None else key
 
 
 def _empty(n_bins: int, weighted: bool) -> dict[str, Any]:
+    """A distribution of nothing: the shape every group starts from."""
     return {
         "n": 0,
         "nulls": 0,

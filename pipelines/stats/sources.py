@@ -32,6 +32,7 @@ class Sources:
     root: str
     tables: dict[str, list[str]] = field(default_factory=dict)
     shard_dirs: dict[str, list[str]] = field(default_factory=dict)
+    indexes: dict[str, dict[str, Any]] = field(default_factory=dict)  # directory -> index.json
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -41,8 +42,12 @@ class Sources:
         }
 
     def read_index(self, directory: str) -> dict[str, Any]:
-        with self.fs.open_input_stream(f"{directory}/index.json") as f:
-            return json.loads(f.read().decode())
+        """A shard directory's index.json, read once (discovery, sample extraction and the
+        balance all need it)."""
+        if directory not in self.indexes:
+            with self.fs.open_input_stream(f"{directory}/index.json") as f:
+                self.indexes[directory] = json.loads(f.read().decode())
+        return self.indexes[directory]
 
 
 def discover(uri: str, **fs_options: Any) -> Sources:
