@@ -122,32 +122,39 @@ class Report:
 
     # ---- plots over builds ----------------------------------------------------------------
 
+    def keyed_series(
+        self, values_of: Callable[[dict[str, Any]], dict[str, Any]], keys: Sequence[str] = ()
+    ) -> tuple[list[str], list[tuple[str, list[float]]]]:
+        """Categories (`keys`, or every key of any build in order of first appearance) and one
+        series per build over them, 0 where a build has no value."""
+        per_build = [values_of(s) for _, s in self.builds]
+        names = list(keys) or list(dict.fromkeys(k for values in per_build for k in values))
+        series = [
+            (label, [values.get(k) or 0 for k in names])
+            for (label, _), values in zip(self.builds, per_build, strict=True)
+        ]
+        return names, series
+
     def breakdown_plot(self, anchor: str, path: str, what: str, unit_of: str = "hours") -> None:
         """Bars of `hours` (or `count`) per key of a breakdown list, across builds."""
-        lists = [_get(s, path) or [] for _, s in self.builds]
-        keys: list[str] = []
-        for rows in lists:
-            for r in rows:
-                if r["key"] not in keys:
-                    keys.append(r["key"])
+        keys, series = self.keyed_series(
+            lambda s: {r["key"]: r[unit_of] for r in _get(s, path) or []}
+        )
         if not keys:
             return
         keys = keys[:30]
-        series = [
-            (label, [next((r[unit_of] for r in rows if r["key"] == k), 0) for k in keys])
-            for (label, _), rows in zip(self.builds, lists, strict=True)
-        ]
+        series = [(label, values[:30]) for label, values in series]
         unit = "audio hours (h)" if unit_of == "hours" else "count"
-        totals = self.per_build(
-            lambda s: (
-                f"{len(_get(s, path) or [])} values, "
-                + f"{_fmt(sum(r[unit_of] for r in _get(s, path) or []))} {'h' if unit_of == 'hours' else ''}".strip()
-            )
-        )
+
+        def totals(s: dict[str, Any]) -> str:
+            rows = _get(s, path) or []
+            total = _fmt(sum(r[unit_of] for r in rows))
+            return f"{len(rows)} values, {total}" + (" h" if unit_of == "hours" else "")
+
         self.figure(
             anchor,
             plots.bars(anchor, keys, series, unit, horizontal=len(keys) > 6),
-            f"{what} ({totals}).",
+            f"{what} ({self.per_build(totals)}).",
         )
 
     def dist_plot(

@@ -7,9 +7,11 @@ Must not: compute statistics beyond picking values out of stats.json.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from pipelines.stats import plots
 from pipelines.stats.report import Build, Report, _fmt, _get
+from schemas import FrameLabel
 
 STAGES = ("stage1", "stage2", "stage3", "stage4")
 MAX_SHARD_BARS = 120  # above this many shards a stage's balance is drawn as a histogram
@@ -89,13 +91,12 @@ def _hours(r: Report) -> None:
     r.breakdown_plot("smp-stage", "samples.by.stage", "Shard sample hours by training stage")
     r.breakdown_plot("smp-task", "samples.by.task", "Shard sample hours by task")
     r.breakdown_plot("smp-count-task", "samples.by.task", "Shard samples by task", unit_of="count")
-    for _, s in r.builds[-1:]:
-        rows = _get(s, "samples.by_stage_task") or []
-        if rows:
-            r.table(
-                ["stage", "task", "samples", "hours"],
-                [[x["stage"], x["task"], x["count"], x["hours"]] for x in rows],
-            )
+    rows = _get(r.builds[-1][1], "samples.by_stage_task") or []  # the (last) build's
+    if rows:
+        r.table(
+            ["stage", "task", "samples", "hours"],
+            [[x["stage"], x["task"], x["count"], x["hours"]] for x in rows],
+        )
 
 
 def _durations(r: Report) -> None:
@@ -186,16 +187,10 @@ def _speakers_and_duplicates(r: Report) -> None:
     if not _has(r, "recordings"):
         r.note("No recordings table in this input.")
         return
-    corpora: list[str] = []
-    for _, s in r.builds:
-        for row in _get(s, "recordings.speakers") or []:
-            if row["corpus"] not in corpora:
-                corpora.append(row["corpus"])
+    corpora, series = r.keyed_series(
+        lambda s: {x["corpus"]: x["speakers"] for x in _get(s, "recordings.speakers") or []}
+    )
     if corpora:
-        series = []
-        for label, s in r.builds:
-            rows = {x["corpus"]: x for x in _get(s, "recordings.speakers") or []}
-            series.append((label, [rows.get(c, {}).get("speakers", 0) for c in corpora]))
         r.figure(
             "speakers",
             plots.bars("speakers", corpora, series, "distinct speakers", "corpus"),
@@ -218,21 +213,15 @@ def _speakers_and_duplicates(r: Report) -> None:
 
 def _quarantine(r: Report) -> None:
     r.section("quarantine", "Quarantine", "Inputs the steps refused, with the reason code.")
-    reasons: list[str] = []
-    for _, s in r.builds:
-        for row in _get(s, "quarantine.by_reason") or []:
-            key = f"{row['step']}: {row['reason_code']}"
-            if key not in reasons:
-                reasons.append(key)
+    reasons, series = r.keyed_series(
+        lambda s: {
+            f"{x['step']}: {x['reason_code']}": x["count"]
+            for x in _get(s, "quarantine.by_reason") or []
+        }
+    )
     if not reasons:
         r.note("Nothing was quarantined.")
         return
-    series = []
-    for label, s in r.builds:
-        rows = {
-            f"{x['step']}: {x['reason_code']}": x["count"] for x in _get(s, "quarantine.by_reason")
-        }
-        series.append((label, [rows.get(k, 0) for k in reasons]))
     r.figure(
         "quarantine",
         plots.bars(
@@ -302,15 +291,7 @@ def _conversations(r: Report) -> None:
     r.dist_plot("c-gap", "conversations.gap_s", "Gaps between speakers", "gap")
     r.dist_plot("c-overlap", "conversations.overlap_s", "Overlaps between speakers", "overlap")
     if _has(r, "conversations.events"):
-        types: list[str] = []
-        for _, s in r.builds:
-            for k in _get(s, "conversations.events.per_hour") or {}:
-                if k not in types:
-                    types.append(k)
-        series = [
-            (label, [(_get(s, "conversations.events.per_hour") or {}).get(t) or 0 for t in types])
-            for label, s in r.builds
-        ]
+        types, series = r.keyed_series(lambda s: _get(s, "conversations.events.per_hour") or {})
         r.figure(
             "c-events",
             plots.bars("c-events", types, series, "events per hour", "duplex event type"),
@@ -329,14 +310,10 @@ def _conversations(r: Report) -> None:
             "gap T",
         )
     if _has(r, "conversations.frame_labels"):
-        classes = ["listen", "speak_now", "keep_speaking", "stop_now"]
-        series = [
-            (
-                label,
-                [(_get(s, "conversations.frame_labels.share") or {}).get(c, 0) for c in classes],
-            )
-            for label, s in r.builds
-        ]
+        classes, series = r.keyed_series(
+            lambda s: _get(s, "conversations.frame_labels.share") or {},
+            keys=[label.name.lower() for label in FrameLabel],
+        )
         r.figure(
             "c-frames",
             plots.bars("c-frames", classes, series, "share of frames", "frame label"),
@@ -395,11 +372,7 @@ def _shards(r: Report) -> None:
         rows,
     )
     for stage in stages:
-        names: list[str] = []
-        for _, s in r.builds:
-            for x in _get(s, f"shards.{stage}.per_shard") or []:
-                if x["name"] not in names:
-                    names.append(x["name"])
+        names, _ = r.keyed_series(lambda s, st=stage: _per_shard(s, st, "samples"))
         for metric, unit in (("samples", "samples"), ("hours", "audio hours (h)")):
             caption = r.per_build(lambda s, st=stage, m=metric: _spread_text(s, st, m))
             anchor = f"sh-{stage}-{metric}"
@@ -410,10 +383,9 @@ def _shards(r: Report) -> None:
                     f"{stage}: shards by {metric} per shard ({caption}).",
                 )
                 continue
-            series = []
-            for label, s in r.builds:
-                by = {x["name"]: x[metric] for x in _get(s, f"shards.{stage}.per_shard") or []}
-                series.append((label, [by.get(n, 0) for n in names]))
+            _, series = r.keyed_series(
+                lambda s, st=stage, m=metric: _per_shard(s, st, m), keys=names
+            )
             r.figure(
                 anchor,
                 plots.bars(anchor, [n.rsplit(".", 1)[0] for n in names], series, unit, "shard"),
@@ -468,6 +440,10 @@ def _shards(r: Report) -> None:
                 )
 
 
+def _per_shard(s: dict[str, Any], stage: str, metric: str) -> dict[str, Any]:
+    return {x["name"]: x[metric] for x in _get(s, f"shards.{stage}.per_shard") or []}
+
+
 def _spread_text(s: dict, stage: str, metric: str) -> str:
     spread = _get(s, f"shards.{stage}.spread.{metric}") or {}
     return (
@@ -486,7 +462,7 @@ def _worst_mix(s: dict, stage: str) -> str:
 
 def _shard_histogram(r: Report, stage: str, metric: str, unit: str, anchor: str) -> str:
     """Per-shard values of every build binned on shared edges (30 bins over their range)."""
-    values = [[x[metric] for x in _get(s, f"shards.{stage}.per_shard") or []] for _, s in r.builds]
+    values = [list(_per_shard(s, stage, metric).values()) for _, s in r.builds]
     flat = [v for vs in values for v in vs]
     lo, hi = min(flat), max(flat)
     width = (hi - lo) / 30 or 1.0
