@@ -30,3 +30,27 @@ def ray_local():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture()
+def moto_s3_options():
+    """An in-process moto S3 server; yields the pyarrow S3FileSystem options that reach it.
+
+    moto's servers share one store within a process: a test that must not see another's
+    objects uses a bucket name of its own.
+    """
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield {
+            "endpoint_override": f"http://{host}:{port}",
+            "access_key": "test",
+            "secret_key": "test",
+            "region": "us-east-1",
+            "scheme": "http",
+        }
+    finally:
+        server.stop()

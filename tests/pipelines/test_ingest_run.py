@@ -248,39 +248,26 @@ def test_resume_after_kill_gives_the_same_tables(tmp_path):
     assert len(pc.unique(ids)) == len(ids) == 24
 
 
-def test_s3_source_and_build(tmp_path, shared_data):
+def test_s3_source_and_build(tmp_path, shared_data, moto_s3_options):
     import pyarrow.fs as pafs
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        options = {
-            "endpoint_override": f"http://{host}:{port}",
-            "access_key": "test",
-            "secret_key": "test",
-            "region": "us-east-1",
-            "scheme": "http",
-        }
-        s3 = pafs.S3FileSystem(**options, allow_bucket_creation=True)
-        s3.create_dir("corpus")
-        for path in sorted((shared_data / "asr_speechbrain_en").glob("spk1_*.wav")):
-            with s3.open_output_stream(f"corpus/audio/{path.name}") as out:
-                out.write(path.read_bytes())
-            with s3.open_output_stream(f"corpus/audio/{path.stem}.txt") as out:
-                out.write(f"text of {path.stem}".encode())
-        config = IngestConfig(storage_options=options)
-        summary = run_ingest("s3://corpus/audio/", "s3://corpus/build", config, progress=False)
-        recs = read_table(BuildDir("s3://corpus/build", **options), "recordings")
-        assert s3.get_file_info("corpus/build/_state/ingest/summary.json").is_file
-        assert recs.num_rows == 5, summary.render()
-        assert all(
-            uri.startswith("s3://corpus/audio/") for uri in recs.column("source_uri").to_pylist()
-        )
-        assert sorted(recs.column("transcript").to_pylist())[0] == "text of spk1_snt1"
-    finally:
-        server.stop()
+    options = moto_s3_options
+    s3 = pafs.S3FileSystem(**options, allow_bucket_creation=True)
+    s3.create_dir("corpus")
+    for path in sorted((shared_data / "asr_speechbrain_en").glob("spk1_*.wav")):
+        with s3.open_output_stream(f"corpus/audio/{path.name}") as out:
+            out.write(path.read_bytes())
+        with s3.open_output_stream(f"corpus/audio/{path.stem}.txt") as out:
+            out.write(f"text of {path.stem}".encode())
+    config = IngestConfig(storage_options=options)
+    summary = run_ingest("s3://corpus/audio/", "s3://corpus/build", config, progress=False)
+    recs = read_table(BuildDir("s3://corpus/build", **options), "recordings")
+    assert s3.get_file_info("corpus/build/_state/ingest/summary.json").is_file
+    assert recs.num_rows == 5, summary.render()
+    assert all(
+        uri.startswith("s3://corpus/audio/") for uri in recs.column("source_uri").to_pylist()
+    )
+    assert sorted(recs.column("transcript").to_pylist())[0] == "text of spk1_snt1"
 
 
 def test_local_multi_node_cluster_gives_the_same_tables(tmp_path):

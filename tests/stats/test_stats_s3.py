@@ -15,43 +15,30 @@ from tests.stats.test_stats_shards import write_stage
 
 
 @pytest.mark.slow
-def test_stats_of_an_s3_build_match_the_local_ones(tmp_path):
+def test_stats_of_an_s3_build_match_the_local_ones(tmp_path, moto_s3_options):
     import pyarrow.fs as pafs
-    from moto.server import ThreadedMotoServer
 
     local = write_stage(write_build(tmp_path / "build"))
     expected = compute_stats(str(local), StatsConfig(out=str(tmp_path / "out")), progress=False)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        options = {
-            "endpoint_override": f"http://{host}:{port}",
-            "access_key": "test",
-            "secret_key": "test",
-            "region": "us-east-1",
-            "scheme": "http",
-        }
-        s3 = pafs.S3FileSystem(**options, allow_bucket_creation=True)
-        bucket = f"stats-{uuid.uuid4().hex[:8]}"  # moto's servers share one in-process store
-        s3.create_dir(bucket)
-        for path in sorted(p for p in local.rglob("*") if p.is_file()):
-            with s3.open_output_stream(f"{bucket}/build/{path.relative_to(local)}") as out:
-                out.write(path.read_bytes())
-        summary = run_stats(
-            [f"s3://{bucket}/build"], StatsConfig(storage_options=options), progress=False
-        )
-        got = summary.stats[0]
-        for section in ("recordings", "segments", "quarantine", "conversations", "samples"):
-            assert _rounded(got[section]) == _rounded(expected[section]), section
-        assert got["shards"] == expected["shards"]
-        assert summary.report_html == f"s3://{bucket}/build/stats/report.html"
-        with s3.open_input_stream(f"{bucket}/build/stats/stats.json") as f:
-            assert json.loads(f.read())["recordings"]["count"] == 4
-        with s3.open_input_stream(f"{bucket}/build/stats/report.html") as f:
-            assert f.read().count(b'<figure class="plot"') == summary.figures
-    finally:
-        server.stop()
+    options = moto_s3_options
+    s3 = pafs.S3FileSystem(**options, allow_bucket_creation=True)
+    bucket = f"stats-{uuid.uuid4().hex[:8]}"  # moto's servers share one in-process store
+    s3.create_dir(bucket)
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        with s3.open_output_stream(f"{bucket}/build/{path.relative_to(local)}") as out:
+            out.write(path.read_bytes())
+    summary = run_stats(
+        [f"s3://{bucket}/build"], StatsConfig(storage_options=options), progress=False
+    )
+    got = summary.stats[0]
+    for section in ("recordings", "segments", "quarantine", "conversations", "samples"):
+        assert _rounded(got[section]) == _rounded(expected[section]), section
+    assert got["shards"] == expected["shards"]
+    assert summary.report_html == f"s3://{bucket}/build/stats/report.html"
+    with s3.open_input_stream(f"{bucket}/build/stats/stats.json") as f:
+        assert json.loads(f.read())["recordings"]["count"] == 4
+    with s3.open_input_stream(f"{bucket}/build/stats/report.html") as f:
+        assert f.read().count(b'<figure class="plot"') == summary.figures
 
 
 def _rounded(obj):
