@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.stats.report import _get
+from pipelines.stats.report import value_at
 
 COMPARE_VERSION = 1
 
@@ -59,16 +59,16 @@ def _row(metric: str, a: Any, b: Any) -> dict[str, Any]:
 def _reasons(stats: dict[str, Any]) -> dict[str, int]:
     return {
         f"{r['step']}:{r['reason_code']}": r["count"]
-        for r in _get(stats, "quarantine.by_reason") or []
+        for r in value_at(stats, "quarantine.by_reason") or []
     }
 
 
 def compare_stats(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """Every delta B - A, as rows {metric, a, b, delta, relative}; a missing side is null."""
-    rows = [_row(path, _get(a, path), _get(b, path)) for path in HEADLINE]
+    rows = [_row(path, value_at(a, path), value_at(b, path)) for path in HEADLINE]
     for path in BREAKDOWNS:
-        left = {r["key"]: r for r in _get(a, path) or []}
-        right = {r["key"]: r for r in _get(b, path) or []}
+        left = {r["key"]: r for r in value_at(a, path) or []}
+        right = {r["key"]: r for r in value_at(b, path) or []}
         for key in sorted(left.keys() | right.keys()):
             for field in ("count", "hours"):
                 rows.append(
@@ -84,7 +84,7 @@ def compare_stats(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     for stage in sorted((a.get("shards") or {}).keys() | (b.get("shards") or {}).keys()):
         for field in ("shards", "samples", "hours", "bytes", "speech_tokens_per_s"):
             path = f"shards.{stage}.{field}"
-            rows.append(_row(path, _get(a, path), _get(b, path)))
+            rows.append(_row(path, value_at(a, path), value_at(b, path)))
     changed = [r for r in rows if r["a"] != r["b"]]
     return {
         "schema": "minmo.stats.compare",

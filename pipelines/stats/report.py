@@ -17,7 +17,7 @@ from pipelines.stats import plots
 Build = tuple[str, dict[str, Any]]  # (label, stats.json)
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
+def fmt_number(value: Any, digits: int = 3) -> str:
     if value is None:
         return "–"
     if isinstance(value, bool):
@@ -39,10 +39,10 @@ def _delta(a: Any, b: Any) -> str:
     diff = b - a
     pct = f" ({diff / a:+.1%})" if a else ""
     sign = "+" if diff > 0 else ""
-    return f"{sign}{_fmt(diff) if isinstance(diff, float) else f'{diff:,}'}{pct}"
+    return f"{sign}{fmt_number(diff) if isinstance(diff, float) else f'{diff:,}'}{pct}"
 
 
-def _get(stats: dict[str, Any], path: str) -> Any:
+def value_at(stats: dict[str, Any], path: str) -> Any:
     value: Any = stats
     for part in path.split("."):
         if not isinstance(value, dict):
@@ -85,7 +85,7 @@ class Report:
             "<tr>"
             + "".join(
                 f"<td{'' if isinstance(c, int | float) or c is None else ' class=t'}>"
-                f"{html.escape(_fmt(c))}</td>"
+                f"{html.escape(fmt_number(c))}</td>"
                 for c in row
             )
             + "</tr>"
@@ -114,7 +114,7 @@ class Report:
             headers.append("delta (B - A)")
         rows = []
         for name, path in metrics:
-            values = [path(s) if callable(path) else _get(s, path) for _, s in self.builds]
+            values = [path(s) if callable(path) else value_at(s, path) for _, s in self.builds]
             if all(v is None for v in values):
                 continue
             rows.append([name, *values, *([_delta(values[0], values[1])] if self.compare else [])])
@@ -138,7 +138,7 @@ class Report:
     def breakdown_plot(self, anchor: str, path: str, what: str, unit_of: str = "hours") -> None:
         """Bars of `hours` (or `count`) per key of a breakdown list, across builds."""
         keys, series = self.keyed_series(
-            lambda s: {r["key"]: r[unit_of] for r in _get(s, path) or []}
+            lambda s: {r["key"]: r[unit_of] for r in value_at(s, path) or []}
         )
         if not keys:
             return
@@ -147,8 +147,8 @@ class Report:
         unit = "audio hours (h)" if unit_of == "hours" else "count"
 
         def totals(s: dict[str, Any]) -> str:
-            rows = _get(s, path) or []
-            total = _fmt(sum(r[unit_of] for r in rows))
+            rows = value_at(s, path) or []
+            total = fmt_number(sum(r[unit_of] for r in rows))
             return f"{len(rows)} values, {total}" + (" h" if unit_of == "hours" else "")
 
         self.figure(
@@ -168,7 +168,7 @@ class Report:
         group: tuple[str, str] | None = None,
     ) -> None:
         """A histogram of a distribution (or of one group of it) across builds."""
-        dists = [_get(s, path) for _, s in self.builds]
+        dists = [value_at(s, path) for _, s in self.builds]
         if all(d is None for d in dists):
             return
         ref = next(d for d in dists if d is not None)
@@ -195,8 +195,8 @@ class Report:
             tail = f", {out_of:,} outside the axis" if out_of else ""
             nulls = f", {c['nulls']:,} without a value" if c.get("nulls") else ""
             return (
-                f"n = {c['n']:,}, median {_fmt(q['p50'])} {ref['unit']}, "
-                f"5-95 % {_fmt(q['p05'])} to {_fmt(q['p95'])}, mean {_fmt(c['mean'])}{tail}{nulls}"
+                f"n = {c['n']:,}, median {fmt_number(q['p50'])} {ref['unit']}, "
+                f"5-95 % {fmt_number(q['p05'])} to {fmt_number(q['p95'])}, mean {fmt_number(c['mean'])}{tail}{nulls}"
             )
 
         caption = "; ".join(

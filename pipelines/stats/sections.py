@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipelines.stats import plots
-from pipelines.stats.report import Build, Report, _fmt, _get
+from pipelines.stats.report import Build, Report, fmt_number, value_at
 from schemas import FrameLabel
 
 STAGES = ("stage1", "stage2", "stage3", "stage4")
@@ -33,7 +33,7 @@ def render_report(builds: Sequence[Build], title: str) -> str:
 
 
 def _has(r: Report, path: str) -> bool:
-    return any(_get(s, path) is not None for _, s in r.builds)
+    return any(value_at(s, path) is not None for _, s in r.builds)
 
 
 def _errors(r: Report) -> None:
@@ -62,7 +62,7 @@ def _overview(r: Report) -> None:
     metrics = [
         ("recordings", "recordings.count"),
         ("recording hours", "recordings.hours"),
-        ("recording GB (source bytes)", lambda s: _scaled(_get(s, "recordings.bytes"), 1e-9)),
+        ("recording GB (source bytes)", lambda s: _scaled(value_at(s, "recordings.bytes"), 1e-9)),
         ("segments", "segments.count"),
         ("segment hours", "segments.hours"),
         ("exact duplicate recordings", "recordings.duplicates.count"),
@@ -91,7 +91,7 @@ def _hours(r: Report) -> None:
     r.breakdown_plot("smp-stage", "samples.by.stage", "Shard sample hours by training stage")
     r.breakdown_plot("smp-task", "samples.by.task", "Shard sample hours by task")
     r.breakdown_plot("smp-count-task", "samples.by.task", "Shard samples by task", unit_of="count")
-    rows = _get(r.builds[-1][1], "samples.by_stage_task") or []  # the (last) build's
+    rows = value_at(r.builds[-1][1], "samples.by_stage_task") or []  # the (last) build's
     if rows:
         r.table(
             ["stage", "task", "samples", "hours"],
@@ -155,9 +155,9 @@ def _quality(r: Report) -> None:
         )
     rows = []
     for label, s in r.builds:
-        for corpus, g in sorted((_get(s, "recordings.rms_dbfs.by.corpus") or {}).items()):
-            snr = (_get(s, "recordings.snr_db.by.corpus") or {}).get(corpus, {})
-            clip = (_get(s, "recordings.clipping_ratio.by.corpus") or {}).get(corpus, {})
+        for corpus, g in sorted((value_at(s, "recordings.rms_dbfs.by.corpus") or {}).items()):
+            snr = (value_at(s, "recordings.snr_db.by.corpus") or {}).get(corpus, {})
+            clip = (value_at(s, "recordings.clipping_ratio.by.corpus") or {}).get(corpus, {})
             rows.append(
                 [
                     *([label] if r.compare else []),
@@ -188,7 +188,7 @@ def _speakers_and_duplicates(r: Report) -> None:
         r.note("No recordings table in this input.")
         return
     corpora, series = r.keyed_series(
-        lambda s: {x["corpus"]: x["speakers"] for x in _get(s, "recordings.speakers") or []}
+        lambda s: {x["corpus"]: x["speakers"] for x in value_at(s, "recordings.speakers") or []}
     )
     if corpora:
         r.figure(
@@ -198,12 +198,12 @@ def _speakers_and_duplicates(r: Report) -> None:
             + r.per_build(
                 lambda s: ", ".join(
                     f"{x['corpus']} {x['speakers']} (+{x['diarized_speakers']} diarized voices)"
-                    for x in _get(s, "recordings.speakers") or []
+                    for x in value_at(s, "recordings.speakers") or []
                 )
             )
             + ").",
         )
-    if any((_get(s, "recordings.duplicates.count") or 0) for _, s in r.builds):
+    if any((value_at(s, "recordings.duplicates.count") or 0) for _, s in r.builds):
         r.breakdown_plot(
             "dups", "recordings.duplicates.by_corpus", "Exact-duplicate audio hours by corpus"
         )
@@ -216,7 +216,7 @@ def _quarantine(r: Report) -> None:
     reasons, series = r.keyed_series(
         lambda s: {
             f"{x['step']}: {x['reason_code']}": x["count"]
-            for x in _get(s, "quarantine.by_reason") or []
+            for x in value_at(s, "quarantine.by_reason") or []
         }
     )
     if not reasons:
@@ -250,7 +250,7 @@ def _quarantine(r: Report) -> None:
                     "\n".join(x["examples"]),
                     x.get("example_detail"),
                 ]
-                for x in _get(s, "quarantine.by_reason") or []
+                for x in value_at(s, "quarantine.by_reason") or []
             ],
         )
 
@@ -291,14 +291,15 @@ def _conversations(r: Report) -> None:
     r.dist_plot("c-gap", "conversations.gap_s", "Gaps between speakers", "gap")
     r.dist_plot("c-overlap", "conversations.overlap_s", "Overlaps between speakers", "overlap")
     if _has(r, "conversations.events"):
-        types, series = r.keyed_series(lambda s: _get(s, "conversations.events.per_hour") or {})
+        types, series = r.keyed_series(lambda s: value_at(s, "conversations.events.per_hour") or {})
         r.figure(
             "c-events",
             plots.bars("c-events", types, series, "events per hour", "duplex event type"),
             "Duplex events per hour of labelled conversation (both role choices) ("
             + r.per_build(
                 lambda s: ", ".join(
-                    f"{k} {v:,}" for k, v in (_get(s, "conversations.events.counts") or {}).items()
+                    f"{k} {v:,}"
+                    for k, v in (value_at(s, "conversations.events.counts") or {}).items()
                 )
             )
             + ").",
@@ -311,7 +312,7 @@ def _conversations(r: Report) -> None:
         )
     if _has(r, "conversations.frame_labels"):
         classes, series = r.keyed_series(
-            lambda s: _get(s, "conversations.frame_labels.share") or {},
+            lambda s: value_at(s, "conversations.frame_labels.share") or {},
             keys=[label.name.lower() for label in FrameLabel],
         )
         r.figure(
@@ -319,7 +320,7 @@ def _conversations(r: Report) -> None:
             plots.bars("c-frames", classes, series, "share of frames", "frame label"),
             "Duplex frame-label balance ("
             + r.per_build(
-                lambda s: f"{(_get(s, 'conversations.frame_labels.frames') or 0):,} frames"
+                lambda s: f"{(value_at(s, 'conversations.frame_labels.frames') or 0):,} frames"
             )
             + ").",
         )
@@ -339,7 +340,7 @@ def _shards(r: Report) -> None:
     rows = []
     for stage in stages:
         for label, s in r.builds:
-            x = _get(s, f"shards.{stage}")
+            x = value_at(s, f"shards.{stage}")
             if not x:
                 continue
             rows.append(
@@ -391,7 +392,7 @@ def _shards(r: Report) -> None:
                 plots.bars(anchor, [n.rsplit(".", 1)[0] for n in names], series, unit, "shard"),
                 f"{stage}: {metric} per shard ({caption}).",
             )
-        mixes = [(label, _get(s, f"shards.{stage}.mixture") or []) for label, s in r.builds]
+        mixes = [(label, value_at(s, f"shards.{stage}.mixture") or []) for label, s in r.builds]
         tasks = sorted({m["task"] for _, mix in mixes for m in mix})
         if len(tasks) > 1:
             target = {m["task"]: m["target_share"] or 0 for m in mixes[-1][1]}
@@ -441,19 +442,19 @@ def _shards(r: Report) -> None:
 
 
 def _per_shard(s: dict[str, Any], stage: str, metric: str) -> dict[str, Any]:
-    return {x["name"]: x[metric] for x in _get(s, f"shards.{stage}.per_shard") or []}
+    return {x["name"]: x[metric] for x in value_at(s, f"shards.{stage}.per_shard") or []}
 
 
 def _spread_text(s: dict, stage: str, metric: str) -> str:
-    spread = _get(s, f"shards.{stage}.spread.{metric}") or {}
+    spread = value_at(s, f"shards.{stage}.spread.{metric}") or {}
     return (
-        f"{_get(s, f'shards.{stage}.shards') or 0} shards, min {_fmt(spread.get('min'))} / "
-        f"max {_fmt(spread.get('max'))} / CV {_fmt(spread.get('cv'))}"
+        f"{value_at(s, f'shards.{stage}.shards') or 0} shards, min {fmt_number(spread.get('min'))} / "
+        f"max {fmt_number(spread.get('max'))} / CV {fmt_number(spread.get('cv'))}"
     )
 
 
 def _worst_mix(s: dict, stage: str) -> str:
-    rows = [m for m in _get(s, f"shards.{stage}.mixture") or [] if m["share_delta"] is not None]
+    rows = [m for m in value_at(s, f"shards.{stage}.mixture") or [] if m["share_delta"] is not None]
     if not rows:
         return "no mixture"
     m = max(rows, key=lambda m: abs(m["share_delta"]))
