@@ -2,11 +2,18 @@
 
 Owns the on-disk training format of one stage directory:
 
-    <out_dir>/<stage>-000000.tar       webdataset tar; each sample's members are contiguous,
-                                       named <key>.json, <key>.flac, <key>.speech_tokens.npy, ...
-    <out_dir>/<stage>-000000.tar.idx   little-endian uint64: byte offset of each sample's first
-                                       member header, then a sentinel = the tar's size in bytes
-    <out_dir>/index.json               per-shard counts/bytes/sha256, per-task and stage totals
+    <out_dir>/<stage>-g0000-000000.tar       webdataset tar (generation 0, shard 0); each
+                                             sample's members are contiguous, named <key>.json,
+                                             <key>.flac, <key>.speech_tokens.npy, ...
+    <out_dir>/_index/<stage>-g0000-000000.tar.idx   little-endian uint64: byte offset of each
+                                             sample's first member header, then a sentinel = the
+                                             tar's size in bytes
+    <out_dir>/_index/index.json              per-shard counts/bytes/sha256, the generations,
+                                             per-task and stage totals
+
+Only tars sit directly in a stage directory: Ray Data (and Spark, Hadoop) skip names starting
+with "_" or ".", so a plain `ray.data.read_webdataset(stage_dir)` or a glob of `*.tar` reads the
+stage with no extra arguments, on local disk and on object stores alike.
 
 Tars are written with webdataset's `TarWriter` (fixed integer mtime=0 so no PAX headers, uid/gid 0, fixed user/group
 names, mode 0o444, members in sorted order), so the same samples and seed give byte-identical
@@ -27,10 +34,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 from webdataset import TarWriter
 
 INDEX_NAME = "index.json"
-INDEX_VERSION = 1
+# Version 2: index and .idx files under META_DIR, shard names carry their generation.
+INDEX_VERSION = 2
+# Everything in a stage directory that is not a shard lives here (see the module docstring).
+META_DIR = "_index"
 # Members a sample may carry besides "json" (required); the tar member name is "<key>.<member>".
 ARRAY_MEMBERS = ("speech_tokens.npy", "text_tokens.npy", "labels.npy")
 OPTIONAL_MEMBERS = ("flac", *ARRAY_MEMBERS)
@@ -52,8 +63,19 @@ def validate_key(key: Any) -> str | None:
     return None
 
 
-def shard_name(stage: str, index: int) -> str:
-    return f"{stage}-{index:06d}.tar"
+def shard_name(stage: str, index: int, generation: int = 0) -> str:
+    """`<stage>-g<generation>-<index>.tar`: generations are appended, never renumbered."""
+    return f"{stage}-g{generation:04d}-{index:06d}.tar"
+
+
+def index_path(stage_dir: str) -> str:
+    """Where a stage directory's index.json lives (a path or URI string, joined with "/")."""
+    return f"{str(stage_dir).rstrip('/')}/{META_DIR}/{INDEX_NAME}"
+
+
+def offsets_path(stage_dir: str, name: str) -> str:
+    """Where the `.idx` of shard `name` (a tar's file name) lives."""
+    return f"{str(stage_dir).rstrip('/')}/{META_DIR}/{name}.idx"
 
 
 def _shuffle_rank(seed: int, key: str) -> bytes:
@@ -113,16 +135,30 @@ def _stats(sample: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def is_local(fs: pafs.FileSystem) -> bool:
+    return fs.type_name == "local"
 
 
-def sha256_file(path: Path) -> str:
+def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Local: temp name + rename. Object stores: one PUT, which is atomic by itself (an upload
+    that fails leaves no object), so no temp key is needed."""
+    parent = path.rsplit("/", 1)[0]
+    fs.create_dir(parent, recursive=True)
+    if not is_local(fs):
+        with fs.open_output_stream(path) as out:
+            out.write(data)
+        return
+    tmp = f"{parent}/.{path.rsplit('/', 1)[1]}.tmp-{os.getpid()}"
+    with fs.open_output_stream(tmp) as out:
+        out.write(data)
+    fs.move(tmp, path)
+
+
+def sha256_file(path: Path | str, fs: pafs.FileSystem | None = None) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks (shards are hundreds of MB)."""
     h = hashlib.sha256()
-    with path.open("rb") as f:
+    fs = fs or pafs.LocalFileSystem()
+    with fs.open_input_stream(str(path)) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -144,21 +180,30 @@ class _HashingFile:
         return len(data)
 
     def flush(self) -> None:
-        self.raw.flush()
+        pass  # the pyarrow stream buffers itself; flushing per member would cost an upload part
 
 
 class ShardTarWriter:
-    """One shard, streamed: encoded samples in, then `<name>` + `<name>.idx` committed atomically.
+    """One shard, streamed: encoded samples in, then the tar + its `.idx` committed.
 
-    Members go through webdataset's TarWriter with fixed metadata (see module docstring). `close`
-    returns (bytes, sha256); until then only temp names exist, so a crash leaves no partial shard
-    under its final name.
+    Writes go straight to the stage directory's filesystem (local or object store), from
+    whichever process runs the writer. Local: the tar is streamed to a temp name (`.<name>.tmp-`,
+    skipped by every reader) and renamed on `close`. Object stores: the tar streams as a
+    multipart upload that only becomes an object when `close` completes it; an aborted or killed
+    writer leaves no object under the shard's name. Either way the `.idx` is written after the
+    tar, and the caller's done marker after both: a shard without a marker is redone.
+    Members go through webdataset's TarWriter with fixed metadata (see module docstring).
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        self._raw = self.tmp.open("wb")
+    def __init__(self, stage_dir: str | Path, name: str, fs: pafs.FileSystem | None = None) -> None:
+        self.fs = fs or pafs.LocalFileSystem()
+        self.stage_dir = str(stage_dir).rstrip("/")
+        self.name = name
+        self.path = f"{self.stage_dir}/{name}"
+        self.fs.create_dir(self.stage_dir, recursive=True)
+        local = is_local(self.fs)
+        self.tmp = f"{self.stage_dir}/.{name}.tmp-{os.getpid()}" if local else self.path
+        self._raw = self.fs.open_output_stream(self.tmp)
         self._file = _HashingFile(self._raw)
         self._writer = TarWriter(
             self._file,
@@ -180,24 +225,34 @@ class ShardTarWriter:
         self._writer.close()  # writes the end-of-archive blocks through _HashingFile
         self._raw.close()
         size = self._file.bytes
-        if size != self.tmp.stat().st_size:
-            raise OSError(
-                f"{self.tmp}: wrote {size} bytes but the file has {self.tmp.stat().st_size}"
-            )
-        os.replace(self.tmp, self.path)
-        _atomic_write_bytes(
-            self.path.with_name(self.path.name + ".idx"),
+        stored = self.fs.get_file_info(self.tmp).size
+        if size != stored:
+            raise OSError(f"{self.tmp}: wrote {size} bytes but the file has {stored}")
+        if self.tmp != self.path:
+            self.fs.move(self.tmp, self.path)
+        write_bytes_atomic(
+            self.fs,
+            offsets_path(self.stage_dir, self.name),
             np.asarray([*self.offsets, size], dtype="<u8").tobytes(),
         )
         return size, self._file.sha256.hexdigest()
 
     def abort(self) -> None:
-        self._raw.close()
-        self.tmp.unlink(missing_ok=True)
+        """Drop the shard. On an object store the multipart upload is aborted, not completed."""
+        try:
+            if is_local(self.fs):
+                self._raw.close()
+                self.fs.delete_file(self.tmp)
+            else:
+                self._raw.abort() if hasattr(self._raw, "abort") else None
+        except OSError:
+            pass
 
 
-def _write_one_tar(path: Path, encoded_samples: list[dict[str, bytes | str]]) -> tuple[int, str]:
-    writer = ShardTarWriter(path)
+def _write_one_tar(
+    out_dir: Path, name: str, encoded_samples: list[dict[str, bytes | str]]
+) -> tuple[int, str]:
+    writer = ShardTarWriter(out_dir, name)
     try:
         for enc in encoded_samples:
             writer.add(enc)
@@ -254,7 +309,7 @@ def write_stage_shards(
         raise ValueError(f"stage {stage!r} must be a valid key-like name: {validate_key(stage)}")
     if max_samples < 1 or max_bytes < 1:
         raise ValueError("max_samples and max_bytes must be >= 1")
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
 
     encoded: list[tuple[dict[str, bytes | str], dict[str, Any]]] = []
@@ -274,9 +329,8 @@ def write_stage_shards(
     stage_totals = {**_zero(), "shards": 0, "bytes": 0}
     for i, chunk in enumerate(_chunks(encoded, max_samples, max_bytes)):
         name = shard_name(stage, i)
-        path = out_dir / name
-        size, digest = _write_one_tar(path, [enc for enc, _ in chunk])
-        shard = {"name": name, **_zero()}
+        size, digest = _write_one_tar(out_dir, name, [enc for enc, _ in chunk])
+        shard = {"name": name, "generation": 0, **_zero()}
         for _, st in chunk:
             _add(shard, st)
             _add(tasks.setdefault(st["task"], _zero()), st)
@@ -292,18 +346,21 @@ def write_stage_shards(
     for old in out_dir.glob(f"{stage}-*.tar"):
         if old.name not in keep:
             old.unlink()
-            old.with_name(old.name + ".idx").unlink(missing_ok=True)
+            Path(offsets_path(str(out_dir), old.name)).unlink(missing_ok=True)
 
     index = {
         "version": INDEX_VERSION,
         "stage": stage,
         "seed": seed,
         "shuffle": shuffle,
+        "generations": [{"generation": 0, "shards": len(shards)}],
         "shards": shards,
         "tasks": dict(sorted(tasks.items())),
         "totals": stage_totals,
     }
-    _atomic_write_bytes(
-        out_dir / INDEX_NAME, (json.dumps(index, indent=2, sort_keys=True) + "\n").encode()
+    write_bytes_atomic(
+        pafs.LocalFileSystem(),
+        index_path(str(out_dir.resolve())),
+        (json.dumps(index, indent=2, sort_keys=True) + "\n").encode(),
     )
     return index
