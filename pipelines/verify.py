@@ -1,29 +1,44 @@
-"""Shard verification: check stage directories written by `pipelines/shards.py`.
+"""Shard verification: check stage directories written by `pipelines/shards.py`, on any
+filesystem pyarrow reaches (a local path, `file://`, `s3://`, `gs://`).
 
 Owns reading shards back and reporting problems as strings ("<shard>: <key>: <what>"); an empty
-list means the stage is sound. Checks, per shard listed in index.json: file exists, size and
-sha256 match, sample count matches, every sample has a `json` member and only known members, each
-sample's members are contiguous and its key valid, FLAC decodes, speech tokens lie in
+list means the stage is sound. Checks, per shard listed in `_index/index.json`: file exists, size
+and sha256 match, sample count matches, every sample has a `json` member and only known members,
+each sample's members are contiguous and its key valid, FLAC decodes, speech tokens lie in
 [0, SPEECH_VOCAB), text tokens are >= 0, labels are 1-D integers in 0..3, and the `.idx` offsets
-point at each sample's first member header with a final sentinel equal to the tar size.
-Must not: modify anything on disk.
+(`_index/<tar>.idx`) point at each sample's first member header with a final sentinel equal to
+the tar size. A tar in the stage directory that index.json does not list is reported; temp names
+(`.<name>.tmp-*`, a writer still running or killed) are not tars.
+
+Each tar is read once, as a stream (one GET on an object store): the sha256, the size, the
+members and every header's offset come from that pass, so the `.idx` check needs no second read.
+Must not: modify anything, or read shards through anything but pyarrow.fs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
+import posixpath
 import tarfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import soundfile as sf
 
-from pipelines.shards import ALL_MEMBERS, INDEX_NAME, sha256_file, validate_key
+from pipelines.ingest.fs import open_filesystem
+from pipelines.shards import ALL_MEMBERS, INDEX_NAME, INDEX_VERSION, META_DIR, validate_key
+from pipelines.shards import index_path as stage_index_path
+from pipelines.shards import offsets_path as stage_offsets_path
 
 SPEECH_VOCAB = 6561  # CosyVoice-2 speech tokenizer codebook size.
 MAX_LABEL = 3
+_READ_BLOCK = 1 << 20
+
+Sample = tuple[str, int, dict[str, bytes]]  # key, offset of its first header, {ext: bytes}
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -63,16 +78,43 @@ def _check_member(ext: str, data: bytes) -> str | None:
     return None
 
 
-def _read_samples(path: Path) -> tuple[list[tuple[str, int, dict[str, bytes]]], list[str]]:
-    """Return [(key, first header offset, {ext: bytes})] in tar order, plus problems."""
-    name = path.name
+class _HashingReader:
+    """Read-only stream wrapper: hashes and counts what passes through, so one sequential
+    read of a tar gives its sha256 and size besides the members."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.sha256 = hashlib.sha256()
+        self.bytes = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n) if n is not None and n >= 0 else self.raw.read()
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return data
+
+    def drain(self) -> None:
+        """Read to the end (tarfile stops at the end-of-archive blocks, before any padding)."""
+        while self.read(_READ_BLOCK):
+            pass
+
+
+def _read_samples(
+    reader: _HashingReader, name: str
+) -> tuple[list[Sample], dict[int, str], list[str]]:
+    """[(key, first header offset, {ext: bytes})] in tar order, {header offset: key} of every
+    member, and problems; `reader` is consumed sequentially (tarfile's stream mode)."""
     problems: list[str] = []
-    samples: list[tuple[str, int, dict[str, bytes]]] = []
+    samples: list[Sample] = []
+    headers: dict[int, str] = {}
     finished: set[str] = set()
     try:
-        with tarfile.open(path, mode="r:") as tar:
+        with tarfile.open(fileobj=reader, mode="r|") as tar:
             for info in tar:
                 key, ext = _split(info.name)
+                # info.offset is where the member's first header starts, extended (PAX / GNU
+                # long-name) headers included: exactly what a .idx entry must point at.
+                headers[info.offset] = key
                 if not info.isfile():
                     problems.append(f"{name}: {key}: member {info.name!r} is not a regular file")
                     continue
@@ -96,36 +138,43 @@ def _read_samples(path: Path) -> tuple[list[tuple[str, int, dict[str, bytes]]], 
     except (tarfile.TarError, OSError, EOFError) as exc:
         last = samples[-1][0] if samples else "-"
         problems.append(f"{name}: {last}: unreadable tar: {type(exc).__name__}: {exc}")
-    return samples, problems
+    return samples, headers, problems
 
 
-def _check_idx(path: Path, samples: list[tuple[str, int, dict[str, bytes]]]) -> list[str]:
-    name = path.name
-    idx_path = path.with_name(name + ".idx")
-    if not idx_path.exists():
-        return [f"{name}: -: missing {idx_path.name}"]
-    raw = idx_path.read_bytes()
+def _check_idx(
+    fs: pafs.FileSystem,
+    stage_dir: str,
+    name: str,
+    size: int,
+    samples: list[Sample],
+    headers: dict[int, str],
+) -> list[str]:
+    idx_name = f"{META_DIR}/{name}.idx"
+    try:
+        with fs.open_input_stream(stage_offsets_path(stage_dir, name)) as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return [f"{name}: -: missing {idx_name}"]
     if len(raw) % 8:
-        return [f"{name}: -: {idx_path.name} size {len(raw)} is not a multiple of 8"]
+        return [f"{name}: -: {idx_name} size {len(raw)} is not a multiple of 8"]
     offsets = np.frombuffer(raw, dtype="<u8").tolist()
-    size = path.stat().st_size
     problems: list[str] = []
     if len(offsets) != len(samples) + 1:
         problems.append(
-            f"{name}: -: {idx_path.name} has {len(offsets) - 1} offsets for {len(samples)} samples"
+            f"{name}: -: {idx_name} has {len(offsets) - 1} offsets for {len(samples)} samples"
         )
     if not offsets or offsets[-1] != size:
-        problems.append(f"{name}: -: {idx_path.name} sentinel {offsets[-1:]} != tar size {size}")
-    with tarfile.open(path, mode="r:") as tar:
-        for (key, _, _), off in zip(samples, offsets[:-1], strict=False):
-            # fromtarfile follows PAX/GNU long-name headers, as any tar reader would from here.
-            tar.fileobj.seek(off)
-            try:
-                got = _split(tarfile.TarInfo.fromtarfile(tar).name)[0]
-            except tarfile.TarError as exc:
-                got = f"<bad header: {exc}>"
-            if got != key:
-                problems.append(f"{name}: {key}: .idx offset {off} points at {got!r}")
+        problems.append(f"{name}: -: {idx_name} sentinel {offsets[-1:]} != tar size {size}")
+    for (key, first, _), off in zip(samples, offsets[:-1], strict=False):
+        if off != first:
+            at = headers.get(off)
+            if at is None:
+                got = "no member header"
+            elif at == key:
+                got = f"a later member of {key!r}"
+            else:
+                got = repr(at)
+            problems.append(f"{name}: {key}: .idx offset {off} points at {got}")
     return problems
 
 
@@ -174,20 +223,26 @@ def _check_consistency(index: dict[str, Any], members: dict[str, bytes]) -> list
 
 
 def _check_shard(
-    stage_dir: Path, entry: dict[str, Any], index: dict[str, Any] | None = None
+    fs: pafs.FileSystem,
+    stage_dir: str,
+    entry: dict[str, Any],
+    listing: dict[str, pafs.FileInfo],
+    index: dict[str, Any] | None = None,
 ) -> list[str]:
     name = str(entry.get("name"))
-    path = stage_dir / name
-    if not path.is_file():
+    info = listing.get(name)
+    if info is None:
         return [f"{name}: -: shard listed in index.json is missing"]
     problems: list[str] = []
-    size = path.stat().st_size
-    if size != entry.get("bytes"):
-        problems.append(f"{name}: -: size {size} != index bytes {entry.get('bytes')}")
-    if sha256_file(path) != entry.get("sha256"):
-        problems.append(f"{name}: -: sha256 does not match index.json")
-    samples, read_problems = _read_samples(path)
+    if info.size != entry.get("bytes"):
+        problems.append(f"{name}: -: size {info.size} != index bytes {entry.get('bytes')}")
+    with fs.open_input_stream(info.path) as raw:
+        reader = _HashingReader(raw)
+        samples, headers, read_problems = _read_samples(reader, name)
+        reader.drain()
     problems += read_problems
+    if reader.sha256.hexdigest() != entry.get("sha256"):
+        problems.append(f"{name}: -: sha256 does not match index.json")
     if len(samples) != entry.get("samples"):
         problems.append(
             f"{name}: -: {len(samples)} samples != index samples {entry.get('samples')}"
@@ -204,41 +259,85 @@ def _check_shard(
         for why in _check_consistency(index or {}, members):
             problems.append(f"{name}: {key}: {why}")
     if not read_problems:
-        problems += _check_idx(path, samples)
+        problems += _check_idx(fs, stage_dir, name, reader.bytes, samples, headers)
     # Put per-sample problems (they name a key) before shard-level ones so the first message
     # points at a sample whenever one is identifiable.
     return sorted(problems, key=lambda p: p.split(": ", 2)[1] == "-")
 
 
-def verify_stage(stage_dir: Path) -> list[str]:
-    """Problems found in one stage directory (empty = ok)."""
-    stage_dir = Path(stage_dir)
-    index_path = stage_dir / INDEX_NAME
-    if not index_path.is_file():
-        return [f"{stage_dir.name}: -: missing {INDEX_NAME}"]
+def _tars(fs: pafs.FileSystem, stage_dir: str) -> dict[str, pafs.FileInfo]:
+    """The stage directory's tars by name, from one listing; temp names are not tars."""
+    return {
+        e.base_name: e
+        for e in fs.get_file_info(pafs.FileSelector(stage_dir, recursive=False))
+        if e.type == pafs.FileType.File
+        and e.base_name.endswith(".tar")
+        and not e.base_name.startswith(".")
+    }
+
+
+def _verify(fs: pafs.FileSystem, stage_dir: str) -> list[str]:
+    name = posixpath.basename(stage_dir.rstrip("/"))
+    meta = f"{META_DIR}/{INDEX_NAME}"
     try:
-        index = json.loads(index_path.read_text())
+        with fs.open_input_stream(stage_index_path(stage_dir)) as f:
+            text = f.read()
+    except FileNotFoundError:
+        old = fs.get_file_info(f"{stage_dir}/{INDEX_NAME}").type == pafs.FileType.File
+        hint = (
+            f" ({INDEX_NAME} beside the tars is the version-1 layout: rebuild with `minmo shards`)"
+            if old
+            else ""
+        )
+        return [f"{name}: -: missing {meta}{hint}"]
+    try:
+        index = json.loads(text)
         shards = index["shards"]
     except (ValueError, KeyError, TypeError) as exc:
-        return [f"{stage_dir.name}: -: bad {INDEX_NAME}: {exc}"]
+        return [f"{name}: -: bad {meta}: {exc}"]
+    if index.get("version") != INDEX_VERSION:
+        return [
+            f"{name}: -: {meta} version {index.get('version')!r}, this checkout reads "
+            f"{INDEX_VERSION}: rebuild with `minmo shards`"
+        ]
+    listing = _tars(fs, stage_dir)
     problems: list[str] = []
     listed = set()
     for entry in shards:
         listed.add(entry.get("name"))
-        problems += _check_shard(stage_dir, entry, index)
-    for extra in sorted(p.name for p in stage_dir.glob("*.tar")):
-        if extra not in listed:
-            problems.append(f"{extra}: -: tar not listed in {INDEX_NAME}")
+        problems += _check_shard(fs, stage_dir, entry, listing, index)
+    for extra in sorted(set(listing) - listed):
+        problems.append(f"{extra}: -: tar not listed in {meta}")
     return problems
 
 
-def verify_shards(root: Path) -> dict[str, list[str]]:
-    """`verify_stage` for every subdirectory of `root` holding an index.json: {stage: problems}.
-    `root` may also be one stage directory itself."""
-    if (Path(root) / INDEX_NAME).is_file():
-        return {Path(root).name: verify_stage(Path(root))}
+def verify_stage(
+    stage_dir: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
+) -> list[str]:
+    """Problems found in one stage directory, a path or URI (empty = ok)."""
+    fs, path = open_filesystem(os.fspath(stage_dir), **(storage_options or {}))
+    return _verify(fs, path)
+
+
+def verify_shards(
+    root: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
+) -> dict[str, list[str]]:
+    """`verify_stage` for every directory directly under `root` (a path or URI) that holds
+    `_index/index.json`: {stage directory name: problems}. `root` may be one stage directory.
+    An empty result means no stage directory was found."""
+    fs, path = open_filesystem(os.fspath(root), **(storage_options or {}))
+    if fs.get_file_info(stage_index_path(path)).type == pafs.FileType.File:
+        return {posixpath.basename(path.rstrip("/")): _verify(fs, path)}
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return {}
+    dirs = sorted(
+        e.path
+        for e in fs.get_file_info(pafs.FileSelector(path, recursive=False))
+        if e.type == pafs.FileType.Directory
+    )
+    infos = fs.get_file_info([stage_index_path(d) for d in dirs])
     return {
-        d.name: verify_stage(d)
-        for d in sorted(Path(root).iterdir())
-        if d.is_dir() and (d / INDEX_NAME).is_file()
+        posixpath.basename(d): _verify(fs, d)
+        for d, info in zip(dirs, infos, strict=True)
+        if info.type == pafs.FileType.File
     }
