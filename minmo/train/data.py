@@ -1,17 +1,27 @@
 """The trainer's data side: one stage's shards -> this rank's batches, with exact O(1) resume.
 
-Owns reading the shard format written by `pipelines/shards.py` (it does not define it):
+Owns reading the shard format written by `pipelines/shards.py` (it does not define it). A stage
+directory is a local path or any URI pyarrow.fs opens (`s3://bucket/build/shards/stage1`):
 
-    <stage_dir>/index.json            {"version": 1, "shards": [{"name", "samples", "audio_s",
-                                        "text_tokens", "speech_tokens", "bytes", "sha256"}, ...]}
-    <stage_dir>/<stage>-000000.tar    webdataset tar, a sample's members contiguous
-    <stage_dir>/<stage>-000000.tar.idx  little-endian uint64 offset of each sample's first
-                                        member header, then a sentinel = the tar's size
+    <stage_dir>/<stage>-g0000-000000.tar         webdataset tar (generation 0, shard 0), a
+                                                 sample's members contiguous
+    <stage_dir>/_index/index.json                {"version": 2, "generations": [...], "shards":
+                                                 [{"name", "generation", "samples", "audio_s",
+                                                 "text_tokens", "speech_tokens", "bytes",
+                                                 "sha256"}, ...]} (every generation's shards)
+    <stage_dir>/_index/<stage>-g0000-000000.tar.idx   little-endian uint64 offset of each
+                                                 sample's first member header, then a sentinel
+                                                 = the tar's size
+
+Only tars sit in the stage directory, so other readers need nothing of this module:
+`ray.data.read_webdataset(stage_dir)` reads it as it is, and `webdataset.WebDataset(
+webdataset_urls(stage_dir))` too (object-store shards are streamed by `minmo.train.cat`).
 
 Data flow, and who owns what:
 
     ShardIndex       index.json -> sample counts; (shard, k) -> one positional read of the
-                     byte span [idx[k], idx[k+1]) -> decoded sample (json, audio, token arrays)
+                     byte span [idx[k], idx[k+1]) through pyarrow.fs (a ranged GET on an
+                     object store) -> decoded sample (json, audio, token arrays)
     EpochOrder       seeded shard permutation for (seed, epoch) + cumulative counts: the epoch's
                      global sequence; global position -> (shard, k) by binary search
     RankStream       rank r of W reads positions [start, per_rank) of its contiguous slice;
@@ -62,20 +72,24 @@ import io
 import json
 import math
 import os
+import pickle
 import re
+import shlex
+import sys
 import tarfile
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import soundfile as sf
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from minmo.model.batch import Batch, collate
-from pipelines.shards import INDEX_NAME, INDEX_VERSION
+from pipelines.ingest.fs import open_filesystem, to_uri
+from pipelines.shards import INDEX_NAME, INDEX_VERSION, index_path, is_local, offsets_path
 
 Pathlike = str | os.PathLike
 Seconds = float
@@ -136,45 +150,92 @@ class EpochOrder:
         return int(self.shards[j]), int(position - self.starts[j])
 
 
+def _read_all(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def _load_index(fs: pafs.FileSystem, root: str, uri: str) -> dict[str, Any]:
+    """A stage directory's index.json, checked for the version this module reads."""
+    where = index_path(uri)
+    try:
+        index = json.loads(_read_all(fs, index_path(root)))
+    except FileNotFoundError:
+        old = fs.get_file_info(f"{root}/{INDEX_NAME}").type == pafs.FileType.File
+        raise FileNotFoundError(
+            f"{where} not found: "
+            + (
+                f"{INDEX_NAME} beside the tars is the version-1 layout; rebuild the shards "
+                "with this checkout's `minmo shards`"
+                if old
+                else "point the loader at a stage directory written by `minmo shards` (it "
+                "holds the <stage>-gNNNN-NNNNNN.tar shards and _index/index.json)"
+            )
+        ) from None
+    if index.get("version") != INDEX_VERSION:
+        raise ValueError(
+            f"{where}: index version {index.get('version')!r}, this loader reads version "
+            f"{INDEX_VERSION}; rebuild the shards with this checkout's `minmo shards`"
+        )
+    return index
+
+
 class ShardIndex:
     """A stage directory's shards: counts from index.json, samples by (shard, index).
 
-    Reads are positional (`os.pread`) on a handle opened by the process that reads, so DataLoader
-    workers forked from a parent that already read never share a file offset. Only index.json
-    is read at load; each shard's .idx is read on first use and checked against its count.
+    `stage_dir` is a local path or a URI; `storage_options` go to the filesystem (see
+    `pipelines.ingest.fs.open_filesystem`). Reads are positional (`read_at`) on a handle opened
+    by the process that reads: DataLoader workers forked from a parent that already read never
+    share a handle or a filesystem client (an object-store client does not survive a fork
+    safely). Only index.json is read at load; each shard's .idx is read on first use and
+    checked against its count.
     """
 
-    def __init__(self, stage_dir: Pathlike, names: list[str], counts: np.ndarray, meta: list[dict]):
-        self.stage_dir = Path(stage_dir)
+    def __init__(
+        self,
+        stage_dir: Pathlike,
+        names: list[str],
+        counts: np.ndarray,
+        meta: list[dict],
+        storage_options: dict[str, Any] | None = None,
+    ):
+        self.stage_dir = os.fspath(stage_dir)
+        self.storage_options = dict(storage_options or {})
         self.names = names
         self.counts = counts
         self.meta = meta
         self._offsets: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._fd: tuple[int, int, int] | None = None  # (pid, shard, fd)
+        self._fs: tuple[int, pafs.FileSystem, str] | None = None  # (pid, filesystem, root)
+        self._file: tuple[int, int, Any] | None = None  # (pid, shard, RandomAccessFile)
 
     @classmethod
-    def load(cls, stage_dir: Pathlike) -> ShardIndex:
-        path = Path(stage_dir) / INDEX_NAME
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} not found: point the loader at a stage directory written by "
-                "`minmo shards` (it holds index.json and the <stage>-NNNNNN.tar shards)"
-            )
-        index = json.loads(path.read_text())
-        if index.get("version") != INDEX_VERSION:
-            raise ValueError(
-                f"{path}: index version {index.get('version')!r}, this loader reads version "
-                f"{INDEX_VERSION}; rebuild the shards with this checkout's `minmo shards`"
-            )
+    def load(cls, stage_dir: Pathlike, storage_options: dict[str, Any] | None = None) -> ShardIndex:
+        uri = os.fspath(stage_dir)
+        fs, root = open_filesystem(uri, **(storage_options or {}))
+        index = _load_index(fs, root, uri)
         shards = index.get("shards")
         if not isinstance(shards, list) or not shards:
-            raise ValueError(f"{path}: no shards listed")
+            raise ValueError(f"{index_path(uri)}: no shards listed")
         counts = np.fromiter((int(s["samples"]) for s in shards), dtype=np.int64, count=len(shards))
-        return cls(stage_dir, [str(s["name"]) for s in shards], counts, shards)
+        out = cls(uri, [str(s["name"]) for s in shards], counts, shards, storage_options)
+        out._fs = (os.getpid(), fs, root)
+        return out
 
     @property
     def total(self) -> int:
         return int(self.counts.sum())
+
+    def filesystem(self) -> tuple[pafs.FileSystem, str]:
+        """This process's filesystem and the stage directory's path on it."""
+        pid = os.getpid()
+        if self._fs is None or self._fs[0] != pid:
+            fs, root = open_filesystem(self.stage_dir, **self.storage_options)
+            if self._fs is not None and not is_local(fs):
+                # open_filesystem's cache came through the fork with the parent's client; a
+                # pickled copy is a new client with the same settings.
+                fs = pickle.loads(pickle.dumps(fs))
+            self._fs = (pid, fs, root)
+        return self._fs[1], self._fs[2]
 
     def epoch_order(self, seed: int, epoch: int) -> EpochOrder:
         # A seed sequence, not seed + epoch: (seed=0, epoch=1) and (seed=1, epoch=0) must differ.
@@ -188,12 +249,13 @@ class ShardIndex:
         if cached is not None:
             self._offsets.move_to_end(shard)
             return cached
-        path = self.stage_dir / f"{self.names[shard]}.idx"
-        offsets = np.fromfile(path, dtype="<u8")
+        fs, root = self.filesystem()
+        offsets = np.frombuffer(_read_all(fs, offsets_path(root, self.names[shard])), dtype="<u8")
         if len(offsets) != self.counts[shard] + 1:
             raise ValueError(
-                f"{path}: {len(offsets)} offsets, index.json says {self.counts[shard]} samples "
-                "(+1 sentinel); the shards and index.json are from different builds"
+                f"{offsets_path(self.stage_dir, self.names[shard])}: {len(offsets)} offsets, "
+                f"index.json says {self.counts[shard]} samples (+1 sentinel); the shards and "
+                "index.json are from different builds"
             )
         self._offsets[shard] = offsets
         if len(self._offsets) > _OFFSETS_CACHE:
@@ -202,11 +264,12 @@ class ShardIndex:
 
     def _read(self, shard: int, offset: int, size: int) -> bytes:
         pid = os.getpid()
-        if self._fd is None or self._fd[:2] != (pid, shard):
-            if self._fd is not None and self._fd[0] == pid:
-                os.close(self._fd[2])
-            self._fd = (pid, shard, os.open(self.stage_dir / self.names[shard], os.O_RDONLY))
-        data = os.pread(self._fd[2], size, offset)
+        if self._file is None or self._file[:2] != (pid, shard):
+            if self._file is not None and self._file[0] == pid:
+                self._file[2].close()
+            fs, root = self.filesystem()
+            self._file = (pid, shard, fs.open_input_file(f"{root}/{self.names[shard]}"))
+        data = self._file[2].read_at(size, offset)
         if len(data) != size:
             raise OSError(f"{self.names[shard]}: short read at byte {offset}")
         return data
@@ -251,8 +314,13 @@ class ShardIndex:
             raise ValueError(f"{self.names[shard]} sample {k} ({key}): {exc}") from exc
 
     def __getstate__(self) -> dict[str, Any]:
-        # Workers open their own handles and fill their own caches.
-        return {**self.__dict__, "_offsets": OrderedDict(), "_fd": None}
+        # Workers open their own filesystem and handles and fill their own caches.
+        return {**self.__dict__, "_offsets": OrderedDict(), "_fs": None, "_file": None}
+
+    def urls(self) -> list[str]:
+        """The shards' URIs in index order (local: absolute paths)."""
+        fs, root = self.filesystem()
+        return [to_uri(fs, f"{root}/{name}") for name in self.names]
 
 
 def rank_slice(total: int, rank: int, world: int) -> tuple[int, int]:
@@ -399,6 +467,7 @@ class StageLoader:
     or None once this rank's epoch is exhausted; `next_epoch()` moves on (see the module
     docstring for the loop's lockstep contract). Iterating the loader runs epochs forever.
 
+    `stage_dir` is a local path or a URI (`s3://...`), opened with `storage_options`.
     Workers: with `num_workers` > 0 a DataLoader reads and decodes in worker processes; a fresh
     DataLoader (and workers) is started per epoch and per resume, since a running worker
     cannot be told to jump to another position. That costs a worker start-up per epoch.
@@ -416,18 +485,19 @@ class StageLoader:
         max_tokens: int | None = None,
         collate: bool = True,
         prefetch_factor: int = 2,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         if world < 1 or not 0 <= rank < world:
             raise ValueError(f"rank {rank} of world {world}: need 0 <= rank < world")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        self.stage_dir = Path(stage_dir)
+        self.stage_dir = os.fspath(stage_dir)
         self.rank, self.world, self.seed = rank, world, seed
         self.num_workers = num_workers
         self.prefetch_factor = prefetch_factor
         self.budget = Budget(max_samples, max_audio_s, max_tokens)
         self.collate = collate
-        self.index = ShardIndex.load(stage_dir)
+        self.index = ShardIndex.load(stage_dir, storage_options)
         total = self.index.total
         if total < world:
             raise ValueError(
@@ -558,3 +628,36 @@ class StageLoader:
         if self.budget.max_tokens is not None and mean_tokens > 0:
             per_batch = min(per_batch, self.budget.max_tokens / mean_tokens)
         return math.ceil(self.samples_per_epoch / max(1, math.floor(per_batch)))
+
+
+# Storage options that are credentials: never put on a command line (`ps` shows it to every
+# user of the machine); the streaming process takes them from the environment instead.
+_SECRET_OPTIONS = ("access_key", "secret_key", "session_token")
+
+
+def webdataset_urls(
+    stage_dir: Pathlike, storage_options: dict[str, Any] | None = None
+) -> list[str]:
+    """The stage's shards as URLs `webdataset.WebDataset(urls)` opens as they are.
+
+    Local shards: their absolute paths. Object-store shards (webdataset 1.0 has no s3:// or
+    pyarrow handler; its gs:// one needs gsutil): `pipe:` URLs that run `python -m
+    minmo.train.cat URI`, which streams the object to stdout through pyarrow.fs, so the
+    endpoint comes from `storage_options` or AWS_ENDPOINT_URL as everywhere else. Credentials
+    are not written into the URLs: give them through the environment (AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY, ...), which the streaming process inherits.
+    """
+    options = dict(storage_options or {})
+    if secret := sorted(set(options) & set(_SECRET_OPTIONS)):
+        raise ValueError(
+            f"webdataset_urls: storage options {secret} would be written into a command line; "
+            "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN instead"
+        )
+    index = ShardIndex.load(stage_dir, options)
+    fs, _ = index.filesystem()
+    if is_local(fs):
+        return index.urls()
+    command = [sys.executable, "-m", "minmo.train.cat"]
+    if options:
+        command += ["--storage-options", json.dumps(options, sort_keys=True)]
+    return [f"pipe:{shlex.join([*command, url])}" for url in index.urls()]

@@ -1,16 +1,19 @@
 """Trainer data: .idx reads vs webdataset, rank slices, worker order, exact resume, O(1) resume
-cost, dynamic batching budgets. Tiny synthetic shards; CPU only."""
+cost, dynamic batching budgets; the same on moto S3; webdataset and Ray Data reading the stage
+directory as it is. Tiny synthetic shards; CPU only."""
 
 from __future__ import annotations
 
 import io
 import json
+import pickle
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import pytest
 import soundfile as sf
 import webdataset as wds
@@ -26,9 +29,17 @@ from minmo.train.data import (
     StageLoader,
     padded_cost,
     sample_cost,
+    webdataset_urls,
 )
-from pipelines.shards import INDEX_NAME, write_stage_shards
+from pipelines.shards import (
+    INDEX_VERSION,
+    index_path,
+    offsets_path,
+    shard_name,
+    write_stage_shards,
+)
 from pipelines.tokenize import flac_bytes
+from tests.objectstore import upload_tree
 
 SIZES = (7, 3, 11)  # uneven, and fewer shards than 3 ranks x 2 workers
 
@@ -60,17 +71,19 @@ def stage_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One stage directory with shards of SIZES samples, each cut by write_stage_shards."""
     root = tmp_path_factory.mktemp("stage")
     out = root / "s1"
-    out.mkdir()
+    Path(index_path(str(out))).parent.mkdir(parents=True)
     shards = []
     for i, n in enumerate(SIZES):
         part = root / f"part{i}"
         index = write_stage_shards(make_samples(n, f"p{i}", seed=i), part, "s1", max_samples=n)
         assert len(index["shards"]) == 1
-        name = f"s1-{i:06d}.tar"
-        shutil.move(part / "s1-000000.tar", out / name)
-        shutil.move(part / "s1-000000.tar.idx", out / f"{name}.idx")
+        name = shard_name("s1", i)
+        shutil.move(part / shard_name("s1", 0), out / name)
+        shutil.move(offsets_path(str(part), shard_name("s1", 0)), offsets_path(str(out), name))
         shards.append({**index["shards"][0], "name": name})
-    (out / INDEX_NAME).write_text(json.dumps({"version": 1, "stage": "s1", "shards": shards}))
+    Path(index_path(str(out))).write_text(
+        json.dumps({"version": INDEX_VERSION, "stage": "s1", "shards": shards})
+    )
     return out
 
 
@@ -114,8 +127,9 @@ def test_idx_reads_equal_webdataset(stage_dir: Path) -> None:
 def test_idx_mismatch_is_an_error(stage_dir: Path, tmp_path: Path) -> None:
     copy = tmp_path / "s1"
     shutil.copytree(stage_dir, copy)
-    offsets = np.fromfile(copy / "s1-000000.tar.idx", dtype="<u8")
-    offsets[:-1].tofile(copy / "s1-000000.tar.idx")
+    idx = offsets_path(str(copy), shard_name("s1", 0))
+    offsets = np.fromfile(idx, dtype="<u8")
+    offsets[:-1].tofile(idx)
     with pytest.raises(ValueError, match="different builds"):
         ShardIndex.load(copy).read(0, 0)
 
@@ -280,10 +294,11 @@ def test_steps_per_epoch_estimate(stage_dir: Path) -> None:
 def test_resume_cost_does_not_depend_on_corpus_size(tmp_path: Path) -> None:
     shards, per_shard, world = 100_000, 2_000, 8
     index = {
-        "version": 1,
-        "shards": [{"name": f"s-{i:06d}.tar", "samples": per_shard} for i in range(shards)],
+        "version": INDEX_VERSION,
+        "shards": [{"name": shard_name("s", i), "samples": per_shard} for i in range(shards)],
     }
-    (tmp_path / INDEX_NAME).write_text(json.dumps(index))
+    Path(index_path(str(tmp_path))).parent.mkdir()
+    Path(index_path(str(tmp_path))).write_text(json.dumps(index))
     big = ShardIndex.load(tmp_path)  # no tars: nothing but index.json is read here
     t0 = time.perf_counter()
     stream = RankStream(big, rank=world - 1, world=world, seed=0, epoch=3, start=0)
@@ -341,3 +356,119 @@ def test_batcher_starts_mid_stream_and_checks_order() -> None:
     assert [(keys(b), a) for b, a in got] == [(["k4", "k5", "k6", "k7"], 8), (["k8", "k9"], 10)]
     with pytest.raises(RuntimeError, match="belongs at 5"):
         list(Batcher(iter([samples[0], samples[5]]), Budget(max_samples=4)))
+
+
+# 7 --------------------------------------------------------------------------------------------
+# Object storage: the same stage uploaded to moto's S3 server reads exactly as on local disk.
+
+
+def _all_members(index: ShardIndex) -> list[tuple[str, dict[str, bytes]]]:
+    return [
+        index.read_members(s, k) for s in range(len(index.names)) for k in range(index.counts[s])
+    ]
+
+
+@pytest.mark.slow
+def test_s3_reads_equal_local(stage_dir: Path, moto_s3_options: dict) -> None:
+    uri = upload_tree(stage_dir, moto_s3_options, prefix="build/shards/s1")
+    local, remote = ShardIndex.load(stage_dir), ShardIndex.load(uri, moto_s3_options)
+    assert remote.names == local.names and list(remote.counts) == list(local.counts)
+    assert _all_members(remote) == _all_members(local)
+    assert remote.urls() == [f"{uri}/{name}" for name in local.names]
+    # A copy for a worker process opens its own client and handles, then reads the same.
+    clone = pickle.loads(pickle.dumps(remote))
+    assert clone._fs is None and clone._file is None
+    assert clone.read_members(2, 5) == local.read_members(2, 5)
+
+
+@pytest.mark.slow
+def test_s3_resume_with_workers(stage_dir: Path, moto_s3_options: dict) -> None:
+    uri = upload_tree(stage_dir, moto_s3_options, prefix="build/shards/s1")
+    reference = _loader(stage_dir)
+    run = [(keys(b), reference.state_dict()) for _, b in zip(range(8), reference, strict=False)]
+    first = _loader(uri, storage_options=moto_s3_options)
+    for _ in range(3):
+        first.next_batch()
+    assert first.state_dict() == run[2][1]
+    # forked DataLoader workers read the bucket through their own clients
+    resumed = _loader(uri, storage_options=moto_s3_options, num_workers=2)
+    resumed.load_state_dict(first.state_dict())
+    rest = [(keys(b), resumed.state_dict()) for _, b in zip(range(5), resumed, strict=False)]
+    assert rest == run[3:]
+
+
+def test_missing_and_old_layout_index_are_named(stage_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="_index/index.json not found"):
+        ShardIndex.load(tmp_path)
+    old = tmp_path / "old"
+    shutil.copytree(stage_dir, old)
+    shutil.move(index_path(str(old)), old / "index.json")
+    with pytest.raises(FileNotFoundError, match="version-1 layout"):
+        ShardIndex.load(old)
+
+
+# 8 --------------------------------------------------------------------------------------------
+# Other readers of the same directory, with no arguments beyond where it is.
+
+
+def _webdataset_samples(urls: list[str]) -> list[tuple[str, dict[str, bytes]]]:
+    return [
+        (s["__key__"], {m: v for m, v in s.items() if not m.startswith("__")})
+        for s in wds.WebDataset(urls, shardshuffle=False)
+    ]
+
+
+def test_webdataset_urls_local(stage_dir: Path) -> None:
+    urls = webdataset_urls(stage_dir)
+    assert urls == [str(stage_dir / name) for name in ShardIndex.load(stage_dir).names]
+    assert _webdataset_samples(urls) == _all_members(ShardIndex.load(stage_dir))
+
+
+@pytest.mark.slow
+def test_webdataset_urls_s3(
+    stage_dir: Path, moto_s3_options: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = upload_tree(stage_dir, moto_s3_options, prefix="build/shards/s1")
+    with pytest.raises(ValueError, match="AWS_SECRET_ACCESS_KEY"):
+        webdataset_urls(uri, moto_s3_options)
+    # As a user would run it: the endpoint and credentials in the environment, no options.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_s3_options["endpoint_override"])
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", moto_s3_options["access_key"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", moto_s3_options["secret_key"])
+    urls = webdataset_urls(uri)
+    assert all(
+        u.startswith("pipe:") and u.endswith(f"/{n}")
+        for u, n in zip(urls, ShardIndex.load(stage_dir).names, strict=True)
+    )
+    assert _webdataset_samples(urls) == _all_members(ShardIndex.load(stage_dir))
+
+
+def _ray_rows(ray: Any, where: str, **kw: Any) -> list[tuple[str, bytes]]:
+    rows = ray.data.read_webdataset(where, decoder=None, **kw).take_all()
+    return sorted((r["__key__"], r["text_tokens.npy"]) for r in rows)
+
+
+@pytest.mark.slow
+def test_ray_read_webdataset_reads_every_sample(
+    stage_dir: Path,
+    tmp_path: Path,
+    moto_s3_options: dict,
+    ray_local: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    expected = sorted(
+        (key, m["text_tokens.npy"]) for key, m in _all_members(ShardIndex.load(stage_dir))
+    )
+    copy = tmp_path / "s1"
+    shutil.copytree(stage_dir, copy)
+    (copy / f".{shard_name('s1', 3)}.tmp-77").write_bytes(b"a writer still at work")
+    assert _ray_rows(ray_local, str(copy)) == expected
+    uri = upload_tree(copy, moto_s3_options, prefix="build/shards/s1")
+    s3 = pafs.S3FileSystem(**moto_s3_options)
+    assert _ray_rows(ray_local, uri.removeprefix("s3://"), filesystem=s3) == expected
+    # or just the URI, the endpoint and credentials in the standard variables
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_s3_options["endpoint_override"])
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", moto_s3_options["access_key"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", moto_s3_options["secret_key"])
+    monkeypatch.setenv("AWS_REGION", moto_s3_options["region"])
+    assert _ray_rows(ray_local, uri) == expected
