@@ -1,16 +1,17 @@
 """Statistics of shard directories: per-stage balance and mixture from each stage's index.json,
 and per-sample figures from the samples' json members.
 
-The per-sample metadata is read once per shard, by seeking from tar header to tar header and
-reading only the `.json` members (a few kB per sample, not the audio), into a small Parquet file
-per shard under the stats output's `_samples/` folder, named after the shard's sha256: a rerun
-reads only shards it has not seen, a rebuilt shard gets a new file. DuckDB then aggregates those
-files like any table.
+The per-sample metadata is read once per shard (on local disk by seeking from tar header to tar
+header and reading only the `.json` members, a few kB per sample, not the audio; on an object
+store as one sequential stream), into a small Parquet file per shard under the stats output's
+`_samples/` folder, named after the shard's sha256: a rerun reads only shards it has not seen, a
+rebuilt shard gets a new file. DuckDB then aggregates those files like any table.
 Must not: modify the shard directories.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -26,6 +28,8 @@ from pipelines.build import BuildDir
 from pipelines.stats import dist as d
 from pipelines.stats.sources import Sources
 from pipelines.stats.tables import breakdown
+
+STREAM_BUFFER_BYTES = 1 << 22
 
 SAMPLE_SCHEMA = pa.schema(
     [
@@ -45,11 +49,24 @@ SAMPLE_SCHEMA = pa.schema(
 )
 
 
+def _open_tar(fs: pafs.FileSystem, path: str) -> contextlib.AbstractContextManager[Any]:
+    """Local: a seekable file, so tarfile ("r:") skips member data by seeking. Object stores:
+    one sequential stream ("r|"); seeking there would cost a ranged GET per member header, and
+    the audio members sit between the json ones anyway."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        return fs.open_input_file(path)
+    return fs.open_input_stream(path, buffer_size=STREAM_BUFFER_BYTES)
+
+
 def read_sample_meta(sources: Sources, shard_path: str, shard: str) -> pa.Table:
     """The json member of every sample in one tar, as rows of SAMPLE_SCHEMA."""
     rows: dict[str, list[Any]] = {f.name: [] for f in SAMPLE_SCHEMA}
-    with sources.fs.open_input_file(shard_path) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
-        for member in tar:  # "r:" on a seekable file skips member data by seeking
+    local = isinstance(sources.fs, pafs.LocalFileSystem)
+    with (
+        _open_tar(sources.fs, shard_path) as raw,
+        tarfile.open(fileobj=raw, mode="r:" if local else "r|") as tar,
+    ):
+        for member in tar:
             if not (member.isfile() and member.name.endswith(".json")):
                 continue
             handle = tar.extractfile(member)

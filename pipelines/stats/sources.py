@@ -17,10 +17,11 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from pipelines.ingest.fs import open_filesystem
+from pipelines.shards import META_DIR, index_path
 from schemas import CONTRACTS
 
 MAX_DEPTH = 4  # how deep under the input a table or shard directory is looked for
-SKIP_DIRS = {"_state", "stats", "checkpoints", "demo-src", ".git"}
+SKIP_DIRS = {"_state", "stats", "checkpoints", "demo-src", ".git", META_DIR}
 
 
 @dataclass
@@ -42,17 +43,17 @@ class Sources:
         }
 
     def read_index(self, directory: str) -> dict[str, Any]:
-        """A shard directory's index.json, read once (discovery, sample extraction and the
-        balance all need it)."""
+        """A shard directory's `_index/index.json`, read once (discovery, sample extraction
+        and the balance all need it)."""
         if directory not in self.indexes:
-            with self.fs.open_input_stream(f"{directory}/index.json") as f:
+            with self.fs.open_input_stream(index_path(directory)) as f:
                 self.indexes[directory] = json.loads(f.read().decode())
         return self.indexes[directory]
 
 
 def discover(uri: str, **fs_options: Any) -> Sources:
     """Walk `uri` for table folders (named after a contract, holding .parquet parts) and shard
-    stage folders (holding an index.json with a "stage"). Raises FileNotFoundError if it is
+    stage folders (holding `_index/index.json` with a "stage"). Raises FileNotFoundError if it is
     missing and ValueError if nothing minmo wrote is under it."""
     fs, root = open_filesystem(uri, **fs_options)
     info = fs.get_file_info(root)
@@ -63,7 +64,8 @@ def discover(uri: str, **fs_options: Any) -> Sources:
     if not found.tables and not found.shard_dirs:
         raise ValueError(
             f"stats: nothing to summarise under {uri}: no table folder "
-            f"({', '.join(sorted(CONTRACTS))}) with .parquet files and no shard index.json"
+            f"({', '.join(sorted(CONTRACTS))}) with .parquet files and no shard stage "
+            f"({META_DIR}/index.json)"
         )
     return found
 
@@ -78,7 +80,8 @@ def _walk(found: Sources, directory: str, depth: int) -> None:
     if name in CONTRACTS and parquet:
         found.tables.setdefault(name, []).extend(parquet)
         return
-    if any(e.base_name == "index.json" for e in files):
+    # A shard stage: its tars beside an `_index/` folder holding index.json (pipelines/shards.py).
+    if any(e.base_name == META_DIR and e.type == pafs.FileType.Directory for e in entries):
         try:
             stage = found.read_index(directory).get("stage")
         except (OSError, ValueError):

@@ -1,5 +1,5 @@
 """Shard statistics against hand-computed values: a stage of two hand-written shards whose
-index.json asks for a mixture the shards do not quite meet."""
+_index/index.json asks for a mixture the shards do not quite meet."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
+from pipelines.shards import META_DIR, index_path, shard_name
 from pipelines.stats.compute import StatsConfig, compute_stats
 
 # (shard, key, task, corpus, seconds, speech tokens); 25 tokens per second throughout
@@ -26,7 +27,7 @@ def write_stage(root: Path) -> Path:
     stage.mkdir(parents=True)
     entries = []
     for shard in (0, 1):
-        name = f"stage2-{shard:06d}.tar"
+        name = shard_name("stage2", shard)
         rows = [s for s in SAMPLES if s[0] == shard]
         with wds.TarWriter(str(stage / name)) as tar:
             for _, key, task, corpus, seconds, tokens in rows:
@@ -72,7 +73,8 @@ def write_stage(root: Path) -> Path:
         },
         "quarantined": {"sample_failed": 2},
     }
-    (stage / "index.json").write_text(json.dumps(index))
+    (stage / META_DIR).mkdir()
+    Path(index_path(str(stage))).write_text(json.dumps(index))
     return root
 
 
@@ -126,7 +128,7 @@ def test_sample_metadata_is_read_once_per_shard(built):
 
 def test_an_unreadable_shard_is_reported_and_left_out(tmp_path):
     root = write_stage(tmp_path / "build")
-    tar = root / "shards" / "stage2" / "stage2-000000.tar"
+    tar = root / "shards" / "stage2" / shard_name("stage2", 0)
     tar.write_bytes(tar.read_bytes()[:700])  # truncated inside its first member
     stats = compute_stats(str(root), StatsConfig(out=str(tmp_path / "out")), progress=False)
     assert stats["samples"]["count"] == 1  # shard 1's sample only
@@ -140,9 +142,6 @@ def test_shards_of_several_builds_are_named_by_their_folder(tmp_path):
     stats = compute_stats(str(tmp_path / "x"), StatsConfig(out=str(tmp_path / "o")), progress=False)
     names = [s["name"] for s in stats["shards"]["stage2"]["per_shard"]]
     assert names == [
-        "one/shards/stage2-000000.tar",
-        "one/shards/stage2-000001.tar",
-        "two/shards/stage2-000000.tar",
-        "two/shards/stage2-000001.tar",
+        f"{b}/shards/{shard_name('stage2', i)}" for b in ("one", "two") for i in (0, 1)
     ]
     assert stats["samples"]["count"] == 8
