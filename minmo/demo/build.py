@@ -1,8 +1,12 @@
-"""Build the embedded demo corpus on disk: utterances, conversations, references, manifest.
+"""Build the embedded demo corpus: utterances, conversations, references, manifest.
 
 Owns the file layout, the per-file plan (which sentence, voice, rate and container), the seeded
 random choices, atomic writes and the summary. It must not synthesise or place audio itself
 (`speak.py`, `conversation.py`) nor hold the content (`script.py`).
+
+OUT is a local path or an object-store URI (`s3://bucket/demo-src`): every write goes through
+the pyarrow filesystem that `open_filesystem` gives for it, never through a local path API, so
+a URI can never turn into a relative directory named `s3:`.
 
 Layout (`OUT/README.md` repeats it for users):
 
@@ -18,9 +22,11 @@ rebuilding into the same directory with another seed leaves no stale files behin
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import posixpath
 import sys
 import time
 from collections.abc import Iterable
@@ -29,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import soundfile as sf
 from tqdm import tqdm
 
@@ -51,6 +58,7 @@ from minmo.demo.speak import (
     synthesize_many,
     trim_silence,
 )
+from pipelines.ingest.fs import open_filesystem, to_uri
 
 CORPUS = "minmo-demo"
 MANIFEST = "manifest.jsonl"
@@ -81,8 +89,8 @@ _STREAM_UTTERANCE, _STREAM_CONVERSATION = 1, 2
 class DemoSummary:
     """What a build wrote; `describe()` is the closing line the CLI prints."""
 
-    out_dir: Path
-    manifest: Path  # OUT/manifest.jsonl
+    out_dir: str  # OUT as a canonical URI: an absolute local path, or scheme://bucket/key
+    manifest: str  # OUT/manifest.jsonl, likewise
     utterances: int  # single-speaker files (task "asr")
     conversations: int  # two-party recordings (task "conversation")
     languages: tuple[str, ...]  # ISO 639-1 codes, sorted
@@ -137,16 +145,22 @@ def plan_utterances() -> list[UtterancePlan]:
     return plans
 
 
-def build_demo_corpus(out_dir: str | Path, seed: int = 0, progress: bool = True) -> DemoSummary:
-    """Write the demo corpus into `out_dir`; the same seed gives byte-identical files.
+def build_demo_corpus(
+    out_dir: str | Path,
+    seed: int = 0,
+    progress: bool = True,
+    storage_options: dict[str, Any] | None = None,
+) -> DemoSummary:
+    """Write the demo corpus into `out_dir` (a local path or a URI such as `s3://bucket/key`;
+    `storage_options` open its filesystem); the same seed gives byte-identical files.
 
     Every file is written atomically, so an interrupted build never leaves a half-written
     file under its final name, and a rerun simply rewrites the same bytes.
     """
     started = time.perf_counter()
     espeak_binary()  # fail before creating anything if the synthesiser is missing
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    fs, root = open_filesystem(str(out_dir), **(storage_options or {}))
+    out = _Out(fs, root)
     utterances = plan_utterances()
     clips = _synthesize_all(utterances, CONVERSATIONS, progress)
 
@@ -155,26 +169,25 @@ def build_demo_corpus(out_dir: str | Path, seed: int = 0, progress: bool = True)
     records: list[dict[str, Any]] = []
     for plan in utterances:
         audio = _render_utterance(plan, clips[(plan.phrase.spoken, plan.voice)], seed)
-        written += _atomic_write(out / plan.path, encode(audio, plan.rate_hz, plan.container))
+        written += out.write(plan.path, encode(audio, plan.rate_hz, plan.container))
         audio_s += len(audio) / plan.rate_hz
         records.append(_record(plan.path, plan.phrase.text, plan.voice.language, plan.voice.id))
 
     for index, script in enumerate(CONVERSATIONS):
         files, duration_s = _build_conversation(script, index, clips, seed)
         for rel, data in files.items():
-            written += _atomic_write(out / rel, data)
+            written += out.write(rel, data)
         audio_s += duration_s
         records.append(_record(f"conversations/{script.stem}.wav", None, script.language, None))
 
-    manifest = out / MANIFEST
-    written += _atomic_write(manifest, _jsonl(records))
-    written += _atomic_write(out / "README.md", README.encode("utf-8"))
+    written += out.write(MANIFEST, _jsonl(records))
+    written += out.write("README.md", README.encode("utf-8"))
 
     used_voices = {p.voice.id for p in utterances}
     used_voices |= {v for s in CONVERSATIONS for v in (s.voice_a, s.voice_b)}
     summary = DemoSummary(
-        out_dir=out,
-        manifest=manifest,
+        out_dir=to_uri(fs, root),
+        manifest=to_uri(fs, posixpath.join(root, MANIFEST)),
         utterances=len(utterances),
         conversations=len(CONVERSATIONS),
         languages=tuple(sorted({r["language"] for r in records})),
@@ -284,20 +297,31 @@ def encode(audio: np.ndarray, rate_hz: int, container: str) -> bytes:
     return buf.getvalue()
 
 
-def _atomic_write(path: Path, data: bytes) -> int:
-    """Write under a temporary name in the same directory, then rename over the target."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return len(data)
+class _Out:
+    """OUT on its filesystem; writes go through pyarrow.fs alone, local or object store."""
+
+    def __init__(self, fs: pafs.FileSystem, root: str) -> None:
+        self.fs, self.root = fs, root
+        self._made: set[str] = set()  # folders made: on an object store each make is a request
+
+    def write(self, relative: str, data: bytes) -> int:
+        """Write under a temporary name in the same directory, then move it over the target
+        (a rename locally; on an object store the object appears whole under its name)."""
+        path = posixpath.join(self.root, relative)
+        parent, name = posixpath.split(path)
+        if parent not in self._made:
+            self.fs.create_dir(parent, recursive=True)
+            self._made.add(parent)
+        tmp = posixpath.join(parent, f".{name}.{os.getpid()}.tmp")
+        try:
+            with self.fs.open_output_stream(tmp) as f:
+                f.write(data)
+            self.fs.move(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):  # the write's own error is the one to see
+                self.fs.delete_file(tmp)
+            raise
+        return len(data)
 
 
 def _record(path: str, text: str | None, language: str, speaker: str | None) -> dict[str, Any]:

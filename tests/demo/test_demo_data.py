@@ -142,7 +142,7 @@ def test_counts_languages_and_voices(corpus: tuple[Path, DemoSummary]) -> None:
     assert len({r["speaker"] for r in utts}) >= 4
     assert summary.utterances == len(utts) and summary.conversations == len(convs)
     assert summary.n_languages >= 3 and summary.n_voices >= 4
-    assert summary.manifest == out / "manifest.jsonl"
+    assert summary.manifest == str(out / "manifest.jsonl")
     assert (out / "README.md").is_file()
 
 
