@@ -234,10 +234,13 @@ class _Refused(Exception):
     item_key: str | None = None
 
 
-def read_dialogues(path_or_uri: str, layout: str = "auto") -> Iterator[DialogueRecord]:
+def read_dialogues(
+    path_or_uri: str, layout: str = "auto", storage_options: Mapping[str, Any] | None = None
+) -> Iterator[DialogueRecord]:
     """Stream `("dialogue", rows)` / `("quarantine", row)` records from a JSONL file.
 
-    Local paths are opened directly; URIs (`s3://...`, `file://...`) through pyarrow.fs. Lines are
+    Local paths are opened directly; URIs (`s3://...`, `file://...`) through pyarrow.fs, with
+    `storage_options` (e.g. an S3 endpoint) for their filesystem. Lines are
     numbered from 1; blank lines are skipped. A dialogue without `id` gets
     sha1(f"{source_uri}#{line}")[:16], source_uri being the absolute path or the URI as given.
     A repeated `id` is quarantined (its first occurrence is kept), since TTS keys derive from it.
@@ -248,7 +251,7 @@ def read_dialogues(path_or_uri: str, layout: str = "auto") -> Iterator[DialogueR
         near = difflib.get_close_matches(layout, DIALOGUE_LAYOUTS, n=1)
         hint = f"; did you mean {near[0]!r}?" if near else ""
         raise ValueError(f"unknown dialogue layout {layout!r}, expected {DIALOGUE_LAYOUTS}{hint}")
-    source_uri, lines = _open_lines(path_or_uri)
+    source_uri, lines = _open_lines(path_or_uri, storage_options or {})
     seen: set[str] = set()
     for line_no, raw in lines:
         if not raw.strip():
@@ -287,13 +290,15 @@ def split_records(
     return turns, refused
 
 
-def _open_lines(path_or_uri: str) -> tuple[str, Iterator[tuple[int, bytes]]]:
+def _open_lines(
+    path_or_uri: str, storage_options: Mapping[str, Any]
+) -> tuple[str, Iterator[tuple[int, bytes]]]:
     if uri_scheme(path_or_uri) is None:
         source_uri = os.path.abspath(os.path.expanduser(path_or_uri))
         handle: Any = open(source_uri, "rb")  # noqa: SIM115 - closed by _numbered
     else:
         source_uri = path_or_uri
-        fs, path = open_filesystem(path_or_uri)
+        fs, path = open_filesystem(path_or_uri, **storage_options)
         handle = io.BufferedReader(fs.open_input_stream(path), buffer_size=1 << 20)
     return source_uri, _numbered(handle)
 

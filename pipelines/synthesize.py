@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.build import BuildDir
+from pipelines.ingest.fs import Location, to_uri
 from pipelines.ray_runtime import ensure_ray
 from pipelines.recording_step import RecordingStep, StepTotals
 from schemas import (
@@ -90,7 +91,8 @@ class SynthesizeConfig:
     assistant_voices: dict[str, str] = field(default_factory=dict)
     """Per language, the assistant's target voice; default: ASSISTANT_VOICES."""
     responses: str | None = None
-    """JSONL of {"query_text", "response"}: replies for real transcribed utterances (recipe 2)."""
+    """JSONL of {"query_text", "response"}: replies for real transcribed utterances (recipe 2);
+    a local path or a URI, like `dialogues`."""
     duplex: bool = True
     """Also assemble a simulated two-channel duplex conversation per dialogue."""
     duplex_options: dict[str, Any] = field(default_factory=dict)
@@ -101,6 +103,7 @@ class SynthesizeConfig:
     units_per_wave: int = 16
     actors: int | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)
+    """Filesystem options (e.g. an S3 endpoint) for the build and for URI-named inputs."""
 
     def __post_init__(self) -> None:
         if isinstance(self.dialogues, str):
@@ -252,8 +255,6 @@ class SynthesizeStage:
         data = flac_bytes(audio)
         full = self.build.path(path)
         self.build.write_bytes_atomic(full, data)
-        from pipelines.ingest.fs import to_uri
-
         return to_uri(self.build.fs, full), data
 
     def _dialogue(self, item: dict[str, Any]) -> dict[str, Any]:
@@ -470,7 +471,6 @@ def speaker_prompts(build: BuildDir, config: SynthesizeConfig) -> list[dict[str,
     import soundfile as sf
 
     from pipelines.audio_source import load_audio_16k
-    from pipelines.ingest.fs import to_uri
 
     files = build.files(build.table_dir("segments"), ".parquet")
     if not files:
@@ -526,7 +526,7 @@ def dialogue_items(config: SynthesizeConfig) -> list[dict[str, Any]]:
 
     items: dict[str, dict[str, Any]] = {}
     for path in config.dialogues:
-        for kind, payload in read_dialogues(path, config.layout):
+        for kind, payload in read_dialogues(path, config.layout, config.storage_options):
             if kind == "dialogue":
                 did = payload[0]["dialogue_id"]
                 items.setdefault(did, {"recording_id": did, "kind": "dialogue", "turns": payload})
@@ -545,11 +545,10 @@ def query_items(build: BuildDir, config: SynthesizeConfig) -> list[dict[str, Any
     if not config.responses:
         return []
     responses: dict[str, str] = {}
-    with open(config.responses, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                responses.setdefault(row["query_text"].strip(), row["response"])
+    for line in Location.from_uri(config.responses, **config.storage_options).iter_lines():
+        if line.strip():
+            row = json.loads(line)
+            responses.setdefault(row["query_text"].strip(), row["response"])
     segment_files = build.files(build.table_dir("segments"), ".parquet")
     if not segment_files or not responses:
         return []
@@ -670,13 +669,16 @@ def run_synthesize(
     items_run, wall_s = 0, 0.0
     if pending:
         ensure_ray(progress=progress)
+        build_root = to_uri(build.fs, build.root)
 
         def stage(ds: Any) -> Any:
             cpus = int(ray.cluster_resources().get("CPU", 1))
             actors = max(1, min(config.actors or cpus, len(pending)))
             return ds.map_batches(
                 SynthesizeStage,
-                fn_constructor_kwargs={"config": config.to_dict(), "build_uri": build_uri},
+                # The build as a canonical URI (an absolute path when local): a relative
+                # path would mean another folder on a worker started elsewhere.
+                fn_constructor_kwargs={"config": config.to_dict(), "build_uri": build_root},
                 batch_size=1,
                 num_cpus=1,
                 compute=ray.data.ActorPoolStrategy(size=actors),
