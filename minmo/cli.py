@@ -11,11 +11,61 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from pipelines.ingest.fs import LOCAL_SCHEMES, STORE_SCHEMES, check_scheme
+
+# Every path argument of every command, and the URI schemes the command serves there (a local
+# path always works). `main` checks them all before the command runs, so a scheme a command
+# cannot serve is an error naming the command and the scheme, and a URI never becomes a local
+# directory named after it. Model and tokenizer files are read by libraries that take local
+# paths only.
+PATH_ARGS: dict[str, dict[str, tuple[str, ...]]] = {
+    "demo-data": {"out": STORE_SCHEMES},
+    "ingest": {"src": STORE_SCHEMES, "build": STORE_SCHEMES},
+    "synthesize": {"build": STORE_SCHEMES, "dialogues": STORE_SCHEMES, "responses": STORE_SCHEMES},
+    "diarize": {"build": STORE_SCHEMES, "diarization_model": LOCAL_SCHEMES},
+    "label-turns": {"build": STORE_SCHEMES},
+    "shards": {
+        "build": STORE_SCHEMES,
+        "text_tokenizer": LOCAL_SCHEMES,
+        "speech_tokenizer": LOCAL_SCHEMES,
+    },
+    "verify": {"dir": STORE_SCHEMES},
+    "stats": {"inputs": STORE_SCHEMES, "out": STORE_SCHEMES},
+    "train": {"job": STORE_SCHEMES, "build": STORE_SCHEMES, "out": LOCAL_SCHEMES},
+    "run": {"job": STORE_SCHEMES, "build": STORE_SCHEMES},
+}
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """ValueError for the first path argument whose scheme the command cannot serve."""
+    for dest, schemes in PATH_ARGS.get(args.command, {}).items():
+        value = getattr(args, dest, None)
+        for uri in value if isinstance(value, list) else [value]:
+            if uri is not None:
+                check_scheme(f"minmo {args.command}", uri, schemes)
+
+
+def _storage_options(args: argparse.Namespace) -> dict[str, Any]:
+    """--storage-options as a mapping; bad JSON is the user's error, said without a traceback."""
+    if not args.storage_options:
+        return {}
+    try:
+        options = json.loads(args.storage_options)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--storage-options is not valid JSON: {exc}") from None
+    if not isinstance(options, dict):
+        raise ValueError(
+            '--storage-options must be a JSON object, e.g. \'{"region": "eu-west-1"}\''
+        )
+    return options
+
 
 def _cmd_demo_data(args: argparse.Namespace) -> int:
     from minmo.demo import build_demo_corpus
 
-    summary = build_demo_corpus(args.out, seed=args.seed, progress=not args.quiet)
+    summary = build_demo_corpus(
+        args.out, seed=args.seed, progress=not args.quiet, storage_options=_storage_options(args)
+    )
     if args.quiet:
         print(summary.describe())
     return 0
@@ -25,7 +75,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     from pipelines.ingest.config import IngestConfig
     from pipelines.ingest.run import run_ingest
 
-    options = json.loads(args.storage_options) if args.storage_options else {}
+    options = _storage_options(args)
     config = IngestConfig(
         format=args.format,
         corpus=args.corpus,
@@ -55,7 +105,7 @@ def _cmd_diarize(args: argparse.Namespace) -> int:
         device=args.device,
         actors=args.actors,
         recordings_per_unit=args.recordings_per_unit,
-        storage_options=json.loads(args.storage_options) if args.storage_options else {},
+        storage_options=_storage_options(args),
     )
     print(run_diarize(args.build, config, progress=not args.quiet).render())
     return 0
@@ -70,7 +120,7 @@ def _cmd_label_turns(args: argparse.Namespace) -> int:
         backchannel_window_s=args.backchannel_window_s,
         hop_s=args.hop_s,
         seed=args.seed,
-        storage_options=json.loads(args.storage_options) if args.storage_options else {},
+        storage_options=_storage_options(args),
     )
     print(run_label_turns(args.build, config, progress=not args.quiet).render())
     return 0
@@ -88,7 +138,7 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
         duplex=not args.no_duplex,
         seed=args.seed,
         actors=args.actors,
-        storage_options=json.loads(args.storage_options) if args.storage_options else {},
+        storage_options=_storage_options(args),
     )
     print(run_synthesize(args.build, config, progress=not args.quiet).render())
     return 0
@@ -109,18 +159,19 @@ def _cmd_shards(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         storage_options=json.loads(args.storage_options) if args.storage_options else {},
     )
-    print(run_shards(args.build, config, progress=not args.quiet).render())
+    print(run_shards(args.build, config, progress=not args.quiet, rebuild=args.rebuild).render())
     return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from pipelines.verify import verify_shards
 
-    results = verify_shards(Path(args.dir))
+    results = verify_shards(args.dir, _storage_options(args))
     if not results:
-        print(f"minmo verify: no stage directory with index.json under {args.dir}", file=sys.stderr)
+        print(
+            f"minmo verify: no stage directory with _index/index.json under {args.dir}",
+            file=sys.stderr,
+        )
         return 2
     bad = 0
     for stage, problems in results.items():
@@ -158,21 +209,24 @@ def _cmd_model_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    # None: keep the job spec's own value.
+    overrides = {"steps": args.steps, "out": args.out, "storage_options": _storage_options(args)}
+    overrides["storage_options"] = overrides["storage_options"] or None
     if args.ray:
         from minmo.train.entry import run_train_ray
 
-        run_train_ray(args.job, args.build, args.workers, args.gpu, steps=args.steps)
+        run_train_ray(args.job, args.build, args.workers, args.gpu, **overrides)
         return 0
     from minmo.train.entry import run_train
 
-    print(run_train(args.job, args.build, progress=not args.quiet, steps=args.steps).render())
+    print(run_train(args.job, args.build, progress=not args.quiet, **overrides).render())
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from minmo.jobs import run_job
 
-    run_job(args.job, args.build, progress=not args.quiet)
+    run_job(args.job, args.build, progress=not args.quiet, storage_options=_storage_options(args))
     return 0
 
 
@@ -185,8 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo-data", help="synthesise the demo corpus with espeak-ng")
-    demo.add_argument("out", help="output directory")
+    demo.add_argument("out", help="output directory (local path or s3://)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--storage-options", default=None, help="JSON for the output filesystem")
     demo.set_defaults(func=_cmd_demo_data)
 
     ingest = sub.add_parser("ingest", help="raw audio -> recordings/segments/quarantine tables")
@@ -226,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument(
         "--storage-options",
         default=None,
-        help='JSON for the source filesystem, e.g. \'{"endpoint_override": "http://127.0.0.1:9000"}\'',
+        help="JSON for the source and build filesystems, e.g. "
+        '\'{"endpoint_override": "http://127.0.0.1:9000"}\'',
     )
     ingest.set_defaults(func=_cmd_ingest)
 
@@ -236,7 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shards(sub)
 
     verify = sub.add_parser("verify", help="check shards against index.json (exit 1 when bad)")
-    verify.add_argument("dir", help="DIR/shards (all stages) or one stage directory")
+    verify.add_argument(
+        "dir", help="DIR/shards (all stages) or one stage directory; local path or s3://"
+    )
+    verify.add_argument("--storage-options", default=None, help="JSON for an s3:// directory")
     verify.set_defaults(func=_cmd_verify)
 
     st = sub.add_parser(
@@ -260,7 +319,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train one MinMo stage from its shards (torchrun-ready)")
     tr.add_argument("job", help="training spec, e.g. jobs/train/1a.yaml")
-    tr.add_argument("--build", required=True, help="build directory holding shards/")
+    tr.add_argument(
+        "--build", required=True, help="build directory holding shards/ (local path or s3://)"
+    )
+    tr.add_argument(
+        "--out",
+        default=None,
+        help="checkpoint directory, local (default: the spec's out, else BUILD/checkpoints/"
+        "<stage>, which an s3:// build cannot hold)",
+    )
+    tr.add_argument(
+        "--storage-options", default=None, help="JSON for the shards' filesystem (s3://)"
+    )
     tr.add_argument("--steps", type=int, default=None, help="override the spec's steps")
     tr.add_argument("--ray", action="store_true", help="run on Ray Train's TorchTrainer")
     tr.add_argument("--workers", type=int, default=2, help="Ray Train workers (with --ray)")
@@ -272,8 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_cmd_model_info)
 
     run = sub.add_parser("run", help="run a job spec's steps in order")
-    run.add_argument("job", help="YAML job spec, e.g. jobs/demo.yaml")
-    run.add_argument("--build", required=True, help="build directory")
+    run.add_argument("job", help="YAML job spec, e.g. jobs/demo.yaml (local path or s3://)")
+    run.add_argument("--build", required=True, help="build directory (local path or s3://)")
+    run.add_argument(
+        "--storage-options",
+        default=None,
+        help="JSON for the build's filesystem, given to every step (over the spec's own "
+        "top-level storage_options)",
+    )
     run.set_defaults(func=_cmd_run)
     return parser
 
@@ -377,6 +453,12 @@ def _add_shards(sub: Any) -> None:
     p.add_argument("--bucket-edges-s", type=float, nargs="*", help="duration bucket edges")
     p.add_argument("--mixture", default=None, help='JSON, e.g. \'{"stage1": {"asr": 0.5}}\'')
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="tokenizer batch")
+    p.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="delete the stage's shards and write them anew (said on stderr first); without it "
+        "a run appends a generation for new data and rebuilds only when the config changed",
+    )
     p.add_argument("--storage-options", default=None, help="JSON for the build filesystem")
     p.set_defaults(func=_cmd_shards)
 
@@ -384,6 +466,7 @@ def _add_shards(sub: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_paths(args)
         return args.func(args)
     except (ValueError, FileNotFoundError) as exc:
         # Configuration and input errors are the user's to fix: say what, not a traceback.
