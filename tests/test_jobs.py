@@ -45,3 +45,167 @@ def test_step_sections_are_checked_against_their_configs(tmp_path):
     spec.write_text("steps: [label-turns]\nlabel-turns:\n  hop: 0.12\n")
     with pytest.raises(JobSpecError, match='did you mean "hop_s"'):
         load_job(spec, str(tmp_path))
+
+
+# ---------------------------------------------------------------- builds on an object store
+
+
+def _spec(tmp_path, text):
+    spec = tmp_path / "spec" / "job.yaml"
+    spec.parent.mkdir(exist_ok=True)
+    spec.write_text(text)
+    return spec
+
+
+def test_a_uri_build_stays_a_uri(tmp_path):
+    spec = _spec(tmp_path, "steps: [demo-data, ingest]\ningest: {src: '{build}/src/m.jsonl'}\n")
+    plan = load_job(spec, "s3://bkt/demo/")
+    sections = {step.name: section for step, section in plan}
+    assert sections["ingest"]["src"] == "s3://bkt/demo/src/m.jsonl"
+    assert sections["demo-data"] == {}  # its `out` defaults to {build}/demo-src at run time
+
+
+def test_a_local_build_is_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = _spec(tmp_path, "steps: [ingest]\ningest: {src: '{build}/src'}\n")
+    [(_, section)] = load_job(spec, "b/../build")
+    assert section["src"] == f"{tmp_path}/build/src"
+    [(_, section)] = load_job(spec, f"file://{tmp_path}/b")
+    assert section["src"] == f"{tmp_path}/b/src"
+
+
+def test_a_collapsed_uri_build_is_refused(tmp_path):
+    spec = _spec(tmp_path, "steps: [ingest]\ningest: {src: x}\n")
+    with pytest.raises(JobSpecError, match="'s3://bkt/demo'"):
+        load_job(spec, "s3:/bkt/demo")
+
+
+def test_a_local_only_step_refuses_a_uri_before_any_step_runs(tmp_path):
+    spec = _spec(tmp_path, "steps: [demo-data, verify]\n")
+    with pytest.raises(JobSpecError, match=r"'verify' cannot serve s3:// paths"):
+        load_job(spec, "s3://bkt/demo")
+    spec = _spec(tmp_path, "steps: [demo-data, verify]\nverify: {dir: 'gs://b/shards'}\n")
+    with pytest.raises(JobSpecError, match=r"'verify' cannot serve gs:// paths"):
+        load_job(spec, str(tmp_path / "build"))
+
+
+def test_storage_options_reach_every_step_that_takes_them(tmp_path):
+    spec = _spec(
+        tmp_path,
+        "steps: [demo-data, ingest, synthesize, diarize, label-turns, stats]\n"
+        "storage_options: {region: eu-west-1, access_key: spec}\n"
+        "ingest: {src: x}\n"
+        "diarize: {storage_options: {region: us-east-2}}\n",
+    )
+    plan = load_job(spec, "s3://bkt/demo", storage_options={"access_key": "cli"})
+    options = {step.name: section["storage_options"] for step, section in plan}
+    assert options.pop("diarize") == {"region": "us-east-2", "access_key": "cli"}
+    assert all(o == {"region": "eu-west-1", "access_key": "cli"} for o in options.values())
+    assert len(options) == 5
+    spec.write_text("steps: [ingest]\ningest: {src: x}\n")
+    [(_, section)] = load_job(spec, "s3://bkt/demo")
+    assert "storage_options" not in section  # none given: each step's own default
+
+
+def test_cli_run_refuses_before_writing_anything(tmp_path, monkeypatch, capsys):
+    from minmo.cli import main
+
+    spec = _spec(tmp_path, "steps: [demo-data, train]\n")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert main(["run", str(spec), "--build", "s3://bkt/demo"]) == 2
+    assert "'train' cannot serve s3://" in capsys.readouterr().err
+    assert main(["run", str(spec), "--build", "x", "--storage-options", "{oops"]) == 2
+    assert "--storage-options is not valid JSON" in capsys.readouterr().err
+    assert list(cwd.iterdir()) == []
+
+
+DEMO_TABLE_STEPS = ["demo-data", "ingest", "synthesize", "diarize", "label-turns"]
+
+
+@pytest.mark.slow
+def test_demo_job_table_steps_on_s3(tmp_path, moto_s3_options):
+    """The demo job's steps up to label-turns with `--build s3://…`: every table lands on the
+    store, every audio URI points into it, no read fails (quarantine holds only the bundled
+    broken dialogues), and nothing is written to a local path (cwd stays empty)."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pyarrow.fs as pafs
+    import yaml
+
+    from minmo.demo import build_demo_corpus
+    from pipelines.build import BuildDir
+    from pipelines.ingest.run import read_table
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng not installed: apt-get install espeak-ng")
+    repo = Path(__file__).resolve().parents[1]
+    demo = yaml.safe_load((repo / "jobs" / "demo.yaml").read_text())
+    text = yaml.safe_dump(
+        {"steps": DEMO_TABLE_STEPS, **{name: demo[name] for name in DEMO_TABLE_STEPS}}
+    ).replace("{job_dir}", str(repo / "jobs"))
+    spec = _spec(tmp_path, text)
+    bucket = "jobs-demo-tables"  # moto's store is shared within the process: a bucket of our own
+    s3 = pafs.S3FileSystem(**moto_s3_options, allow_bucket_creation=True)
+    s3.create_dir(bucket)
+    build = f"s3://{bucket}/demo"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    options = json.dumps(moto_s3_options)
+    command = ["-m", "minmo.cli", "-q", "run", str(spec), "--build", build]
+    result = subprocess.run(
+        [sys.executable, *command, "--storage-options", options],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list(cwd.iterdir()) == [], "a step wrote to a local relative path"
+
+    keys = [i.path for i in s3.get_file_info(pafs.FileSelector(bucket, recursive=True))]
+    assert [k for k in keys if not k.startswith(f"{bucket}/demo")] == []
+    assert not [k for k in keys if ".tmp" in k], "temporary files left behind"
+    for step in ("ingest", "synthesize", "diarize", "label-turns"):
+        assert f"{bucket}/demo/_state/{step}/summary.json" in keys
+
+    # demo-data on the store is byte for byte the local corpus.
+    local = build_demo_corpus(tmp_path / "local-src", seed=0, progress=False)
+    for path in sorted((tmp_path / "local-src").rglob("*")):
+        if path.is_file():
+            rel = path.relative_to(tmp_path / "local-src")
+            with s3.open_input_stream(f"{bucket}/demo/demo-src/{rel}") as f:
+                assert f.read() == path.read_bytes(), rel
+
+    b = BuildDir(build, **moto_s3_options)
+    tables = {
+        name: read_table(b, name).to_pylist()
+        for name in (
+            "recordings",
+            "segments",
+            "quarantine",
+            "dialogues",
+            "s2s_samples",
+            "turns",
+            "events",
+            "frame_labels",
+        )
+    }
+    assert all(tables.values()), {name: len(rows) for name, rows in tables.items()}
+    recordings = tables["recordings"]
+    assert sum(r["source_uri"].startswith(f"{build}/demo-src/") for r in recordings) == (
+        local.utterances + local.conversations
+    )
+    assert all(r["source_uri"].startswith(f"{build}/") for r in recordings)
+    for sample in tables["s2s_samples"]:
+        for uri in (sample["user_audio_uri"], sample["assistant_audio_uri"]):
+            assert uri.removeprefix("s3://") in keys, uri
+    assert {q["reason_code"] for q in tables["quarantine"]} == {"bad_dialogue"}
+    conversations = {r["recording_id"] for r in recordings if r["task"] == "conversation"}
+    assert {t["recording_id"] for t in tables["turns"]} == conversations
+    assert len(tables["frame_labels"]) == 2 * len(conversations)
