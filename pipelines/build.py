@@ -96,7 +96,8 @@ class StepLedger:
     def staging_dir(self, unit_id: str) -> str:
         return f"{self.staging_root}/{unit_id}"
 
-    def table_file_owner(self, name: str) -> tuple[str, str]:
+    @staticmethod
+    def table_file_owner(name: str) -> tuple[str, str]:
         """(step, unit id) of a table part file: `<step>~<unit>_<n>.parquet`, or ingest's
         historical `<unit>_<n>.parquet`. Several steps add rows to one table (quarantine), so
         each step only ever recovers its own files."""

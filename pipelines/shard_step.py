@@ -1,42 +1,62 @@
-"""The shards step: build tables -> per-stage WebDataset shards, resumable shard by shard.
+"""The shards step: build tables -> per-stage WebDataset shards, planned and written on Ray.
 
-    specs (pipelines/samples)  ->  mixture weights, seeded shuffle, duration buckets  ->  plan
-    plan  ->  Ray Data: load_audio_batch (tasks)  ->  TokenizeStage (actors, GPU when present)
-          ->  driver: ShardTarWriter per shard, in plan order  ->  DIR/shards/<stage>/
+    new units  ->  pipelines/shard_plan: spec table + layout (Ray Data; a generation record)
+    spec table ->  Ray Data: shard per spec -> groupby(shard) -> ShardWriter actors, each:
+                   audio spans -> FLAC, text + S3 speech tokens (GPU when present), tar + .idx
+                   straight to DIR/shards/<stage>/ (local or object store), then a done marker
+    markers    ->  driver: the generation's record, then _index/index.json over all generations
 
-Owns planning (which sample goes to which shard), running the plan, committing each shard (tar +
-.idx, then a done marker in DIR/_state/shards/ holding its index entry), quarantining samples whose
-audio or tokens fail, and the stage's index.json and summary.
+Owns running a stage's generations, the writers, each shard's commit (tar + .idx, then a marker
+in DIR/_state/shards/done/ holding its index entries), quarantining samples whose audio or tokens
+fail, and the stage's index.json and summary.
 
-Resume and idempotence: the plan is a pure function of the tables and the config, so a rerun
-computes the same plan; its fingerprint is stored, and shards with a marker (and a file of the
-recorded size) are skipped. A changed plan (new tables, new config) rebuilds the stage. Shards are
-byte-identical across reruns: same members, fixed tar metadata, and every shard is tokenized in
-fixed batches that never span two shards.
+Append, don't rewrite. Each run plans one new generation from the units no earlier generation
+consumed; committed shards are never touched. A changed config (tokenizers, sizes, seed,
+mixture, sample options, prompt or side-input files) rebuilds the stage, and says so on stderr
+before it deletes anything; `rebuild=True` forces that.
 
-Memory: the plan holds one small entry per sample (key, sort key, estimated bytes, the spec JSON,
-about 0.5-1 kB) on the driver: about 1 GB per million samples of a stage. Audio and tokens stream.
+Resume and idempotence: a generation's spec table and layout are committed (its record) before
+any shard is written, so a rerun writes exactly the shards that have no marker. A shard's bytes
+depend only on its samples and the config: same members, fixed tar metadata, tokenizer batches
+that never span two shards, so reruns are byte-identical.
+
+Memory: the driver holds the unit list, one record per generation and one entry per shard. Tar
+bytes never pass through it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
+import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
 
 from pipelines.build import BuildDir, StepLedger
 from pipelines.ingest.items import quarantine_row
 from pipelines.ingest.sink import write_table
 from pipelines.ray_runtime import ensure_ray
-from pipelines.samples.builders import STAGE_TASKS, STAGES, SampleConfig, StageBuilder
-from pipelines.samples.spec import estimated_bytes, span_s
-from pipelines.shards import INDEX_NAME, INDEX_VERSION, ShardTarWriter, shard_name
+from pipelines.samples.builders import STAGE_TASKS, STAGES, SampleConfig
+from pipelines.shard_plan import (
+    SpecParams,
+    assign_shards,
+    layout,
+    list_units,
+    spec_dataset,
+    summarize_specs,
+)
+from pipelines.shards import (
+    INDEX_VERSION,
+    ShardTarWriter,
+    index_path,
+    shard_name,
+    write_bytes_atomic,
+)
 from pipelines.tokenize import TokenizeStage, load_audio_batch, tokenizer_info
 from schemas import QUARANTINE, ReasonCode
 
@@ -59,7 +79,7 @@ class ShardsConfig:
     mixture: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> task -> weight
     samples: dict[str, Any] = field(default_factory=dict)  # SampleConfig fields
     batch_size: int = 16  # samples per tokenizer batch
-    actors: int | None = None  # tokenizer actors; default: one per GPU, else 1
+    actors: int | None = None  # shard writers; default: one per GPU, else one per CPU
     gpus_per_actor: float | None = None  # default: 1 when the cluster has a GPU, else 0
     storage_options: dict[str, Any] = field(default_factory=dict)
 
@@ -92,100 +112,33 @@ class ShardsConfig:
         return asdict(self)
 
 
-def _hash64(*parts: Any) -> int:
-    digest = hashlib.sha256("\0".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little")
+def _file_digest(path: str | None) -> str | None:
+    """sha256 of a local side-input file, so that editing it counts as a config change."""
+    if not path:
+        return None
+    file = Path(path)
+    return hashlib.sha256(file.read_bytes()).hexdigest() if file.is_file() else f"missing:{path}"
 
 
-def mixture_copies(spec: dict[str, Any], weight: float, seed: int) -> Iterator[dict[str, Any]]:
-    """A task weight w keeps floor(w) copies of each sample plus one more with probability
-    frac(w), decided by a seeded hash of the key: w = 0.25 keeps a quarter, w = 2 doubles."""
-    whole = math.floor(weight)
-    extra = (_hash64(seed, "mixture", spec["key"]) / 2**64) < (weight - whole)
-    for r in range(whole + int(extra)):
-        if r == 0:
-            yield spec
-        else:
-            yield {**spec, "key": f"{spec['key']}-r{r}", "meta": {**spec["meta"], "repeat": r}}
-
-
-def sample_duration_s(spec: dict[str, Any]) -> float:
-    return span_s(spec["input_audio"]) if spec["input_audio"] else span_s(spec["target_speech"])
-
-
-def bucket_of(duration_s: float, edges: list[float]) -> int:
-    return sum(duration_s >= e for e in edges)
-
-
-@dataclass
-class StagePlan:
-    stage: str
-    rows: list[dict[str, Any]]  # key, shard, spec (JSON), in write order
-    shards: int
-    buckets: list[int]  # duration bucket of each shard
-    fingerprint: str
-    built: Counter
-    skipped: Counter
-    kept: Counter  # task -> samples after mixture weights
-
-
-def plan_stage(build: BuildDir, config: ShardsConfig, stage: str) -> StagePlan:
-    builder = StageBuilder(build, config.sample_config())
-    weights = config.mixture.get(stage, {})
-    entries: list[tuple[int, bytes, str, int, str]] = []
-    kept: Counter = Counter()
-    seen: set[str] = set()
-    for position, spec in enumerate(builder.specs(stage)):
-        for copy in mixture_copies(spec, float(weights.get(spec["task"], 1.0)), config.seed):
-            if copy["key"] in seen:
-                raise ValueError(f"{stage}: two samples share the key {copy['key']}")
-            seen.add(copy["key"])
-            kept[copy["task"]] += 1
-            order = (
-                hashlib.sha256(f"{config.seed}:{copy['key']}".encode()).digest()
-                if config.shuffle
-                else position.to_bytes(8, "big")
-            )
-            bucket = bucket_of(sample_duration_s(copy), config.bucket_edges_s)
-            spec_json = json.dumps(copy, sort_keys=True, ensure_ascii=False)
-            entries.append((bucket, order, copy["key"], estimated_bytes(copy), spec_json))
-    entries.sort()
-
-    rows: list[dict[str, Any]] = []
-    buckets: list[int] = []
-    shard, count, size = -1, 0, 0
-    for bucket, _, key, est, spec_json in entries:
-        new_shard = (
-            shard < 0
-            or count >= config.max_samples
-            or size + est > config.max_bytes
-            or bucket != buckets[-1]
-        )
-        if new_shard:
-            shard, count, size = shard + 1, 0, 0
-            buckets.append(bucket)
-        rows.append({"key": key, "shard": shard, "spec": spec_json})
-        count += 1
-        size += est
-    h = hashlib.sha256()
-    h.update(
-        json.dumps(
-            tokenizer_info(config.text_tokenizer, config.speech_tokenizer), sort_keys=True
-        ).encode()
-    )
-    h.update(json.dumps([config.batch_size, config.bucket_edges_s]).encode())
-    for row in rows:
-        h.update(f"{row['shard']}\0{row['spec']}\n".encode())
-    return StagePlan(
-        stage,
-        rows,
-        shard + 1,
-        buckets,
-        h.hexdigest(),
-        builder.counts.built,
-        builder.counts.skipped,
-        kept,
-    )
+def stage_config(config: ShardsConfig, stage: str) -> dict[str, Any]:
+    """Everything that shapes a stage's shard bytes: its fingerprint decides append vs rebuild."""
+    samples = asdict(config.sample_config())
+    return {
+        "tokenizers": tokenizer_info(config.text_tokenizer, config.speech_tokenizer),
+        "max_samples": config.max_samples,
+        "max_bytes": config.max_bytes,
+        "seed": config.seed,
+        "shuffle": config.shuffle,
+        "bucket_edges_s": list(config.bucket_edges_s),
+        "batch_size": config.batch_size,
+        "mixture": dict(sorted(config.mixture.get(stage, {}).items())),
+        "samples": samples,
+        "files": {
+            "prompts": _file_digest(samples["prompts"]),
+            "audio_events": _file_digest(samples["audio_events"]),
+            "translations": [_file_digest(t) for t in samples["translations"]],
+        },
+    }
 
 
 def _zero() -> dict[str, Any]:
@@ -200,206 +153,414 @@ def _add(totals: dict[str, Any], meta: dict[str, Any]) -> None:
     totals["speech_tokens"] += meta["n_speech_tokens"]
 
 
-class _OpenShard:
-    """The shard being written: its tar writer, per-task totals and quarantined samples."""
-
-    def __init__(self, out_dir: Path, stage: str, index: int, bucket: int) -> None:
-        self.unit = f"{stage}-{index:06d}"
-        self.name = shard_name(stage, index)
-        self.writer = ShardTarWriter(out_dir / self.name)
-        self.bucket = bucket
-        self.totals = _zero()
-        self.tasks: dict[str, dict[str, Any]] = {}
-        self.quarantine: list[dict[str, Any]] = []
-
-    def add(self, row: dict[str, Any]) -> None:
-        sample: dict[str, bytes | str] = {"__key__": row["key"]}
-        for name in MEMBER_COLUMNS:
-            if row[name]:
-                sample[
-                    "json" if name == "json" else ("flac" if name == "flac" else f"{name}.npy")
-                ] = row[name]
-        self.writer.add(sample)
-        meta = json.loads(row["json"])
-        _add(self.totals, meta)
-        _add(self.tasks.setdefault(meta["task"], _zero()), meta)
+def _merge(into: dict[str, Any], other: dict[str, Any]) -> None:
+    for k, v in other.items():
+        into[k] = round(into.get(k, 0) + v, 3)
 
 
-class ShardStep:
-    """Runs the plan of one stage at a time; see the module docstring."""
+# ---- the writer (a Ray actor) -------------------------------------------------------------
 
-    def __init__(self, build: BuildDir, config: ShardsConfig, progress: bool = True) -> None:
-        self.build = build
-        self.config = config
-        self.progress = progress
-        self.ledger = StepLedger(build, STEP, ("quarantine",))
-        self._vocab: int | None = None
 
-    def out_dir(self, stage: str) -> Path:
-        path = self.build.path("shards", stage)
-        if "://" in path:
-            raise ValueError(f"shards are written to a local build directory; got {path}")
-        return Path(path)
+@dataclass
+class WriterParams:
+    build_uri: str
+    storage_options: dict[str, Any]
+    stage: str
+    generation: int
+    max_samples: int
+    max_bytes: int
+    batch_size: int
+    bucket_edges_s: list[float]
+    text_tokenizer: str | None
+    speech_tokenizer: str | None
+    encode_audio: bool = True  # False: the bench's plan-only mode (no audio, no tokens)
 
-    def run_stage(self, stage: str) -> dict[str, Any]:
-        started = time.perf_counter()
-        plan = plan_stage(self.build, self.config, stage)
-        out = self.out_dir(stage)
-        out.mkdir(parents=True, exist_ok=True)
-        self._forget_if_changed(plan)
-        self.ledger.recover()
-        pending = [i for i in range(plan.shards) if not self._shard_done(plan.stage, i, out)]
-        rows = [r for r in plan.rows if r["shard"] in set(pending)]
-        written = self._write(plan, rows, out) if rows else 0
-        index = self._index(plan, out)
-        summary = {
-            "stage": stage,
-            "shards_written_now": written,
-            "samples_planned": len(plan.rows),
-            "built": dict(sorted(plan.built.items())),
-            "kept_after_mixture": dict(sorted(plan.kept.items())),
-            "skipped": dict(sorted(plan.skipped.items())),
-            "wall_s": round(time.perf_counter() - started, 2),
-            **{k: index[k] for k in ("totals", "tasks", "quarantined", "tokenizers")},
+
+class ShardWriter:
+    """Ray Data `map_groups` stage: all specs of one shard -> its tar(s) + .idx + marker.
+
+    Runs where Ray puts it and writes straight to the build's filesystem. Samples go in order
+    of their seeded rank; a group the hash overfilled (more than max_samples, or more estimated
+    bytes than max_bytes) is cut into parts `<shard>-1.tar`, `-2`, ... by the same rules the
+    plan used. Returns one row per shard: its marker, for the driver's index."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.p = WriterParams(**params)
+        self.build = BuildDir(self.p.build_uri, **self.p.storage_options)
+        self.ledger = StepLedger(self.build, STEP, ("quarantine",))
+        self.stage_dir = self.build.path("shards", self.p.stage)
+        self.tokenize = (
+            TokenizeStage(self.p.text_tokenizer, self.p.speech_tokenizer)
+            if self.p.encode_audio
+            else None
+        )
+
+    def __call__(self, group: pa.Table) -> pa.Table:
+        rows = sorted(group.to_pylist(), key=lambda r: (r["order"], r["key"]))
+        shard = int(rows[0]["shard"])
+        unit = f"{self.p.stage}-g{self.p.generation:04d}-{shard:06d}"
+        entries: list[dict[str, Any]] = []
+        tasks: dict[str, dict[str, Any]] = {}
+        quarantine: list[dict[str, Any]] = []
+        for part, chunk in enumerate(self._parts(rows)):
+            name = shard_name(self.p.stage, shard, self.p.generation, part)
+            entry = self._write_tar(name, chunk, tasks, quarantine)
+            if entry is not None:
+                entries.append(entry)
+        if quarantine:
+            write_table(
+                self.build.fs,
+                f"{self.ledger.staging_dir(unit)}/quarantine/part.parquet",
+                QUARANTINE.from_rows(quarantine),
+            )
+        marker = {
+            "stage": self.p.stage,
+            "generation": self.p.generation,
+            "shards": entries,
+            "tasks": tasks,
+            "quarantined": dict(Counter(q["reason_code"] for q in quarantine)),
         }
-        return summary
+        self.ledger.commit(unit, marker)
+        return pa.table({"unit": [unit], "marker": [json.dumps({"unit": unit, **marker})]})
 
-    # ---- resume ----------------------------------------------------------------------------
-
-    def _plan_path(self, stage: str) -> str:
-        return self.build.path("_state", STEP, f"{stage}-plan.json")
-
-    def _forget_if_changed(self, plan: StagePlan) -> None:
-        path = self._plan_path(plan.stage)
-        old = self.build.read_json(path) if self.build.exists(path) else None
-        if old and old["fingerprint"] == plan.fingerprint:
-            return
-        for marker in list(self.ledger.done_units()):
-            if marker["stage"] == plan.stage:
-                self.build.delete(f"{self.ledger.done_dir}/{marker['unit']}.json")
-        self.build.write_json_atomic(path, {"fingerprint": plan.fingerprint, "shards": plan.shards})
-
-    def _shard_done(self, stage: str, index: int, out: Path) -> bool:
-        unit = f"{stage}-{index:06d}"
-        if not self.ledger.is_done(unit):
-            return False
-        marker = self.build.read_json(f"{self.ledger.done_dir}/{unit}.json")
-        tar = out / marker["shard"]["name"]
-        return tar.is_file() and tar.stat().st_size == marker["shard"]["bytes"]
-
-    # ---- run -------------------------------------------------------------------------------
-
-    def _dataset(self, rows: list[dict[str, Any]]) -> Any:
-        import ray
-
-        cfg = self.config
-        context = ray.data.DataContext.get_current()
-        context.execution_options.preserve_order = True
-        # One block per shard-batch: batches then never span shards and are the same on a rerun.
-        blocks: list[list[dict[str, Any]]] = []
+    def _parts(self, rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        parts: list[list[dict[str, Any]]] = [[]]
+        size = 0
         for row in rows:
-            if (
-                not blocks
-                or blocks[-1][0]["shard"] != row["shard"]
-                or len(blocks[-1]) >= cfg.batch_size
-            ):
-                blocks.append([])
-            blocks[-1].append(row)
-        import pyarrow as pa
+            full = (
+                len(parts[-1]) >= self.p.max_samples or size + row["est_bytes"] > self.p.max_bytes
+            )
+            if parts[-1] and full:
+                parts.append([])
+                size = 0
+            parts[-1].append(row)
+            size += row["est_bytes"]
+        return parts
 
-        # from_arrow makes one block per table, and batch_size=None hands each block whole.
-        ds = ray.data.from_arrow([pa.Table.from_pylist(block) for block in blocks])
-        resources = ray.cluster_resources()
-        gpus = cfg.gpus_per_actor
-        if gpus is None:
-            gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
-        actors = cfg.actors or (max(1, int(resources.get("GPU", 0) / gpus)) if gpus else 1)
-        ds = ds.map_batches(
-            load_audio_batch,
-            batch_size=None,
-            fn_kwargs={"storage_options": cfg.storage_options},
-            num_cpus=1,
-        )
-        return ds.map_batches(
-            TokenizeStage,
-            batch_size=None,
-            fn_constructor_kwargs={
-                "text_tokenizer": cfg.text_tokenizer,
-                "speech_tokenizer": cfg.speech_tokenizer,
-            },
-            num_cpus=0 if gpus else 1,
-            num_gpus=gpus,
-            compute=ray.data.ActorPoolStrategy(size=actors),
-        )
-
-    def _write(self, plan: StagePlan, rows: list[dict[str, Any]], out: Path) -> int:
-        from tqdm.auto import tqdm
-
-        ensure_ray(progress=self.progress)
-        specs = {r["key"]: r["spec"] for r in rows}
-        bar = tqdm(
-            desc=f"shards {plan.stage}", unit="sample", total=len(rows), disable=not self.progress
-        )
-        current: _OpenShard | None = None
-        written = 0
+    def _write_tar(
+        self,
+        name: str,
+        rows: list[dict[str, Any]],
+        tasks: dict[str, dict[str, Any]],
+        quarantine: list[dict[str, Any]],
+    ) -> dict[str, Any] | None:
+        writer = ShardTarWriter(self.stage_dir, name, self.build.fs)
+        totals = _zero()
         try:
-            for row in self._dataset(rows).iter_rows():
-                if current is None or row["shard"] != int(current.unit.rsplit("-", 1)[1]):
-                    if current is not None:
-                        self._commit(plan, current)
-                        written += 1
-                    current = _OpenShard(out, plan.stage, row["shard"], plan.buckets[row["shard"]])
-                if row["error"]:
-                    spec = json.loads(specs[row["key"]])
-                    current.quarantine.append(
-                        quarantine_row(
-                            spec["meta"].get("source_uri", ""),
-                            ReasonCode.SAMPLE_FAILED.value,
-                            row["error"],
-                            step=STEP,
-                            item_key=row["key"],
+            for start in range(0, len(rows), self.p.batch_size):
+                batch = rows[start : start + self.p.batch_size]
+                for key, spec, members, error in self._members(batch):
+                    if error:
+                        quarantine.append(
+                            quarantine_row(
+                                json.loads(spec)["meta"].get("source_uri", ""),
+                                ReasonCode.SAMPLE_FAILED.value,
+                                error,
+                                step=STEP,
+                                item_key=key,
+                            )
                         )
-                    )
-                else:
-                    current.add(row)
-                bar.update(1)
-            if current is not None:
-                self._commit(plan, current)
-                written += 1
-                current = None
-        finally:
-            if current is not None:
-                current.writer.abort()
-            bar.close()
-        return written
-
-    def _commit(self, plan: StagePlan, shard: _OpenShard) -> None:
-        size, digest = shard.writer.close()
-        entry = {
-            "name": shard.name,
-            **shard.totals,
+                        continue
+                    sample: dict[str, bytes | str] = {"__key__": key}
+                    for column in MEMBER_COLUMNS:
+                        if members[column]:
+                            ext = column if column in ("json", "flac") else f"{column}.npy"
+                            sample[ext] = members[column]
+                    writer.add(sample)
+                    meta = json.loads(members["json"])
+                    _add(totals, meta)
+                    _add(tasks.setdefault(meta["task"], _zero()), meta)
+        except BaseException:
+            writer.abort()
+            raise
+        if not writer.offsets:  # every sample of this part failed: no empty tar
+            writer.abort()
+            return None
+        size, digest = writer.close()
+        entry: dict[str, Any] = {
+            "name": name,
+            "generation": self.p.generation,
+            **totals,
             "bytes": size,
             "sha256": digest,
         }
-        if self.config.bucket_edges_s:
-            edges = [0.0, *self.config.bucket_edges_s, None]
-            entry["duration_bucket_s"] = [edges[shard.bucket], edges[shard.bucket + 1]]
-        staging = self.ledger.staging_dir(shard.unit)
-        if shard.quarantine:
-            write_table(
-                self.build.fs,
-                f"{staging}/quarantine/part.parquet",
-                QUARANTINE.from_rows(shard.quarantine),
-            )
-        self.ledger.commit(
-            shard.unit,
-            {
-                "stage": plan.stage,
-                "shard": entry,
-                "tasks": shard.tasks,
-                "quarantined": dict(Counter(q["reason_code"] for q in shard.quarantine)),
-            },
+        if self.p.bucket_edges_s:
+            edges = [0.0, *self.p.bucket_edges_s, None]
+            bucket = int(rows[0]["bucket"])
+            entry["duration_bucket_s"] = [edges[bucket], edges[bucket + 1]]
+        return entry
+
+    def _members(self, batch: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any], str]]:
+        """(key, spec, members, error) per row: audio + tokens, or the plan-only stand-in."""
+        keys = [r["key"] for r in batch]
+        specs = [r["spec"] for r in batch]
+        if self.tokenize is None:
+            return [(k, s, _plan_only_members(s), "") for k, s in zip(keys, specs, strict=True)]
+        loaded = load_audio_batch(
+            {"key": keys, "shard": [r["shard"] for r in batch], "spec": specs},
+            self.p.storage_options,
         )
+        out = self.tokenize(loaded)
+        return [
+            (k, s, {c: out[c][i] for c in MEMBER_COLUMNS}, out["error"][i])
+            for i, (k, s) in enumerate(zip(keys, specs, strict=True))
+        ]
+
+
+def _plan_only_members(spec_json: str) -> dict[str, Any]:
+    """The bench's cheap writer mode: the spec as the json member, nothing decoded or tokenized,
+    so that a run times planning, shuffling and tar writing alone."""
+    spec = json.loads(spec_json)
+    meta = {
+        "key": spec["key"],
+        "task": spec["task"],
+        "duration_s": 0.0,
+        "target_speech_s": 0.0,
+        "n_text_tokens": 0,
+        "n_speech_tokens": 0,
+        "plan_only": True,
+        "spec": spec,
+    }
+    members = dict.fromkeys(MEMBER_COLUMNS, b"")
+    members["json"] = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+    return members
+
+
+# ---- the driver ----------------------------------------------------------------------------
+
+
+class ShardStep:
+    """Runs one stage at a time: config check, unfinished generations, one new generation."""
+
+    def __init__(
+        self,
+        build: BuildDir,
+        config: ShardsConfig,
+        progress: bool = True,
+        rebuild: bool = False,
+        encode_audio: bool = True,
+    ) -> None:
+        self.build = build
+        self.config = config
+        self.progress = progress
+        self.rebuild = rebuild
+        self.encode_audio = encode_audio
+        self.ledger = StepLedger(build, STEP, ("quarantine",))
+        self._vocab: int | None = None
+
+    def state_dir(self, stage: str) -> str:
+        return self.build.path("_state", STEP, stage)
+
+    def stage_dir(self, stage: str) -> str:
+        return self.build.path("shards", stage)
+
+    def run_stage(self, stage: str) -> dict[str, Any]:
+        started = time.perf_counter()
+        ensure_ray(progress=self.progress)
+        rebuilt = self._check_config(stage)
+        self.ledger.recover()
+        generations = self._generations(stage)
+        written = 0
+        for record in generations:
+            if not record["complete"]:
+                written += self._write_generation(record)
+        consumed = {u for record in generations for u in record["units"]}
+        new = [u for u in list_units(self.build, stage) if u.key not in consumed]
+        if new:
+            record = self._plan_generation(stage, len(generations), new)
+            generations.append(record)
+            written += self._write_generation(record)
+        index = self._index(stage, generations)
+        return {
+            "stage": stage,
+            "rebuilt": rebuilt,
+            "generations": len(generations),
+            "new_units": len(new),
+            "shards_written_now": written,
+            "built": index["built"],
+            "kept_after_mixture": {t: v["kept"] for t, v in index["mixture"].items()},
+            "skipped": index["skipped"],
+            "wall_s": round(time.perf_counter() - started, 2),
+            **{k: index[k] for k in ("totals", "tasks", "quarantined", "tokenizers")},
+        }
+
+    # ---- config and generations ---------------------------------------------------------------
+
+    def _check_config(self, stage: str) -> str | None:
+        """Delete the stage when its config changed (or `rebuild`); say why first."""
+        current = stage_config(self.config, stage)
+        fingerprint = hashlib.sha256(json.dumps(current, sort_keys=True).encode()).hexdigest()
+        path = f"{self.state_dir(stage)}/config.json"
+        stored = self.build.read_json(path) if self.build.exists(path) else None
+        has_output = self.build.exists(self.stage_dir(stage)) or self.build.exists(
+            self.state_dir(stage)
+        )
+        reason = None
+        if self.rebuild and has_output:
+            reason = "--rebuild was given"
+        elif stored is None and has_output:
+            reason = "no record of the config its shards were built with"
+        elif stored is not None and stored["fingerprint"] != fingerprint:
+            changed = sorted(k for k in current if current[k] != stored.get("config", {}).get(k))
+            reason = f"the config changed ({', '.join(changed) or 'fingerprint'})"
+        if reason:
+            print(
+                f"minmo shards: rebuilding {stage} because {reason}: deleting "
+                f"{self.stage_dir(stage)} and its shard state",
+                file=sys.stderr,
+            )
+            self._delete_stage(stage)
+        if reason or stored is None:
+            self.build.write_json_atomic(path, {"fingerprint": fingerprint, "config": current})
+        return reason
+
+    def _delete_stage(self, stage: str) -> None:
+        self.build.delete(self.stage_dir(stage))
+        self.build.delete(self.state_dir(stage))
+        prefix = f"{stage}-"
+        for marker in self.build.files(self.ledger.done_dir, ".json"):
+            if marker.rsplit("/", 1)[-1].startswith(prefix):
+                self.build.delete(marker)
+        for part in self.build.files(self.build.table_dir("quarantine")):
+            if part.rsplit("/", 1)[-1].startswith(f"{STEP}~{prefix}"):
+                self.build.delete(part)
+
+    def _record_path(self, stage: str, generation: int) -> str:
+        return f"{self.state_dir(stage)}/g{generation:04d}.json"
+
+    def _generations(self, stage: str) -> list[dict[str, Any]]:
+        records = [
+            self.build.read_json(p)
+            for p in self.build.files(self.state_dir(stage), ".json")
+            if p.rsplit("/", 1)[-1].startswith("g")
+        ]
+        return sorted(records, key=lambda r: r["generation"])
+
+    def _workers(self) -> tuple[int, float]:
+        import ray
+
+        resources = ray.cluster_resources()
+        gpus = self.config.gpus_per_actor
+        if gpus is None:
+            gpus = 1.0 if resources.get("GPU", 0) >= 1 and self.encode_audio else 0.0
+        default = int(resources.get("GPU", 0) / gpus) if gpus else int(resources.get("CPU", 1))
+        return max(1, self.config.actors or default), gpus
+
+    def _plan_generation(self, stage: str, generation: int, units: list[Any]) -> dict[str, Any]:
+        cfg = self.config
+        spec_dir = f"{self.state_dir(stage)}/g{generation:04d}-specs"
+        self.build.delete(spec_dir)  # a crash before the record left a partial table
+        params = SpecParams(
+            build_uri=self.build.uri,
+            storage_options=cfg.storage_options,
+            stage=stage,
+            seed=cfg.seed,
+            shuffle=cfg.shuffle,
+            bucket_edges_s=list(cfg.bucket_edges_s),
+            weights=dict(cfg.mixture.get(stage, {})),
+            samples=dict(cfg.samples),
+        )
+        ds = spec_dataset(self.build, units, params, self._workers()[0])
+        if ds is not None:
+            ds.write_parquet(spec_dir, filesystem=self.build.fs)
+        summary = summarize_specs(self.build, spec_dir)
+        bucket_layout = layout(summary, cfg.max_samples, cfg.max_bytes)
+        record = {
+            "stage": stage,
+            "generation": generation,
+            "units": [u.key for u in units],
+            "spec_dir": spec_dir,
+            "layout": {str(b): v for b, v in bucket_layout.items()},
+            "planned_shards": sum(v[1] for v in bucket_layout.values()),
+            "samples": sum(summary.kept.values()),
+            "built": dict(sorted(summary.built.items())),
+            "kept": dict(sorted(summary.kept.items())),
+            "skipped": dict(sorted(summary.skipped.items())),
+            "complete": False,
+        }
+        self.build.write_json_atomic(self._record_path(stage, generation), record)
+        return record
+
+    def _markers(self, stage: str, generation: int) -> dict[str, dict[str, Any]]:
+        prefix = f"{stage}-g{generation:04d}-"
+        return {
+            p.rsplit("/", 1)[-1][: -len(".json")]: self.build.read_json(p)
+            for p in self.build.files(self.ledger.done_dir, ".json")
+            if p.rsplit("/", 1)[-1].startswith(prefix)
+        }
+
+    def _write_generation(self, record: dict[str, Any]) -> int:
+        """Write every shard of the generation that has no marker yet; returns how many."""
+        import ray
+
+        cfg = self.config
+        stage = record["stage"]
+        generation = record["generation"]
+        done_units = set(self._done_names(stage, generation))
+        written: dict[str, dict[str, Any]] = {}
+        files = self.build.files(record["spec_dir"], ".parquet")
+        if files:
+            bucket_layout = {int(b): v for b, v in record["layout"].items()}
+            done = sorted(int(u.rsplit("-", 1)[1]) for u in done_units)
+            actors, gpus = self._workers()
+            params = WriterParams(
+                build_uri=self.build.uri,
+                storage_options=cfg.storage_options,
+                stage=stage,
+                generation=generation,
+                max_samples=cfg.max_samples,
+                max_bytes=cfg.max_bytes,
+                batch_size=cfg.batch_size,
+                bucket_edges_s=list(cfg.bucket_edges_s),
+                text_tokenizer=cfg.text_tokenizer,
+                speech_tokenizer=cfg.speech_tokenizer,
+                encode_audio=self.encode_audio,
+            )
+            ds = ray.data.read_parquet(files, filesystem=self.build.fs).map_batches(
+                assign_shards,
+                batch_format="pyarrow",
+                fn_kwargs={"bucket_layout": bucket_layout, "done": done},
+            )
+            out = ds.groupby("shard").map_groups(
+                ShardWriter,
+                batch_format="pyarrow",
+                fn_constructor_kwargs={"params": asdict(params)},
+                # Autoscaling from one: a fixed pool would hold every CPU while the shuffle
+                # that feeds it still needs some (a deadlock on a small cluster).
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+                num_cpus=0 if gpus else 1,
+                num_gpus=gpus,
+            )
+            for row in out.take_all():
+                written[row["unit"]] = json.loads(row["marker"])
+        markers = {**self._markers(stage, generation), **written}
+        entries = sorted(
+            (e for m in markers.values() for e in m["shards"]), key=lambda e: e["name"]
+        )
+        tasks: dict[str, dict[str, Any]] = {}
+        quarantined: Counter = Counter()
+        for m in markers.values():
+            for task, t in m["tasks"].items():
+                _merge(tasks.setdefault(task, {}), t)
+            quarantined.update(m["quarantined"])
+        record.update(
+            complete=True,
+            shards=entries,
+            tasks=dict(sorted(tasks.items())),
+            quarantined=dict(sorted(quarantined.items())),
+        )
+        self.build.write_json_atomic(self._record_path(stage, generation), record)
+        return len(written)
+
+    def _done_names(self, stage: str, generation: int) -> list[str]:
+        prefix = f"{stage}-g{generation:04d}-"
+        return [
+            p.rsplit("/", 1)[-1][: -len(".json")]
+            for p in self.build.files(self.ledger.done_dir, ".json")
+            if p.rsplit("/", 1)[-1].startswith(prefix)
+        ]
+
+    # ---- the index ---------------------------------------------------------------------------
 
     def _text_vocab_size(self) -> int:
         if self._vocab is None:
@@ -408,61 +569,67 @@ class ShardStep:
             self._vocab = len(load_text_tokenizer(self.config.text_tokenizer))
         return self._vocab
 
-    def _index(self, plan: StagePlan, out: Path) -> dict[str, Any]:
-        markers = sorted(
-            (m for m in self.ledger.done_units() if m["stage"] == plan.stage),
-            key=lambda m: m["unit"],
-        )
-        if len(markers) != plan.shards:
-            raise RuntimeError(f"{plan.stage}: {len(markers)} of {plan.shards} shards done; rerun")
-        keep = {m["shard"]["name"] for m in markers}
-        for old in out.glob(f"{plan.stage}-*.tar"):  # leftovers of an earlier, larger plan
-            if old.name not in keep:
-                old.unlink()
-                old.with_name(old.name + ".idx").unlink(missing_ok=True)
+    def _index(self, stage: str, generations: list[dict[str, Any]]) -> dict[str, Any]:
+        shards = [e for g in generations for e in g.get("shards", [])]
         tasks: dict[str, dict[str, Any]] = {}
-        totals = {**_zero(), "shards": 0, "bytes": 0}
+        built: Counter = Counter()
+        kept: Counter = Counter()
+        skipped: Counter = Counter()
         quarantined: Counter = Counter()
-        for m in markers:
-            for task, t in m["tasks"].items():
-                agg = tasks.setdefault(task, _zero())
-                for k in agg:
-                    agg[k] = round(agg[k] + t[k], 3)
+        for g in generations:
+            for task, t in g.get("tasks", {}).items():
+                _merge(tasks.setdefault(task, {}), t)
+            built.update(g["built"])
+            kept.update(g["kept"])
+            skipped.update(g["skipped"])
+            quarantined.update(g.get("quarantined", {}))
+        totals = {**_zero(), "shards": len(shards), "bytes": 0}
+        for e in shards:
             for k in _zero():
-                totals[k] = round(totals[k] + m["shard"][k], 3)
-            totals["shards"] += 1
-            totals["bytes"] += m["shard"]["bytes"]
-            quarantined.update(m["quarantined"])
+                totals[k] = round(totals[k] + e[k], 3)
+            totals["bytes"] += e["bytes"]
         totals["speech_tokens_per_s"] = (
             round(totals["speech_tokens"] / totals["speech_s"], 3) if totals["speech_s"] else None
         )
-        weights = self.config.mixture.get(plan.stage, {})
-        info = {
-            **tokenizer_info(self.config.text_tokenizer, self.config.speech_tokenizer),
-            "text_vocab_size": self._text_vocab_size(),
-        }
+        weights = self.config.mixture.get(stage, {})
         index = {
             "version": INDEX_VERSION,
-            "stage": plan.stage,
+            "stage": stage,
             "seed": self.config.seed,
             "shuffle": self.config.shuffle,
             "bucket_edges_s": self.config.bucket_edges_s,
-            "tokenizers": info,
-            "shards": [m["shard"] for m in markers],
+            "tokenizers": {
+                **tokenizer_info(self.config.text_tokenizer, self.config.speech_tokenizer),
+                "text_vocab_size": self._text_vocab_size(),
+            },
+            "generations": [
+                {
+                    "generation": g["generation"],
+                    "units": len(g["units"]),
+                    "shards": len(g.get("shards", [])),
+                    "samples": sum(e["samples"] for e in g.get("shards", [])),
+                }
+                for g in generations
+            ],
+            "shards": shards,
             "tasks": dict(sorted(tasks.items())),
             "mixture": {
                 task: {
                     "weight": float(weights.get(task, 1.0)),
-                    "built": plan.built.get(task, 0),
-                    "kept": plan.kept.get(task, 0),
+                    "built": built.get(task, 0),
+                    "kept": kept.get(task, 0),
                 }
-                for task in sorted(plan.built)
+                for task in sorted(built)
             },
+            "built": dict(sorted(built.items())),
+            "skipped": dict(sorted(skipped.items())),
             "quarantined": dict(sorted(quarantined.items())),
             "totals": totals,
         }
-        self.build.write_bytes_atomic(
-            str(out / INDEX_NAME), (json.dumps(index, indent=2, sort_keys=True) + "\n").encode()
+        write_bytes_atomic(
+            self.build.fs,
+            index_path(self.stage_dir(stage)),
+            (json.dumps(index, indent=2, sort_keys=True) + "\n").encode(),
         )
         return index
 
@@ -496,10 +663,18 @@ class ShardsSummary:
         return "\n".join(lines)
 
 
-def run_shards(build_uri: str, config: ShardsConfig, progress: bool = True) -> ShardsSummary:
+def run_shards(
+    build_uri: str,
+    config: ShardsConfig,
+    progress: bool = True,
+    rebuild: bool = False,
+    encode_audio: bool = True,
+) -> ShardsSummary:
+    """Plan and write every configured stage; `rebuild` deletes each stage first (announced),
+    `encode_audio=False` is the bench's plan-only writer mode."""
     started = time.perf_counter()
     build = BuildDir(build_uri, **config.storage_options)
-    step = ShardStep(build, config, progress)
+    step = ShardStep(build, config, progress, rebuild, encode_audio)
     stages = [step.run_stage(stage) for stage in config.stages]
     summary = ShardsSummary(stages, round(time.perf_counter() - started, 2))
     build.write_json_atomic(build.path("_state", STEP, "summary.json"), summary.to_dict())

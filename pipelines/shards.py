@@ -63,9 +63,11 @@ def validate_key(key: Any) -> str | None:
     return None
 
 
-def shard_name(stage: str, index: int, generation: int = 0) -> str:
-    """`<stage>-g<generation>-<index>.tar`: generations are appended, never renumbered."""
-    return f"{stage}-g{generation:04d}-{index:06d}.tar"
+def shard_name(stage: str, index: int, generation: int = 0, part: int = 0) -> str:
+    """`<stage>-g<generation>-<index>.tar`: generations are appended, never renumbered. A shard
+    its writer had to cut (the seeded hash overfilled it) adds `-<part>` from its second part."""
+    suffix = f"-{part}" if part else ""
+    return f"{stage}-g{generation:04d}-{index:06d}{suffix}.tar"
 
 
 def index_path(stage_dir: str) -> str:

@@ -15,6 +15,7 @@ in `BuildCounts.skipped` so that nothing disappears without a trace. Must not re
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections import Counter
@@ -78,20 +79,48 @@ def _words(text: str) -> list[str]:
     return [w.strip(".,;:!?¿¡\"'()") for w in text.split() if len(w.strip(".,;:!?¿¡\"'()")) >= 3]
 
 
+# Distractor lexicon: wordfreq's frequency-ranked words of the language, past the most common
+# (function words make poor hotwords), keeping the words `_words` would keep.
+LEXICON_SKIP_TOP = 300
+LEXICON_SIZE = 5000
+
+
+@functools.lru_cache(maxsize=64)
+def distractor_lexicon(language: str) -> tuple[str, ...]:
+    """A fixed word list for `language` (ISO 639-1), empty when wordfreq does not know it."""
+    from wordfreq import available_languages, top_n_list
+
+    if not language or language not in available_languages():
+        return ()
+    words = top_n_list(language, LEXICON_SKIP_TOP + 3 * LEXICON_SIZE)[LEXICON_SKIP_TOP:]
+    kept = [w for w in words if w.isalpha() and _words(w) == [w]]
+    return tuple(kept[:LEXICON_SIZE])
+
+
 class StageBuilder:
     """Reads the tables once per stage and yields specs; `counts` says what was built/skipped."""
 
-    def __init__(self, build: BuildDir, config: SampleConfig) -> None:
+    def __init__(
+        self,
+        build: BuildDir,
+        config: SampleConfig,
+        view: sources.TableView = None,
+        recs: dict[str, sources.RecordingInfo] | None = None,
+        book: PromptBook | None = None,
+    ) -> None:
+        """`view` restricts every table to one unit's part files (None: whole tables); `recs`
+        supplies the recordings those rows refer to when they live in other units."""
         self.build = build
         self.config = config
-        self.book = PromptBook.load(config.prompts, config.seed)
+        self.view = view
+        self.book = book or PromptBook.load(config.prompts, config.seed)
         self.counts = BuildCounts()
-        self._recs: dict[str, sources.RecordingInfo] | None = None
+        self._recs = recs
 
     @property
     def recs(self) -> dict[str, sources.RecordingInfo]:
         if self._recs is None:
-            self._recs = sources.recordings(self.build)
+            self._recs = sources.recordings(self.build, self.view)
         return self._recs
 
     def specs(self, stage: str) -> Iterator[dict[str, Any]]:
@@ -112,7 +141,7 @@ class StageBuilder:
     def _segments(self) -> Iterator[tuple[dict[str, Any], sources.RecordingInfo]]:
         """Transcribed or language-tagged segments of non-duplicate recordings."""
         cols = ["segment_id", "recording_id", "channel", "start_s", "end_s", "text", "language"]
-        for seg in sources.iter_rows(self.build, "segments", cols):
+        for seg in sources.iter_rows(self.build, "segments", cols, self.view):
             rec = self.recs.get(seg["recording_id"])
             if rec is None or rec.duplicate:
                 continue
@@ -128,10 +157,9 @@ class StageBuilder:
 
     def _stage1(self) -> Iterator[dict[str, Any]]:
         cfg = self.config
-        styles = sources.styles_by_audio(self.build)
+        styles = sources.styles_by_audio(self.build, self.view)
         events = sources.audio_events(cfg.audio_events)
-        translations = sources.translations(cfg.translations)
-        pool = self._word_pool()
+        translations = sources.translations(tuple(cfg.translations))
         events_done: set[str] = set()
         for seg, rec in self._segments():
             span = seg["end_s"] - seg["start_s"]
@@ -151,10 +179,12 @@ class StageBuilder:
             ctx = {"sid": sid, "lang": lang, "meta": meta, "ref": ref}
             if text:
                 yield self._seg_spec(ctx, "asr", self.book.choose("asr", sid), text)
-                bias = self._bias_words(sid, text, lang, pool)
+                bias = self._bias_words(sid, text, lang)
                 if bias:
                     prompt = self.book.choose("contextual_asr", sid, hotwords=", ".join(bias))
                     yield self._seg_spec(ctx, "contextual_asr", prompt, text, hotwords=bias)
+                elif not distractor_lexicon(lang or ""):
+                    self._skip("contextual_asr", f"no distractor lexicon for language {lang!r}")
                 else:
                     self._skip("contextual_asr", "transcript too short for bias words")
                 for target, translated in translations.get(
@@ -216,38 +246,37 @@ class StageBuilder:
             input_audio=ctx["ref"],
         )
 
-    def _word_pool(self) -> dict[str, list[str]]:
-        """Per language, a bounded, seeded sample of transcript words: the distractor pool."""
-        limit = 5000
-        pool: dict[str, list[tuple[int, str]]] = {}
-        for seg, _ in self._segments():
-            lang = seg.get("language") or ""
-            for w in set(_words(seg.get("text") or "")):
-                heap = pool.setdefault(lang, [])
-                heap.append((_hash_int(self.config.seed, w), w))
-                if len(heap) > 2 * limit:  # keep the `limit` smallest hashes: a seeded sample
-                    heap.sort()
-                    del heap[limit:]
-        return {lang: sorted(w for _, w in sorted(h)[:limit]) for lang, h in pool.items()}
+    def _bias_words(self, sid: str, text: str, lang: str | None) -> list[str]:
+        """Hotwords from the transcript plus distractors from a fixed lexicon of the language.
 
-    def _bias_words(
-        self, sid: str, text: str, lang: str | None, pool: dict[str, list[str]]
-    ) -> list[str]:
+        The lexicon depends on nothing in the build, so a sample's prompt, content and key do
+        not change when other data is added. Distractors are drawn by seeded hashes of the
+        segment id: O(distractors) per segment, not a pass over a corpus-wide pool."""
+        if len(text.split()) < self.config.contextual_min_words:
+            return []
         words = sorted(set(_words(text)))
-        if len(text.split()) < self.config.contextual_min_words or not words:
+        if not words:
             return []
         chosen = sorted(words, key=lambda w: _hash_int(self.config.seed, sid, w))
         hot = chosen[: self.config.hotwords]
+        lexicon = distractor_lexicon(lang or "")
+        if len(lexicon) < 2 * self.config.distractors:
+            return []
         lower = {w.lower() for w in words}
-        others = [w for w in pool.get(lang or "", []) if w.lower() not in lower]
-        others.sort(key=lambda w: _hash_int(self.config.seed, sid, "distractor", w))
-        bias = hot + others[: self.config.distractors]
+        others: list[str] = []
+        for attempt in range(4 * self.config.distractors):
+            if len(others) == self.config.distractors:
+                break
+            w = lexicon[_hash_int(self.config.seed, sid, "distractor", attempt) % len(lexicon)]
+            if w.lower() not in lower and w not in others:
+                others.append(w)
+        bias = hot + others
         return sorted(bias, key=lambda w: _hash_int(self.config.seed, sid, "order", w))
 
     def _speaker_analysis(self) -> Iterator[dict[str, Any]]:
         by_rec: dict[str, list[dict[str, Any]]] = {}
         for t in sources.iter_rows(
-            self.build, "turns", ["recording_id", "speaker", "start_s", "end_s"]
+            self.build, "turns", ["recording_id", "speaker", "start_s", "end_s"], self.view
         ):
             by_rec.setdefault(t["recording_id"], []).append(t)
         for rid in sorted(by_rec):
@@ -290,7 +319,7 @@ class StageBuilder:
             )
 
     def _s2s_rows(self) -> Iterator[dict[str, Any]]:
-        yield from sources.iter_rows(self.build, "s2s_samples")
+        yield from sources.iter_rows(self.build, "s2s_samples", None, self.view)
 
     def _user_ref(self, row: dict[str, Any], channels: dict[str, int]):
         n = channels.get(row["user_audio_uri"], 1)
@@ -346,7 +375,7 @@ class StageBuilder:
     # ---- stage 2 ------------------------------------------------------------------------------
 
     def _stage2(self) -> Iterator[dict[str, Any]]:
-        styles = sources.styles_by_audio(self.build)
+        styles = sources.styles_by_audio(self.build, self.view)
         for seg, rec in self._segments():
             text = (seg.get("text") or "").strip()
             if not text:
@@ -435,7 +464,7 @@ class StageBuilder:
     # ---- stage 4 ------------------------------------------------------------------------------
 
     def _stage4(self) -> Iterator[dict[str, Any]]:
-        for row in sources.iter_rows(self.build, "frame_labels"):
+        for row in sources.iter_rows(self.build, "frame_labels", None, self.view):
             rec = self.recs.get(row["recording_id"])
             if rec is None:
                 self._skip("duplex", "frame labels of an unknown recording")

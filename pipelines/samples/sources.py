@@ -1,13 +1,18 @@
 """Read the build's tables for the sample builders, one column set at a time.
 
 Owns table access for the builders: small lookups keyed by id (recordings, synthesized turns,
-side-input labels) and streaming iteration over the big tables (segments, frame labels) in
-record batches. At the paper's scale the segments table never sits in one process; the lookups
-hold one small row per recording (about 200 bytes) and one per synthesized turn.
+side-input labels; cached per process, since every unit task of a worker uses the same ones) and streaming iteration over the big tables (segments, frame labels) in
+record batches.
+
+`TableView` restricts every read to the part files of one work unit (`<step>~<unit>_<n>.parquet`
+across the tables that one committed unit wrote). The shard planner builds specs unit by unit in
+Ray tasks, so no process ever holds more than one unit's rows, and a unit's specs depend only on
+that unit (plus its recordings, looked up by a distributed join where they live elsewhere).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterator
@@ -23,15 +28,21 @@ from pipelines.build import BuildDir
 BATCH_ROWS = 8192
 
 
-def table_files(build: BuildDir, table: str) -> list[str]:
+# A view: table -> the part files to read. None reads whole tables.
+TableView = dict[str, list[str]] | None
+
+
+def table_files(build: BuildDir, table: str, view: TableView = None) -> list[str]:
+    if view is not None:
+        return sorted(view.get(table, []))
     return build.files(build.table_dir(table), ".parquet")
 
 
 def iter_rows(
-    build: BuildDir, table: str, columns: list[str] | None = None
+    build: BuildDir, table: str, columns: list[str] | None = None, view: TableView = None
 ) -> Iterator[dict[str, Any]]:
     """Stream a table's rows in file order (deterministic: part files are sorted by name)."""
-    files = table_files(build, table)
+    files = table_files(build, table, view)
     if not files:
         return
     dataset = pads.dataset(files, filesystem=build.fs, format="parquet")
@@ -40,8 +51,10 @@ def iter_rows(
         yield from batch.to_pylist()
 
 
-def read_table(build: BuildDir, table: str, columns: list[str]) -> pa.Table | None:
-    files = table_files(build, table)
+def read_table(
+    build: BuildDir, table: str, columns: list[str], view: TableView = None
+) -> pa.Table | None:
+    files = table_files(build, table, view)
     if not files:
         return None
     return pads.dataset(files, filesystem=build.fs, format="parquet").to_table(columns=columns)
@@ -57,19 +70,33 @@ class RecordingInfo:
     duplicate: bool
 
 
-def recordings(build: BuildDir) -> dict[str, RecordingInfo]:
-    cols = ["recording_id", "source_uri", "channels", "corpus", "duration_s", "task", "dup_of"]
-    out: dict[str, RecordingInfo] = {}
-    for r in iter_rows(build, "recordings", cols):
-        out[r["recording_id"]] = RecordingInfo(
-            source_uri=r["source_uri"],
-            channels=int(r["channels"]),
-            corpus=r["corpus"],
-            duration_s=float(r["duration_s"]),
-            task=r.get("task"),
-            duplicate=r.get("dup_of") is not None,
-        )
-    return out
+RECORDING_COLUMNS = [
+    "recording_id",
+    "source_uri",
+    "channels",
+    "corpus",
+    "duration_s",
+    "task",
+    "dup_of",
+]
+
+
+def recording_info(row: dict[str, Any]) -> RecordingInfo:
+    return RecordingInfo(
+        source_uri=row["source_uri"],
+        channels=int(row["channels"]),
+        corpus=row["corpus"],
+        duration_s=float(row["duration_s"]),
+        task=row.get("task"),
+        duplicate=row.get("dup_of") is not None,
+    )
+
+
+def recordings(build: BuildDir, view: TableView = None) -> dict[str, RecordingInfo]:
+    return {
+        r["recording_id"]: recording_info(r)
+        for r in iter_rows(build, "recordings", RECORDING_COLUMNS, view)
+    }
 
 
 def channels_by_uri(recs: dict[str, RecordingInfo]) -> dict[str, int]:
@@ -84,12 +111,12 @@ class TurnStyle:
     emotion: str | None
 
 
-def styles_by_audio(build: BuildDir) -> dict[str, TurnStyle]:
+def styles_by_audio(build: BuildDir, view: TableView = None) -> dict[str, TurnStyle]:
     """Audio URI of each synthesized line -> its style, from s2s_samples joined with dialogues."""
     dialogue_rows = {
         (r["dialogue_id"], r["turn_index"]): r
         for r in iter_rows(
-            build, "dialogues", ["dialogue_id", "turn_index", "style_instruction", "emotion"]
+            build, "dialogues", ["dialogue_id", "turn_index", "style_instruction", "emotion"], view
         )
     }
     out: dict[str, TurnStyle] = {}
@@ -97,6 +124,7 @@ def styles_by_audio(build: BuildDir) -> dict[str, TurnStyle]:
         build,
         "s2s_samples",
         ["dialogue_id", "turn_index", "recipe", "user_audio_uri", "assistant_audio_uri"],
+        view,
     ):
         turns = [(s["assistant_audio_uri"], s["turn_index"])]
         if s["recipe"] == "tts_dialogue":  # the user line is synthesized too, one turn earlier
@@ -126,6 +154,7 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 yield number, json.loads(line)
 
 
+@functools.lru_cache(maxsize=4)
 def audio_events(path: str | Path | None) -> dict[str, list[str]]:
     """Side input: JSONL of {"source_uri", "events": [..]} per recording (paths relative to the
     file), the labels of the audio-event task. Keyed by the normalised source URI."""
@@ -141,7 +170,8 @@ def audio_events(path: str | Path | None) -> dict[str, list[str]]:
     return out
 
 
-def translations(paths: list[str] | None) -> dict[tuple[str, str], list[tuple[str, str]]]:
+@functools.lru_cache(maxsize=4)
+def translations(paths: tuple[str, ...] | None) -> dict[tuple[str, str], list[tuple[str, str]]]:
     """Side input: JSONL of {"language", "text", "target_language", "translation"}; an utterance
     whose (language, transcript) matches gets a speech-translation sample per target language."""
     out: dict[tuple[str, str], list[tuple[str, str]]] = {}

@@ -9,7 +9,8 @@ import pytest
 
 from pipelines.samples.prompts import PromptBook
 from pipelines.samples.spec import audio_ref, estimated_bytes, make_spec, sample_key
-from pipelines.shard_step import ShardsConfig, bucket_of, mixture_copies
+from pipelines.shard_plan import bucket_of, mixture_copies
+from pipelines.shard_step import ShardsConfig
 from pipelines.shards import validate_key
 
 
