@@ -137,12 +137,10 @@ def _run_shards(build: str, section: dict[str, Any], progress: bool) -> Any:
 
 
 def _run_verify(build: str, section: dict[str, Any], progress: bool) -> Any:
-    from pathlib import Path
-
     from pipelines.verify import verify_shards
 
-    root = Path(section.get("dir", f"{build}/shards"))
-    results = verify_shards(root)
+    root = section.get("dir", f"{build}/shards")
+    results = verify_shards(root, section.get("storage_options"))
     for stage, problems in results.items():
         print(f"verify {stage}: " + ("ok" if not problems else f"FAILED: {problems[0]}"))
     failed = {s: p for s, p in results.items() if p}
@@ -207,9 +205,12 @@ STEPS: dict[str, Callable[[], Step]] = {
         object_store=True,
     ),
     "shards": lambda: Step(
-        "shards", _config_keys("pipelines.shard_step", "ShardsConfig"), _run_shards
+        "shards",
+        _config_keys("pipelines.shard_step", "ShardsConfig"),
+        _run_shards,
+        object_store=True,
     ),
-    "verify": lambda: Step("verify", ("dir",), _run_verify),
+    "verify": lambda: Step("verify", ("dir", "storage_options"), _run_verify, object_store=True),
     "train": lambda: Step("train", ("stages", "steps"), _run_train),
     "stats": lambda: Step(
         "stats",

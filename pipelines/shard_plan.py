@@ -4,8 +4,8 @@
       -> Ray Data, one task per unit: StageBuilder over that unit's part files only
          (conversation rows first join their recordings, which live in other units)
       -> mixture copies, duration bucket, seeded slot and order per sample
-      -> the generation's spec table: Parquet under DIR/_state/shards/<stage>/g<N>/specs/
-      -> Ray Data aggregation: samples and estimated bytes per (bucket), counts per task
+      -> the unit's spec file, DIR/_state/shards/<stage>/g<N>-specs/<unit>.parquet (atomic;
+         a rerun keeps it), and a few summary rows back to the driver
       -> layout: shards per bucket; shard = bucket offset + slot mod shards-in-bucket
 
 Owns which sample goes into which shard of a generation, and the generation's record. The
@@ -21,19 +21,22 @@ Must not: read audio, write shards.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipelines.build import BuildDir, StepLedger
 from pipelines.samples import sources
 from pipelines.samples.builders import SampleConfig, StageBuilder
 from pipelines.samples.spec import estimated_bytes, span_s
+from pipelines.shards import write_bytes_atomic
 
 # Tables whose rows make a stage's samples: a unit is an input of the stage when it has a part
 # file in one of them.
@@ -53,10 +56,11 @@ FILL = 0.85
 
 SPEC_SCHEMA = pa.schema(
     [
-        ("kind", pa.string()),  # "spec" or "skip" (a counted reason a row made no sample)
+        # "spec"; "built" (a task's specs before mixture weights, counted per unit) or "skip"
+        # (a counted reason rows made no sample)
+        ("kind", pa.string()),
         ("task", pa.string()),  # the task; for skips "<task>: <why>"
-        ("n", pa.int64()),  # 1 for a spec; the count for a skip row
-        ("built", pa.int64()),  # 1 for a spec's first copy (mixture copies repeat a spec)
+        ("n", pa.int64()),  # 1 for a spec; the count for a built or skip row
         ("key", pa.string()),
         ("bucket", pa.int64()),
         ("est_bytes", pa.int64()),
@@ -144,6 +148,7 @@ class SpecParams:
     build_uri: str
     storage_options: dict[str, Any]
     stage: str
+    spec_dir: str  # where each unit's spec file goes
     seed: int
     shuffle: bool
     bucket_edges_s: list[float]
@@ -151,75 +156,96 @@ class SpecParams:
     samples: dict[str, Any] = field(default_factory=dict)
 
 
-class UnitSpecs:
-    """Ray Data stage: one unit (a batch of one row, or a join group of one unit) -> spec rows.
+@functools.lru_cache(maxsize=4)
+def _context(params_json: str) -> tuple[SpecParams, BuildDir, SampleConfig, Any]:
+    """Per worker process: the params, build, sample config and prompt book, loaded once."""
+    from pipelines.samples.prompts import PromptBook
 
-    A callable class so that the prompt book, the lexicons and the side inputs load once per
-    worker, not once per unit."""
+    p = SpecParams(**json.loads(params_json))
+    sample_config = SampleConfig(**{"seed": p.seed, **p.samples})
+    build = BuildDir(p.build_uri, **p.storage_options)
+    return p, build, sample_config, PromptBook.load(sample_config.prompts, p.seed)
 
-    def __init__(self, params: dict[str, Any]) -> None:
-        from pipelines.samples.prompts import PromptBook
 
-        self.p = SpecParams(**params)
-        self.build = BuildDir(self.p.build_uri, **self.p.storage_options)
-        self.sample_config = SampleConfig(**{"seed": self.p.seed, **self.p.samples})
-        self.book = PromptBook.load(self.sample_config.prompts, self.p.seed)
+SUMMARY_COLUMNS = ["kind", "task", "bucket", "n", "est_bytes"]
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
-        recs = None
-        if "source_uri" in batch.column_names:  # a join group: the unit's recordings
-            recs = {
-                r["recording_id"]: sources.recording_info(r)
-                for r in rows
-                if r.get("source_uri") is not None
-            }
-        out: list[dict[str, Any]] = []
-        for unit in {r["unit"]: r["view"] for r in rows}.items():
-            out += self.unit_rows(unit[1], recs)
-        return pa.Table.from_pylist(out, schema=SPEC_SCHEMA)
 
-    def unit_rows(
-        self, view_json: str, recs: dict[str, sources.RecordingInfo] | None
-    ) -> list[dict[str, Any]]:
-        p = self.p
-        builder = StageBuilder(
-            self.build, self.sample_config, json.loads(view_json), recs, self.book
+def unit_specs(batch: pa.Table, params: str) -> pa.Table:
+    """Ray Data stage: units -> each unit's spec file, and its summary rows.
+
+    A batch is one unit (from `map_batches`, batch_size=1) or one unit's join group (from
+    `map_groups`, one row per recording, with the recordings' columns). Each unit's specs go to
+    `<spec_dir>/<unit>.parquet` in one atomic write; a unit whose file exists is not built
+    again (a rerun after a crash). Returns per (kind, task, bucket) sums: a handful of rows."""
+    p, build, sample_config, book = _context(params)
+    rows = batch.to_pylist()
+    recs = None
+    if "source_uri" in batch.column_names:  # a join group: the unit's recordings
+        recs = {
+            r["recording_id"]: sources.recording_info(r)
+            for r in rows
+            if r.get("source_uri") is not None
+        }
+    summaries = []
+    for unit, view_json in sorted({r["unit"]: r["view"] for r in rows}.items()):
+        path = f"{p.spec_dir}/{unit}.parquet"
+        if build.exists(path):
+            table = pq.read_table(path, filesystem=build.fs, columns=SUMMARY_COLUMNS)
+        else:
+            builder = StageBuilder(build, sample_config, json.loads(view_json), recs, book)
+            table = pa.Table.from_pylist(_spec_rows(builder, p), schema=SPEC_SCHEMA)
+            buffer = pa.BufferOutputStream()
+            pq.write_table(table, buffer, compression="zstd")
+            write_bytes_atomic(build.fs, path, buffer.getvalue().to_pybytes())
+        summaries.append(
+            table.select(SUMMARY_COLUMNS)
+            .group_by(["kind", "task", "bucket"])
+            .aggregate([("n", "sum"), ("est_bytes", "sum")])
         )
-        out: list[dict[str, Any]] = []
-        for spec in builder.specs(p.stage):
-            for copy in mixture_copies(spec, float(p.weights.get(spec["task"], 1.0)), p.seed):
-                key = copy["key"]
-                out.append(
-                    {
-                        "kind": "spec",
-                        "task": copy["task"],
-                        "n": 1,
-                        "built": int(copy is spec),
-                        "key": key,
-                        "bucket": bucket_of(sample_duration_s(copy), p.bucket_edges_s),
-                        "est_bytes": estimated_bytes(copy),
-                        "slot": hash63(p.seed, "slot", key),
-                        # Without shuffle, samples sit in key order inside their shard.
-                        "order": hash63(p.seed, "order", key) if p.shuffle else 0,
-                        "spec": json.dumps(copy, sort_keys=True, ensure_ascii=False),
-                    }
-                )
-        for why, n in sorted(builder.counts.skipped.items()):
-            out.append({"kind": "skip", "task": why, "n": n, "built": 0, "est_bytes": 0})
-        return out
+    return pa.concat_tables(summaries) if summaries else _EMPTY_SUMMARY
 
 
-def _recording_ids(batch: pa.Table) -> pa.Table:
-    """A join unit -> one row per recording its join-table rows name (plus the unit, view)."""
-    # Only ever called from Ray Data with one-row batches of (unit, view).
-    build_cache: dict[str, BuildDir] = {}
+_EMPTY_SUMMARY = pa.table(
+    {
+        "kind": pa.array([], pa.string()),
+        "task": pa.array([], pa.string()),
+        "bucket": pa.array([], pa.int64()),
+        "n_sum": pa.array([], pa.int64()),
+        "est_bytes_sum": pa.array([], pa.int64()),
+    }
+)
+
+
+def _spec_rows(builder: StageBuilder, p: SpecParams) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for spec in builder.specs(p.stage):
+        for copy in mixture_copies(spec, float(p.weights.get(spec["task"], 1.0)), p.seed):
+            key = copy["key"]
+            out.append(
+                {
+                    "kind": "spec",
+                    "task": copy["task"],
+                    "n": 1,
+                    "key": key,
+                    "bucket": bucket_of(sample_duration_s(copy), p.bucket_edges_s),
+                    "est_bytes": estimated_bytes(copy),
+                    "slot": hash63(p.seed, "slot", key),
+                    # Without shuffle, samples sit in key order inside their shard.
+                    "order": hash63(p.seed, "order", key) if p.shuffle else 0,
+                    "spec": json.dumps(copy, sort_keys=True, ensure_ascii=False),
+                }
+            )
+    for kind, counts in (("built", builder.counts.built), ("skip", builder.counts.skipped)):
+        for task, n in sorted(counts.items()):
+            out.append({"kind": kind, "task": task, "n": n, "est_bytes": 0})
+    return out
+
+
+def _recording_ids(batch: pa.Table, params: str) -> pa.Table:
+    """A join unit -> one row per recording its join-table rows name (plus unit and view)."""
+    _, build, _, _ = _context(params)
     out: list[dict[str, Any]] = []
     for row in batch.to_pylist():
-        params = json.loads(row["params"])
-        build = build_cache.setdefault(
-            params["build_uri"], BuildDir(params["build_uri"], **params["storage_options"])
-        )
         view = json.loads(row["view"])
         ids: set[str] = set()
         for table in JOIN_TABLES:
@@ -228,64 +254,44 @@ def _recording_ids(batch: pa.Table) -> pa.Table:
                 ids.update(got.column("recording_id").to_pylist())
         for rid in sorted(ids) or [""]:  # an empty unit still reaches its group
             out.append({"unit": row["unit"], "view": row["view"], "recording_id": rid})
-    return pa.Table.from_pylist(
-        out,
-        schema=pa.schema(
-            [("unit", pa.string()), ("view", pa.string()), ("recording_id", pa.string())]
-        ),
+    schema = pa.schema(
+        [("unit", pa.string()), ("view", pa.string()), ("recording_id", pa.string())]
     )
+    return pa.Table.from_pylist(out, schema=schema)
 
 
-def spec_dataset(build: BuildDir, units: list[Unit], params: SpecParams, workers: int) -> Any:
-    """The generation's spec rows as a Ray Data dataset (lazy), built unit by unit."""
-    from dataclasses import asdict
-
+def spec_summaries(build: BuildDir, units: list[Unit], params: SpecParams) -> Any:
+    """Build the generation's spec files unit by unit on Ray; the summary rows, lazily."""
     import ray
 
-    p = asdict(params)
+    p = json.dumps(asdict(params), sort_keys=True)
     parts = []
     local = [u for u in units if not u.needs_join]
     joined = [u for u in units if u.needs_join]
-    if local:
+    items = [{"unit": u.key, "view": json.dumps(u.view, sort_keys=True)} for u in local]
+    if items:
         parts.append(
-            ray.data.from_items(
-                [{"unit": u.key, "view": json.dumps(u.view, sort_keys=True)} for u in local]
-            ).map_batches(
-                UnitSpecs,
-                batch_size=1,
-                batch_format="pyarrow",
-                fn_constructor_kwargs={"params": p},
-                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
-                num_cpus=1,
+            ray.data.from_items(items).map_batches(
+                unit_specs, batch_size=1, batch_format="pyarrow", fn_kwargs={"params": p}
             )
         )
     if joined:
-        recordings = sources.table_files(build, "recordings")
+        # Conversation rows name recordings that other steps' units committed: a distributed
+        # join brings each unit the few recordings it needs.
         rec_ds = ray.data.read_parquet(
-            recordings, filesystem=build.fs, columns=sources.RECORDING_COLUMNS
+            sources.table_files(build, "recordings"),
+            filesystem=build.fs,
+            columns=sources.RECORDING_COLUMNS,
         )
         ids = ray.data.from_items(
-            [
-                {
-                    "unit": u.key,
-                    "view": json.dumps(u.view, sort_keys=True),
-                    "params": json.dumps(p),
-                }
-                for u in joined
-            ]
-        ).map_batches(_recording_ids, batch_size=1, batch_format="pyarrow")
+            [{"unit": u.key, "view": json.dumps(u.view, sort_keys=True)} for u in joined]
+        ).map_batches(_recording_ids, batch_size=1, batch_format="pyarrow", fn_kwargs={"params": p})
         partitions = max(1, min(64, len(joined)))
         grouped = ids.join(
             rec_ds, join_type="left_outer", num_partitions=partitions, on=("recording_id",)
         ).groupby("unit")
         parts.append(
-            grouped.map_groups(
-                UnitSpecs,
-                batch_format="pyarrow",
-                fn_constructor_kwargs={"params": p},
-                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
-                num_cpus=1,
-            )
+            grouped.map_groups(unit_specs, batch_format="pyarrow", fn_kwargs={"params": p})
         )
     if not parts:
         return None
@@ -306,25 +312,17 @@ class SpecSummary:
     bucket_bytes: Counter
 
 
-def summarize_specs(build: BuildDir, spec_dir: str) -> SpecSummary:
-    import ray
-
-    files = build.files(spec_dir, ".parquet")
+def summarize(rows: list[dict[str, Any]]) -> SpecSummary:
+    """Per-unit summary rows (from `unit_specs`) -> the generation's totals."""
     summary = SpecSummary(Counter(), Counter(), Counter(), Counter(), Counter())
-    if not files:
-        return summary
-    ds = ray.data.read_parquet(
-        files, filesystem=build.fs, columns=["kind", "task", "n", "built", "bucket", "est_bytes"]
-    )
-    for row in ds.groupby(["kind", "task", "bucket"]).sum(["n", "built", "est_bytes"]).take_all():
-        n, task = int(row["sum(n)"]), row["task"]
-        if row["kind"] == "skip":
-            summary.skipped[task] += n
+    for row in rows:
+        n, task = int(row["n_sum"]), row["task"]
+        if row["kind"] != "spec":
+            (summary.skipped if row["kind"] == "skip" else summary.built)[task] += n
             continue
         summary.kept[task] += n
-        summary.built[task] += int(row["sum(built)"])
         summary.bucket_samples[int(row["bucket"])] += n
-        summary.bucket_bytes[int(row["bucket"])] += int(row["sum(est_bytes)"])
+        summary.bucket_bytes[int(row["bucket"])] += int(row["est_bytes_sum"])
     return summary
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -38,6 +39,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipelines.build import BuildDir, StepLedger
+from pipelines.ingest.fs import to_uri
 from pipelines.ingest.items import quarantine_row
 from pipelines.ingest.sink import write_table
 from pipelines.ray_runtime import ensure_ray
@@ -47,8 +49,8 @@ from pipelines.shard_plan import (
     assign_shards,
     layout,
     list_units,
-    spec_dataset,
-    summarize_specs,
+    spec_summaries,
+    summarize,
 )
 from pipelines.shards import (
     INDEX_VERSION,
@@ -219,6 +221,8 @@ class ShardWriter:
             "shards": entries,
             "tasks": tasks,
             "quarantined": dict(Counter(q["reason_code"] for q in quarantine)),
+            # Where the bytes were written from: the driver never touches them.
+            "written_by": {"node": _node_id(), "pid": os.getpid()},
         }
         self.ledger.commit(unit, marker)
         return pa.table({"unit": [unit], "marker": [json.dumps({"unit": unit, **marker})]})
@@ -305,6 +309,12 @@ class ShardWriter:
             (k, s, {c: out[c][i] for c in MEMBER_COLUMNS}, out["error"][i])
             for i, (k, s) in enumerate(zip(keys, specs, strict=True))
         ]
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
 
 def _plan_only_members(spec_json: str) -> dict[str, Any]:
@@ -449,21 +459,19 @@ class ShardStep:
     def _plan_generation(self, stage: str, generation: int, units: list[Any]) -> dict[str, Any]:
         cfg = self.config
         spec_dir = f"{self.state_dir(stage)}/g{generation:04d}-specs"
-        self.build.delete(spec_dir)  # a crash before the record left a partial table
         params = SpecParams(
-            build_uri=self.build.uri,
+            build_uri=to_uri(self.build.fs, self.build.root),
             storage_options=cfg.storage_options,
             stage=stage,
+            spec_dir=spec_dir,
             seed=cfg.seed,
             shuffle=cfg.shuffle,
             bucket_edges_s=list(cfg.bucket_edges_s),
             weights=dict(cfg.mixture.get(stage, {})),
             samples=dict(cfg.samples),
         )
-        ds = spec_dataset(self.build, units, params, self._workers()[0])
-        if ds is not None:
-            ds.write_parquet(spec_dir, filesystem=self.build.fs)
-        summary = summarize_specs(self.build, spec_dir)
+        ds = spec_summaries(self.build, units, params)
+        summary = summarize(ds.take_all() if ds is not None else [])
         bucket_layout = layout(summary, cfg.max_samples, cfg.max_bytes)
         record = {
             "stage": stage,
@@ -504,7 +512,7 @@ class ShardStep:
             done = sorted(int(u.rsplit("-", 1)[1]) for u in done_units)
             actors, gpus = self._workers()
             params = WriterParams(
-                build_uri=self.build.uri,
+                build_uri=to_uri(self.build.fs, self.build.root),
                 storage_options=cfg.storage_options,
                 stage=stage,
                 generation=generation,

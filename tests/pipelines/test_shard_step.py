@@ -21,6 +21,7 @@ from minmo.tokens.text import load_text_tokenizer
 from pipelines.build import BuildDir
 from pipelines.ingest.run import read_table
 from pipelines.shard_step import ShardsConfig, run_shards
+from pipelines.shards import index_path
 from pipelines.verify import verify_shards
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,7 +80,7 @@ def _stage(demo: dict[str, Any], stage: str) -> Path:
 
 
 def _index(demo: dict[str, Any], stage: str) -> dict[str, Any]:
-    return json.loads((_stage(demo, stage) / "index.json").read_text())
+    return json.loads(Path(index_path(str(_stage(demo, stage)))).read_text())
 
 
 def test_all_four_stages_verify_with_their_tasks(demo: dict[str, Any]) -> None:
@@ -178,18 +179,25 @@ def test_rerun_writes_nothing_and_a_lost_shard_is_rebuilt_identically(
     demo: dict[str, Any],
 ) -> None:
     stage1 = _stage(demo, "stage1")
-    before = (stage1 / "index.json").read_bytes()
+    index = Path(index_path(str(stage1)))
+    before = index.read_bytes()
     again = run_shards(demo["build"], _config(demo["tokenizer"]), progress=False)
     assert all(s["shards_written_now"] == 0 for s in again.stages)
-    assert (stage1 / "index.json").read_bytes() == before
-    # A crash that lost shard 2 (tar gone, marker gone) and left a temp file behind.
-    (stage1 / "stage1-000002.tar").unlink()
-    marker = Path(demo["build"]) / "_state/shards/done/stage1-000002.json"
-    marker.unlink()
-    (stage1 / ".stage1-000002.tar.tmp-1").write_bytes(b"partial")
+    assert index.read_bytes() == before
+    # A crash that lost shard 2 (tar gone, marker gone) and left a temp file behind; the
+    # generation's record is not complete yet, as it would not be after a crash.
+    tar = stage1 / "stage1-g0000-000002.tar"
+    lost = tar.read_bytes()
+    tar.unlink()
+    (Path(demo["build"]) / "_state/shards/done/stage1-g0000-000002.json").unlink()
+    (stage1 / ".stage1-g0000-000002.tar.tmp-1").write_bytes(b"partial")
+    record_path = Path(demo["build"]) / "_state/shards/stage1/g0000.json"
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, "complete": False, "shards": []}))
     redo = run_shards(demo["build"], _config(demo["tokenizer"], stages=["stage1"]), progress=False)
     assert redo.stages[0]["shards_written_now"] == 1
-    assert (stage1 / "index.json").read_bytes() == before
+    assert tar.read_bytes() == lost
+    assert index.read_bytes() == before
     assert verify_shards(stage1) == {"stage1": []}
 
 
@@ -201,9 +209,13 @@ def test_a_fresh_build_is_byte_identical(demo: dict[str, Any], tmp_path: Path) -
     )
     run_shards(str(copy), _config(demo["tokenizer"], stages=["stage2", "stage4"]), progress=False)
     for stage in ("stage2", "stage4"):
-        ours = {p.name: p.read_bytes() for p in (copy / "shards" / stage).iterdir()}
-        theirs = {p.name: p.read_bytes() for p in _stage(demo, stage).iterdir()}
-        assert ours == theirs, stage
+        ours = _tree_bytes(copy / "shards" / stage)
+        assert ours == _tree_bytes(_stage(demo, stage)), stage
+        assert any(name.startswith("_index/") for name in ours)
+
+
+def _tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
 def test_failed_samples_are_quarantined_and_counted(demo: dict[str, Any], tmp_path: Path) -> None:
@@ -239,7 +251,7 @@ def test_duration_buckets_keep_shards_homogeneous(demo: dict[str, Any], tmp_path
     shutil.copytree(demo["build"], copy, ignore=shutil.ignore_patterns("shards", "_state"))
     cfg = _config(demo["tokenizer"], stages=["stage2"], bucket_edges_s=[3.0])
     run_shards(str(copy), cfg, progress=False)
-    index = json.loads((copy / "shards/stage2/index.json").read_text())
+    index = json.loads(Path(index_path(str(copy / "shards/stage2"))).read_text())
     buckets = [tuple(s["duration_bucket_s"]) for s in index["shards"]]
     assert (0.0, 3.0) in buckets and (3.0, None) in buckets
     for shard in index["shards"]:
@@ -255,7 +267,7 @@ def test_ray_data_reads_the_shards(demo: dict[str, Any]) -> None:
     import ray
 
     stage4 = _stage(demo, "stage4")
-    ds = ray.data.read_webdataset(str(stage4), decoder=None, file_extensions=["tar"])
+    ds = ray.data.read_webdataset(str(stage4), decoder=None)  # no extra arguments needed
     rows = ds.take_all()
     assert len(rows) == _index(demo, "stage4")["totals"]["samples"]
     keys = {r["__key__"] for r in rows}
@@ -288,12 +300,213 @@ def test_minmo_verify_names_the_first_bad_shard_and_sample(
                 continue
             dst.addfile(member, src.extractfile(member))
     tar_path.write_bytes(out.getvalue())
-    index = json.loads((stage3 / "index.json").read_text())
+    index_file = Path(index_path(str(stage3)))
+    index = json.loads(index_file.read_text())
     entry = next(s for s in index["shards"] if s["name"] == tar_path.name)
     entry["bytes"] = tar_path.stat().st_size
     entry["sha256"] = hashlib.sha256(tar_path.read_bytes()).hexdigest()
-    (stage3 / "index.json").write_text(json.dumps(index))
+    index_file.write_text(json.dumps(index))
     capsys.readouterr()
     assert main(["verify", str(stage3)]) == 1
     first = capsys.readouterr().out.splitlines()[0]
     assert tar_path.name in first and dropped in first and "speech_tokens.npy" in first
+
+
+def _stat(stage_dir: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Every tar's inode, mtime and bytes: a rewrite changes at least the first two."""
+    return {
+        p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes())
+        for p in stage_dir.glob("*.tar")
+    }
+
+
+def test_added_data_is_a_new_generation_and_nothing_committed_is_rewritten(
+    demo: dict[str, Any], tmp_path: Path, shared_data: Path
+) -> None:
+    from minmo.train.data import ShardIndex
+    from pipelines.ingest.config import IngestConfig
+    from pipelines.ingest.run import run_ingest
+
+    copy = tmp_path / "build"
+    shutil.copytree(demo["build"], copy)
+    before = {stage: _stat(copy / "shards" / stage) for stage in ("stage1", "stage2")}
+    old_index = json.loads(Path(index_path(str(copy / "shards/stage1"))).read_text())
+    manifest = tmp_path / "more.jsonl"
+    jfk = shared_data / "asr_whisper_jfk/jfk.flac"
+    text = "And so my fellow Americans ask not what your country can do for you"
+    manifest.write_text(json.dumps({"path": str(jfk), "text": text, "language": "en"}) + "\n")
+    run_ingest(str(manifest), str(copy), IngestConfig(corpus="more"), progress=False)
+
+    cfg = _config(demo["tokenizer"], stages=["stage1", "stage2"])
+    summary = run_shards(str(copy), cfg, progress=False)
+    for stage, result in zip(("stage1", "stage2"), summary.stages, strict=True):
+        assert result["rebuilt"] is None and result["generations"] == 2, stage
+        after = _stat(copy / "shards" / stage)
+        assert {n: after[n] for n in before[stage]} == before[stage], stage  # untouched
+        new = sorted(set(after) - set(before[stage]))
+        assert new and all(n.startswith(f"{stage}-g0001-") for n in new)
+        index = json.loads(Path(index_path(str(copy / "shards" / stage))).read_text())
+        assert [g["generation"] for g in index["generations"]] == [0, 1]
+        assert {s["name"] for s in index["shards"]} == set(after)
+        for name in new:  # the new generation holds only the new recording's samples
+            for sample in wds.WebDataset(str(copy / "shards" / stage / name), shardshuffle=False):
+                assert json.loads(sample["json"])["provenance"]["source_uri"].endswith("jfk.flac")
+        # The trainer's epoch permutation runs over every generation's shards.
+        loader_index = ShardIndex.load(copy / "shards" / stage)
+        assert loader_index.total == index["totals"]["samples"]
+    new_index = json.loads(Path(index_path(str(copy / "shards/stage1"))).read_text())
+    assert new_index["shards"][: len(old_index["shards"])] == old_index["shards"]
+    assert verify_shards(copy / "shards") == {
+        s: [] for s in ("stage1", "stage2", "stage3", "stage4")
+    }
+    # Nothing new for stage 3: the same run on it appends nothing.
+    again = run_shards(str(copy), _config(demo["tokenizer"], stages=["stage3"]), progress=False)
+    assert again.stages[0]["new_units"] == 0 and again.stages[0]["shards_written_now"] == 0
+
+
+def test_a_changed_config_rebuilds_the_stage_and_says_so_first(
+    demo: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copy = tmp_path / "build"
+    shutil.copytree(demo["build"], copy)
+    capsys.readouterr()
+    changed = _config(demo["tokenizer"], stages=["stage3"], max_samples=5)
+    summary = run_shards(str(copy), changed, progress=False)
+    err = capsys.readouterr().err
+    assert "rebuilding stage3 because the config changed (max_samples)" in err
+    assert summary.stages[0]["generations"] == 1
+    index = json.loads(Path(index_path(str(copy / "shards/stage3"))).read_text())
+    assert all(s["samples"] <= 5 for s in index["shards"]) and len(index["shards"]) >= 3
+    assert verify_shards(copy / "shards/stage3") == {"stage3": []}
+    # --rebuild forces it even when nothing changed, and says so too.
+    run_shards(str(copy), changed, progress=False, rebuild=True)
+    assert "rebuilding stage3 because --rebuild was given" in capsys.readouterr().err
+
+
+def test_workers_write_the_shards_not_the_driver(demo: dict[str, Any]) -> None:
+    import os
+
+    markers = list((Path(demo["build"]) / "_state/shards/done").glob("*.json"))
+    writers = {json.loads(m.read_text())["written_by"]["pid"] for m in markers}
+    assert markers and os.getpid() not in writers
+
+
+def _to_s3(demo: dict[str, Any], options: dict[str, Any], bucket: str) -> str:
+    """The demo build's tables (no shards, no shard state) copied to `s3://<bucket>/demo`."""
+    import pyarrow.fs as pafs
+
+    from pipelines.ingest.fs import open_filesystem
+
+    fs, _ = open_filesystem(f"s3://{bucket}", **options)
+    fs.create_dir(bucket)
+    local = Path(demo["build"])
+    for item in local.iterdir():
+        if item.name in ("shards", "_state"):
+            continue
+        pafs.copy_files(
+            str(item),
+            f"{bucket}/demo/{item.name}",
+            source_filesystem=pafs.LocalFileSystem(),
+            destination_filesystem=fs,
+        )
+    return f"s3://{bucket}/demo"
+
+
+def _s3_tars(uri: str, options: dict[str, Any]) -> dict[str, bytes]:
+    import pyarrow.fs as pafs
+
+    from pipelines.ingest.fs import open_filesystem
+
+    fs, path = open_filesystem(uri, **options)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    out = {}
+    for info in infos:
+        if info.base_name.endswith(".tar"):
+            with fs.open_input_stream(info.path) as f:
+                out[info.base_name] = f.read()
+    return out
+
+
+def test_shards_on_s3_are_the_local_bytes_and_verify(
+    demo: dict[str, Any], moto_s3_options: dict[str, Any], tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # anything written to a relative local path would land here
+    build = _to_s3(demo, moto_s3_options, "shards-s3")
+    cfg = _config(demo["tokenizer"], stages=["stage2", "stage4"], storage_options=moto_s3_options)
+    summary = run_shards(build, cfg, progress=False)
+    assert all(s["shards_written_now"] > 0 for s in summary.stages)
+    assert list(tmp_path.iterdir()) == []
+    assert verify_shards(f"{build}/shards", moto_s3_options) == {"stage2": [], "stage4": []}
+    for stage in ("stage2", "stage4"):
+        local = {p.name: p.read_bytes() for p in _stage(demo, stage).glob("*.tar")}
+        assert _s3_tars(f"{build}/shards/{stage}", moto_s3_options) == local, stage
+
+
+def test_an_upload_cut_mid_run_leaves_no_marker_and_the_rerun_redoes_only_that(
+    demo: dict[str, Any], tmp_path: Path
+) -> None:
+    import socket
+    import threading
+    import time
+
+    from moto.server import ThreadedMotoServer
+
+    from pipelines.ingest.fs import open_filesystem
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    options = {
+        "endpoint_override": f"http://127.0.0.1:{port}",
+        "access_key": "test",
+        "secret_key": "test",
+        "region": "us-east-1",
+        "scheme": "http",
+        "connect_timeout": 1,
+        "request_timeout": 2,
+    }
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        build = _to_s3(demo, options, "shards-cut")
+        cfg = _config(demo["tokenizer"], stages=["stage2"], max_samples=4, storage_options=options)
+        fs, root = open_filesystem(build, **options)
+        done_dir = f"{root}/_state/shards/done"
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                run_shards(build, cfg, progress=False)
+            except BaseException as exc:  # noqa: BLE001 - the cut is expected to fail the run
+                failure.append(exc)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and thread.is_alive():
+            if len(BuildDir(build, **options).files(done_dir, ".json")) >= 2:
+                break
+            time.sleep(0.05)
+        server.stop()  # the object store goes away in the middle of the writes
+        thread.join(600)
+        assert failure, "the run should fail when its object store disappears"
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()  # the same in-process store comes back, as after an outage
+        committed = {
+            m.rsplit("/", 1)[-1] for m in BuildDir(build, **options).files(done_dir, ".json")
+        }
+        planned = json.loads(
+            fs.open_input_stream(f"{root}/_state/shards/stage2/g0000.json").read()
+        )["planned_shards"]
+        assert 2 <= len(committed) < planned
+        before = _s3_tars(f"{build}/shards/stage2", options)
+        redo = run_shards(build, cfg, progress=False)
+        markers = BuildDir(build, **options).files(done_dir, ".json")
+        assert redo.stages[0]["shards_written_now"] == len(markers) - len(committed) > 0
+        after = _s3_tars(f"{build}/shards/stage2", options)
+        for marker in committed:  # committed shards are the same bytes
+            name = marker[: -len(".json")] + ".tar"
+            assert after[name] == before[name]
+        assert verify_shards(f"{build}/shards", options) == {"stage2": []}
+    finally:
+        server.stop()

@@ -19,6 +19,7 @@ from pipelines.diarize import DiarizeConfig, run_diarize
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.run import run_ingest
 from pipelines.shard_step import ShardsConfig, run_shards
+from pipelines.shards import index_path
 from pipelines.turns import LabelTurnsConfig, run_label_turns
 from pipelines.verify import verify_shards
 
@@ -113,7 +114,7 @@ def test_the_real_call_keeps_both_channels_and_its_labels(built: dict[str, Any])
 
 
 def test_speech_tokens_of_real_speech(built: dict[str, Any]) -> None:
-    index = json.loads((built["build"] / "shards/stage2/index.json").read_text())
+    index = json.loads(Path(index_path(str(built["build"] / "shards/stage2"))).read_text())
     assert 24.9 < index["totals"]["speech_tokens_per_s"] < 25.2
     # jfk.flac is 11 s: one clip, 275 tokens.
     jfk = [
