@@ -7,11 +7,15 @@
     ...
 
 Unknown keys are an error naming the nearest valid one (as for the data job specs).
+
+The build (and the spec itself) may be an object-store URI: `minmo train 1a.yaml --build
+s3://bucket/build --out ckpt/1a` streams the shards from the bucket; checkpoints stay local.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,7 @@ from typing import Any
 import yaml
 
 from minmo.jobs import JobSpecError, check_keys
+from pipelines.ingest.fs import check_scheme, open_filesystem, uri_scheme
 
 
 @dataclass
@@ -38,7 +43,10 @@ class TrainConfig:
     steps: int = 100
     seed: int = 0
     # data
-    shards: str | None = None  # default: DIR/shards/<the stage's shard dir>
+    shards: str | None = None  # default: DIR/shards/<the stage's shard dir>; a path or URI
+    # pyarrow filesystem options for shards on an object store, e.g. {"endpoint_override":
+    # "http://127.0.0.1:9000"} (pipelines.ingest.fs.open_filesystem); credentials from the env
+    storage_options: dict[str, Any] = field(default_factory=dict)
     max_samples: int = 8  # per batch per rank
     max_audio_s: float = 120.0  # padded audio seconds per batch per rank
     max_tokens: int = 4096  # text + speech tokens per batch per rank
@@ -56,7 +64,7 @@ class TrainConfig:
     bf16: bool = True  # autocast on GPU only; CPU runs in fp32 for exactness
     activation_checkpointing: bool = False
     # checkpoints and logs
-    out: str | None = None  # default: DIR/checkpoints/<stage>
+    out: str | None = None  # default: DIR/checkpoints/<stage>; must be local (see locations)
     save_every: int = 50
     keep_last: int = 2
     log_every: int = 1
@@ -85,6 +93,43 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def locations(self, build: str) -> tuple[str, str, str | None]:
+        """(the stage's shard directory, the checkpoint directory, init_from) for `build`.
+
+        Shards may be anywhere pyarrow.fs reaches. Checkpoints, metrics and the export are
+        written with local file I/O (torch.distributed.checkpoint, TensorBoard), so `out` and
+        `init_from` must be local or file:// paths: on an object-store build they are an error
+        that says what to set, never a relative directory named after the URI.
+        """
+        from minmo.model.minmo import SHARDS_OF_STAGE
+
+        base = str(build).rstrip("/")
+        shards = self.shards or f"{base}/shards/{SHARDS_OF_STAGE[self.stage]}"
+        check_scheme("minmo train", shards)
+        out = _local(
+            "out",
+            self.out or f"{base}/checkpoints/{self.stage}",
+            "pass --out DIR (or set out: in the job spec)",
+        )
+        init_from = self.init_from and _local(
+            "init_from", self.init_from, "set init_from to the previous stage's local export"
+        )
+        return shards, out, init_from
+
+
+def _local(name: str, uri: str, fix: str) -> str:
+    """A local path for `uri` (file:// stripped), else ValueError naming the scheme."""
+    check_scheme("minmo train", uri)
+    scheme = uri_scheme(uri)
+    if scheme is None:
+        return uri
+    if scheme == "file":
+        return uri[len("file://") :]
+    raise ValueError(
+        f"minmo train cannot keep checkpoints on {scheme}:// ({name} = {uri}): checkpoints, "
+        f"metrics and exports need a local or shared filesystem; {fix}"
+    )
+
 
 def _expand(value: Any, build: str) -> Any:
     if isinstance(value, str):
@@ -97,8 +142,12 @@ def _expand(value: Any, build: str) -> Any:
 
 
 def load_train_config(path: str | Path, build: str, **overrides: Any) -> TrainConfig:
-    """A jobs/train/*.yaml file -> TrainConfig; `{build}` expands to the build directory."""
-    spec = yaml.safe_load(Path(path).read_text()) or {}
+    """A jobs/train/*.yaml file (a path or URI) -> TrainConfig; `{build}` expands to the build
+    directory. A `storage_options` override also opens the spec's filesystem."""
+    uri = check_scheme("minmo train", os.fspath(path))
+    fs, fs_path = open_filesystem(uri, **(overrides.get("storage_options") or {}))
+    with fs.open_input_stream(fs_path) as f:
+        spec = yaml.safe_load(f.read().decode("utf-8")) or {}
     if not isinstance(spec, dict):
         raise JobSpecError(f"{path}: a training spec is a mapping")
     spec = {**spec, **{k: v for k, v in overrides.items() if v is not None}}

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from minmo.model.minmo import RECIPES, SHARDS_OF_STAGE, MinMo, MinMoConfig, SpecialIds
+from minmo.model.minmo import RECIPES, MinMo, MinMoConfig, SpecialIds
 from minmo.train.checkpoint import Checkpointer, export, load_export, trained_modules
 from minmo.train.config import ModelSpec, TrainConfig
 from minmo.train.distributed import (
@@ -121,12 +121,14 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
     from minmo.train.data import StageLoader
 
     started = time.perf_counter()
+    # Before any work: a location the trainer cannot serve is the user's to fix, said at once.
+    shards, out, init_from = config.locations(build)
     info = init_distributed()
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     np.random.seed(config.seed)
     tokenizer = load_text_tokenizer(config.model.text_tokenizer)
     model = build_model(config.model, tokenizer)
-    inherited = load_export(config.init_from, model) if config.init_from else []
+    inherited = load_export(init_from, model) if init_from else []
     model.apply_recipe(config.stage)
     trainable_report = model.trainable_report()
     forward_params = sum(p.numel() for p in model.parameters())
@@ -142,7 +144,6 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
         optimizer,
         lambda s: warmup_cosine(s, config.warmup_steps, config.steps, config.min_lr_ratio),
     )
-    shards = config.shards or str(Path(build) / "shards" / SHARDS_OF_STAGE[config.stage])
     loader = StageLoader(
         shards,
         rank=info.rank,
@@ -152,8 +153,9 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
         max_samples=config.max_samples,
         max_audio_s=config.max_audio_s,
         max_tokens=config.max_tokens,
+        storage_options=config.storage_options,
     )
-    out_dir = Path(config.out or Path(build) / "checkpoints" / config.stage)
+    out_dir = Path(out)
     ckpt = Checkpointer(out_dir, config.keep_last, info.rank)
     step = 0
     resumed = ckpt.latest()

@@ -35,6 +35,38 @@ _URI_SCHEME = {"s3": "s3", "gcs": "gs", "hdfs": "hdfs"}
 _LINE_BUFFER_BYTES = 1 << 20
 
 
+# What a command's path argument may name: a local path is always allowed (scheme None).
+LOCAL_SCHEMES = ("file",)
+STORE_SCHEMES = ("file", "s3", "gs")
+# `s3:/bucket/key`: what pathlib makes of `s3://bucket/key`. Refused rather than read as a
+# relative local path (it would create ./s3:/bucket/...).
+_COLLAPSED = re.compile(r"^(s3|s3a|gs|gcs|file|hdfs):/(?!/)", re.IGNORECASE)
+
+
+def check_scheme(command: str, uri: str, supported: Iterable[str] = STORE_SCHEMES) -> str:
+    """`uri` unchanged when `command` can serve it, else ValueError naming both.
+
+    A plain local path always passes; a URI passes when its scheme is in `supported` (`s3a`
+    and `gcs` count as `s3` and `gs`). Commands call this before touching the path, so an
+    unsupported URI never becomes a local directory named after it.
+    """
+    uri = os.fspath(uri)
+    if _COLLAPSED.match(uri):
+        raise ValueError(
+            f"{command}: {uri!r} looks like a URI whose '//' was collapsed to '/' "
+            f"(write {uri.replace(':/', '://', 1)!r}); refusing to read it as a local path"
+        )
+    scheme = uri_scheme(uri)
+    if scheme is None:
+        return uri
+    canonical = {"s3a": "s3", "gcs": "gs"}.get(scheme, scheme)
+    allowed = tuple(supported)
+    if canonical not in allowed:
+        served = ", ".join(["local paths", *(f"{s}://" for s in allowed)])
+        raise ValueError(f"{command} cannot serve {scheme}:// URIs ({uri}); it takes {served}")
+    return uri
+
+
 def uri_scheme(uri: str) -> str | None:
     """`s3` for `s3://b/k`, None for a plain local path (also for `C:/...`-free POSIX paths)."""
     match = _SCHEME.match(uri)
