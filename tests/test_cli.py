@@ -38,6 +38,73 @@ def test_unknown_job_key_is_a_clear_error(tmp_path, capsys):
     assert 'did you mean "files_per_unit"' in capsys.readouterr().err
 
 
+BAD = "ftp://x/y"
+# (command, argv): one case per path argument that takes a URI, plus the local-only ones.
+UNSERVED = [
+    ("demo-data", ["demo-data", BAD]),
+    ("ingest", ["ingest", BAD, "--build", "b"]),
+    ("ingest", ["ingest", "src", "--build", "foo://x/y"]),
+    ("synthesize", ["synthesize", "--build", BAD, "--dialogues", "d.jsonl"]),
+    ("synthesize", ["synthesize", "--build", "b", "--dialogues", BAD]),
+    ("synthesize", ["synthesize", "--build", "b", "--dialogues", "d", "--responses", BAD]),
+    ("diarize", ["diarize", "--build", BAD]),
+    ("diarize", ["diarize", "--build", "b", "--diarization-model", "s3://m/pyannote"]),
+    ("label-turns", ["label-turns", "--build", BAD]),
+    ("shards", ["shards", "--build", BAD]),
+    ("shards", ["shards", "--build", "b", "--speech-tokenizer", "s3://m/s3.pt"]),
+    ("shards", ["shards", "--build", "b", "--text-tokenizer", "gs://m/qwen"]),
+    ("verify", ["verify", BAD]),
+    ("stats", ["stats", BAD]),
+    ("stats", ["stats", "a", "--out", BAD]),
+    ("train", ["train", BAD, "--build", "b"]),
+    ("train", ["train", "job.yaml", "--build", BAD]),
+    ("train", ["train", "job.yaml", "--build", "b", "--out", "s3://b/ckpt"]),
+    ("run", ["run", BAD, "--build", "b"]),
+    ("run", ["run", "job.yaml", "--build", BAD]),
+]
+
+
+@pytest.mark.parametrize(("command", "argv"), UNSERVED, ids=[" ".join(a) for _, a in UNSERVED])
+def test_a_scheme_a_command_cannot_serve_is_an_error(command, argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    uri = next(a for a in argv if "://" in a)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"minmo {command}" in err and uri.split("://")[0] + "://" in err, err
+    assert list(tmp_path.iterdir()) == []  # no ./x, ./ftp:, ./s3: left behind
+
+
+def test_every_command_taking_a_path_checks_it():
+    from minmo.cli import PATH_ARGS, build_parser
+
+    assert {c for c, _ in UNSERVED} == set(PATH_ARGS) == {
+        "demo-data", "ingest", "synthesize", "diarize", "label-turns",
+        "shards", "verify", "stats", "train", "run",
+    }  # fmt: skip
+    # every entry names a real argument (a typo would silently go unchecked)
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for command, dests in PATH_ARGS.items():
+        known = {a.dest for a in sub.choices[command]._actions}
+        assert set(dests) <= known, (command, set(dests) - known)
+
+
+def test_a_collapsed_uri_is_not_a_local_path(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["verify", "s3:/bucket/shards"]) == 2
+    assert "s3://bucket/shards" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_on_an_s3_build_needs_a_local_out(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    job = tmp_path / "job.yaml"
+    job.write_text("stage: 1a\nmodel: {size: tiny}\n")
+    assert main(["train", str(job), "--build", "s3://bucket/build"]) == 2
+    err = capsys.readouterr().err
+    assert "minmo train" in err and "s3://" in err and "--out" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml"]
+
+
 @pytest.mark.slow
 def test_demo_job_end_to_end(tmp_path):
     build = tmp_path / "demo"
@@ -77,7 +144,7 @@ def test_demo_job_end_to_end(tmp_path):
     # shards + verify: four stages written from everything above, each verified.
     for stage in ("stage1", "stage2", "stage3", "stage4"):
         assert f"verify {stage}: ok" in result.stdout
-        assert (build / "shards" / stage / "index.json").is_file()
+        assert (build / "shards" / stage / "_index" / "index.json").is_file()
     assert "RANDOM-INIT S3TokenizerV2" in result.stdout
     # train: a tiny MinMo through all seven stages, each exporting its modules.
     for stage in ("1a", "1b", "1c", "2a", "2b", "3", "4"):
