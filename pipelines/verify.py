@@ -23,7 +23,7 @@ import json
 import os
 import posixpath
 import tarfile
-from typing import Any
+from typing import IO, Any, cast
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -109,7 +109,7 @@ def _read_samples(
     headers: dict[int, str] = {}
     finished: set[str] = set()
     try:
-        with tarfile.open(fileobj=reader, mode="r|") as tar:
+        with tarfile.open(fileobj=cast(IO[bytes], reader), mode="r|") as tar:
             for info in tar:
                 key, ext = _split(info.name)
                 # info.offset is where the member's first header starts, extended (PAX / GNU
