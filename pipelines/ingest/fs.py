@@ -1,8 +1,9 @@
 """Storage access for ingest: local paths and object-store URIs through `pyarrow.fs`, alike.
 
 Owns: turning a path or URI (`/data/x.flac`, `s3://bucket/x.flac`) into a pyarrow `FileSystem`
-and a path on it (`open_filesystem`), the `Location` value the source readers pass around, and
-the few reads they need (line streams, small whole files, listings, batched existence checks).
+and a path on it (`open_filesystem`), which schemes a command's path argument may name
+(`check_scheme`), the `Location` value the source readers pass around, and the few reads they
+need (line streams, small whole files, listings, batched existence checks).
 
 Must not: know about any source layout or decode audio. Everything goes through pyarrow.fs so
 that a layout reader written against a local directory works unchanged on `s3://`.
