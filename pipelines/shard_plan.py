@@ -279,10 +279,8 @@ def spec_summaries(build: BuildDir, units: list[Unit], params: SpecParams) -> An
         # Conversation rows name recordings that other steps' units committed: a distributed
         # join brings each unit the few recordings it needs.
         rec_ds = ray.data.read_parquet(
-            sources.table_files(build, "recordings"),
-            filesystem=build.fs,
-            columns=sources.RECORDING_COLUMNS,
-        )
+            sources.table_files(build, "recordings"), filesystem=build.fs
+        ).select_columns(sources.RECORDING_COLUMNS)
         ids = ray.data.from_items(
             [{"unit": u.key, "view": json.dumps(u.view, sort_keys=True)} for u in joined]
         ).map_batches(_recording_ids, batch_size=1, batch_format="pyarrow", fn_kwargs={"params": p})

@@ -510,6 +510,7 @@ class ShardStep:
         if files:
             bucket_layout = {int(b): v for b, v in record["layout"].items()}
             done = sorted(int(u.rsplit("-", 1)[1]) for u in done_units)
+            planned = int(record["planned_shards"])
             actors, gpus = self._workers()
             params = WriterParams(
                 build_uri=to_uri(self.build.fs, self.build.root),
@@ -529,7 +530,10 @@ class ShardStep:
                 batch_format="pyarrow",
                 fn_kwargs={"bucket_layout": bucket_layout, "done": done},
             )
-            out = ds.groupby("shard").map_groups(
+            # No more shuffle partitions than shards: tiny generations pay no 200-way fan-out.
+            context = ray.data.DataContext.get_current()
+            partitions = max(1, min(context.default_hash_shuffle_parallelism, planned))
+            out = ds.groupby("shard", num_partitions=partitions).map_groups(
                 ShardWriter,
                 batch_format="pyarrow",
                 fn_constructor_kwargs={"params": asdict(params)},

@@ -395,9 +395,7 @@ def _to_s3(demo: dict[str, Any], options: dict[str, Any], bucket: str) -> str:
     """The demo build's tables (no shards, no shard state) copied to `s3://<bucket>/demo`."""
     import pyarrow.fs as pafs
 
-    from pipelines.ingest.fs import open_filesystem
-
-    fs, _ = open_filesystem(f"s3://{bucket}", **options)
+    fs = pafs.S3FileSystem(**options, allow_bucket_creation=True)
     fs.create_dir(bucket)
     local = Path(demo["build"])
     for item in local.iterdir():
@@ -510,3 +508,32 @@ def test_an_upload_cut_mid_run_leaves_no_marker_and_the_rerun_redoes_only_that(
         assert verify_shards(f"{build}/shards", options) == {"stage2": []}
     finally:
         server.stop()
+
+
+def test_a_units_samples_do_not_depend_on_the_rest_of_the_build(
+    demo: dict[str, Any], tmp_path: Path
+) -> None:
+    """The same unit alone in a build gives the same specs (keys, prompts, hotwords) as in the
+    full demo build: nothing is drawn from a corpus-wide pool."""
+    from pipelines.samples.builders import StageBuilder
+    from pipelines.shard_plan import list_units
+
+    full = BuildDir(demo["build"])
+    sample_config = _config(demo["tokenizer"]).sample_config()
+    units = [u for u in list_units(full, "stage1") if u.key.startswith("ingest~")]
+    unit = max(units, key=lambda u: len(u.view["segments"]))
+    alone_dir = tmp_path / "alone"
+    view_alone: dict[str, list[str]] = {}
+    for table, files in unit.view.items():
+        (alone_dir / table).mkdir(parents=True)
+        for f in files:
+            shutil.copy(f, alone_dir / table)
+            view_alone.setdefault(table, []).append(str(alone_dir / table / Path(f).name))
+    alone = BuildDir(str(alone_dir))
+
+    def specs(build: BuildDir, view: dict[str, list[str]] | None) -> dict[str, dict[str, Any]]:
+        return {s["key"]: s for s in StageBuilder(build, sample_config, view).specs("stage1")}
+
+    in_full = specs(full, unit.view)
+    assert in_full == specs(alone, None) == specs(alone, view_alone)
+    assert any(s["task"] == "contextual_asr" for s in in_full.values())

@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 import webdataset as wds
 
-from pipelines.shards import write_stage_shards
+from pipelines.shards import index_path, offsets_path, write_stage_shards
 
 N = 25
 
@@ -43,7 +43,11 @@ def make_samples(n: int = N, seed: int = 0) -> list[dict]:
 
 
 def _digests(d: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir())}
+    return {
+        str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(d.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -54,9 +58,9 @@ def stage(tmp_path: Path) -> tuple[Path, dict]:
 
 def test_index_counts(stage: tuple[Path, dict]) -> None:
     d, index = stage
-    assert [s["name"] for s in index["shards"]] == [f"s1-{i:06d}.tar" for i in range(3)]
+    assert [s["name"] for s in index["shards"]] == [f"s1-g0000-{i:06d}.tar" for i in range(3)]
     assert [s["samples"] for s in index["shards"]] == [10, 10, 5]
-    assert json.loads((d / "index.json").read_text()) == index
+    assert json.loads(Path(index_path(str(d))).read_text()) == index
     samples = make_samples()
     assert index["totals"]["samples"] == N
     assert index["totals"]["speech_tokens"] == sum(s["speech_tokens.npy"].size for s in samples)
@@ -73,7 +77,7 @@ def test_idx_offsets_point_at_first_member(stage: tuple[Path, dict]) -> None:
     d, index = stage
     for s in index["shards"]:
         tar_path = d / s["name"]
-        offsets = np.fromfile(tar_path.with_name(s["name"] + ".idx"), dtype="<u8")
+        offsets = np.fromfile(offsets_path(str(d), s["name"]), dtype="<u8")
         assert len(offsets) == s["samples"] + 1
         assert offsets[-1] == tar_path.stat().st_size
         with tarfile.open(tar_path) as tar:
