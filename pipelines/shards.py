@@ -20,6 +20,10 @@ names, mode 0o444, members in sorted order), so the same samples and seed give b
 files. Every file is written to a temp name and renamed into place, so a crash never leaves a
 half-written shard under its final name. Must not: do I/O beyond `out_dir`, decode audio, or drop
 samples silently (an invalid sample raises `ValueError` naming its key).
+
+Readers of the format (`pipelines/verify.py`, `minmo/train/data.py`, `pipelines/stats/`) take
+it from here too, so the layout has one home: `read_index` (with the version check),
+`list_shards`, `read_offsets`, `shard_path`, `split_member`, `is_temp_name`, `HashingReader`.
 """
 
 from __future__ import annotations
@@ -37,17 +41,31 @@ import numpy as np
 import pyarrow.fs as pafs
 from webdataset import TarWriter
 
+from pipelines.ingest.fs import to_uri
+
 INDEX_NAME = "index.json"
 # Version 2: index and .idx files under META_DIR, shard names carry their generation.
 INDEX_VERSION = 2
 # Everything in a stage directory that is not a shard lives here (see the module docstring).
 META_DIR = "_index"
+# index.json's path relative to a stage directory, as messages name it.
+INDEX_RELPATH = f"{META_DIR}/{INDEX_NAME}"
+# A `.idx` file: one offset per sample, then the tar's size.
+OFFSETS_DTYPE = np.dtype("<u8")
+# A writer's temp file is ".<final name>" + TEMP_MARKER + "<pid>": the leading dot hides it from
+# Ray Data and `list_shards`, the marker tells every reader it is not a finished file.
+TEMP_MARKER = ".tmp-"
 # Members a sample may carry besides "json" (required); the tar member name is "<key>.<member>".
 ARRAY_MEMBERS = ("speech_tokens.npy", "text_tokens.npy", "labels.npy")
 OPTIONAL_MEMBERS = ("flac", *ARRAY_MEMBERS)
 ALL_MEMBERS = ("json", *OPTIONAL_MEMBERS)
 # webdataset splits "<key>.<ext>" at the first dot, so keys may not contain dots or slashes.
 KEY_RE = re.compile(r"^[A-Za-z0-9_\-:+=@,]+$")
+# webdataset's own split of a member name into (key, extension): the extension starts at the
+# first dot of the base name; a directory part stays in the key.
+MEMBER_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
+# Read size for streaming a shard (they are hundreds of MB).
+READ_BLOCK = 1 << 20
 # An int: a float mtime makes tarfile emit a PAX header before every member.
 TAR_MTIME = 0
 TAR_USER = "minmo"
@@ -70,14 +88,111 @@ def shard_name(stage: str, index: int, generation: int = 0, part: int = 0) -> st
     return f"{stage}-g{generation:04d}-{index:06d}{suffix}.tar"
 
 
+def split_member(name: str) -> tuple[str, str] | None:
+    """(key, extension) of a tar member name, split as webdataset splits it; None when the
+    name has no extension."""
+    match = MEMBER_RE.match(name)
+    return None if match is None else (match.group(1), match.group(2))
+
+
+def shard_path(stage_dir: str, name: str) -> str:
+    """Where shard `name` (a tar's file name) lives: directly in the stage directory."""
+    return f"{str(stage_dir).rstrip('/')}/{name}"
+
+
 def index_path(stage_dir: str) -> str:
     """Where a stage directory's index.json lives (a path or URI string, joined with "/")."""
-    return f"{str(stage_dir).rstrip('/')}/{META_DIR}/{INDEX_NAME}"
+    return f"{str(stage_dir).rstrip('/')}/{INDEX_RELPATH}"
+
+
+def offsets_relpath(name: str) -> str:
+    """The `.idx` of shard `name`, relative to the stage directory (as messages name it)."""
+    return f"{META_DIR}/{name}.idx"
 
 
 def offsets_path(stage_dir: str, name: str) -> str:
     """Where the `.idx` of shard `name` (a tar's file name) lives."""
-    return f"{str(stage_dir).rstrip('/')}/{META_DIR}/{name}.idx"
+    return f"{str(stage_dir).rstrip('/')}/{offsets_relpath(name)}"
+
+
+def temp_name(name: str, pid: int | None = None) -> str:
+    """The name a writer (process `pid`, default this one) writes `name` under before the rename."""
+    return f".{name}{TEMP_MARKER}{os.getpid() if pid is None else pid}"
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether a file name (or path) is a writer's temp file, its own or one left by a killed
+    writer: never a finished file, whatever its suffix."""
+    return TEMP_MARKER in name.rsplit("/", 1)[-1]
+
+
+def list_shards(fs: pafs.FileSystem, stage_dir: str) -> dict[str, pafs.FileInfo]:
+    """The stage directory's shards by file name, from one listing: `.tar` files only. Hidden
+    names (a leading ".", which Ray Data skips too) and writers' temp files are not shards."""
+    return {
+        e.base_name: e
+        for e in fs.get_file_info(pafs.FileSelector(stage_dir, recursive=False))
+        if e.type == pafs.FileType.File
+        and e.base_name.endswith(".tar")
+        and not e.base_name.startswith(".")
+        and not is_temp_name(e.base_name)
+    }
+
+
+def read_index(
+    fs: pafs.FileSystem, stage_dir: str, *, check_version: bool = True
+) -> dict[str, Any]:
+    """A stage directory's `_index/index.json` on `fs`, parsed.
+
+    Raises FileNotFoundError when it is missing (saying when an index.json beside the tars is
+    the version-1 layout), ValueError when it is not a JSON object or, with `check_version`,
+    when its version is not INDEX_VERSION. Messages name the file as a URI and say how to fix
+    it. The caller checks the fields it needs. `check_version=False` is for readers of figures
+    only (`minmo stats`), which report any index they find.
+    """
+    path = index_path(stage_dir)
+    where = to_uri(fs, path)
+    try:
+        with fs.open_input_stream(path) as f:
+            raw = f.read()
+    except FileNotFoundError:
+        version1 = f"{str(stage_dir).rstrip('/')}/{INDEX_NAME}"  # beside the tars
+        old = fs.get_file_info(version1).type == pafs.FileType.File
+        raise FileNotFoundError(
+            f"{where} not found: "
+            + (
+                f"{INDEX_NAME} beside the tars is the version-1 layout; rebuild the shards "
+                "with this checkout's `minmo shards`"
+                if old
+                else "not a stage directory written by `minmo shards` (one holds the "
+                f"<stage>-gNNNN-NNNNNN.tar shards and {INDEX_RELPATH})"
+            )
+        ) from None
+    try:
+        index = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"{where}: not valid JSON: {exc}") from None
+    if not isinstance(index, dict):
+        raise ValueError(f"{where}: not a JSON object")
+    if check_version and index.get("version") != INDEX_VERSION:
+        raise ValueError(
+            f"{where}: index version {index.get('version')!r}, this checkout reads version "
+            f"{INDEX_VERSION}; rebuild the shards with this checkout's `minmo shards`"
+        )
+    return index
+
+
+def read_offsets(fs: pafs.FileSystem, stage_dir: str, name: str) -> np.ndarray:
+    """Shard `name`'s `.idx`: each sample's first header offset, then the tar's size (read-only).
+    Raises FileNotFoundError when it is missing, ValueError when its size is not a whole number
+    of offsets."""
+    with fs.open_input_stream(offsets_path(stage_dir, name)) as f:
+        raw = f.read()
+    if len(raw) % OFFSETS_DTYPE.itemsize:
+        raise ValueError(
+            f"{offsets_relpath(name)} size {len(raw)} is not a multiple of {OFFSETS_DTYPE.itemsize}"
+        )
+    return np.frombuffer(raw, dtype=OFFSETS_DTYPE)
 
 
 def _shuffle_rank(seed: int, key: str) -> bytes:
@@ -150,7 +265,7 @@ def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
         with fs.open_output_stream(path) as out:
             out.write(data)
         return
-    tmp = f"{parent}/.{path.rsplit('/', 1)[1]}.tmp-{os.getpid()}"
+    tmp = f"{parent}/{temp_name(path.rsplit('/', 1)[1])}"
     with fs.open_output_stream(tmp) as out:
         out.write(data)
     fs.move(tmp, path)
@@ -161,7 +276,7 @@ def sha256_file(path: Path | str, fs: pafs.FileSystem | None = None) -> str:
     h = hashlib.sha256()
     fs = fs or pafs.LocalFileSystem()
     with fs.open_input_stream(str(path)) as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+        for block in iter(lambda: f.read(READ_BLOCK), b""):
             h.update(block)
     return h.hexdigest()
 
@@ -185,11 +300,33 @@ class _HashingFile:
         pass  # the pyarrow stream buffers itself; flushing per member would cost an upload part
 
 
+class HashingReader:
+    """Read-only stream wrapper, the reading twin of `_HashingFile`: hashes and counts what
+    passes through, so one sequential read of a tar gives its sha256 and size besides the
+    members (one GET on an object store)."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.sha256 = hashlib.sha256()
+        self.bytes = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n) if n is not None and n >= 0 else self.raw.read()
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return data
+
+    def drain(self) -> None:
+        """Read to the end (tarfile stops at the end-of-archive blocks, before any padding)."""
+        while self.read(READ_BLOCK):
+            pass
+
+
 class ShardTarWriter:
     """One shard, streamed: encoded samples in, then the tar + its `.idx` committed.
 
     Writes go straight to the stage directory's filesystem (local or object store), from
-    whichever process runs the writer. Local: the tar is streamed to a temp name (`.<name>.tmp-`,
+    whichever process runs the writer. Local: the tar is streamed to a temp name (`temp_name`,
     skipped by every reader) and renamed on `close`. Object stores: the tar streams as a
     multipart upload that only becomes an object when `close` completes it; an aborted or killed
     writer leaves no object under the shard's name. Either way the `.idx` is written after the
@@ -204,7 +341,7 @@ class ShardTarWriter:
         self.path = f"{self.stage_dir}/{name}"
         self.fs.create_dir(self.stage_dir, recursive=True)
         local = is_local(self.fs)
-        self.tmp = f"{self.stage_dir}/.{name}.tmp-{os.getpid()}" if local else self.path
+        self.tmp = f"{self.stage_dir}/{temp_name(name)}" if local else self.path
         self._raw = self.fs.open_output_stream(self.tmp)
         self._file = _HashingFile(self._raw)
         self._writer = TarWriter(
@@ -235,7 +372,7 @@ class ShardTarWriter:
         write_bytes_atomic(
             self.fs,
             offsets_path(self.stage_dir, self.name),
-            np.asarray([*self.offsets, size], dtype="<u8").tobytes(),
+            np.asarray([*self.offsets, size], dtype=OFFSETS_DTYPE).tobytes(),
         )
         return size, self._file.sha256.hexdigest()
 
