@@ -7,8 +7,9 @@ and sha256 match, sample count matches, every sample has a `json` member and onl
 each sample's members are contiguous and its key valid, FLAC decodes, speech tokens lie in
 [0, SPEECH_VOCAB), text tokens are >= 0, labels are 1-D integers in 0..3, and the `.idx` offsets
 (`_index/<tar>.idx`) point at each sample's first member header with a final sentinel equal to
-the tar size. A tar in the stage directory that index.json does not list is reported; temp names
-(`.<name>.tmp-*`, a writer still running or killed) are not tars.
+the tar size. A tar in the stage directory that index.json does not list is reported; writers'
+temp files (a writer still running or killed) are not tars. The layout itself (index.json and
+its version, the listing, the `.idx` files) is read through `pipelines/shards.py`.
 
 Each tar is read once, as a stream (one GET on an object store): the sha256, the size, the
 members and every header's offset come from that pass, so the `.idx` check needs no second read.
@@ -17,7 +18,6 @@ Must not: modify anything, or read shards through anything but pyarrow.fs.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -30,21 +30,23 @@ import pyarrow.fs as pafs
 import soundfile as sf
 
 from pipelines.ingest.fs import open_filesystem
-from pipelines.shards import ALL_MEMBERS, INDEX_NAME, INDEX_VERSION, META_DIR, validate_key
+from pipelines.shards import (
+    ALL_MEMBERS,
+    INDEX_RELPATH,
+    HashingReader,
+    list_shards,
+    offsets_relpath,
+    read_index,
+    read_offsets,
+    split_member,
+    validate_key,
+)
 from pipelines.shards import index_path as stage_index_path
-from pipelines.shards import offsets_path as stage_offsets_path
 
 SPEECH_VOCAB = 6561  # CosyVoice-2 speech tokenizer codebook size.
 MAX_LABEL = 3
-_READ_BLOCK = 1 << 20
 
 Sample = tuple[str, int, dict[str, bytes]]  # key, offset of its first header, {ext: bytes}
-
-
-def _split(name: str) -> tuple[str, str]:
-    # Same rule as webdataset: key is everything before the first dot of the basename.
-    key, _, ext = name.partition(".")
-    return key, ext
 
 
 def _check_member(ext: str, data: bytes) -> str | None:
@@ -78,29 +80,8 @@ def _check_member(ext: str, data: bytes) -> str | None:
     return None
 
 
-class _HashingReader:
-    """Read-only stream wrapper: hashes and counts what passes through, so one sequential
-    read of a tar gives its sha256 and size besides the members."""
-
-    def __init__(self, raw: Any) -> None:
-        self.raw = raw
-        self.sha256 = hashlib.sha256()
-        self.bytes = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n) if n is not None and n >= 0 else self.raw.read()
-        self.sha256.update(data)
-        self.bytes += len(data)
-        return data
-
-    def drain(self) -> None:
-        """Read to the end (tarfile stops at the end-of-archive blocks, before any padding)."""
-        while self.read(_READ_BLOCK):
-            pass
-
-
 def _read_samples(
-    reader: _HashingReader, name: str
+    reader: HashingReader, name: str
 ) -> tuple[list[Sample], dict[int, str], list[str]]:
     """[(key, first header offset, {ext: bytes})] in tar order, {header offset: key} of every
     member, and problems; `reader` is consumed sequentially (tarfile's stream mode)."""
@@ -111,7 +92,8 @@ def _read_samples(
     try:
         with tarfile.open(fileobj=cast(IO[bytes], reader), mode="r|") as tar:
             for info in tar:
-                key, ext = _split(info.name)
+                # A name without an extension is kept whole: an unknown member "" is reported.
+                key, ext = split_member(info.name) or (info.name, "")
                 # info.offset is where the member's first header starts, extended (PAX / GNU
                 # long-name) headers included: exactly what a .idx entry must point at.
                 headers[info.offset] = key
@@ -149,15 +131,13 @@ def _check_idx(
     samples: list[Sample],
     headers: dict[int, str],
 ) -> list[str]:
-    idx_name = f"{META_DIR}/{name}.idx"
     try:
-        with fs.open_input_stream(stage_offsets_path(stage_dir, name)) as f:
-            raw = f.read()
+        offsets = read_offsets(fs, stage_dir, name).tolist()
     except FileNotFoundError:
-        return [f"{name}: -: missing {idx_name}"]
-    if len(raw) % 8:
-        return [f"{name}: -: {idx_name} size {len(raw)} is not a multiple of 8"]
-    offsets = np.frombuffer(raw, dtype="<u8").tolist()
+        return [f"{name}: -: missing {offsets_relpath(name)}"]
+    except ValueError as exc:
+        return [f"{name}: -: {exc}"]
+    idx_name = offsets_relpath(name)
     problems: list[str] = []
     if len(offsets) != len(samples) + 1:
         problems.append(
@@ -237,7 +217,7 @@ def _check_shard(
     if info.size != entry.get("bytes"):
         problems.append(f"{name}: -: size {info.size} != index bytes {entry.get('bytes')}")
     with fs.open_input_stream(info.path) as raw:
-        reader = _HashingReader(raw)
+        reader = HashingReader(raw)
         samples, headers, read_problems = _read_samples(reader, name)
         reader.drain()
     problems += read_problems
@@ -265,49 +245,25 @@ def _check_shard(
     return sorted(problems, key=lambda p: p.split(": ", 2)[1] == "-")
 
 
-def _tars(fs: pafs.FileSystem, stage_dir: str) -> dict[str, pafs.FileInfo]:
-    """The stage directory's tars by name, from one listing; temp names are not tars."""
-    return {
-        e.base_name: e
-        for e in fs.get_file_info(pafs.FileSelector(stage_dir, recursive=False))
-        if e.type == pafs.FileType.File
-        and e.base_name.endswith(".tar")
-        and not e.base_name.startswith(".")
-    }
-
-
 def _verify(fs: pafs.FileSystem, stage_dir: str) -> list[str]:
     name = posixpath.basename(stage_dir.rstrip("/"))
-    meta = f"{META_DIR}/{INDEX_NAME}"
     try:
-        with fs.open_input_stream(stage_index_path(stage_dir)) as f:
-            text = f.read()
-    except FileNotFoundError:
-        old = fs.get_file_info(f"{stage_dir}/{INDEX_NAME}").type == pafs.FileType.File
-        hint = (
-            f" ({INDEX_NAME} beside the tars is the version-1 layout: rebuild with `minmo shards`)"
-            if old
-            else ""
-        )
-        return [f"{name}: -: missing {meta}{hint}"]
-    try:
-        index = json.loads(text)
-        shards = index["shards"]
-    except (ValueError, KeyError, TypeError) as exc:
-        return [f"{name}: -: bad {meta}: {exc}"]
-    if index.get("version") != INDEX_VERSION:
-        return [
-            f"{name}: -: {meta} version {index.get('version')!r}, this checkout reads "
-            f"{INDEX_VERSION}: rebuild with `minmo shards`"
-        ]
-    listing = _tars(fs, stage_dir)
+        index = read_index(fs, stage_dir)
+    except FileNotFoundError as exc:
+        return [f"{name}: -: missing {INDEX_RELPATH}: {exc}"]
+    except ValueError as exc:  # names the file already
+        return [f"{name}: -: {exc}"]
+    shards = index.get("shards")
+    if not isinstance(shards, list):
+        return [f'{name}: -: bad {INDEX_RELPATH}: no "shards" list']
+    listing = list_shards(fs, stage_dir)
     problems: list[str] = []
     listed = set()
     for entry in shards:
         listed.add(entry.get("name"))
         problems += _check_shard(fs, stage_dir, entry, listing, index)
     for extra in sorted(set(listing) - listed):
-        problems.append(f"{extra}: -: tar not listed in {meta}")
+        problems.append(f"{extra}: -: tar not listed in {INDEX_RELPATH}")
     return problems
 
 

@@ -14,7 +14,14 @@ import numpy as np
 import pyarrow.fs as pafs
 import pytest
 
-from pipelines.shards import index_path, offsets_path, shard_name, write_stage_shards
+from pipelines.shards import (
+    OFFSETS_DTYPE,
+    index_path,
+    offsets_path,
+    shard_name,
+    temp_name,
+    write_stage_shards,
+)
 from pipelines.verify import verify_shards, verify_stage
 from tests.objectstore import upload_tree
 from tests.pipelines.test_shards_core import make_samples
@@ -85,7 +92,7 @@ def test_verify_missing_json_member(stage: tuple[Path, dict]) -> None:
 def test_idx_offset_off_by_one_block_is_named(stage: tuple[Path, dict]) -> None:
     d, _ = stage
     idx = Path(offsets_path(str(d), NAMES[0]))
-    offsets = np.fromfile(idx, dtype="<u8")
+    offsets = np.fromfile(idx, dtype=OFFSETS_DTYPE)
     with tarfile.open(d / NAMES[0]) as tar:
         headers = [m.offset for m in tar.getmembers()]
     # the header after sample 3's first: a member of the same sample, but not its first
@@ -103,7 +110,7 @@ def test_idx_offset_off_by_one_block_is_named(stage: tuple[Path, dict]) -> None:
 def test_unlisted_tars_are_reported_temp_files_are_not(stage: tuple[Path, dict]) -> None:
     d, _ = stage
     shutil.copy(d / NAMES[0], d / shard_name("s1", 0, generation=1))
-    shutil.copy(d / NAMES[0], d / f".{NAMES[1]}.tmp-4242")  # a writer still at work
+    shutil.copy(d / NAMES[0], d / temp_name(NAMES[1], pid=4242))  # a writer still at work
     assert verify_stage(d) == [f"{shard_name('s1', 0, 1)}: -: tar not listed in _index/index.json"]
 
 
@@ -120,7 +127,7 @@ def test_missing_index_and_old_layout(stage: tuple[Path, dict], tmp_path: Path) 
 @pytest.mark.slow
 def test_verify_on_s3(stage: tuple[Path, dict], moto_s3_options: dict) -> None:
     d, _ = stage
-    (d / f".{NAMES[0]}.tmp-7").write_bytes(b"partial")  # uploaded too; still not a tar
+    (d / temp_name(NAMES[0], pid=7)).write_bytes(b"partial")  # uploaded too; still not a tar
     root = upload_tree(d.parent, moto_s3_options, prefix="build/shards")
     assert verify_shards(root, moto_s3_options) == {"s1": []}
     assert verify_shards(f"{root}/s1", moto_s3_options) == {"s1": []}
