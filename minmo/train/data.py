@@ -1,6 +1,7 @@
 """The trainer's data side: one stage's shards -> this rank's batches, with exact O(1) resume.
 
-Owns reading the shard format written by `pipelines/shards.py` (it does not define it). A stage
+Owns reading samples from a stage directory; the layout is `pipelines/shards.py`'s, which writes
+it and is read through its helpers (`read_index`, `read_offsets`, `split_member`). A stage
 directory is a local path or any URI pyarrow.fs opens (`s3://bucket/build/shards/stage1`):
 
     <stage_dir>/<stage>-g0000-000000.tar         webdataset tar (generation 0, shard 0), a
@@ -73,7 +74,6 @@ import json
 import math
 import os
 import pickle
-import re
 import shlex
 import sys
 import tarfile
@@ -89,13 +89,19 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from minmo.model.batch import Batch, collate
 from pipelines.ingest.fs import open_filesystem, to_uri
-from pipelines.shards import INDEX_NAME, INDEX_VERSION, index_path, is_local, offsets_path
+from pipelines.shards import (
+    index_path,
+    is_local,
+    offsets_path,
+    read_index,
+    read_offsets,
+    shard_path,
+    split_member,
+)
 
 Pathlike = str | os.PathLike
 Seconds = float
 RATE_HZ = 16_000  # what the collator and the voice encoder expect
-# webdataset's own split of a member name into (key, extension): extension after the first dot.
-_MEMBER_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 # .idx arrays kept per process; a rank reads its slice shard by shard, so a few suffice.
 _OFFSETS_CACHE = 64
 
@@ -150,36 +156,6 @@ class EpochOrder:
         return int(self.shards[j]), int(position - self.starts[j])
 
 
-def _read_all(fs: pafs.FileSystem, path: str) -> bytes:
-    with fs.open_input_stream(path) as f:
-        return f.read()
-
-
-def _load_index(fs: pafs.FileSystem, root: str, uri: str) -> dict[str, Any]:
-    """A stage directory's index.json, checked for the version this module reads."""
-    where = index_path(uri)
-    try:
-        index = json.loads(_read_all(fs, index_path(root)))
-    except FileNotFoundError:
-        old = fs.get_file_info(f"{root}/{INDEX_NAME}").type == pafs.FileType.File
-        raise FileNotFoundError(
-            f"{where} not found: "
-            + (
-                f"{INDEX_NAME} beside the tars is the version-1 layout; rebuild the shards "
-                "with this checkout's `minmo shards`"
-                if old
-                else "point the loader at a stage directory written by `minmo shards` (it "
-                "holds the <stage>-gNNNN-NNNNNN.tar shards and _index/index.json)"
-            )
-        ) from None
-    if index.get("version") != INDEX_VERSION:
-        raise ValueError(
-            f"{where}: index version {index.get('version')!r}, this loader reads version "
-            f"{INDEX_VERSION}; rebuild the shards with this checkout's `minmo shards`"
-        )
-    return index
-
-
 class ShardIndex:
     """A stage directory's shards: counts from index.json, samples by (shard, index).
 
@@ -212,7 +188,7 @@ class ShardIndex:
     def load(cls, stage_dir: Pathlike, storage_options: dict[str, Any] | None = None) -> ShardIndex:
         uri = os.fspath(stage_dir)
         fs, root = open_filesystem(uri, **(storage_options or {}))
-        index = _load_index(fs, root, uri)
+        index = read_index(fs, root)
         shards = index.get("shards")
         if not isinstance(shards, list) or not shards:
             raise ValueError(f"{index_path(uri)}: no shards listed")
@@ -250,7 +226,7 @@ class ShardIndex:
             self._offsets.move_to_end(shard)
             return cached
         fs, root = self.filesystem()
-        offsets = np.frombuffer(_read_all(fs, offsets_path(root, self.names[shard])), dtype="<u8")
+        offsets = read_offsets(fs, root, self.names[shard])
         if len(offsets) != self.counts[shard] + 1:
             raise ValueError(
                 f"{offsets_path(self.stage_dir, self.names[shard])}: {len(offsets)} offsets, "
@@ -268,7 +244,7 @@ class ShardIndex:
             if self._file is not None and self._file[0] == pid:
                 self._file[2].close()
             fs, root = self.filesystem()
-            self._file = (pid, shard, fs.open_input_file(f"{root}/{self.names[shard]}"))
+            self._file = (pid, shard, fs.open_input_file(shard_path(root, self.names[shard])))
         data = self._file[2].read_at(size, offset)
         if len(data) != size:
             raise OSError(f"{self.names[shard]}: short read at byte {offset}")
@@ -290,17 +266,17 @@ class ShardIndex:
             for info in tf:
                 if not info.isfile():
                     continue
-                match = _MEMBER_RE.match(info.name)
-                if match is None:
+                split = split_member(info.name)
+                if split is None:
                     raise ValueError(f"{self.names[shard]}: member {info.name!r} has no extension")
                 if key is None:
-                    key = match.group(1)
-                elif match.group(1) != key:
+                    key = split[0]
+                elif split[0] != key:
                     raise ValueError(
                         f"{self.names[shard]} sample {k}: members of {key!r} and "
-                        f"{match.group(1)!r} in one .idx span; the .idx does not match the tar"
+                        f"{split[0]!r} in one .idx span; the .idx does not match the tar"
                     )
-                members[match.group(2)] = tf.extractfile(info).read()  # type: ignore[union-attr]
+                members[split[1]] = tf.extractfile(info).read()  # type: ignore[union-attr]
         if key is None:
             raise ValueError(f"{self.names[shard]} sample {k}: no members at byte {start}")
         return key, members
@@ -320,7 +296,7 @@ class ShardIndex:
     def urls(self) -> list[str]:
         """The shards' URIs in index order (local: absolute paths)."""
         fs, root = self.filesystem()
-        return [to_uri(fs, f"{root}/{name}") for name in self.names]
+        return [to_uri(fs, shard_path(root, name)) for name in self.names]
 
 
 def rank_slice(total: int, rank: int, world: int) -> tuple[int, int]:

@@ -33,9 +33,11 @@ from minmo.train.data import (
 )
 from pipelines.shards import (
     INDEX_VERSION,
+    OFFSETS_DTYPE,
     index_path,
     offsets_path,
     shard_name,
+    temp_name,
     write_stage_shards,
 )
 from pipelines.tokenize import flac_bytes
@@ -128,7 +130,7 @@ def test_idx_mismatch_is_an_error(stage_dir: Path, tmp_path: Path) -> None:
     copy = tmp_path / "s1"
     shutil.copytree(stage_dir, copy)
     idx = offsets_path(str(copy), shard_name("s1", 0))
-    offsets = np.fromfile(idx, dtype="<u8")
+    offsets = np.fromfile(idx, dtype=OFFSETS_DTYPE)
     offsets[:-1].tofile(idx)
     with pytest.raises(ValueError, match="different builds"):
         ShardIndex.load(copy).read(0, 0)
@@ -461,7 +463,7 @@ def test_ray_read_webdataset_reads_every_sample(
     )
     copy = tmp_path / "s1"
     shutil.copytree(stage_dir, copy)
-    (copy / f".{shard_name('s1', 3)}.tmp-77").write_bytes(b"a writer still at work")
+    (copy / temp_name(shard_name("s1", 3), pid=77)).write_bytes(b"a writer still at work")
     assert _ray_rows(ray_local, str(copy)) == expected
     uri = upload_tree(copy, moto_s3_options, prefix="build/shards/s1")
     s3 = pafs.S3FileSystem(**moto_s3_options)
