@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pipelines.build import BuildDir
+from pipelines.shards import is_local, shard_path, split_member
 from pipelines.stats import dist as d
 from pipelines.stats.sources import Sources
 from pipelines.stats.tables import breakdown
@@ -53,25 +54,25 @@ def _open_tar(fs: pafs.FileSystem, path: str) -> contextlib.AbstractContextManag
     """Local: a seekable file, so tarfile ("r:") skips member data by seeking. Object stores:
     one sequential stream ("r|"); seeking there would cost a ranged GET per member header, and
     the audio members sit between the json ones anyway."""
-    if isinstance(fs, pafs.LocalFileSystem):
+    if is_local(fs):
         return fs.open_input_file(path)
     return fs.open_input_stream(path, buffer_size=STREAM_BUFFER_BYTES)
 
 
-def read_sample_meta(sources: Sources, shard_path: str, shard: str) -> pa.Table:
+def read_sample_meta(sources: Sources, path: str, shard: str) -> pa.Table:
     """The json member of every sample in one tar, as rows of SAMPLE_SCHEMA."""
     rows: dict[str, list[Any]] = {f.name: [] for f in SAMPLE_SCHEMA}
-    local = isinstance(sources.fs, pafs.LocalFileSystem)
     with (
-        _open_tar(sources.fs, shard_path) as raw,
-        tarfile.open(fileobj=raw, mode="r:" if local else "r|") as tar,
+        _open_tar(sources.fs, path) as raw,
+        tarfile.open(fileobj=raw, mode="r:" if is_local(sources.fs) else "r|") as tar,
     ):
         for member in tar:
-            if not (member.isfile() and member.name.endswith(".json")):
+            split = split_member(member.name) if member.isfile() else None
+            if split is None or split[1] != "json":
                 continue
             handle = tar.extractfile(member)
             meta = json.loads(handle.read()) if handle else {}
-            rows["key"].append(meta.get("key", member.name[: -len(".json")]))
+            rows["key"].append(meta.get("key", split[0]))
             rows["shard"].append(shard)
             rows["corpus"].append((meta.get("provenance") or {}).get("corpus"))
             for name in ("stage", "task", "language"):
@@ -102,15 +103,15 @@ def extract_samples(
                 target = cache.path("_samples", stage, name)
                 paths.append(target)
                 if not cache.exists(target):
-                    todo.append((f"{directory}/{entry['name']}", entry["name"], target))
+                    todo.append((shard_path(directory, entry["name"]), entry["name"], target))
     unreadable: list[tuple[str, str]] = []
 
     def one(job: tuple[str, str, str]) -> None:
-        shard_path, name, target = job
+        path, name, target = job
         try:
-            table = read_sample_meta(sources, shard_path, name)
+            table = read_sample_meta(sources, path, name)
         except (OSError, tarfile.TarError, ValueError, EOFError) as exc:
-            unreadable.append((shard_path, f"{type(exc).__name__}: {exc}"))
+            unreadable.append((path, f"{type(exc).__name__}: {exc}"))
             return
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
@@ -130,8 +131,8 @@ def extract_samples(
     for stage in sources.shard_dirs:  # files of shards that were rebuilt since: not needed
         for stale in set(cache.files(cache.path("_samples", stage), ".parquet")) - set(paths):
             cache.delete(stale)
-    target_of = {shard_path: target for shard_path, _, target in todo}
-    bad = {target_of[shard_path] for shard_path, _ in unreadable}
+    target_of = {path: target for path, _, target in todo}
+    bad = {target_of[path] for path, _ in unreadable}
     return [p for p in paths if p not in bad], sorted(unreadable)
 
 

@@ -8,7 +8,6 @@ Must not: compute statistics.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +16,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from pipelines.ingest.fs import open_filesystem
-from pipelines.shards import META_DIR, index_path
+from pipelines.shards import INDEX_RELPATH, META_DIR, read_index
 from schemas import CONTRACTS
 
 MAX_DEPTH = 4  # how deep under the input a table or shard directory is looked for
@@ -46,8 +45,8 @@ class Sources:
         """A shard directory's `_index/index.json`, read once (discovery, sample extraction
         and the balance all need it)."""
         if directory not in self.indexes:
-            with self.fs.open_input_stream(index_path(directory)) as f:
-                self.indexes[directory] = json.loads(f.read().decode())
+            # Any version: stats reports the figures it finds, it reads no sample by offset.
+            self.indexes[directory] = read_index(self.fs, directory, check_version=False)
         return self.indexes[directory]
 
 
@@ -65,7 +64,7 @@ def discover(uri: str, **fs_options: Any) -> Sources:
         raise ValueError(
             f"stats: nothing to summarise under {uri}: no table folder "
             f"({', '.join(sorted(CONTRACTS))}) with .parquet files and no shard stage "
-            f"({META_DIR}/index.json)"
+            f"({INDEX_RELPATH})"
         )
     return found
 
