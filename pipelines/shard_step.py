@@ -1,7 +1,7 @@
 """The shards step: build tables -> per-stage WebDataset shards, planned and written on Ray.
 
     new units  ->  pipelines/shard_plan: spec table + layout (Ray Data; a generation record)
-    spec table ->  Ray Data: shard per spec -> groupby(shard) -> ShardWriter actors, each:
+    spec table ->  Ray Data: shard per spec -> groupby(shard) -> write_shard tasks, each:
                    audio spans -> FLAC, text + S3 speech tokens (GPU when present), tar + .idx
                    straight to DIR/shards/<stage>/ (local or object store), then a done marker
     markers    ->  driver: the generation's record, then _index/index.json over all generations
@@ -26,6 +26,7 @@ bytes never pass through it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -81,7 +82,7 @@ class ShardsConfig:
     mixture: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> task -> weight
     samples: dict[str, Any] = field(default_factory=dict)  # SampleConfig fields
     batch_size: int = 16  # samples per tokenizer batch
-    actors: int | None = None  # shard writers; default: one per GPU, else one per CPU
+    actors: int | None = None  # shard writers at once; default: one per GPU, else one per CPU
     gpus_per_actor: float | None = None  # default: 1 when the cluster has a GPU, else 0
     storage_options: dict[str, Any] = field(default_factory=dict)
 
@@ -178,8 +179,22 @@ class WriterParams:
     encode_audio: bool = True  # False: the bench's plan-only mode (no audio, no tokens)
 
 
+@functools.lru_cache(maxsize=2)
+def _shard_writer(params_json: str) -> ShardWriter:
+    return ShardWriter(json.loads(params_json))
+
+
+def write_shard(group: pa.Table, params: str) -> pa.Table:
+    """Ray Data `map_groups` stage: one shard's specs -> its tar(s), .idx and marker.
+
+    A task, not an actor pool: a pool holds its CPUs while the shuffle that feeds it still
+    needs them (a deadlock on a small cluster), where tasks give them back between groups. The
+    writer, with its tokenizers, is built once per worker process and reused."""
+    return _shard_writer(params)(group)
+
+
 class ShardWriter:
-    """Ray Data `map_groups` stage: all specs of one shard -> its tar(s) + .idx + marker.
+    """All specs of one shard -> its tar(s) + .idx + marker (see `write_shard`).
 
     Runs where Ray puts it and writes straight to the build's filesystem. Samples go in order
     of their seeded rank; a group the hash overfilled (more than max_samples, or more estimated
@@ -534,12 +549,10 @@ class ShardStep:
             context = ray.data.DataContext.get_current()
             partitions = max(1, min(context.default_hash_shuffle_parallelism, planned))
             out = ds.groupby("shard", num_partitions=partitions).map_groups(
-                ShardWriter,
+                write_shard,
                 batch_format="pyarrow",
-                fn_constructor_kwargs={"params": asdict(params)},
-                # Autoscaling from one: a fixed pool would hold every CPU while the shuffle
-                # that feeds it still needs some (a deadlock on a small cluster).
-                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+                fn_kwargs={"params": json.dumps(asdict(params), sort_keys=True)},
+                concurrency=actors,
                 num_cpus=0 if gpus else 1,
                 num_gpus=gpus,
             )
