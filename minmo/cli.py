@@ -31,7 +31,12 @@ PATH_ARGS: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "verify": {"dir": STORE_SCHEMES},
     "stats": {"inputs": STORE_SCHEMES, "out": STORE_SCHEMES},
-    "train": {"job": STORE_SCHEMES, "build": STORE_SCHEMES, "out": LOCAL_SCHEMES},
+    "train": {
+        "job": STORE_SCHEMES,
+        "build": STORE_SCHEMES,
+        "out": STORE_SCHEMES,
+        "staging": LOCAL_SCHEMES,
+    },
     "run": {"job": STORE_SCHEMES, "build": STORE_SCHEMES},
 }
 
@@ -210,7 +215,12 @@ def _cmd_model_info(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     # None: keep the job spec's own value.
-    overrides = {"steps": args.steps, "out": args.out, "storage_options": _storage_options(args)}
+    overrides = {
+        "steps": args.steps,
+        "out": args.out,
+        "staging": args.staging,
+        "storage_options": _storage_options(args),
+    }
     overrides["storage_options"] = overrides["storage_options"] or None
     if args.ray:
         from minmo.train.entry import run_train_ray
@@ -325,11 +335,19 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--out",
         default=None,
-        help="checkpoint directory, local (default: the spec's out, else BUILD/checkpoints/"
-        "<stage>, which an s3:// build cannot hold)",
+        help="checkpoint directory, local or s3:// (default: the spec's out, else "
+        "BUILD/checkpoints/<stage>)",
     )
     tr.add_argument(
-        "--storage-options", default=None, help="JSON for the shards' filesystem (s3://)"
+        "--staging",
+        default=None,
+        help="local folder where an s3:// out is written before each upload (default: the "
+        "temp dir; several nodes: a path they share)",
+    )
+    tr.add_argument(
+        "--storage-options",
+        default=None,
+        help="JSON for the build's filesystem (s3://: shards, checkpoints, init_from)",
     )
     tr.add_argument("--steps", type=int, default=None, help="override the spec's steps")
     tr.add_argument("--ray", action="store_true", help="run on Ray Train's TorchTrainer")

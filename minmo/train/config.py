@@ -9,7 +9,8 @@
 Unknown keys are an error naming the nearest valid one (as for the data job specs).
 
 The build (and the spec itself) may be an object-store URI: `minmo train 1a.yaml --build
-s3://bucket/build --out ckpt/1a` streams the shards from the bucket; checkpoints stay local.
+s3://bucket/build` streams the shards from the bucket and keeps checkpoints, metrics and the
+export in `s3://bucket/build/checkpoints/1a` (staged locally, see minmo/train/store.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import yaml
 
 from minmo.jobs import JobSpecError, check_keys
-from pipelines.ingest.fs import check_scheme, open_filesystem, uri_scheme
+from pipelines.ingest.fs import LOCAL_SCHEMES, check_scheme, open_filesystem, uri_scheme
 
 
 @dataclass
@@ -39,13 +40,14 @@ class ModelSpec:
 class TrainConfig:
     stage: str
     model: ModelSpec = field(default_factory=ModelSpec)
-    init_from: str | None = None  # a checkpoint directory (an earlier stage's step-N or final)
+    init_from: str | None = None  # an earlier stage's export (`final/`); a path or URI
     steps: int = 100
     seed: int = 0
     # data
     shards: str | None = None  # default: DIR/shards/<the stage's shard dir>; a path or URI
-    # pyarrow filesystem options for shards on an object store, e.g. {"endpoint_override":
-    # "http://127.0.0.1:9000"} (pipelines.ingest.fs.open_filesystem); credentials from the env
+    # pyarrow filesystem options for an object-store build (shards, out, init_from), e.g.
+    # {"endpoint_override": "http://127.0.0.1:9000"} (pipelines.ingest.fs.open_filesystem);
+    # credentials from the env
     storage_options: dict[str, Any] = field(default_factory=dict)
     max_samples: int = 8  # per batch per rank
     max_audio_s: float = 120.0  # padded audio seconds per batch per rank
@@ -64,7 +66,11 @@ class TrainConfig:
     bf16: bool = True  # autocast on GPU only; CPU runs in fp32 for exactness
     activation_checkpointing: bool = False
     # checkpoints and logs
-    out: str | None = None  # default: DIR/checkpoints/<stage>; must be local (see locations)
+    out: str | None = None  # default: DIR/checkpoints/<stage>; a path or URI
+    # Local root under which an object-store `out` is written before each upload (and an
+    # object-store `init_from` downloaded): one folder per URI, emptied at start, removed at
+    # the end. Default: the system temp dir. Ranks on several nodes need a shared path here.
+    staging: str | None = None
     save_every: int = 50
     keep_last: int = 2
     log_every: int = 1
@@ -85,6 +91,9 @@ class TrainConfig:
             raise JobSpecError(f"model.size must be tiny or full, got {self.model.size!r}")
         if self.parallel not in ("auto", "ddp", "fsdp", "none"):
             raise JobSpecError(f"parallel must be auto, ddp, fsdp or none, got {self.parallel!r}")
+        if self.staging is not None:
+            check_scheme("minmo train", self.staging, LOCAL_SCHEMES)
+            self.staging = _path(self.staging)
         self.betas = tuple(self.betas)  # type: ignore[assignment]
         for name in ("steps", "max_samples", "grad_accum", "save_every", "keep_last", "log_every"):
             if getattr(self, name) < 1:
@@ -96,39 +105,25 @@ class TrainConfig:
     def locations(self, build: str) -> tuple[str, str, str | None]:
         """(the stage's shard directory, the checkpoint directory, init_from) for `build`.
 
-        Shards may be anywhere pyarrow.fs reaches. Checkpoints, metrics and the export are
-        written with local file I/O (torch.distributed.checkpoint, TensorBoard), so `out` and
-        `init_from` must be local or file:// paths: on an object-store build they are an error
-        that says what to set, never a relative directory named after the URI.
+        Each is a local path (`file://` stripped) or an object-store URI; an object-store `out`
+        or `init_from` goes through a local staging directory (minmo/train/store.py), because
+        checkpoints, metrics and the export are written with local file I/O. A scheme the
+        trainer cannot serve is an error naming it, never a relative directory named after it.
         """
         from minmo.model.minmo import SHARDS_OF_STAGE
 
         base = str(build).rstrip("/")
         shards = self.shards or f"{base}/shards/{SHARDS_OF_STAGE[self.stage]}"
         check_scheme("minmo train", shards)
-        out = _local(
-            "out",
-            self.out or f"{base}/checkpoints/{self.stage}",
-            "pass --out DIR (or set out: in the job spec)",
-        )
-        init_from = self.init_from and _local(
-            "init_from", self.init_from, "set init_from to the previous stage's local export"
-        )
+        out = _path(self.out or f"{base}/checkpoints/{self.stage}")
+        init_from = _path(self.init_from) if self.init_from else None
         return shards, out, init_from
 
 
-def _local(name: str, uri: str, fix: str) -> str:
-    """A local path for `uri` (file:// stripped), else ValueError naming the scheme."""
+def _path(uri: str) -> str:
+    """`uri` checked: a local path as is (`file://` stripped), an object-store URI unchanged."""
     check_scheme("minmo train", uri)
-    scheme = uri_scheme(uri)
-    if scheme is None:
-        return uri
-    if scheme == "file":
-        return uri[len("file://") :]
-    raise ValueError(
-        f"minmo train cannot keep checkpoints on {scheme}:// ({name} = {uri}): checkpoints, "
-        f"metrics and exports need a local or shared filesystem; {fix}"
-    )
+    return uri[len("file://") :] if uri_scheme(uri) == "file" else uri
 
 
 def _expand(value: Any, build: str) -> Any:

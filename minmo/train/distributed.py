@@ -48,6 +48,12 @@ def init_distributed() -> DistInfo:
     return DistInfo(rank, world, local, device)
 
 
+def barrier(info: DistInfo) -> None:
+    """Wait for every rank (nothing to wait for in one process)."""
+    if info.world > 1:
+        dist.barrier()
+
+
 def all_min(value: int, info: DistInfo) -> int:
     """The minimum of `value` over ranks (every rank must call it)."""
     if info.world == 1:

@@ -7,6 +7,10 @@ Ray Train worker (`minmo train --ray`), unchanged.
     position, RNG) -> steps (gradient accumulation, clipping, bf16 autocast on GPU) -> checkpoint
     every N steps and on SIGTERM -> export the trained modules.
 
+An object-store `out` (the default on an `s3://` build) is written to a local staging directory
+and uploaded by rank 0 after each checkpoint and the export; an object-store `init_from` is
+downloaded first (minmo/train/store.py holds the commit protocol).
+
 Ranks stay in lockstep: before every micro-batch all ranks agree (all-reduce MIN) that each has
 one; when any rank's epoch is exhausted, all move to the next epoch together. A rank therefore
 never waits on a collective that another rank will not reach.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -32,11 +37,13 @@ from minmo.train.distributed import (
     DistInfo,
     all_min,
     all_sum,
+    barrier,
     init_distributed,
     resolve_mode,
     wrap_model,
 )
 from minmo.train.metrics import MetricsLog, step_flops
+from minmo.train.store import StoreMirror, fetch_export, is_remote, staging_dir
 
 
 def build_model(spec: ModelSpec, tokenizer: Any) -> MinMo:
@@ -124,11 +131,24 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
     # Before any work: a location the trainer cannot serve is the user's to fix, said at once.
     shards, out, init_from = config.locations(build)
     info = init_distributed()
+    # Rank 0 moves every byte between the store and the staging folders; the others wait.
+    mirror = StoreMirror(out, config.storage_options, config.staging) if is_remote(out) else None
+    init_dir = str(staging_dir(init_from, config.staging)) if is_remote(init_from) else init_from
+    if info.is_main:
+        if mirror is not None:
+            mirror.pull()
+        if init_dir != init_from:
+            fetch_export(init_from, Path(init_dir), config.storage_options)
+    barrier(info)
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     np.random.seed(config.seed)
     tokenizer = load_text_tokenizer(config.model.text_tokenizer)
     model = build_model(config.model, tokenizer)
-    inherited = load_export(init_from, model) if init_from else []
+    inherited = load_export(init_dir, model) if init_dir else []
+    if init_dir != init_from:
+        barrier(info)  # every rank has loaded it
+        if info.is_main:
+            shutil.rmtree(init_dir, ignore_errors=True)
     model.apply_recipe(config.stage)
     trainable_report = model.trainable_report()
     forward_params = sum(p.numel() for p in model.parameters())
@@ -155,7 +175,7 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
         max_tokens=config.max_tokens,
         storage_options=config.storage_options,
     )
-    out_dir = Path(out)
+    out_dir = mirror.local if mirror is not None else Path(out)
     ckpt = Checkpointer(out_dir, config.keep_last, info.rank)
     step = 0
     resumed = ckpt.latest()
@@ -178,7 +198,9 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
         0,
         step,
         trainable=trainable_report,
-        resumed_from=str(resumed) if resumed else None,
+        resumed_from=(f"{mirror.uri}/{resumed.name}" if mirror else str(resumed))
+        if resumed
+        else None,
     )
     try:
         while step < config.steps:
@@ -235,12 +257,15 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
                 metrics.log(step, record)
             leaving = not all_min(int(not stop.requested), info)
             if step % config.save_every == 0 or step == config.steps or leaving:
-                ckpt.save(
+                saved = ckpt.save(
                     step,
                     wrapped,
                     optimizer,
                     {"scheduler": scheduler.state_dict(), "data": loader.state_dict()},
                 )
+                if mirror is not None and info.is_main:
+                    metrics.flush()
+                    mirror.push_checkpoint(saved, config.keep_last)
             if leaving:
                 break
     finally:
@@ -256,6 +281,11 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
             info.rank,
         )
         result.export_dir = str(exported) if exported else None
+        if mirror is not None and exported is not None:
+            result.export_dir = mirror.push_export(exported)
+    if mirror is not None and info.is_main:
+        mirror.push_logs()
+        mirror.remove_staging()
     result.wall_s = time.perf_counter() - started
     return result
 

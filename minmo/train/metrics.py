@@ -67,6 +67,11 @@ class MetricsLog:
                 loss=f"{values.get('loss', float('nan')):.4f}", lr=f"{values.get('lr', 0):.2e}"
             )
 
+    def flush(self) -> None:
+        """Everything logged so far on disk (metrics.jsonl is appended and closed per record)."""
+        if self.writer is not None:
+            self.writer.flush()
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()

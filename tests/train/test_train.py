@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import pytest
 import yaml
 from torch.distributed.checkpoint import FileSystemReader
@@ -29,7 +30,7 @@ from pipelines.ingest.run import run_ingest
 from pipelines.shard_step import ShardsConfig, run_shards
 from pipelines.shards import write_stage_shards
 from pipelines.tokenize import flac_bytes
-from tests.objectstore import upload_tree
+from tests.objectstore import s3_filesystem, upload_tree
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -176,8 +177,8 @@ def _stage1_samples(n: int) -> list[dict[str, Any]]:
 
 @pytest.mark.slow
 def test_shards_on_s3_train_as_on_local_disk(tmp_path: Path, moto_s3_options) -> None:
-    """`minmo train --build s3://...` streams the same shards from the bucket: the same losses;
-    without a local --out it stops at once, naming the command and the scheme."""
+    """`minmo train --build s3://... --out LOCAL` streams the same shards from the bucket: the
+    same losses."""
     build = tmp_path / "build"
     write_stage_shards(_stage1_samples(12), build / "shards" / "stage1", "stage1", max_samples=5)
     s3_build = upload_tree(build, moto_s3_options, prefix="build")
@@ -189,5 +190,89 @@ def test_shards_on_s3_train_as_on_local_disk(tmp_path: Path, moto_s3_options) ->
     assert main([*argv, "--out", str(remote)]) == 0
     assert [m["loss"] for m in read_metrics(remote)] == [m["loss"] for m in read_metrics(local)]
     assert (remote / "final" / "export.json").is_file()
-    with pytest.raises(ValueError, match=r"minmo train cannot keep checkpoints on s3://"):
-        TrainConfig(stage="1a").locations(s3_build)
+
+
+def test_locations_on_an_object_store_build() -> None:
+    """Checkpoints and init_from may live on the build's store; a scheme the trainer cannot
+    serve, or a staging folder that is not local, is an error naming it."""
+    build = "s3://b/build/"
+    config = TrainConfig(stage="1b", init_from="s3://b/build/checkpoints/1a/final")
+    assert config.locations(build) == (
+        "s3://b/build/shards/stage1",
+        "s3://b/build/checkpoints/1b",
+        "s3://b/build/checkpoints/1a/final",
+    )
+    assert TrainConfig(stage="1a", out="file:///ck").locations(build)[1] == "/ck"
+    with pytest.raises(ValueError, match=r"minmo train cannot serve ftp://"):
+        TrainConfig(stage="1a", out="ftp://h/ck").locations(build)
+    with pytest.raises(ValueError, match=r"minmo train cannot serve s3://"):
+        TrainConfig(stage="1a", staging="s3://b/tmp")
+
+
+@pytest.mark.slow
+def test_checkpoints_on_s3_commit_resume_and_init_from(
+    tmp_path: Path, moto_s3_options, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """On an s3:// build the checkpoints, metrics and export land in the bucket (staged
+    locally, the staging removed at the end); a resume after a crash mid-upload takes the last
+    committed checkpoint (the `latest` pointer), never the half-uploaded one, and gives the
+    same losses; the next stage's init_from reads the export from the bucket."""
+    build = tmp_path / "build"
+    write_stage_shards(_stage1_samples(12), build / "shards" / "stage1", "stage1", max_samples=5)
+    s3_build = upload_tree(build, moto_s3_options, prefix="build")
+    s3 = s3_filesystem(moto_s3_options)
+    ckpt = f"{s3_build.removeprefix('s3://')}/checkpoints/1a"
+    local = tmp_path / "local"
+    job = _job(tmp_path, steps=4, save_every=2)
+    assert main(["-q", "train", str(job), "--build", str(build), "--out", str(local)]) == 0
+    expected = [m["loss"] for m in read_metrics(local)]
+
+    cwd, staging = tmp_path / "cwd", tmp_path / "staging"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    options = json.dumps(moto_s3_options)
+    argv = ["-q", "train", str(job), "--build", s3_build, "--storage-options", options]
+    argv += ["--staging", str(staging)]
+    assert main(argv) == 0
+    assert f"exported to s3://{ckpt}/final" in capsys.readouterr().out
+
+    def read(key: str) -> bytes:
+        with s3.open_input_stream(f"{ckpt}/{key}") as f:
+            return f.read()
+
+    def keys() -> set[str]:
+        infos = s3.get_file_info(pafs.FileSelector(ckpt, recursive=True))
+        return {i.path.removeprefix(f"{ckpt}/") for i in infos if i.is_file}
+
+    def losses() -> list[float]:
+        return [json.loads(line)["loss"] for line in read("metrics.jsonl").splitlines()]
+
+    assert read("latest") == b"step-00000004\n"
+    assert {k.split("/")[0] for k in keys()} >= {"step-00000002", "step-00000004", "final"}
+    assert {"step-00000004/.metadata", "step-00000004/rank0.pt"} <= keys()
+    assert json.loads(read("final/export.json"))["modules"] == ["input_projector"]
+    assert losses() == expected
+    assert not any(".tmp" in k for k in keys())
+    assert list(staging.iterdir()) == [] and list(cwd.iterdir()) == []
+
+    # A crash after step 2's commit, with step 4 and the export half uploaded.
+    with s3.open_output_stream(f"{ckpt}/latest") as f:
+        f.write(b"step-00000002\n")
+    s3.delete_file(f"{ckpt}/step-00000004/.metadata")
+    s3.delete_file(f"{ckpt}/final/export.json")
+    with s3.open_output_stream(f"{ckpt}/metrics.jsonl") as f:
+        f.write(b"".join(line + b"\n" for line in read("metrics.jsonl").splitlines()[:2]))
+    assert main(argv) == 0
+    assert f"resumed from s3://{ckpt}/step-00000002" in capsys.readouterr().out
+    assert losses() == expected  # bit-exact on CPU, as a local resume
+    assert read("latest") == b"step-00000004\n"
+    assert "step-00000004/.metadata" in keys() and "final/export.json" in keys()
+
+    # The next stage starts from the export in the bucket (its spec's default init_from).
+    job_1b = _job(tmp_path, stage="1b", init_from="{build}/checkpoints/1a/final", steps=1)
+    assert main(["-q", "train", str(job_1b), *argv[3:]]) == 0
+    with s3.open_input_stream(
+        f"{s3_build.removeprefix('s3://')}/checkpoints/1b/final/export.json"
+    ) as f:
+        assert json.loads(f.read())["modules"] == ["input_projector", "voice_encoder"]
+    assert list(staging.iterdir()) == [] and list(cwd.iterdir()) == []
