@@ -504,14 +504,6 @@ class ShardStep:
         self.build.write_json_atomic(self._record_path(stage, generation), record)
         return record
 
-    def _markers(self, stage: str, generation: int) -> dict[str, dict[str, Any]]:
-        prefix = f"{stage}-g{generation:04d}-"
-        return {
-            p.rsplit("/", 1)[-1][: -len(".json")]: self.build.read_json(p)
-            for p in self.build.files(self.ledger.done_dir, ".json")
-            if p.rsplit("/", 1)[-1].startswith(prefix)
-        }
-
     def _write_generation(self, record: dict[str, Any]) -> int:
         """Write every shard of the generation that has no marker yet; returns how many."""
         import ray
@@ -558,7 +550,12 @@ class ShardStep:
             )
             for row in out.take_all():
                 written[row["unit"]] = json.loads(row["marker"])
-        markers = {**self._markers(stage, generation), **written}
+        # Markers are read back only for shards an earlier, interrupted run committed.
+        markers = {
+            unit: self.build.read_json(f"{self.ledger.done_dir}/{unit}.json")
+            for unit in sorted(done_units)
+        }
+        markers.update(written)
         entries = sorted(
             (e for m in markers.values() for e in m["shards"]), key=lambda e: e["name"]
         )
