@@ -676,6 +676,11 @@ class ShardsSummary:
                 + (f" = {rate:.2f}/s of target speech" if rate else "")
                 + f", quarantined {sum(s['quarantined'].values())}"
             )
+            if s["rebuilt"]:
+                lines.append(f"    rebuilt: {s['rebuilt']}")
+            lines.append(
+                f"    {s['generations']} generation(s); {s['new_units']} new unit(s) this run"
+            )
             for task, v in s["tasks"].items():
                 lines.append(f"    {task}: {v['samples']} samples, {v['audio_s'] / 3600:.4f} h")
             for why, n in s["skipped"].items():
