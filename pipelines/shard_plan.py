@@ -287,7 +287,7 @@ def spec_summaries(build: BuildDir, units: list[Unit], params: SpecParams) -> An
         partitions = max(1, min(64, len(joined)))
         grouped = ids.join(
             rec_ds, join_type="left_outer", num_partitions=partitions, on=("recording_id",)
-        ).groupby("unit")
+        ).groupby("unit", num_partitions=partitions)
         parts.append(
             grouped.map_groups(unit_specs, batch_format="pyarrow", fn_kwargs={"params": p})
         )
