@@ -158,7 +158,13 @@ def _run_train(build: str, section: dict[str, Any], progress: bool) -> Any:
 
     results = []
     for job in section.get("stages", []):
-        result = run_train(job, build, progress=progress, steps=section.get("steps"))
+        result = run_train(
+            job,
+            build,
+            progress=progress,
+            steps=section.get("steps"),
+            storage_options=section.get("storage_options"),
+        )
         print(result.render())
         results.append(result)
     return results
@@ -211,7 +217,9 @@ STEPS: dict[str, Callable[[], Step]] = {
         object_store=True,
     ),
     "verify": lambda: Step("verify", ("dir", "storage_options"), _run_verify, object_store=True),
-    "train": lambda: Step("train", ("stages", "steps"), _run_train),
+    "train": lambda: Step(
+        "train", ("stages", "steps", "storage_options"), _run_train, object_store=True
+    ),
     "stats": lambda: Step(
         "stats",
         ("inputs", *_config_keys("pipelines.stats.compute", "StatsConfig")),

@@ -1,6 +1,6 @@
 import pytest
 
-from minmo.jobs import JobSpecError, load_job
+from minmo.jobs import STEPS, JobSpecError, Step, load_job
 
 
 def test_demo_job_parses(tmp_path):
@@ -80,19 +80,36 @@ def test_a_collapsed_uri_build_is_refused(tmp_path):
         load_job(spec, "s3:/bkt/demo")
 
 
-def test_a_local_only_step_refuses_a_uri_before_any_step_runs(tmp_path):
-    spec = _spec(tmp_path, "steps: [demo-data, verify]\n")
-    with pytest.raises(JobSpecError, match=r"'verify' cannot serve s3:// paths"):
+@pytest.fixture
+def local_only_step(monkeypatch):
+    """A step that takes local paths only. Every shipped step serves object stores; the refusal
+    stays for the next one that does not."""
+
+    def run(build, section, progress):
+        raise AssertionError("a refused job must not run any step")
+
+    monkeypatch.setitem(STEPS, "local-only", lambda: Step("local-only", ("dir",), run))
+    return "local-only"
+
+
+def test_every_shipped_step_serves_object_stores():
+    assert [name for name, step in STEPS.items() if not step().object_store] == []
+
+
+def test_a_local_only_step_refuses_a_uri_before_any_step_runs(tmp_path, local_only_step):
+    spec = _spec(tmp_path, "steps: [demo-data, local-only]\n")
+    with pytest.raises(JobSpecError, match=r"'local-only' cannot serve s3:// paths"):
         load_job(spec, "s3://bkt/demo")
-    spec = _spec(tmp_path, "steps: [demo-data, verify]\nverify: {dir: 'gs://b/shards'}\n")
-    with pytest.raises(JobSpecError, match=r"'verify' cannot serve gs:// paths"):
+    spec = _spec(tmp_path, "steps: [demo-data, local-only]\nlocal-only: {dir: 'gs://b/x'}\n")
+    with pytest.raises(JobSpecError, match=r"'local-only' cannot serve gs:// paths"):
         load_job(spec, str(tmp_path / "build"))
 
 
 def test_storage_options_reach_every_step_that_takes_them(tmp_path):
     spec = _spec(
         tmp_path,
-        "steps: [demo-data, ingest, synthesize, diarize, label-turns, stats]\n"
+        "steps: [demo-data, ingest, synthesize, diarize, label-turns, shards, verify, train, "
+        "stats]\n"
         "storage_options: {region: eu-west-1, access_key: spec}\n"
         "ingest: {src: x}\n"
         "diarize: {storage_options: {region: us-east-2}}\n",
@@ -101,21 +118,21 @@ def test_storage_options_reach_every_step_that_takes_them(tmp_path):
     options = {step.name: section["storage_options"] for step, section in plan}
     assert options.pop("diarize") == {"region": "us-east-2", "access_key": "cli"}
     assert all(o == {"region": "eu-west-1", "access_key": "cli"} for o in options.values())
-    assert len(options) == 5
+    assert len(options) == 8
     spec.write_text("steps: [ingest]\ningest: {src: x}\n")
     [(_, section)] = load_job(spec, "s3://bkt/demo")
     assert "storage_options" not in section  # none given: each step's own default
 
 
-def test_cli_run_refuses_before_writing_anything(tmp_path, monkeypatch, capsys):
+def test_cli_run_refuses_before_writing_anything(tmp_path, monkeypatch, capsys, local_only_step):
     from minmo.cli import main
 
-    spec = _spec(tmp_path, "steps: [demo-data, train]\n")
+    spec = _spec(tmp_path, "steps: [demo-data, local-only]\n")
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
     assert main(["run", str(spec), "--build", "s3://bkt/demo"]) == 2
-    assert "'train' cannot serve s3://" in capsys.readouterr().err
+    assert "'local-only' cannot serve s3://" in capsys.readouterr().err
     assert main(["run", str(spec), "--build", "x", "--storage-options", "{oops"]) == 2
     assert "--storage-options is not valid JSON" in capsys.readouterr().err
     assert list(cwd.iterdir()) == []
@@ -209,3 +226,79 @@ def test_demo_job_table_steps_on_s3(tmp_path, moto_s3_options):
     conversations = {r["recording_id"] for r in recordings if r["task"] == "conversation"}
     assert {t["recording_id"] for t in tables["turns"]} == conversations
     assert len(tables["frame_labels"]) == 2 * len(conversations)
+
+
+@pytest.mark.slow
+def test_demo_job_on_s3(tmp_path, moto_s3_options):
+    """The whole demo job (jobs/demo.yaml, every step) with `--build s3://…`: every step
+    succeeds, the shards verify on the store, the seven training stages keep their checkpoints,
+    metrics and exports in the bucket (each stage's init_from read from there), the stats land
+    there, and nothing is written to a local relative path or left in the trainer's staging."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    import uuid
+    from pathlib import Path
+
+    import pyarrow.fs as pafs
+    import yaml
+
+    from minmo.train.store import staging_dir
+    from pipelines.verify import verify_shards
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng not installed: apt-get install espeak-ng")
+    repo = Path(__file__).resolve().parents[1]
+    job = repo / "jobs" / "demo.yaml"
+    demo = yaml.safe_load(job.read_text())
+    bucket = f"jobs-demo-{uuid.uuid4().hex[:12]}"  # moto's store is shared within the process
+    s3 = pafs.S3FileSystem(**moto_s3_options, allow_bucket_creation=True)
+    s3.create_dir(bucket)
+    build = f"s3://{bucket}/demo"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    command = ["-m", "minmo.cli", "-q", "run", str(job), "--build", build]
+    result = subprocess.run(
+        [sys.executable, *command, "--storage-options", json.dumps(moto_s3_options)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ran = [line[3:] for line in result.stdout.splitlines() if line.startswith("== ")]
+    assert ran == demo["steps"]
+    assert list(cwd.iterdir()) == [], "a step wrote to a local relative path"
+
+    keys = {i.path for i in s3.get_file_info(pafs.FileSelector(bucket, recursive=True))}
+    assert [k for k in keys if not k.startswith(f"{bucket}/demo")] == []
+    for stage in ("stage1", "stage2", "stage3", "stage4"):
+        assert f"verify {stage}: ok" in result.stdout
+    verified = verify_shards(f"{build}/shards", moto_s3_options)
+    assert sorted(verified) == ["stage1", "stage2", "stage3", "stage4"]
+    assert all(problems == [] for problems in verified.values()), verified
+
+    for spec in demo["train"]["stages"]:
+        stage_spec = yaml.safe_load(Path(spec.replace("{job_dir}", str(repo / "jobs"))).read_text())
+        stage = str(stage_spec["stage"])
+        ckpt = f"{build}/checkpoints/{stage}"
+        root = ckpt.removeprefix("s3://")
+        assert f"train {stage}:" in result.stdout
+        assert f"exported to {ckpt}/final" in result.stdout
+        with s3.open_input_stream(f"{root}/latest") as f:
+            latest = f.read().decode().strip()
+        assert latest == f"step-{stage_spec['steps']:08d}"
+        assert {f"{root}/{latest}/.metadata", f"{root}/{latest}/rank0.pt"} <= keys
+        with s3.open_input_stream(f"{root}/final/export.json") as f:
+            assert json.loads(f.read())["stage"] == stage
+        with s3.open_input_stream(f"{root}/metrics.jsonl") as f:
+            steps = [json.loads(line)["step"] for line in f.read().splitlines()]
+        assert steps == list(range(1, stage_spec["steps"] + 1))
+        assert not staging_dir(ckpt).exists() and not staging_dir(f"{ckpt}/final").exists()
+    assert "/lora/" in " ".join(k for k in keys if "/checkpoints/1c/final/" in k)
+
+    assert f"{bucket}/demo/stats/stats.json" in keys
+    assert f"{bucket}/demo/stats/report.html" in keys
+    with s3.open_input_stream(f"{bucket}/demo/stats/stats.json") as f:
+        assert json.loads(f.read())
