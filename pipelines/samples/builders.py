@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -250,28 +251,29 @@ class StageBuilder:
         """Hotwords from the transcript plus distractors from a fixed lexicon of the language.
 
         The lexicon depends on nothing in the build, so a sample's prompt, content and key do
-        not change when other data is added. Distractors are drawn by seeded hashes of the
-        segment id: O(distractors) per segment, not a pass over a corpus-wide pool."""
+        not change when other data is added. Every draw comes from one seeded sha512 of the
+        segment id: its bytes pick the distractors' lexicon indices, and CRC-32 keyed by it
+        orders the transcript's words. O(words + distractors) per segment and a single
+        cryptographic hash, not a pass over a corpus-wide pool."""
         if len(text.split()) < self.config.contextual_min_words:
             return []
         words = sorted(set(_words(text)))
-        if not words:
-            return []
-        chosen = sorted(words, key=lambda w: _hash_int(self.config.seed, sid, w))
-        hot = chosen[: self.config.hotwords]
         lexicon = distractor_lexicon(lang or "")
-        if len(lexicon) < 2 * self.config.distractors:
+        if not words or len(lexicon) < 2 * self.config.distractors:
             return []
+        digest = hashlib.sha512(f"{self.config.seed}\0{sid}\0bias".encode()).digest()
+        key = int.from_bytes(digest[:4], "little")
+        hot = sorted(words, key=lambda w: zlib.crc32(w.encode(), key))[: self.config.hotwords]
         lower = {w.lower() for w in words}
         others: list[str] = []
-        for attempt in range(4 * self.config.distractors):
+        for i in range(4, len(digest) - 3, 4):  # 15 draws; 3 distractors rarely need 4
             if len(others) == self.config.distractors:
                 break
-            w = lexicon[_hash_int(self.config.seed, sid, "distractor", attempt) % len(lexicon)]
+            w = lexicon[int.from_bytes(digest[i : i + 4], "little") % len(lexicon)]
             if w.lower() not in lower and w not in others:
                 others.append(w)
-        bias = hot + others
-        return sorted(bias, key=lambda w: _hash_int(self.config.seed, sid, "order", w))
+        order = key ^ 0x9E3779B9
+        return sorted(hot + others, key=lambda w: zlib.crc32(w.encode(), order))
 
     def _speaker_analysis(self) -> Iterator[dict[str, Any]]:
         by_rec: dict[str, list[dict[str, Any]]] = {}
