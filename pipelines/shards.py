@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow.fs as pafs
-from webdataset import TarWriter
 
 from pipelines.ingest.fs import to_uri
 
@@ -344,6 +343,10 @@ class ShardTarWriter:
         self.tmp = f"{self.stage_dir}/{temp_name(name)}" if local else self.path
         self._raw = self.fs.open_output_stream(self.tmp)
         self._file = _HashingFile(self._raw)
+        # Imported here, not at the top: webdataset imports torch (about 600 MB resident), and
+        # the readers of this module (verify, stats, the loader) must stay light.
+        from webdataset import TarWriter
+
         self._writer = TarWriter(
             self._file,
             user=TAR_USER,
