@@ -264,20 +264,23 @@ def steady_rate(shards: list[dict[str, Any]]) -> float | None:
 
 
 def run_child(job: dict[str, Any], log: Path) -> dict[str, Any]:
-    """`child(job)` in a fresh interpreter with a local Ray; its stderr goes to `log`."""
+    """`child(job)` in a fresh interpreter with a local Ray. Its result comes back in a file:
+    Ray forwards worker output to the driver's stdout at any time, so stdout joins the log."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    with log.open("a") as err:
-        result = subprocess.run(
-            [sys.executable, __file__, "--child", json.dumps(job)],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
+    result_path = log.with_name(f"child-{time.time_ns()}.json")
+    with log.open("a") as out:
+        code = subprocess.run(
+            [sys.executable, __file__, "--child", json.dumps(job), "--result", str(result_path)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
             env=env,
-        )
-    if result.returncode != 0:
+        ).returncode
+    if code != 0 or not result_path.exists():
         tail = log.read_text(errors="replace")[-4000:]
-        raise RuntimeError(f"child failed ({result.returncode}); log {log}:\n{tail}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"child failed (exit {code}); log {log}:\n{tail}")
+    result = json.loads(result_path.read_text())
+    result_path.unlink()
+    return result
 
 
 def phase_s(
@@ -697,9 +700,10 @@ def main() -> None:
         "--ray-cpus", type=int, help="CPUs the local Ray instance claims (default: the machine's)"
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(json.loads(args.child))))
+        args.result.write_text(json.dumps(child(json.loads(args.child))))
         return
 
     import psutil
@@ -720,7 +724,7 @@ def main() -> None:
         f"builds: units of {RECORDINGS_PER_UNIT} recordings x {SEGMENTS_PER_CLIP} segments over "
         f"{len(clips)} real clips ({sum(c.duration_s for c in clips):.0f} s); Ray CPUs: "
         f"{args.ray_cpus or os.cpu_count()}; work: {work}; "
-        f"child stderr: {log}",
+        f"child output: {log}",
         flush=True,
     )
     base = run_child({"baseline": True, "ray_cpus": args.ray_cpus}, log)
