@@ -66,6 +66,8 @@ def recordings_table(
         {
             "recording_id": ids,
             "source_uri": source_uri,
+            # items.source_key for a URI outside any listed root: the corpus and the whole URI
+            "source_key": np.char.add(np.char.add(np.asarray(corpus, str), ":"), source_uri),
             "corpus": corpus,
             "container": np.full(n, container),
             "sample_rate_hz": np.full(n, 16000, np.int32),

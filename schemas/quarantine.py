@@ -44,7 +44,7 @@ class ReasonCode(str, enum.Enum):
 
 QUARANTINE = TableContract(
     name="quarantine",
-    version=1,
+    version=2,
     schema=pa.schema(
         [
             pa.field("source_uri", pa.string(), nullable=False),
@@ -52,6 +52,9 @@ QUARANTINE = TableContract(
             pa.field("reason_code", pa.string(), nullable=False),
             pa.field("detail", pa.string()),
             pa.field("item_key", pa.string()),  # utterance / row id inside a manifest, when any
+            # v2: the refused source's relocatable key (pipelines.ingest.items.source_key), set
+            # by ingest so that a moved corpus is still known as seen; null for other steps
+            pa.field("source_key", pa.string()),
         ]
     ),
     required=("source_uri", "step", "reason_code"),

@@ -1,5 +1,7 @@
 """The recordings table: one row per source audio file (or Kaldi wav.scp entry), measured.
 
+v2 (relocatable builds): `source_key` added; `recording_id` hashes it instead of the URI.
+
 Audio stays in its source; this row says where it is, what it is, and how it sounds.
 """
 
@@ -11,11 +13,15 @@ from schemas._table import TableContract
 
 RECORDINGS = TableContract(
     name="recordings",
-    version=1,
+    version=2,
     schema=pa.schema(
         [
-            pa.field("recording_id", pa.string(), nullable=False),  # sha1(source_uri, content)
-            pa.field("source_uri", pa.string(), nullable=False),
+            # sha1(source_key, content): the same wherever the corpus or the build is mounted
+            pa.field("recording_id", pa.string(), nullable=False),
+            pa.field("source_uri", pa.string(), nullable=False),  # where it was when ingested
+            # `corpus:path relative to the listed source root` (pipelines.ingest.items.source_key);
+            # always set by ingest, null only on rows a later step made of audio it wrote itself
+            pa.field("source_key", pa.string()),
             pa.field("corpus", pa.string(), nullable=False),
             pa.field("container", pa.string(), nullable=False),  # wav, flac, mp3, ogg, m4a, ...
             pa.field("sample_rate_hz", pa.int32(), nullable=False),  # as stored in the source

@@ -51,9 +51,11 @@ class Decoded:
     pcm_16k: np.ndarray  # (channels, frames) float32
 
 
-def recording_id(source_uri: str, content_sha1: str) -> str:
-    """Stable id: the same file with the same content always gets the same id."""
-    return hashlib.sha1(f"{source_uri}\n{content_sha1}".encode()).hexdigest()[:20]
+def recording_id(source_key: str, content_sha1: str) -> str:
+    """Stable, relocatable id: hash of the audio's `source_key` (corpus and path relative to the
+    listed root, items.source_key) and its content. The same file with the same content gets
+    the same id wherever the corpus or the build is mounted."""
+    return hashlib.sha1(f"{source_key}\n{content_sha1}".encode()).hexdigest()[:20]
 
 
 def read_source(uri: str, storage_options: dict[str, Any]) -> bytes:
@@ -110,7 +112,8 @@ def decode_item(item: SourceItem, config: IngestConfig) -> Decoded:
         )
     sha1 = measure.content_sha1(audio.samples, audio.sample_rate_hz)
     info = {
-        "recording_id": recording_id(item.source_uri, sha1),
+        "recording_id": recording_id(item.key, sha1),
+        "source_key": item.key,
         "container": audio.container,
         "sample_rate_hz": audio.sample_rate_hz,
         "source_channels": audio.channels,

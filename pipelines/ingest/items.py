@@ -32,6 +32,8 @@ class SourceItem:
 
     `source_uri` is the canonical URI of the audio: an absolute local path or an object-store
     URI such as `s3://bucket/key.flac`. `task` is free text from the source (e.g. "asr").
+    `source_key` is what identifies the audio wherever the corpus is mounted (see `source_key`);
+    the layout readers' `settle` sets it, and `key` falls back to the URI when no reader did.
     """
 
     source_uri: str
@@ -42,6 +44,12 @@ class SourceItem:
     speaker: str | None = None
     task: str | None = None
     supervisions: list[Supervision] = field(default_factory=list)
+    source_key: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The relocatable identity of this item's audio (recording ids and resume key on it)."""
+        return self.source_key or source_key(self.corpus, None, self.source_uri)
 
     def to_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,12 +62,26 @@ class SourceItem:
         return cls(**data, supervisions=supervisions)
 
 
+def source_key(corpus: str, root: str | None, uri: str) -> str:
+    """`corpus:relative/path`: the audio's identity, independent of where the corpus is mounted.
+
+    `root` is the listed source's root (the directory, or the directory of the listing file);
+    a URI below it keys on its path relative to the root, so the same corpus re-mounted
+    elsewhere, or copied from local disk to an object store, keeps its keys. A URI outside the
+    root (a manifest pointing anywhere) keys on the whole URI: nothing else names it."""
+    base = (root or "").rstrip("/")
+    if base and uri.startswith(base + "/"):
+        return f"{corpus}:{uri[len(base) + 1 :]}"
+    return f"{corpus}:{uri}"
+
+
 def quarantine_row(
     source_uri: str,
     reason_code: str,
     detail: str,
     step: str = "ingest",
     item_key: str | None = None,
+    source_key: str | None = None,
 ) -> dict[str, Any]:
     """A row of the quarantine table (schemas.quarantine.QUARANTINE)."""
     return {
@@ -68,4 +90,5 @@ def quarantine_row(
         "reason_code": reason_code,
         "detail": detail,
         "item_key": item_key,
+        "source_key": source_key,
     }

@@ -21,6 +21,9 @@ layouts/manifest.py), `kaldi` (a data dir with wav.scp; layouts/kaldi.py), `lhot
   own files → `lhotse`; otherwise → `dir`;
 - a glob (`*`, `?`, `[`) → `dir`.
 
+Every item and refusal carries a `source_key` (`corpus:path relative to the source's root`,
+see `source_root`): the relocatable identity that recording ids and resume key on.
+
 Every audio location is checked to exist (batched; `check_exists=False` skips it, e.g. when the
 listing is known good and the store is slow): a missing file is a `missing_file` row, never an
 exception. What raises is only what no row can describe: an unknown `fmt`, a source that does
@@ -38,7 +41,7 @@ import pyarrow.fs as pafs
 from pipelines.ingest.fs import Location
 from pipelines.ingest.items import SourceItem
 from pipelines.ingest.layouts import directory, kaldi, lhotse, manifest
-from pipelines.ingest.layouts.common import Pending, ReadContext, Row, settle
+from pipelines.ingest.layouts.common import Keyer, Pending, ReadContext, Row, settle
 from pipelines.ingest.layouts.directory import AUDIO_EXTENSIONS, is_audio_name, is_glob, split_glob
 
 __all__ = ["AUDIO_EXTENSIONS", "FORMATS", "detect_format", "list_sources"]
@@ -114,6 +117,18 @@ def default_corpus(src: str, fmt: str, **fs_options: Any) -> str:
     return loc.name or posixpath.basename(loc.path.rstrip("/")) or loc.path
 
 
+def source_root(src: str, fmt: str, **fs_options: Any) -> str:
+    """The URI that a listing's keys are relative to (items.source_key): the directory for
+    `dir`/`kaldi`/`lhotse` dirs, the base directory of a glob, and the directory holding a
+    manifest or a single audio file. Moving the corpus moves its root with it."""
+    if is_glob(src):
+        return Location.from_uri(split_glob(src)[0], **fs_options).uri
+    loc = Location.from_uri(src, **fs_options)
+    if fmt in ("jsonl", "csv", "parquet") or not loc.is_dir():
+        loc = loc.parent
+    return loc.uri
+
+
 def list_sources(
     src: str,
     fmt: str = "auto",
@@ -137,4 +152,5 @@ def list_sources(
     ctx = ReadContext(
         default_corpus=default_corpus(src, concrete, **fs_options), corpus=corpus, task=task
     )
-    return settle(READERS[concrete](src, ctx, **fs_options), check_exists=check_exists)
+    keyer = Keyer(root=source_root(src, concrete, **fs_options), corpus=ctx.corpus_for())
+    return settle(READERS[concrete](src, ctx, **fs_options), check_exists=check_exists, keyer=keyer)

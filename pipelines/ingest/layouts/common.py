@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from pipelines.ingest.fs import Location, existing
-from pipelines.ingest.items import SourceItem, Supervision, quarantine_row
+from pipelines.ingest.items import SourceItem, Supervision, quarantine_row, source_key
 from schemas.quarantine import ReasonCode
 
 log = logging.getLogger(__name__)
@@ -66,9 +66,17 @@ class Refused:
     row: Row
 
 
-def reject(source_uri: str, reason: ReasonCode, detail: str, item_key: str | None = None) -> Row:
+def reject(
+    source_uri: str,
+    reason: ReasonCode,
+    detail: str,
+    item_key: str | None = None,
+    key: str | None = None,
+) -> Row:
     """A quarantine row of the ingest step (the reason code is the closed enum's value)."""
-    return quarantine_row(source_uri, reason.value, detail, step="ingest", item_key=item_key)
+    return quarantine_row(
+        source_uri, reason.value, detail, step="ingest", item_key=item_key, source_key=key
+    )
 
 
 def decode_utf8(raw: bytes) -> str | None:
@@ -120,24 +128,49 @@ def in_time_order(item: SourceItem) -> SourceItem:
     return item
 
 
+@dataclass(frozen=True)
+class Keyer:
+    """Gives every settled item and refusal its relocatable `source_key` (items.source_key):
+    `root` is the listed source's root, `corpus` names refusals that carry no item."""
+
+    root: str | None = None
+    corpus: str = ""
+
+    def item(self, item: SourceItem) -> SourceItem:
+        item.source_key = source_key(item.corpus, self.root, item.source_uri)
+        return item
+
+    def row(self, row: Row, corpus: str | None = None) -> Row:
+        if not row.get("source_key"):
+            row["source_key"] = source_key(corpus or self.corpus, self.root, row["source_uri"])
+        return row
+
+
 def settle(
-    stream: Iterable[Pending | Row], check_exists: bool = True, batch_size: int = SETTLE_BATCH
+    stream: Iterable[Pending | Row],
+    check_exists: bool = True,
+    batch_size: int = SETTLE_BATCH,
+    keyer: Keyer | None = None,
 ) -> Iterator[SourceItem | Row]:
-    """Resolve each pending item to its first existing candidate, in stream order.
+    """Resolve each pending item to its first existing candidate, in stream order, and key it
+    (`keyer`; default: no root, so every key holds the whole URI).
 
     Existence is checked `batch_size` items at a time (one batched request per filesystem and
     candidate rank), not per item: on an object store a check is a network round trip. Without
     `check_exists` the first candidate is taken on trust."""
+    keyer = keyer or Keyer()
     batch: list[Pending | Row] = []
     for entry in stream:
         batch.append(entry)
         if len(batch) >= batch_size:
-            yield from _settle_batch(batch, check_exists)
+            yield from _settle_batch(batch, check_exists, keyer)
             batch = []
-    yield from _settle_batch(batch, check_exists)
+    yield from _settle_batch(batch, check_exists, keyer)
 
 
-def _settle_batch(batch: list[Pending | Row], check_exists: bool) -> Iterator[SourceItem | Row]:
+def _settle_batch(
+    batch: list[Pending | Row], check_exists: bool, keyer: Keyer
+) -> Iterator[SourceItem | Row]:
     pending = {i: e for i, e in enumerate(batch) if isinstance(e, Pending)}
     chosen: dict[int, Location] = {}
     unresolved: list[int] = []
@@ -157,16 +190,17 @@ def _settle_batch(batch: list[Pending | Row], check_exists: bool) -> Iterator[So
         rank += 1
     for i, entry in enumerate(batch):
         if not isinstance(entry, Pending):
-            yield entry
+            yield keyer.row(entry)
         elif i in chosen:
             entry.item.source_uri = chosen[i].uri
-            yield entry.item
+            yield keyer.item(entry.item)
         else:
             tried = ", ".join(dict.fromkeys(c.uri for c in entry.candidates))
             detail = f"no audio file at {tried}"
-            yield reject(
+            row = reject(
                 entry.candidates[0].uri, ReasonCode.MISSING_FILE, detail, entry.item.item_key
             )
+            yield keyer.row(row, entry.item.corpus)
 
 
 def is_sorted(keys: Iterable[str | None]) -> bool:
