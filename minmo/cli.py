@@ -199,6 +199,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         memory_limit=args.memory_limit,
         threads=args.threads,
         workers=args.workers,
+        max_shard_rows=args.max_shard_rows,
         title=args.title,
         storage_options=json.loads(args.storage_options) if args.storage_options else {},
     )
@@ -322,7 +323,18 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--out", default=None, help="report directory (default DIR/stats)")
     st.add_argument("--memory-limit", default="1GB", help="DuckDB memory cap (spills beyond)")
     st.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: all)")
-    st.add_argument("--workers", type=int, default=4, help="shards read at once")
+    st.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="shard-metadata Ray tasks in flight (default: two per Ray CPU)",
+    )
+    st.add_argument(
+        "--max-shard-rows",
+        type=int,
+        default=1000,
+        help="past this many shards in a stage, keep distributions and the worst shards",
+    )
     st.add_argument("--title", default=None, help="the report's title")
     st.add_argument("--storage-options", default=None, help="JSON for s3:// inputs and output")
     st.set_defaults(func=_cmd_stats)

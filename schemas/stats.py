@@ -9,6 +9,11 @@ first or at/after the last edge, `nulls` had no value; `hours[i]` (duration hist
 the audio in that bin. `by.<dimension>.<value>` repeats it per corpus / language / task / stage.
 Edges are fixed per metric (pipelines/stats/dist.py), so two builds compare bin for bin.
 
+A shard stage (`shards.<stage>`) always has the distributions of samples, hours and bytes per
+shard (`per_shard_dist`, fixed R10 bins) and its worst shards (`worst.<criterion>`, worst first,
+e.g. `fewest_samples`, `most_bytes`); it lists every shard in `per_shard` only up to the
+config's `max_shard_rows` shards, and has `per_shard: null` beyond.
+
 A *breakdown* (`$defs/breakdown`) is `[{key, count, hours}]`, most hours first.
 """
 
@@ -16,7 +21,9 @@ from __future__ import annotations
 
 from typing import Any
 
-STATS_VERSION = 1
+# 2: shard stages gained `per_shard_dist` and `worst`; `per_shard` is null past the config's
+# `max_shard_rows` shards in a stage.
+STATS_VERSION = 2
 
 _NUM = {"type": ["number", "null"]}
 _COUNT = {"type": "integer", "minimum": 0}
@@ -84,6 +91,16 @@ STATS_JSON_SCHEMA: dict[str, Any] = {
                     "description": "dimension -> value -> the same distribution for that value",
                     "additionalProperties": {"type": "object", "additionalProperties": _GROUP},
                 },
+            },
+        },
+        "shard": {
+            "type": "object",
+            "required": ["name", "samples", "hours", "bytes"],
+            "properties": {
+                "name": {"type": "string"},
+                "samples": _COUNT,
+                "hours": {"type": "number"},
+                "bytes": _COUNT,
             },
         },
         "breakdown": {
@@ -249,16 +266,30 @@ STATS_JSON_SCHEMA: dict[str, Any] = {
                     "hours",
                     "bytes",
                     "per_shard",
+                    "per_shard_dist",
+                    "worst",
                     "spread",
                     "speech_tokens_per_s",
                     "mixture",
                 ],
                 "properties": {
+                    "shards": _COUNT,
                     "per_shard": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "required": ["name", "samples", "hours", "bytes"],
+                        "type": ["array", "null"],
+                        "description": "every shard, up to max_shard_rows; null beyond",
+                        "items": {"$ref": "#/$defs/shard"},
+                    },
+                    "per_shard_dist": {
+                        "type": "object",
+                        "required": ["samples", "hours", "bytes"],
+                        "additionalProperties": {"$ref": "#/$defs/dist"},
+                    },
+                    "worst": {
+                        "type": "object",
+                        "description": "criterion -> its worst shards, worst first",
+                        "additionalProperties": {
+                            "type": "array",
+                            "items": {"$ref": "#/$defs/shard"},
                         },
                     },
                     "mixture": {

@@ -48,6 +48,23 @@ BREAKDOWNS = (
     "samples.by.task",
 )
 
+# Per shard stage; each is in both shapes of a stage (with or without `per_shard`), so a build
+# of 40 shards compares with one of 250k.
+SHARD_FIGURES = (
+    "shards",
+    "samples",
+    "hours",
+    "bytes",
+    "speech_tokens_per_s",
+    "spread.samples.cv",
+    "spread.hours.cv",
+    *(
+        f"per_shard_dist.{metric}.quantiles.{q}"
+        for metric in ("samples", "hours", "bytes")
+        for q in ("p05", "p50", "p95")
+    ),
+)
+
 
 def _row(metric: str, a: Any, b: Any) -> dict[str, Any]:
     numeric = isinstance(a, int | float) and isinstance(b, int | float)
@@ -82,7 +99,7 @@ def compare_stats(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     for key in sorted(reasons_a.keys() | reasons_b.keys()):
         rows.append(_row(f"quarantine[{key}].count", reasons_a.get(key, 0), reasons_b.get(key, 0)))
     for stage in sorted((a.get("shards") or {}).keys() | (b.get("shards") or {}).keys()):
-        for field in ("shards", "samples", "hours", "bytes", "speech_tokens_per_s"):
+        for field in SHARD_FIGURES:
             path = f"shards.{stage}.{field}"
             rows.append(_row(path, value_at(a, path), value_at(b, path)))
     changed = [r for r in rows if r["a"] != r["b"]]

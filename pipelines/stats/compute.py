@@ -31,13 +31,21 @@ class StatsConfig:
     out: str | None = None  # where stats.json and report.html go; default DIR/stats
     memory_limit: str = "1GB"  # DuckDB's buffer cap; larger aggregations spill to disk
     threads: int | None = None  # DuckDB threads; default: all cores
-    workers: int = 4  # shards read at once when extracting sample metadata
+    # Shard-metadata tasks (one Ray task per shard) in flight at once; default: two per CPU of
+    # the Ray instance or cluster (RAY_ADDRESS), so the reading spreads over every node.
+    workers: int | None = None
+    # Past this many shards in a stage, stats.json keeps per-shard distributions and the worst
+    # shards instead of a row per shard (250k rows would make a 100 MB file nobody reads).
+    max_shard_rows: int = 1000
+    worst_shards: int = 10  # shards kept per "worst" criterion (shard_stats.WORST)
     title: str | None = None  # the report's title; default: the input's path
     storage_options: dict[str, Any] = field(default_factory=dict)  # s3:// client options
 
     def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise ValueError("stats.workers must be >= 1")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError("stats.workers must be >= 1 (or left out for two per Ray CPU)")
+        if self.max_shard_rows < 0 or self.worst_shards < 0:
+            raise ValueError("stats.max_shard_rows and stats.worst_shards must be >= 0")
         if self.threads is not None and self.threads < 1:
             raise ValueError("stats.threads must be >= 1 (or left out for all cores)")
 
@@ -100,7 +108,12 @@ def compute_stats(
         ),
         "conversations": section("conversations", lambda: tables.conversations(con, has), "turns"),
         "samples": section("samples", lambda: shard_stats.samples(con), "samples"),
-        "shards": section("shards", lambda: shard_stats.shard_balance(sources), "shards", {}),
+        "shards": section(
+            "shards",
+            lambda: shard_stats.shard_balance(sources, config.max_shard_rows, config.worst_shards),
+            "shards",
+            {},
+        ),
         "config": {k: v for k, v in asdict(config).items() if k != "storage_options"},
     }
     stats["errors"] = errors

@@ -39,6 +39,22 @@ TURNS_PER_MIN = Bins("turns/min", tuple(float(v) for v in range(0, 62, 2)))
 FLOOR_TRANSFER_S = Bins("s", tuple(round(-3.0 + 0.2 * i, 1) for i in range(31)))
 GAP_S = Bins("s", tuple(round(0.1 * i, 1) for i in range(31)))
 
+# Renard's R10 preferred numbers: ten bins per decade, each about 26 % wide, with round edges.
+R10 = (1.0, 1.25, 1.6, 2.0, 2.5, 3.15, 4.0, 5.0, 6.3, 8.0)
+
+
+def r10(first_exp: int, last_exp: int) -> tuple[float, ...]:
+    """Edges 10**first_exp ... 10**last_exp, ten per decade (R10). Per-shard figures span
+    decades (a 10-sample leftover beside 2,000-sample shards), and bins relative to the value
+    still resolve a spread of a few percent around any fill."""
+    inner = (round(m * 10.0**e, 12) for e in range(first_exp, last_exp) for m in R10)
+    return (*inner, round(10.0**last_exp, 12))
+
+
+SHARD_SAMPLES = Bins("samples", r10(0, 6), log_x=True)
+SHARD_HOURS = Bins("h", r10(-4, 3), log_x=True)
+SHARD_BYTES = Bins("bytes", r10(3, 12), log_x=True)
+
 
 def _bin_case(column: str, edges: tuple[float, ...]) -> str:
     """SQL giving the bin of `column`: -1 below the first edge, len(edges)-1 at or above the last."""

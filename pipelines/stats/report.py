@@ -166,8 +166,11 @@ class Report:
         ylabel: str = "count",
         weight: str = "counts",
         group: tuple[str, str] | None = None,
+        trim: bool = False,
     ) -> None:
-        """A histogram of a distribution (or of one group of it) across builds."""
+        """A histogram of a distribution (or of one group of it) across builds. `trim` drops
+        the bins at either end that are empty in every build (wide fixed grids, such as the
+        per-shard R10 bins, would otherwise draw mostly empty axes)."""
         dists = [value_at(s, path) for _, s in self.builds]
         if all(d is None for d in dists):
             return
@@ -181,11 +184,17 @@ class Report:
         chosen = [pick(d) for d in dists]
         if all(c is None or c["n"] == 0 for c in chosen):
             return
-        n_bins = len(ref["edges"]) - 1
+        edges = list(ref["edges"])
+        n_bins = len(edges) - 1
         series = [
-            (label, (c or {}).get(weight) or [0] * n_bins)
+            (label, list((c or {}).get(weight) or [0] * n_bins))
             for (label, _), c in zip(self.builds, chosen, strict=True)
         ]
+        used = [i for i in range(n_bins) if any(values[i] for _, values in series)]
+        if trim and used:
+            first, last = used[0], used[-1]
+            edges = edges[first : last + 2]
+            series = [(label, values[first : last + 1]) for label, values in series]
 
         def describe(c: dict[str, Any] | None) -> str:
             if not c or not c["n"]:
@@ -207,7 +216,7 @@ class Report:
             anchor,
             plots.histogram(
                 anchor,
-                ref["edges"],
+                edges,
                 series,
                 f"{xlabel} ({ref['unit']})",
                 ylabel,

@@ -373,6 +373,10 @@ def _shards(r: Report) -> None:
         rows,
     )
     for stage in stages:
+        if not _listed(r, stage):  # a build past max_shard_rows: its distributions and worst
+            _shard_distributions(r, stage)
+            _mixture(r, stage)
+            continue
         names, _ = r.keyed_series(lambda s, st=stage: _per_shard(s, st, "samples"))
         for metric, unit in (("samples", "samples"), ("hours", "audio hours (h)")):
             caption = r.per_build(lambda s, st=stage, m=metric: _spread_text(s, st, m))
@@ -392,53 +396,105 @@ def _shards(r: Report) -> None:
                 plots.bars(anchor, [n.rsplit(".", 1)[0] for n in names], series, unit, "shard"),
                 f"{stage}: {metric} per shard ({caption}).",
             )
-        mixes = [(label, value_at(s, f"shards.{stage}.mixture") or []) for label, s in r.builds]
-        tasks = sorted({m["task"] for _, mix in mixes for m in mix})
-        if len(tasks) > 1:
-            target = {m["task"]: m["target_share"] or 0 for m in mixes[-1][1]}
-            series = [("target (weights)", [target.get(t, 0) for t in tasks])]
-            for label, mix in mixes:
-                got = {m["task"]: m["share"] or 0 for m in mix}
-                series.append(
-                    (
-                        f"achieved ({label})" if r.compare else "achieved",
-                        [got.get(t, 0) for t in tasks],
-                    )
+        _mixture(r, stage)
+
+
+def _listed(r: Report, stage: str) -> bool:
+    """Whether every build that has `stage` lists its shards one by one (`per_shard`)."""
+    return all(
+        value_at(s, f"shards.{stage}.per_shard") is not None
+        for _, s in r.builds
+        if value_at(s, f"shards.{stage}")
+    )
+
+
+def _shard_distributions(r: Report, stage: str) -> None:
+    """A stage stats.json keeps no row per shard for: histograms of the per-shard figures on
+    their fixed bins (trimmed to the bins in use), and the worst shards per criterion."""
+    for metric, what in (("samples", "samples"), ("hours", "audio hours"), ("bytes", "bytes")):
+        caption = r.per_build(lambda s, st=stage, m=metric: _spread_text(s, st, m))
+        r.dist_plot(
+            f"sh-{stage}-{metric}",
+            f"shards.{stage}.per_shard_dist.{metric}",
+            f"{stage}: shards by {what} per shard ({caption})",
+            f"{what} per shard",
+            ylabel="shards",
+            trim=True,
+        )
+    rows = [
+        [
+            *([label] if r.compare else []),
+            why.replace("_", " "),
+            x["name"],
+            x["samples"],
+            x["hours"],
+            round(x["bytes"] / 1e6, 3),
+        ]
+        for label, s in r.builds
+        for why, worst in (value_at(s, f"shards.{stage}.worst") or {}).items()
+        for x in worst
+    ]
+    if rows:
+        r.note(
+            f"{stage}: too many shards to list one by one; the worst shards per criterion "
+            "(the least filled ones are leftovers and appends, the most filled the readers' "
+            "stragglers):"
+        )
+        r.table(
+            [*(["build"] if r.compare else []), "worst by", "shard", "samples", "hours", "MB"],
+            rows,
+        )
+
+
+def _mixture(r: Report, stage: str) -> None:
+    """A stage's task mixture, target share against achieved share, per build."""
+    mixes = [(label, value_at(s, f"shards.{stage}.mixture") or []) for label, s in r.builds]
+    tasks = sorted({m["task"] for _, mix in mixes for m in mix})
+    if len(tasks) > 1:
+        target = {m["task"]: m["target_share"] or 0 for m in mixes[-1][1]}
+        series = [("target (weights)", [target.get(t, 0) for t in tasks])]
+        for label, mix in mixes:
+            got = {m["task"]: m["share"] or 0 for m in mix}
+            series.append(
+                (
+                    f"achieved ({label})" if r.compare else "achieved",
+                    [got.get(t, 0) for t in tasks],
                 )
-            worst = r.per_build(lambda s, st=stage: _worst_mix(s, st))
-            r.figure(
-                f"mix-{stage}",
-                plots.bars(f"mix-{stage}", tasks, series, "share of the stage's samples", "task"),
-                f"{stage}: task mixture, target share against achieved share ({worst}).",
             )
-            for label, mix in mixes:
-                r.table(
+        worst = r.per_build(lambda s, st=stage: _worst_mix(s, st))
+        r.figure(
+            f"mix-{stage}",
+            plots.bars(f"mix-{stage}", tasks, series, "share of the stage's samples", "task"),
+            f"{stage}: task mixture, target share against achieved share ({worst}).",
+        )
+        for label, mix in mixes:
+            r.table(
+                [
+                    *(["build"] if r.compare else []),
+                    "task",
+                    "weight",
+                    "built",
+                    "kept",
+                    "samples",
+                    "target share",
+                    "share",
+                    "delta",
+                ],
+                [
                     [
-                        *(["build"] if r.compare else []),
-                        "task",
-                        "weight",
-                        "built",
-                        "kept",
-                        "samples",
-                        "target share",
-                        "share",
-                        "delta",
-                    ],
-                    [
-                        [
-                            *([label] if r.compare else []),
-                            m["task"],
-                            m["weight"],
-                            m["built"],
-                            m["kept"],
-                            m["samples"],
-                            m["target_share"],
-                            m["share"],
-                            m["share_delta"],
-                        ]
-                        for m in mix
-                    ],
-                )
+                        *([label] if r.compare else []),
+                        m["task"],
+                        m["weight"],
+                        m["built"],
+                        m["kept"],
+                        m["samples"],
+                        m["target_share"],
+                        m["share"],
+                        m["share_delta"],
+                    ]
+                    for m in mix
+                ],
+            )
 
 
 def _per_shard(s: dict[str, Any], stage: str, metric: str) -> dict[str, Any]:

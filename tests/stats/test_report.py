@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from minmo.cli import main
+from pipelines.shards import shard_name
 from pipelines.stats.compare import compare_stats
 from pipelines.stats.compute import StatsConfig
 from pipelines.stats.run import run_stats
@@ -140,3 +141,27 @@ def test_a_stage_of_many_shards_is_drawn_as_a_histogram(report):
     body = figures["fig-sh-stage2-samples"]
     assert "stage2-000599" not in body  # no bar (or tick) per shard
     assert len(body) < 150_000
+
+
+def test_a_stage_past_max_shard_rows_renders_and_compares_with_a_listed_one(report, tmp_path):
+    """The same build summarised without a row per shard: its report draws the per-shard
+    distributions and lists the worst shards; compared with the listed shape, nothing changed."""
+    from pipelines.stats.sections import render_report
+
+    listed = json.loads(Path(report.stats_json).read_text())
+    root = Path(listed["inputs"]["root"])
+    summary = run_stats(
+        [str(root)], StatsConfig(out=str(tmp_path / "s"), max_shard_rows=1), progress=False
+    )
+    summarised = json.loads(Path(summary.stats_json).read_text())
+    assert summarised["shards"]["stage2"]["per_shard"] is None
+    page = Path(summary.report_html).read_text()
+    figures = dict(FIGURE.findall(page))
+    for metric in ("samples", "hours", "bytes"):
+        assert "n = 2" in figures[f"fig-sh-stage2-{metric}"]
+    assert "fewest samples" in page and shard_name("stage2", 1) in page
+    both = render_report([("A", listed), ("B", summarised)], "listed against summarised")
+    assert "fig-sh-stage2-bytes" in both and "fig-mix-stage2" in both
+    result = compare_stats(listed, summarised)
+    shard_rows = [r for r in result["deltas"] if r["metric"].startswith("shards.stage2.")]
+    assert len(shard_rows) > 10 and result["changed"] == 0

@@ -7,6 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
@@ -145,3 +146,52 @@ def test_shards_of_several_builds_are_named_by_their_folder(tmp_path):
         f"{b}/shards/{shard_name('stage2', i)}" for b in ("one", "two") for i in (0, 1)
     ]
     assert stats["samples"]["count"] == 8
+
+
+def test_past_max_shard_rows_a_stage_keeps_distributions_and_its_worst_shards(tmp_path):
+    """The same two shards, listed (threshold 1000) and summarised (threshold 1): the
+    distributions and worst shards agree with the listed rows, and no row per shard is kept."""
+    root = write_stage(tmp_path / "build")
+    listed = compute_stats(str(root), StatsConfig(out=str(tmp_path / "o")), progress=False)
+    small = compute_stats(
+        str(root),
+        StatsConfig(out=str(tmp_path / "o"), max_shard_rows=1, worst_shards=1),
+        progress=False,
+    )
+    a, b = listed["shards"]["stage2"], small["shards"]["stage2"]
+    assert b["per_shard"] is None and len(a["per_shard"]) == 2
+    assert a["per_shard_dist"] == b["per_shard_dist"]
+    assert {k: v for k, v in a.items() if k not in ("per_shard", "worst")} == {
+        k: v for k, v in b.items() if k not in ("per_shard", "worst")
+    }
+    samples = b["per_shard_dist"]["samples"]
+    assert (samples["n"], samples["min"], samples["max"], samples["sum"]) == (2, 1, 3, 4)
+    edges = samples["edges"]
+    # 1 sample falls in [1, 1.25), 3 samples in [2.5, 3.15)
+    assert [edges[i] for i, c in enumerate(samples["counts"]) if c] == [1.0, 2.5]
+    by_name = {s["name"]: s for s in a["per_shard"]}
+    big, little = shard_name("stage2", 0), shard_name("stage2", 1)
+    assert b["worst"]["fewest_samples"] == [by_name[little]]
+    assert b["worst"]["most_samples"] == [by_name[big]]
+    assert b["worst"]["most_bytes"] == [by_name[big]]  # three 100 kB members against one
+    assert b["worst"]["fewest_hours"] == [by_name[little]]
+    assert a["worst"]["most_hours"] == [by_name[big], by_name[little]]
+
+
+def test_the_metadata_of_each_shard_is_read_by_a_ray_task(tmp_path, ray_local, monkeypatch):
+    """Extraction runs in Ray worker processes (the caller's Ray instance is kept): a reader
+    broken in the driver only must not matter. `workers` caps the tasks in flight."""
+    from pipelines.build import BuildDir
+    from pipelines.stats import shard_stats
+    from pipelines.stats.sources import discover
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("shard metadata read in the driver")
+
+    monkeypatch.setattr(shard_stats, "read_sample_meta", not_here)
+    root = write_stage(tmp_path / "build")
+    files, bad = shard_stats.extract_samples(
+        discover(str(root)), BuildDir(str(tmp_path / "out")), workers=1, progress=False
+    )
+    assert bad == [] and len(files) == 2
+    assert sum(pq.read_metadata(f).num_rows for f in files) == len(SAMPLES)
