@@ -1,8 +1,10 @@
-"""Ingest stage 1 (Ray Data tasks): read each source file, decode, check, measure, resample.
+"""Ingest stage 1: read each source file, decode, check, measure, resample.
 
-Owns: everything about one item that needs only its own bytes. Emits one row per item: either
-its measurements plus 16 kHz float32 PCM for the VAD stage, or a quarantine row. Never raises
-for a bad item: the reason goes into the row.
+Owns: everything about one item that needs only its own bytes. `decode_or_quarantine` gives,
+per item, either its measurements plus 16 kHz float32 PCM for the VAD stage, or quarantine
+rows; it never raises for a bad item: the reason goes into the row. The ingest worker
+(pipelines/ingest/worker.py) calls it in the same process as the VAD, so PCM never leaves that
+process; `decode_batch` is the same stage on a pyarrow batch, for tests and Ray Data callers.
 """
 
 from __future__ import annotations
@@ -129,8 +131,20 @@ def decode_item(item: SourceItem, config: IngestConfig) -> Decoded:
     return Decoded(info=info, pcm_16k=resample(kept, audio.sample_rate_hz, TARGET_RATE_HZ))
 
 
+def decode_or_quarantine(
+    item: SourceItem, config: IngestConfig
+) -> tuple[Decoded | None, list[dict[str, Any]]]:
+    """`decode_item`, with every failure turned into a quarantine row instead of an exception."""
+    try:
+        return decode_item(item, config), []
+    except Rejected as rejected:
+        return None, [_reject_row(item, rejected.reason, rejected.detail)]
+    except Exception as exc:  # a bug must not kill the job; it is quarantined and counted
+        return None, [_reject_row(item, ReasonCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")]
+
+
 def decode_batch(batch: pa.Table, config: dict[str, Any]) -> pa.Table:
-    """Ray Data batch function: rows (unit, order, item_json) -> STAGE_SCHEMA rows."""
+    """Batch form: rows (unit, order, item_json) -> STAGE_SCHEMA rows (PCM as bytes)."""
     cfg = IngestConfig(**config)
     out: dict[str, list[Any]] = {name: [] for name in STAGE_SCHEMA.names}
     units = (
@@ -140,18 +154,12 @@ def decode_batch(batch: pa.Table, config: dict[str, Any]) -> pa.Table:
         units, batch.column("order").to_pylist(), batch.column("item_json").to_pylist(), strict=True
     ):
         item = SourceItem.from_row(json.loads(item_json))
-        info_json, quarantine, channels, pcm = "", [], 0, b""
-        try:
-            decoded = decode_item(item, cfg)
+        info_json, channels, pcm = "", 0, b""
+        decoded, quarantine = decode_or_quarantine(item, cfg)
+        if decoded is not None:
             info_json = json.dumps(decoded.info)
             channels = decoded.pcm_16k.shape[0]
             pcm = decoded.pcm_16k.astype("<f4", copy=False).tobytes()
-        except Rejected as rejected:
-            quarantine = [_reject_row(item, rejected.reason, rejected.detail)]
-        except Exception as exc:  # a bug must not kill the job; it is quarantined and counted
-            quarantine = [
-                _reject_row(item, ReasonCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
-            ]
         out["unit"].append(unit)
         out["order"].append(order)
         out["item_json"].append(item_json)

@@ -195,3 +195,39 @@ def test_the_metadata_of_each_shard_is_read_by_a_ray_task(tmp_path, ray_local, m
     )
     assert bad == [] and len(files) == 2
     assert sum(pq.read_metadata(f).num_rows for f in files) == len(SAMPLES)
+
+
+def test_the_header_walk_reads_what_tarfile_reads_and_falls_back_for_other_tars(tmp_path):
+    """Shards are read by walking their plain headers; a tar with a PAX header (a long member
+    name) goes to tarfile, and a header with a wrong checksum is an error, not a skip."""
+    import io
+    import tarfile
+
+    import pyarrow.fs as pafs
+
+    from pipelines.stats import shard_stats
+
+    fs = pafs.LocalFileSystem()
+    root = write_stage(tmp_path / "build")
+    tar = str(root / "shards" / "stage2" / shard_name("stage2", 0))
+    with open(tar, "rb") as raw:
+        by_tarfile = shard_stats._rows(shard_stats._json_by_tarfile(raw, True), "x")
+    assert shard_stats.read_sample_meta(fs, tar, "x").equals(by_tarfile)
+    assert by_tarfile.num_rows == 3
+
+    other = tmp_path / "pax.tar"
+    key = "k" * 120  # past ustar's 100-byte name field: a PAX header carries it
+    with tarfile.open(other, "w", format=tarfile.PAX_FORMAT) as out:
+        data = json.dumps({"task": "asr", "duration_s": 2.5}).encode()
+        info = tarfile.TarInfo(f"{key}.json")
+        info.size = len(data)
+        out.addfile(info, io.BytesIO(data))
+    table = shard_stats.read_sample_meta(fs, str(other), "pax")
+    assert table.column("key").to_pylist() == [key]
+    assert table.column("duration_s").to_pylist() == [2.5]
+
+    corrupt = bytearray(Path(tar).read_bytes())
+    corrupt[3] ^= 0xFF  # inside the first member's name: its checksum no longer holds
+    (tmp_path / "bad.tar").write_bytes(bytes(corrupt))
+    with pytest.raises(tarfile.HeaderError, match="checksum at byte 0"):
+        shard_stats.read_sample_meta(fs, str(tmp_path / "bad.tar"), "bad")
