@@ -38,6 +38,7 @@ PATH_ARGS: dict[str, dict[str, tuple[str, ...]]] = {
         "staging": LOCAL_SCHEMES,
     },
     "run": {"job": STORE_SCHEMES, "build": STORE_SCHEMES},
+    "plan": {"mix": STORE_SCHEMES, "rates": STORE_SCHEMES},
 }
 
 
@@ -234,6 +235,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from minmo.plan import PlanConfig, PlanError, render, run_plan
+
+    config = PlanConfig(
+        mix=args.mix,
+        rates=args.rates,
+        hours=args.hours,
+        nodes=args.nodes,
+        cores_per_node=args.cores_per_node,
+        gpus_per_node=args.gpus_per_node,
+        storage_options=_storage_options(args) or None,
+    )
+    try:
+        print(render(run_plan(config)))
+    except PlanError as exc:
+        print(f"minmo plan: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from minmo.jobs import run_job
 
@@ -371,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--size", choices=["tiny", "full"], default="full")
     info.set_defaults(func=_cmd_model_info)
 
+    _add_plan(sub)
+
     run = sub.add_parser("run", help="run a job spec's steps in order")
     run.add_argument("job", help="YAML job spec, e.g. jobs/demo.yaml (local path or s3://)")
     run.add_argument("--build", required=True, help="build directory (local path or s3://)")
@@ -382,6 +405,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=_cmd_run)
     return parser
+
+
+def _add_plan(sub: Any) -> None:
+    from minmo.plan import PlanConfig
+
+    d = PlanConfig()
+    p = sub.add_parser(
+        "plan",
+        help="capacity plan: core-hours, GPU-hours, bytes and wall time per step on a cluster",
+    )
+    p.add_argument("--hours", type=float, default=None, help="audio-hours (default: the mix's)")
+    p.add_argument("--mix", default=d.mix, help="task mixture YAML (jobs/plan/*.yaml)")
+    p.add_argument("--rates", default=d.rates, help="measured rates (bench/scale.py writes them)")
+    p.add_argument("--nodes", type=int, default=d.nodes)
+    p.add_argument("--cores-per-node", type=int, default=d.cores_per_node)
+    p.add_argument("--gpus-per-node", type=int, default=d.gpus_per_node)
+    p.add_argument("--storage-options", default=None, help="JSON for s3:// mix or rates")
+    p.set_defaults(func=_cmd_plan)
 
 
 def _add_synthesize(sub: Any) -> None:

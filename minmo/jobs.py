@@ -181,6 +181,14 @@ def _run_stats(build: str, section: dict[str, Any], progress: bool) -> Any:
     return summary
 
 
+def _run_plan(build: str, section: dict[str, Any], progress: bool) -> Any:
+    from minmo.plan import PlanConfig, render, run_plan
+
+    plan = run_plan(PlanConfig(**section))
+    print(render(plan))
+    return plan
+
+
 def _config_keys(module: str, name: str) -> tuple[str, ...]:
     import importlib
 
@@ -225,6 +233,10 @@ STEPS: dict[str, Callable[[], Step]] = {
         ("inputs", *_config_keys("pipelines.stats.compute", "StatsConfig")),
         _run_stats,
         object_store=True,
+    ),
+    # Reads only its mixture and rates files (through pyarrow.fs), never the build.
+    "plan": lambda: Step(
+        "plan", _config_keys("minmo.plan", "PlanConfig"), _run_plan, object_store=True
     ),
 }
 
