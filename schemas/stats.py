@@ -314,6 +314,12 @@ def validate_stats(stats: dict[str, Any]) -> dict[str, Any]:
     """Raise StatsSchemaError unless `stats` keeps STATS_JSON_SCHEMA; return it unchanged."""
     import jsonschema
 
+    if isinstance(stats, dict) and stats.get("version") != STATS_VERSION:
+        raise StatsSchemaError(
+            f"stats.json version {stats.get('version')!r}, this checkout reads version "
+            f"{STATS_VERSION}: rerun `minmo stats` on the build it summarises"
+        )
+
     errors = sorted(
         jsonschema.Draft202012Validator(STATS_JSON_SCHEMA).iter_errors(stats),
         key=lambda e: list(e.absolute_path),

@@ -28,7 +28,10 @@ from schemas.stats import STATS_VERSION, validate_stats
 class StatsConfig:
     """How the stats step runs. Every field is optional in a job spec's `stats:` section."""
 
-    out: str | None = None  # where stats.json and report.html go; default DIR/stats
+    # Where stats.json and report.html go; default DIR/stats. On a multi-node Ray cluster it
+    # must be a path every node sees (s3://, a shared mount), like the shards it reads: the
+    # shard tasks write their `_samples/` files under it wherever they run.
+    out: str | None = None
     memory_limit: str = "1GB"  # DuckDB's buffer cap; larger aggregations spill to disk
     threads: int | None = None  # DuckDB threads; default: all cores
     # Shard-metadata tasks (one Ray task per shard) in flight at once; default: two per CPU of

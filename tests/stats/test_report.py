@@ -61,6 +61,9 @@ def test_stats_json_keeps_its_schema(report):
     broken = {**stats, "recordings": {**stats["recordings"], "count": -1}}
     with pytest.raises(StatsSchemaError, match="recordings/count"):
         validate_stats(broken)
+    # an earlier version (v1 listed every shard): say so and how to get a current one
+    with pytest.raises(StatsSchemaError, match="version 1, .* rerun `minmo stats`"):
+        validate_stats({**stats, "version": 1})
 
 
 def test_compare_two_builds_gives_deltas(tmp_path):

@@ -1,0 +1,305 @@
+"""Benchmark: `minmo stats`'s shard-metadata phase on many shards, with 1 and 2 Ray workers.
+
+    .venv/bin/python bench/stats_shards.py [--shards 1000] [--samples-per-shard 200]
+        [--flac-bytes 2048] [--repeats 2] [--work /tmp/DIR] [--keep]
+
+Shards are synthetic: one stage directory of `--shards` tars written by the shards step's own
+writer (`pipelines.shards.ShardTarWriter`, with its `.idx` files) and an index.json of the
+current version. Each sample has the members a real one has (flac, json, speech_tokens.npy,
+text_tokens.npy): random bytes for the audio, a json member shaped like the tokenizer's
+(`pipelines/tokenize.py`: messages, durations, token counts, provenance, tokenizers).
+
+Each measurement runs in a fresh child interpreter that starts its own local Ray instance with
+`num_cpus` 1 or 2 (so the two never share workers), warms one Ray worker per CPU (importing
+the stats module: worker start-up is Ray's fixed cost, timed apart), then times
+`shard_stats.extract_samples` into an empty cache: one Ray task per shard reading its json
+members into a Parquet file. Runs alternate (1, 2, 1, 2, ...) so a change in the machine's
+load hits both; the best of `--repeats` per worker count is compared. The load average is
+printed before and after: on a shared 2-core machine other processes take cores away from the
+2-worker run first.
+
+Afterwards the last cache is summarised twice with compute_stats (every shard listed, and past
+`max_shard_rows`: distributions and worst shards), printing both stats.json sizes.
+
+Target (printed MET / MISSED): 2 workers >= 1.7x the shards per second of 1 worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(BENCH))
+
+from machine import cpu_model  # noqa: E402
+
+STAGE = "stage1"
+TASKS = ("asr", "contextual_asr", "language_id", "emotion")
+SPEEDUP_MIN = 1.7
+
+
+def _meta(key: str, task: str, seconds: float, rng: np.random.Generator) -> dict[str, Any]:
+    """A json member shaped like the tokenizer's (pipelines/tokenize.py `_members`)."""
+    words = " ".join(f"w{int(i)}" for i in rng.integers(0, 5000, 20))
+    n_text = int(rng.integers(30, 120))
+    return {
+        "key": key,
+        "stage": STAGE,
+        "task": task,
+        "language": "en",
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": [{"type": "text", "text": f"{task}:"}, {"audio": 0}]},
+            {"role": "assistant", "content": words},
+        ],
+        "duration_s": round(seconds, 3),
+        "input_duration_s": round(seconds, 3),
+        "target_speech_s": 0.0,
+        "sample_rate_hz": 16000,
+        "input_channels": 1,
+        "n_text_tokens": n_text,
+        "target_start": n_text - 20,
+        "n_speech_tokens": 0,
+        "n_labels": 0,
+        "provenance": {
+            "corpus": f"corpus{int(rng.integers(0, 8))}",
+            "recording_id": f"{int(rng.integers(0, 2**62)):016x}",
+            "source_uri": f"corpus/{key}.flac",
+            "start_s": 0.0,
+            "end_s": round(seconds, 3),
+        },
+        "tokenizers": {"text": "qwen2.5", "speech": "s3tokenizer_v2_25hz"},
+    }
+
+
+def write_shards(root: Path, shards: int, per_shard: int, flac_bytes: int) -> dict[str, int]:
+    """`shards` tars of `per_shard` samples under root/shards/STAGE, and its index.json."""
+    import pyarrow.fs as pafs
+
+    from pipelines.shards import (
+        INDEX_VERSION,
+        ShardTarWriter,
+        encode_sample,
+        index_path,
+        shard_name,
+        write_bytes_atomic,
+    )
+
+    stage_dir = root / "shards" / STAGE
+    rng = np.random.default_rng(0)
+    entries, tasks = [], {t: {"samples": 0, "audio_s": 0.0} for t in TASKS}
+    for i in range(shards):
+        name = shard_name(STAGE, i)
+        writer = ShardTarWriter(stage_dir, name)
+        audio_s = 0.0
+        for j in range(per_shard):
+            key = f"s{i:06d}x{j:05d}"
+            task = TASKS[(i + j) % len(TASKS)]
+            seconds = float(rng.uniform(1.0, 30.0))
+            writer.add(
+                encode_sample(
+                    {
+                        "__key__": key,
+                        "json": _meta(key, task, seconds, rng),
+                        "flac": rng.bytes(flac_bytes),
+                        "text_tokens.npy": rng.integers(0, 150_000, 80, dtype=np.int32),
+                        "speech_tokens.npy": rng.integers(0, 6561, 50, dtype=np.int32),
+                    }
+                )
+            )
+            audio_s += seconds
+            tasks[task]["samples"] += 1
+            tasks[task]["audio_s"] += seconds
+        size, digest = writer.close()
+        entries.append(
+            {
+                "name": name,
+                "generation": 0,
+                "samples": per_shard,
+                "audio_s": round(audio_s, 6),
+                "text_tokens": 80 * per_shard,
+                "speech_tokens": 50 * per_shard,
+                "bytes": size,
+                "sha256": digest,
+            }
+        )
+    index = {
+        "version": INDEX_VERSION,
+        "stage": STAGE,
+        "seed": 0,
+        "shuffle": True,
+        "generations": [{"generation": 0, "shards": shards}],
+        "shards": entries,
+        "tasks": tasks,
+        "mixture": {
+            t: {"weight": 1.0, "built": v["samples"], "kept": v["samples"]}
+            for t, v in tasks.items()
+        },
+        "totals": {"shards": shards, "samples": shards * per_shard},
+    }
+    write_bytes_atomic(
+        pafs.LocalFileSystem(), index_path(str(stage_dir)), json.dumps(index).encode()
+    )
+    return {
+        "shards": shards,
+        "samples": shards * per_shard,
+        "bytes": sum(e["bytes"] for e in entries),
+    }
+
+
+# ---- the child: one timed extraction in a fresh interpreter with its own Ray -----------------
+
+CHILD = """
+import json, sys, time
+root, out, cpus, result = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+t0 = time.perf_counter()
+import ray
+from pipelines.ray_runtime import ensure_ray
+from pipelines.build import BuildDir
+from pipelines.stats import shard_stats
+from pipelines.stats.sources import discover
+ensure_ray(num_cpus=cpus, progress=False)
+started = time.perf_counter() - t0
+
+@ray.remote(num_cpus=1)
+def warm():
+    import pipelines.stats.shard_stats  # what a shard task imports
+    time.sleep(0.5)  # held, so each CPU's task lands on its own worker
+
+t0 = time.perf_counter()
+ray.get([warm.remote() for _ in range(cpus)])
+warmed = time.perf_counter() - t0
+sources = discover(root)
+cache = BuildDir(out)
+t0, c0 = time.perf_counter(), time.process_time()
+files, bad = shard_stats.extract_samples(sources, cache, progress=False)
+seconds = time.perf_counter() - t0
+with open(result, "w") as f:
+    json.dump({"cpus": cpus, "ray_start_s": started, "warm_s": warmed, "seconds": seconds,
+               "driver_cpu_s": time.process_time() - c0, "files": len(files),
+               "unreadable": len(bad)}, f)
+"""
+
+SUMMARY = """
+import json, os, sys
+from pipelines.stats.compute import StatsConfig, compute_stats
+from pipelines.ray_runtime import ensure_ray
+ensure_ray(num_cpus=2, progress=False)
+sizes = {}
+for rows in (10**9, 0):
+    stats = compute_stats(sys.argv[1], StatsConfig(out=sys.argv[2], max_shard_rows=rows), progress=False)
+    sizes[str(rows)] = len(json.dumps(stats, indent=1, sort_keys=True))
+    listed = stats["shards"]["stage1"]["per_shard"] is not None
+    sizes[str(rows) + "_listed"] = listed
+with open(sys.argv[3], "w") as f:
+    json.dump(sizes, f)
+"""
+
+
+def _child(code: str, *args: str) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile(suffix=".json") as result:
+        subprocess.run(
+            [sys.executable, "-c", code, *args, result.name],
+            cwd=REPO,
+            check=True,
+            stdout=subprocess.DEVNULL,  # Ray forwards worker output; results come by file
+        )
+        return json.loads(Path(result.name).read_text())
+
+
+def measure(root: Path, work: Path, cpus: int, run: int) -> dict[str, Any]:
+    out = work / f"out-{cpus}-{run}"
+    shutil.rmtree(out, ignore_errors=True)
+    try:
+        return _child(CHILD, str(root), str(out), str(cpus))
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _load() -> str:
+    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--shards", type=int, default=1000)
+    parser.add_argument("--samples-per-shard", type=int, default=200)
+    parser.add_argument("--flac-bytes", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--work", type=Path, default=None, help="working folder (default: a temp one)"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the working folder")
+    args = parser.parse_args()
+
+    import pyarrow
+    import ray
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="stats-shards-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {cpu_model()}, "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}, Ray {ray.__version__}, "
+        f"pyarrow {pyarrow.__version__}"
+    )
+    try:
+        root = work / "build"
+        if not (root / "shards" / STAGE / "_index" / "index.json").exists():
+            t0 = time.perf_counter()
+            made = write_shards(root, args.shards, args.samples_per_shard, args.flac_bytes)
+            print(
+                f"wrote {made['shards']:,} shards, {made['samples']:,} samples, "
+                f"{made['bytes'] / 2**20:,.0f} MB in {time.perf_counter() - t0:.0f} s"
+            )
+        print(_load())
+        runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+        for run in range(args.repeats):
+            for cpus in (1, 2):
+                m = measure(root, work, cpus, run)
+                runs[cpus].append(m)
+                samples = m["files"] * args.samples_per_shard
+                print(
+                    f"  {cpus} worker(s), run {run + 1}: {m['seconds']:.1f} s for {m['files']:,} "
+                    f"shards ({m['files'] / m['seconds']:.1f} shards/s, "
+                    f"{m['seconds'] * cpus / samples * 1e6:.0f} us per sample per worker; "
+                    f"driver CPU {m['driver_cpu_s']:.1f} s; Ray start {m['ray_start_s']:.1f} s, "
+                    f"worker warm-up {m['warm_s']:.1f} s), {_load()}"
+                )
+        best = {cpus: min(r["seconds"] for r in rs) for cpus, rs in runs.items()}
+        speedup = best[1] / best[2]
+        verdict = "MET" if speedup >= SPEEDUP_MIN else "MISSED"
+        print(
+            f"best: 1 worker {best[1]:.1f} s, 2 workers {best[2]:.1f} s: {speedup:.2f}x "
+            f"(target >= {SPEEDUP_MIN}x: {verdict})"
+        )
+        sizes = _child(SUMMARY, str(root), str(work / "out-summary"))
+        print(
+            f"stats.json: {sizes['1000000000'] / 1e3:,.0f} kB with every shard listed, "
+            f"{sizes['0'] / 1e3:,.0f} kB with max_shard_rows 0 "
+            f"({'listed' if sizes['0_listed'] else 'distributions + worst shards'})"
+        )
+        print(_load())
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
