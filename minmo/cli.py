@@ -66,6 +66,29 @@ def _storage_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def _record_source_roots(args: argparse.Namespace) -> None:
+    """`--source-root OLD=NEW`: record the sources' move in the build once, so that every later
+    step, on any node, reads moved audio from NEW (pipelines/audio_source.py SourceRoots)."""
+    if getattr(args, "source_root", None):
+        from pipelines.audio_source import SourceRoots
+        from pipelines.build import BuildDir
+
+        roots = SourceRoots.parse(args.source_root)
+        roots.record(BuildDir(args.build, **_storage_options(args)))
+
+
+def _add_source_root(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--source-root",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="the sources once under OLD are now under NEW (a re-mounted corpus, or one copied "
+        "to an object store); recorded in the build, so later steps read audio from NEW. Ids "
+        "and shards do not change. Repeatable",
+    )
+
+
 def _cmd_demo_data(args: argparse.Namespace) -> int:
     from minmo.demo import build_demo_corpus
 
@@ -78,10 +101,23 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
+    from pipelines.build import BuildDir, StepLedger
+    from pipelines.ingest.commit_index import CommitIndexError, reindex
     from pipelines.ingest.config import IngestConfig
-    from pipelines.ingest.run import run_ingest
+    from pipelines.ingest.run import STEP, TABLES, run_ingest
 
     options = _storage_options(args)
+    if args.reindex:
+        build = BuildDir(args.build, **options)
+        counts = reindex(build, StepLedger(build, STEP, TABLES))
+        print(
+            f"ingest: commit index rebuilt from {counts['source_parts']} committed parts: "
+            f"{counts['rows']} rows in {counts['buckets']} buckets"
+        )
+        if not args.src:
+            return 0
+    if not args.src:
+        raise ValueError("give the sources to ingest (SRC ...), or --reindex alone")
     config = IngestConfig(
         format=args.format,
         corpus=args.corpus,
@@ -93,7 +129,11 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         vad_actors=args.vad_actors,
         storage_options=options,
     )
-    summary = run_ingest(args.src, args.build, config, progress=not args.quiet)
+    try:
+        summary = run_ingest(args.src, args.build, config, progress=not args.quiet)
+    except CommitIndexError as exc:  # a damaged or missing index: the message says the fix
+        print(f"minmo ingest: error: {exc}", file=sys.stderr)
+        return 2
     print(summary.render())
     return 0
 
@@ -279,9 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser("ingest", help="raw audio -> recordings/segments/quarantine tables")
     ingest.add_argument(
         "src",
-        nargs="+",
+        nargs="*",
         help="directory, glob, manifest (jsonl/csv/parquet), Kaldi or Lhotse dir; local or s3://",
     )
+    ingest.add_argument(
+        "--reindex",
+        action="store_true",
+        help="rebuild the build's commit index (which sources and contents it holds) from its "
+        "committed tables, e.g. after the run said the index is damaged or missing; with SRC, "
+        "then ingest",
+    )
+    _add_source_root(ingest)
     ingest.add_argument("--build", required=True, help="build directory (local path or s3://)")
     ingest.add_argument(
         "--format",
@@ -302,13 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--units-per-wave",
         type=int,
         default=defaults["units_per_wave"].default,
-        help="units per Ray execution (start-up is paid once per wave)",
+        help="units in flight at once (the driver holds their listing; one worker pool per run)",
     )
     ingest.add_argument(
         "--vad-actors",
         type=int,
         default=None,
-        help="decode+VAD actors (default: one per CPU of the Ray cluster)",
+        help="ingest workers, each decode+VAD in one process (default: one per cluster CPU)",
     )
     ingest.add_argument(
         "--storage-options",
@@ -397,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a job spec's steps in order")
     run.add_argument("job", help="YAML job spec, e.g. jobs/demo.yaml (local path or s3://)")
     run.add_argument("--build", required=True, help="build directory (local path or s3://)")
+    _add_source_root(run)
     run.add_argument(
         "--storage-options",
         default=None,
@@ -431,6 +480,7 @@ def _add_synthesize(sub: Any) -> None:
     )
     p.add_argument("--build", required=True, help="build directory (local path or s3://)")
     p.add_argument("--dialogues", action="append", required=True, help="chat JSONL (repeatable)")
+    _add_source_root(p)
     p.add_argument("--layout", default="auto", choices=["auto", "chatml", "sharegpt", "alpaca"])
     p.add_argument("--backend", default="espeak", choices=["espeak", "piper", "http"])
     p.add_argument(
@@ -451,6 +501,7 @@ def _add_diarize(sub: Any) -> None:
 
     p = sub.add_parser("diarize", help="conversation recordings -> speaker turns table")
     p.add_argument("--build", required=True, help="build directory (local path or s3://)")
+    _add_source_root(p)
     p.add_argument(
         "--backend",
         default="auto",
@@ -511,6 +562,7 @@ def _add_shards(sub: Any) -> None:
     d = ShardsConfig()
     p = sub.add_parser("shards", help="tables -> per-stage WebDataset shards + index.json")
     p.add_argument("--build", required=True, help="build directory (local path)")
+    _add_source_root(p)
     p.add_argument("--stage", default="all", choices=["1", "2", "3", "4", "all"])
     p.add_argument("--text-tokenizer", default=None, help="HF tokenizer dir (Qwen2.5-7B-Instruct)")
     p.add_argument(
@@ -538,6 +590,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         check_paths(args)
+        _record_source_roots(args)
         return args.func(args)
     except (ValueError, FileNotFoundError) as exc:
         # Configuration and input errors are the user's to fix: say what, not a traceback.

@@ -1,24 +1,106 @@
-"""Read a recording back from its source the way ingest saw it: decoded, folded, at 16 kHz.
+"""Read a recording back from its source the way ingest saw it: decoded, folded, at 16 kHz;
+and where that source lives now (`SourceRoots`).
 
 Shared by the steps that need audio again after ingest (diarize, synthesize's voice prompts, the
 shard step); ingest's own decode stage keeps its measurements and quarantine logic.
+
+Why `SourceRoots`: the recordings table keeps the URI each source had when it was ingested, and
+ids never depend on it (pipelines/ingest/items.py `source_key`). When a corpus is re-mounted
+or copied (local disk -> S3), `--source-root OLD=NEW` on any step records the move once in
+DIR/_state/source_roots.json; every later read of source audio, on any node, maps URIs below
+OLD to NEW here. Nothing is rewritten: the tables, specs and shards stay byte-identical.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from pipelines.build import BuildDir
 
-def load_audio_16k(source_uri: str, channels: int, storage_options: dict[str, Any]) -> np.ndarray:
-    """The recording as ingest saw it: decoded, dual mono folded, (channels, samples) at 16 kHz."""
+ROOTS_FILE = ("_state", "source_roots.json")
+
+
+@dataclass(frozen=True)
+class SourceRoots:
+    """Source prefixes that moved: (old, new) pairs, the longest matching old prefix wins."""
+
+    moves: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, specs: Iterable[str]) -> SourceRoots:
+        """From `OLD=NEW` strings (the CLI's `--source-root`)."""
+        moves = []
+        for spec in specs:
+            old, sep, new = spec.partition("=")
+            if not sep or not old or not new:
+                raise ValueError(
+                    f"--source-root {spec!r}: expected OLD=NEW, e.g. "
+                    "/mnt/old/corpus=s3://bucket/corpus"
+                )
+            moves.append((old.rstrip("/"), new.rstrip("/")))
+        return cls(tuple(moves))
+
+    @classmethod
+    def load(cls, build: BuildDir) -> SourceRoots:
+        """What the build has recorded (none: sources are where ingest found them)."""
+        path = build.path(*ROOTS_FILE)
+        if not build.exists(path):
+            return cls()
+        return cls(tuple((old, new) for old, new in build.read_json(path)["moves"]))
+
+    def record(self, build: BuildDir) -> SourceRoots:
+        """Add these moves to the build's (a later move of the same old prefix replaces the
+        earlier one) and write them atomically; returns what the build now holds."""
+        merged = dict(SourceRoots.load(build).moves)
+        merged.update(self.moves)
+        roots = SourceRoots(tuple(sorted(merged.items())))
+        if roots.moves:
+            build.write_json_atomic(
+                build.path(*ROOTS_FILE), {"moves": [list(m) for m in roots.moves]}
+            )
+        return roots
+
+    def resolve(self, uri: str) -> str:
+        """Where the source once at `uri` is now."""
+        best = None
+        for old, new in self.moves:
+            if (uri == old or uri.startswith(old + "/")) and (
+                best is None or len(old) > len(best[0])
+            ):
+                best = (old, new)
+        return uri if best is None else best[1] + uri[len(best[0]) :]
+
+    def unresolve(self, uri: str) -> str:
+        """Where a source now at `uri` was when it was ingested (ingest keys a URI outside its
+        listing's root by the original URI, so a moved manifest target keeps its key)."""
+        best = None
+        for old, new in self.moves:
+            if (uri == new or uri.startswith(new + "/")) and (
+                best is None or len(new) > len(best[1])
+            ):
+                best = (old, new)
+        return uri if best is None else best[0] + uri[len(best[1]) :]
+
+
+def load_audio_16k(
+    source_uri: str,
+    channels: int,
+    storage_options: dict[str, Any],
+    roots: SourceRoots | None = None,
+) -> np.ndarray:
+    """The recording as ingest saw it: decoded, dual mono folded, (channels, samples) at 16 kHz.
+    `roots` maps a moved source to where it is now."""
     from minmo.audio.decode import container_of, decode_audio
     from minmo.audio.measure import fold_dual_mono
     from minmo.audio.resample import TARGET_RATE_HZ, resample
     from pipelines.ingest.decode_stage import read_source
 
-    audio = decode_audio(read_source(source_uri, storage_options), container_of(source_uri))
+    uri = roots.resolve(source_uri) if roots else source_uri
+    audio = decode_audio(read_source(uri, storage_options), container_of(uri))
     samples = fold_dual_mono(audio.samples)
     if channels == 1 and samples.shape[0] > 1:
         samples = samples.mean(axis=0, keepdims=True)

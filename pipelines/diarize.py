@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from pipelines.audio_source import load_audio_16k
+from pipelines.audio_source import SourceRoots, load_audio_16k
 from pipelines.build import BuildDir
 from pipelines.ingest.items import quarantine_row
 from pipelines.ray_runtime import ensure_ray
@@ -154,7 +154,9 @@ class DiarizeStage:
 
         started = time.perf_counter()
         try:
-            audio = load_audio_16k(item["source_uri"], item["channels"], config.storage_options)
+            # audio_uri: where the source is now (SourceRoots); source_uri stays in the tables
+            uri = item.get("audio_uri") or item["source_uri"]
+            audio = load_audio_16k(uri, item["channels"], config.storage_options)
             hints = SpeakerHints(config.num_speakers, config.min_speakers, config.max_speakers)
             segments = self._backend(backend)(audio, hints)
         except DiarizationRejected as exc:
@@ -255,6 +257,9 @@ def conversations_to_diarize(build: BuildDir, config: DiarizeConfig) -> list[dic
         filter=pc.field("task").isin(config.tasks) & pc.field("dup_of").is_null(),
     )
     rows = table.drop_columns(["task", "dup_of"]).to_pylist()
+    roots = SourceRoots.load(build)
+    for row in rows:
+        row["audio_uri"] = roots.resolve(row["source_uri"])
     return sorted(rows, key=lambda r: r["recording_id"])
 
 

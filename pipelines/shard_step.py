@@ -39,6 +39,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipelines.audio_source import SourceRoots
 from pipelines.build import BuildDir, StepLedger
 from pipelines.ingest.fs import to_uri
 from pipelines.ingest.items import quarantine_row
@@ -205,6 +206,7 @@ class ShardWriter:
         self.p = WriterParams(**params)
         self.build = BuildDir(self.p.build_uri, **self.p.storage_options)
         self.ledger = StepLedger(self.build, STEP, ("quarantine",))
+        self.roots = SourceRoots.load(self.build)  # moved sources (--source-root)
         self.stage_dir = self.build.path("shards", self.p.stage)
         self.tokenize = (
             TokenizeStage(self.p.text_tokenizer, self.p.speech_tokenizer)
@@ -272,7 +274,7 @@ class ShardWriter:
                     if error:
                         quarantine.append(
                             quarantine_row(
-                                json.loads(spec)["meta"].get("source_uri", ""),
+                                _provenance_uri(json.loads(spec)["meta"]),
                                 ReasonCode.SAMPLE_FAILED.value,
                                 error,
                                 step=STEP,
@@ -318,12 +320,18 @@ class ShardWriter:
         loaded = load_audio_batch(
             {"key": keys, "shard": [r["shard"] for r in batch], "spec": specs},
             self.p.storage_options,
+            self.roots,
         )
         out = self.tokenize(loaded)
         return [
             (k, s, {c: out[c][i] for c in MEMBER_COLUMNS}, out["error"][i])
             for i, (k, s) in enumerate(zip(keys, specs, strict=True))
         ]
+
+
+def _provenance_uri(meta: dict[str, Any]) -> str:
+    """A failed sample's source for its quarantine row: the relocatable key where it has one."""
+    return meta.get("source_key") or meta.get("source_uri") or ""
 
 
 def _node_id() -> str:

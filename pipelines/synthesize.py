@@ -470,7 +470,7 @@ def speaker_prompts(build: BuildDir, config: SynthesizeConfig) -> list[dict[str,
     import pyarrow.dataset as pads
     import soundfile as sf
 
-    from pipelines.audio_source import load_audio_16k
+    from pipelines.audio_source import SourceRoots, load_audio_16k
 
     files = build.files(build.table_dir("segments"), ".parquet")
     if not files:
@@ -498,12 +498,15 @@ def speaker_prompts(build: BuildDir, config: SynthesizeConfig) -> list[dict[str,
         build.files(build.table_dir("recordings"), ".parquet"), filesystem=build.fs
     ).to_table(columns=["recording_id", "source_uri", "channels"])
     info = {r["recording_id"]: r for r in recordings.to_pylist()}
+    roots = SourceRoots.load(build)
     pool = []
     for s in segments:
         path = build.path("audio", "prompts", f"{s['segment_id']}.wav")
         if not build.exists(path):
             rec = info[s["recording_id"]]
-            audio = load_audio_16k(rec["source_uri"], rec["channels"], config.storage_options)
+            audio = load_audio_16k(
+                rec["source_uri"], rec["channels"], config.storage_options, roots
+            )
             clip = audio[s["channel"], int(s["start_s"] * RATE_HZ) : int(s["end_s"] * RATE_HZ)]
             out = io.BytesIO()
             sf.write(out, clip, RATE_HZ, format="WAV", subtype="PCM_16")

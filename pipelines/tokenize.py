@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from pipelines.audio_source import load_audio_16k
+from pipelines.audio_source import SourceRoots, load_audio_16k
 from pipelines.samples.spec import span_s
 
 RATE_HZ = 16000
@@ -39,15 +39,16 @@ def _npy(arr: np.ndarray) -> bytes:
 
 
 class _RecordingCache:
-    def __init__(self, storage_options: dict[str, Any]) -> None:
+    def __init__(self, storage_options: dict[str, Any], roots: SourceRoots | None = None) -> None:
         self.storage_options = storage_options
+        self.roots = roots
         self.items: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
 
     def span(self, ref: dict[str, Any]) -> np.ndarray:
         """(channels, samples) float32 of the span; one channel picked unless channel is None."""
         key = (ref["uri"], int(ref["channels"]))
         if key not in self.items:
-            self.items[key] = load_audio_16k(ref["uri"], key[1], self.storage_options)
+            self.items[key] = load_audio_16k(ref["uri"], key[1], self.storage_options, self.roots)
             while len(self.items) > DECODE_CACHE:
                 self.items.popitem(last=False)
         audio = self.items[key]
@@ -76,10 +77,13 @@ def flac_bytes(audio: np.ndarray) -> bytes:
 
 
 def load_audio_batch(
-    batch: dict[str, np.ndarray], storage_options: dict[str, Any] | None = None
+    batch: dict[str, np.ndarray],
+    storage_options: dict[str, Any] | None = None,
+    roots: SourceRoots | None = None,
 ) -> dict[str, list[Any]]:
-    """specs -> {spec, flac (bytes|b""), target_pcm (float32 bytes|b""), error}."""
-    cache = _RecordingCache(storage_options or {})
+    """specs -> {spec, flac (bytes|b""), target_pcm (float32 bytes|b""), error}. `roots`: the
+    build's moved sources (specs keep the URIs ingest saw)."""
+    cache = _RecordingCache(storage_options or {}, roots)
     out: dict[str, list[Any]] = {
         "key": [],
         "shard": [],

@@ -136,13 +136,16 @@ def list_sources(
     corpus: str | None = None,
     task: str | None = None,
     check_exists: bool = True,
+    original_uri: Callable[[str], str] | None = None,
     **fs_options: Any,
 ) -> Iterator[SourceItem | dict[str, Any]]:
     """Stream what `src` holds: a `SourceItem` per audio file, a quarantine row per refusal.
 
     `corpus` (default: the source directory's name, or a manifest row's `corpus` column) and
     `task` (default: a manifest row's `task`) given here override what the source says.
-    `fs_options` go to the filesystem (e.g. `endpoint_override=` for S3).
+    `fs_options` go to the filesystem (e.g. `endpoint_override=` for S3). `original_uri` maps
+    a URI outside the source's root back to where it was first ingested (the build's
+    `SourceRoots.unresolve`), so that its key survives a move.
 
     Not a generator itself: a bad `fmt` or an unreadable `src` raises here, at the call, and
     only the listing is lazy."""
@@ -152,5 +155,9 @@ def list_sources(
     ctx = ReadContext(
         default_corpus=default_corpus(src, concrete, **fs_options), corpus=corpus, task=task
     )
-    keyer = Keyer(root=source_root(src, concrete, **fs_options), corpus=ctx.corpus_for())
+    keyer = Keyer(
+        root=source_root(src, concrete, **fs_options),
+        corpus=ctx.corpus_for(),
+        original=original_uri,
+    )
     return settle(READERS[concrete](src, ctx, **fs_options), check_exists=check_exists, keyer=keyer)

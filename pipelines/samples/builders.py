@@ -149,7 +149,8 @@ class StageBuilder:
             yield seg, rec
 
     def _meta(self, rec: sources.RecordingInfo, **extra: Any) -> dict[str, Any]:
-        return {"source_uri": rec.source_uri, "corpus": rec.corpus, **extra}
+        # the relocatable key, never the URI: shards must not depend on where sources live
+        return {"source_key": rec.source_key, "corpus": rec.corpus, **extra}
 
     def _skip(self, task: str, why: str) -> None:
         self.counts.skipped[f"{task}: {why}"] += 1

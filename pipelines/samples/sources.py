@@ -63,6 +63,7 @@ def read_table(
 @dataclass(frozen=True)
 class RecordingInfo:
     source_uri: str
+    source_key: str  # relocatable (pipelines/ingest/items.py); the URI for rows without one
     channels: int
     corpus: str
     duration_s: float
@@ -73,6 +74,7 @@ class RecordingInfo:
 RECORDING_COLUMNS = [
     "recording_id",
     "source_uri",
+    "source_key",
     "channels",
     "corpus",
     "duration_s",
@@ -84,6 +86,7 @@ RECORDING_COLUMNS = [
 def recording_info(row: dict[str, Any]) -> RecordingInfo:
     return RecordingInfo(
         source_uri=row["source_uri"],
+        source_key=row.get("source_key") or row["source_uri"],
         channels=int(row["channels"]),
         corpus=row["corpus"],
         duration_s=float(row["duration_s"]),

@@ -350,7 +350,7 @@ def test_added_data_is_a_new_generation_and_nothing_committed_is_rewritten(
         assert {s["name"] for s in index["shards"]} == set(after)
         for name in new:  # the new generation holds only the new recording's samples
             for sample in wds.WebDataset(str(copy / "shards" / stage / name), shardshuffle=False):
-                assert json.loads(sample["json"])["provenance"]["source_uri"].endswith("jfk.flac")
+                assert json.loads(sample["json"])["provenance"]["source_key"].endswith("jfk.flac")
         # The trainer's epoch permutation runs over every generation's shards.
         loader_index = ShardIndex.load(copy / "shards" / stage)
         assert loader_index.total == index["totals"]["samples"]

@@ -120,7 +120,7 @@ def test_speech_tokens_of_real_speech(built: dict[str, Any]) -> None:
     jfk = [
         s
         for s in _samples(built["build"] / "shards/stage2")
-        if json.loads(s["json"])["provenance"]["source_uri"].endswith("jfk.flac")
+        if json.loads(s["json"])["provenance"]["source_key"].endswith("jfk.flac")
     ]
     assert len(jfk) == 1
     assert np.load(io.BytesIO(jfk[0]["speech_tokens.npy"])).size == 275

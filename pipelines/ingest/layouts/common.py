@@ -131,18 +131,28 @@ def in_time_order(item: SourceItem) -> SourceItem:
 @dataclass(frozen=True)
 class Keyer:
     """Gives every settled item and refusal its relocatable `source_key` (items.source_key):
-    `root` is the listed source's root, `corpus` names refusals that carry no item."""
+    `root` is the listed source's root, `corpus` names refusals that carry no item, and
+    `original` maps a URI outside the root back to where it was first ingested (the build's
+    recorded `--source-root` moves), so a moved file a manifest points at keeps its key."""
 
     root: str | None = None
     corpus: str = ""
+    original: Callable[[str], str] | None = None
+
+    def key(self, corpus: str, uri: str) -> str:
+        base = (self.root or "").rstrip("/")
+        outside = not (base and uri.startswith(base + "/"))
+        if outside and self.original:
+            uri = self.original(uri)
+        return source_key(corpus, self.root, uri)
 
     def item(self, item: SourceItem) -> SourceItem:
-        item.source_key = source_key(item.corpus, self.root, item.source_uri)
+        item.source_key = self.key(item.corpus, item.source_uri)
         return item
 
     def row(self, row: Row, corpus: str | None = None) -> Row:
         if not row.get("source_key"):
-            row["source_key"] = source_key(corpus or self.corpus, self.root, row["source_uri"])
+            row["source_key"] = self.key(corpus or self.corpus, row["source_uri"])
         return row
 
 
