@@ -44,16 +44,21 @@ class IngestConfig:
     files_per_unit: int = 256
     """Files per committed unit of work: the granularity of resume."""
     units_per_wave: int = 64
-    """Units per Ray execution: Ray's start-up is paid once per wave; the driver holds one
-    wave's listing in memory."""
-    decode_batch_size: int = 4
-    """Files per decode task batch."""
+    """Units in flight at once: the driver holds the listing entries of at most this many
+    units (prepared, not yet committed) while one worker pool serves the whole run."""
+    files_per_task: int = 64
+    """Files per worker call: the granule of load balancing. Each call costs a Ray round trip
+    and three staged Parquet writes (a few ms), noise beside the seconds its audio takes."""
     vad_batch_size: int = 64
-    """Recordings per VAD actor call: all their channels are scored as one batch, and wider
-    batches step silero's LSTM over more streams at once (~1.4x faster at 64 than at 16)."""
+    """Recordings per VAD call inside a worker: all their channels are scored as one batch, and
+    wider batches step silero's LSTM over more streams at once (~1.4x faster at 64 than at 16)."""
+    vad_batch_audio_s: float = 1800.0
+    """A VAD call also starts once this much audio is decoded, which bounds a worker's memory
+    (16 kHz float32: 64 kB per second of audio) whatever the file lengths."""
     vad_actors: int | None = None
-    """Size of the decode+VAD actor pool (one CPU each; Ray fuses the decode tasks into these
-    actors, so PCM never crosses the object store). Default: every CPU of the Ray cluster."""
+    """Size of the ingest worker pool (one CPU each; each worker decodes, resamples, measures
+    and runs the VAD in one process, so PCM never crosses the object store). Default: every
+    CPU of the Ray cluster."""
     storage_options: dict[str, Any] = field(default_factory=dict)
     """Passed to the source filesystem, e.g. {"endpoint_override": "http://127.0.0.1:9000"}."""
 
@@ -68,8 +73,9 @@ class IngestConfig:
             "max_segment_s",
             "files_per_unit",
             "units_per_wave",
-            "decode_batch_size",
+            "files_per_task",
             "vad_batch_size",
+            "vad_batch_audio_s",
             "max_channels",
             "max_chars_per_s",
             "min_sample_rate_hz",

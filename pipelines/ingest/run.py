@@ -1,14 +1,14 @@
 """The ingest step: source layouts -> recordings, segments and quarantine tables in a build dir.
 
-Owns: cutting the streamed source listing into units of work, running waves of pending units
-through Ray Data (decode -> VAD actor pool -> `write_datasink`), marking duplicates, and
-committing each unit atomically through the build directory's ledger as soon as all its rows
-are staged. A rerun after a crash skips committed units and redoes only the rest; nothing is
-written twice.
+Owns: cutting the streamed source listing into units of work, feeding pending units to one
+pool of ingest workers for the whole run (pipelines/ingest/worker.py: decode -> VAD -> staged
+Parquet in one process), marking duplicates, and committing each unit atomically through the
+build directory's ledger as soon as all its rows are staged. A rerun after a crash skips
+committed units and redoes only the rest; nothing is written twice.
 
-Why units and waves: a unit (`files_per_unit` files) is the granule of resume; a wave
-(`units_per_wave` units) is one Ray execution, so Ray's per-execution start-up (actor pool,
-model load) is paid once per wave while the driver holds only one wave's listing in memory.
+Why units and a window: a unit (`files_per_unit` files) is the granule of resume; the driver
+holds at most `units_per_wave` units in flight, so its memory is bounded whatever the listing's
+size, while the worker pool (and its model load) starts once per run.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -25,20 +23,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
+from pipelines.audio_source import SourceRoots
 from pipelines.build import BuildDir, StepLedger
+from pipelines.ingest.commit import (
+    committed_sources,
+    fill_source_keys,
+    mark_duplicates,
+    reject_key,
+    unit_stats,
+)
+from pipelines.ingest.commit_index import CommitIndex
 from pipelines.ingest.config import IngestConfig
-from pipelines.ingest.decode_stage import decode_batch
 from pipelines.ingest.items import SourceItem
-from pipelines.ingest.sink import StagedUnitsDatasink, write_table
+from pipelines.ingest.sink import write_table
 from pipelines.ingest.sources import list_sources
-from pipelines.ingest.vad_stage import VadSegmenter
+from pipelines.ingest.worker import WorkerPool
 from pipelines.ray_runtime import ensure_ray
-from schemas import CONTRACTS, QUARANTINE, RECORDINGS
+from schemas import CONTRACTS, QUARANTINE
 
 STEP = "ingest"
 TABLES = ("recordings", "segments", "quarantine")
@@ -55,9 +58,10 @@ class Unit:
 
     @property
     def unit_id(self) -> str:
-        keys = [f"{i.source_uri}|{i.item_key}" for _, i in self.items]
+        """Named by relocatable keys, so a moved corpus plans the units it already committed."""
+        keys = [f"{i.key}|{i.item_key}" for _, i in self.items]
         keys += [
-            f"{q['source_uri']}|{q['item_key']}|{q['reason_code']}" for q in self.listing_rejects
+            f"{reject_key(q)}|{q['item_key']}|{q['reason_code']}" for q in self.listing_rejects
         ]
         return hashlib.sha1("\n".join(keys).encode()).hexdigest()[:16]
 
@@ -135,25 +139,35 @@ def run_ingest(
     build = BuildDir(build_uri, **config.storage_options)
     ledger = StepLedger(build, STEP, TABLES)
     ledger.recover()
+    index = CommitIndex.open(build, ledger)
+    roots = SourceRoots.load(build)  # moved sources keep the keys they were ingested under
     summary = IngestSummary()
     listing = itertools.chain.from_iterable(
         list_sources(
-            s, config.format, corpus=config.corpus, task=config.task, **config.storage_options
+            s,
+            config.format,
+            corpus=config.corpus,
+            task=config.task,
+            original_uri=roots.unresolve,
+            **config.storage_options,
         )
         for s in sources
     )
     bar = tqdm(desc="ingest", unit="file", disable=not progress)
-    units = plan_units(listing, config.files_per_unit)
-    while wave := list(itertools.islice(units, config.units_per_wave)):
-        pending = []
-        for unit in wave:
+    runner: UnitRunner | None = None  # started with the first pending unit: none if all done
+    try:
+        for unit in plan_units(listing, config.files_per_unit):
             if ledger.is_done(unit.unit_id):
                 summary.units_skipped += 1
                 bar.update(unit.size)
-            else:
-                pending.append(unit)
-        if pending:
-            WaveRunner(build, ledger, config, pending, summary, bar).run()
+                continue
+            runner = runner or UnitRunner(build, ledger, config, summary, bar, index)
+            runner.add(unit)
+        if runner:
+            runner.finish()
+    finally:
+        if runner:
+            runner.close()
     bar.close()
     for done in ledger.done_units():
         summary.recordings += done["recordings"]
@@ -167,40 +181,95 @@ def run_ingest(
     return summary
 
 
-class WaveRunner:
-    """One Ray execution over a wave of pending units, committing units as they complete."""
+class UnitRunner:
+    """Feeds pending units, in listing order, to one worker pool for the whole run, and commits
+    each unit as soon as the workers have staged all of its items.
+
+    Per unit in flight the driver holds its listing entries and a few counters; a unit's state
+    is dropped when it commits, so memory is bounded by `units_per_wave` units, not the run.
+    """
 
     def __init__(
         self,
         build: BuildDir,
         ledger: StepLedger,
         config: IngestConfig,
-        units: list[Unit],
         summary: IngestSummary,
         bar: Any,
+        index: CommitIndex,
     ) -> None:
-        self.build, self.ledger, self.config = build, ledger, config
+        self.build, self.ledger, self.config, self.index = build, ledger, config, index
+        self.keys: dict[str, list[str]] = {}  # unit -> source keys it stages
         self.summary, self.bar = summary, bar
-        self.units = {u.unit_id: u for u in units}
+        self.units: dict[str, Unit] = {}  # in flight: prepared, not yet committed
+        self.in_flight: dict[str, Unit] = {}  # the same, until their driver state is dropped
         self.expected: dict[str, int] = {}
         self.already: dict[str, int] = {}
-        self.seen: set[str] = set()  # this wave's URIs; earlier waves are committed by now
-        self.progress: dict[str, tuple[str, int]] = {}  # progress file -> (unit, items)
-        self.rows: list[dict[str, Any]] = []
-        for unit in units:
-            self._prepare(unit)
+        self.seen: set[str] = set()  # source keys of units in flight; the index has the rest
+        self.staged: Counter = Counter()  # items staged per unit, as the workers report them
+        self.rows: list[dict[str, Any]] = []  # _prepare's output for the unit being added
+        self.pool = WorkerPool(config, build.fs, ledger.staging_root)
+
+    def add(self, unit: Unit) -> None:
+        """Prepare `unit` and queue its items, first waiting while the window is full."""
+        while len(self.units) >= self.config.units_per_wave:
+            self._step()
+        self.units[unit.unit_id] = self.in_flight[unit.unit_id] = unit
+        self._prepare(unit)
+        rows, self.rows = self.rows, []
+        if rows:
+            self.pool.submit(unit.unit_id, [(r["order"], r["item_json"]) for r in rows])
+        else:  # nothing left to run (all committed before, or listing rejects only)
+            self._commit_complete()
+            self._forget_committed()
+
+    def finish(self) -> None:
+        """Wait for every queued batch, committing units as they complete."""
+        while self.pool.busy:
+            self._step()
+        self._commit_complete()
+        self._forget_committed()
+        missing = sorted(self.units)
+        if missing:
+            raise RuntimeError(f"ingest: units {missing} did not complete; rerun to resume")
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def _step(self) -> None:
+        for unit_id, items in self.pool.wait(POLL_S):
+            self.staged[unit_id] += items
+        self._commit_complete()
+        self._forget_committed()
+
+    def _staged_items(self) -> Counter:
+        """Items staged per unit in flight: workers report a batch once its files are written."""
+        return self.staged
+
+    def _forget_committed(self) -> None:
+        """Drop the driver's state of the units committed since the last call."""
+        for unit_id in [u for u in self.in_flight if u not in self.units]:
+            for _, item in self.in_flight.pop(unit_id).items:
+                self.seen.discard(item.key)
+            self.expected.pop(unit_id, None)
+            self.already.pop(unit_id, None)
+            self.staged.pop(unit_id, None)
 
     def _prepare(self, unit: Unit) -> None:
         """Drop what an earlier run already committed (a listing that changed between runs
         must not ingest a file twice); stage the listing's own quarantine rows now."""
-        committed = committed_sources(self.build, [i.source_uri for _, i in unit.items])
+        keys = [i.key for _, i in unit.items] + [reject_key(q) for q in unit.listing_rejects]
+        committed = committed_sources(self.index, keys)
         items = []
         for order, item in unit.items:
             # Listed twice in this wave (two manifest rows, one file): the first listing wins.
-            if item.source_uri not in committed and item.source_uri not in self.seen:
+            if item.key not in committed and item.key not in self.seen:
                 items.append((order, item))
-                self.seen.add(item.source_uri)
-        rejects = [q for q in unit.listing_rejects if q["source_uri"] not in committed]
+                self.seen.add(item.key)
+        rejects = [q for q in unit.listing_rejects if reject_key(q) not in committed]
+        for q in rejects:
+            q["source_key"] = reject_key(q)
+        self.keys[unit.unit_id] = [i.key for _, i in items] + [reject_key(q) for q in rejects]
         staging = self.ledger.staging_dir(unit.unit_id)
         if rejects:
             write_table(
@@ -215,72 +284,6 @@ class WaveRunner:
             for o, i in items
         ]
 
-    def run(self) -> None:
-        failure: list[BaseException] = []
-        worker = threading.Thread(target=self._execute, args=(failure,), daemon=True)
-        worker.start()
-        while worker.is_alive():
-            worker.join(POLL_S)
-            self._commit_complete()
-        if failure:
-            raise failure[0]
-        self._commit_complete()
-        missing = sorted(self.units)
-        if missing:
-            raise RuntimeError(f"ingest: units {missing} did not complete; rerun to resume")
-
-    def _execute(self, failure: list[BaseException]) -> None:
-        import ray
-
-        if not self.rows:
-            return
-        config = self.config
-        cfg = config.to_dict()
-        try:
-            blocks = math.ceil(len(self.rows) / config.decode_batch_size)
-            ds = ray.data.from_items(self.rows, override_num_blocks=blocks)
-            ds = ds.map_batches(
-                decode_batch,
-                fn_kwargs={"config": cfg},
-                batch_format="pyarrow",
-                batch_size=config.decode_batch_size,
-                num_cpus=1,
-            )
-            actors = config.vad_actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
-            actors = min(actors, blocks)  # an actor without input only costs start-up
-            ds = ds.map_batches(
-                VadSegmenter,
-                fn_constructor_kwargs={"config": cfg},
-                batch_format="pyarrow",
-                batch_size=config.vad_batch_size,
-                num_cpus=1,
-                compute=ray.data.ActorPoolStrategy(size=actors),
-            )
-            # Writing metadata is light: a fractional CPU lets write tasks run beside the actors
-            # that hold every core, instead of queueing until the actors finish.
-            ds.write_datasink(
-                StagedUnitsDatasink(self.build.fs, self.ledger.staging_root),
-                ray_remote_args={"num_cpus": 0.25},
-            )
-        except BaseException as exc:  # re-raised on the driver's main thread
-            failure.append(exc)
-
-    def _staged_items(self) -> Counter:
-        """Items staged per unit: one recursive listing of this run's staging per poll, and each
-        progress file read once (they are written by rename, so never change)."""
-        root = self.ledger.staging_root
-        if self.build.exists(root):
-            infos = self.build.fs.get_file_info(pafs.FileSelector(root, recursive=True))
-            for info in infos:
-                parts = info.path[len(root) :].strip("/").split("/")
-                is_progress = len(parts) == 3 and parts[1] == "progress"
-                if is_progress and parts[2].endswith(".json") and info.path not in self.progress:
-                    self.progress[info.path] = (parts[0], self.build.read_json(info.path)["items"])
-        staged: Counter = Counter()
-        for unit_id, items in self.progress.values():
-            staged[unit_id] += items
-        return staged
-
     def _commit_complete(self) -> None:
         staged = self._staged_items()
         for unit_id in list(self.units):
@@ -289,90 +292,22 @@ class WaveRunner:
                 continue
             unit = self.units.pop(unit_id)
             order = {i.source_uri: o for o, i in unit.items}
+            key_of = {i.source_uri: i.key for _, i in unit.items}
+            fill_source_keys(self.build, f"{staging}/quarantine", key_of)
             stats = unit_stats(self.build, staging)
-            stats["duplicates"] = mark_duplicates(self.build, f"{staging}/recordings", order)
+            stats["duplicates"], originals = mark_duplicates(
+                self.build, self.index, f"{staging}/recordings", order
+            )
             stats["files"] = self.expected[unit_id]
             stats["already_ingested"] = self.already[unit_id]
+            self.index.add(unit_id, self.keys.pop(unit_id), originals)  # before the marker
             self.ledger.commit(unit_id, stats)
+            self.index.maybe_fold()
             self.summary.units_run += 1
             self.summary.run_files += stats["files"]
             self.summary.run_audio_s += stats["audio_s"]
             self.bar.update(unit.size)
             self.bar.set_postfix(audio_h=f"{self.summary.run_audio_s / 3600:.2f}")
-
-
-def unit_stats(build: BuildDir, staging: str) -> dict[str, Any]:
-    """Counts of a staged unit, read from its (small, metadata-only) Parquet files."""
-    stats: dict[str, Any] = {"recordings": 0, "segments": 0, "audio_s": 0.0, "quarantined": {}}
-    recs = build.files(f"{staging}/recordings", ".parquet")
-    if recs:
-        durations = pads.dataset(recs, filesystem=build.fs).to_table(columns=["duration_s"])
-        stats["recordings"] = durations.num_rows
-        stats["audio_s"] = float(pc.sum(durations.column("duration_s")).as_py() or 0.0)
-    for path in build.files(f"{staging}/segments", ".parquet"):
-        stats["segments"] += pq.ParquetFile(build.fs.open_input_file(path)).metadata.num_rows
-    rejects = build.files(f"{staging}/quarantine", ".parquet")
-    if rejects:
-        reasons = pads.dataset(rejects, filesystem=build.fs).to_table(columns=["reason_code"])
-        stats["quarantined"] = dict(Counter(reasons.column("reason_code").to_pylist()))
-    return stats
-
-
-def committed_sources(build: BuildDir, uris: list[str]) -> set[str]:
-    """Which of `uris` the build already holds (in recordings or quarantine): a guard so that a
-    source whose listing changed between runs is still never ingested twice."""
-    found: set[str] = set()
-    for table in ("recordings", "quarantine"):
-        files = build.files(build.table_dir(table), ".parquet")
-        if not files or not uris:
-            continue
-        dataset = pads.dataset(files, filesystem=build.fs, format="parquet")
-        hits = dataset.to_table(columns=["source_uri"], filter=pc.field("source_uri").isin(uris))
-        found.update(hits.column("source_uri").to_pylist())
-    return found
-
-
-def mark_duplicates(build: BuildDir, staged_dir: str, order: dict[str, int]) -> int:
-    """Fill `dup_of` in a unit's staged recordings: the earlier recording with the same decoded
-    content. "Earlier" is listing order: committed units first (scanned only for this unit's
-    hashes, never loaded whole), then earlier items of this unit. Returns the duplicate count."""
-    staged = build.files(staged_dir, ".parquet")
-    if not staged:
-        return 0
-    mine = (
-        pads.dataset(staged, filesystem=build.fs, format="parquet")
-        .to_table(columns=["recording_id", "source_uri", "content_sha1"])
-        .to_pylist()
-    )
-    mine.sort(key=lambda r: (order.get(r["source_uri"], 0), r["recording_id"]))
-    first: dict[str, str] = {}
-    committed = build.files(build.table_dir("recordings"), ".parquet")
-    if committed:
-        hashes = sorted({r["content_sha1"] for r in mine})
-        earlier = pads.dataset(committed, filesystem=build.fs, format="parquet").to_table(
-            columns=["content_sha1", "recording_id"],
-            filter=pc.field("content_sha1").isin(hashes) & pc.field("dup_of").is_null(),
-        )
-        for sha, rid in zip(
-            earlier.column("content_sha1").to_pylist(),
-            earlier.column("recording_id").to_pylist(),
-            strict=True,
-        ):
-            first.setdefault(sha, rid)
-    dup_of = {}
-    for row in mine:
-        original = first.setdefault(row["content_sha1"], row["recording_id"])
-        if original != row["recording_id"]:
-            dup_of[row["recording_id"]] = original
-    if dup_of:
-        for path in staged:
-            table = pq.read_table(path, filesystem=build.fs)
-            ids = table.column("recording_id").to_pylist()
-            if any(i in dup_of for i in ids):
-                column = pa.array([dup_of.get(i) for i in ids], pa.string())
-                table = table.set_column(table.schema.get_field_index("dup_of"), "dup_of", column)
-                write_table(build.fs, path, RECORDINGS.validate(table))
-    return len(dup_of)
 
 
 def read_table(build: BuildDir, table: str) -> pa.Table:

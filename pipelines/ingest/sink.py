@@ -1,45 +1,41 @@
-"""A Ray Data Datasink that writes the VAD stage's stream into per-unit staged Parquet tables.
+"""Staged Parquet output of ingest workers: one batch of a unit's rows -> its staged tables.
 
-Why a Datasink and not three `write_parquet` calls: one stream of rows feeds three tables
-(recordings, segments, quarantine), and a unit of work must be committed only when all of its
-rows are written. `write_datasink` is Ray Data's own writer extension point: each write task,
-on any node, splits its blocks by unit and table, writes validated Parquet files into
-`<staging>/<unit>/<table>/`, and LAST writes `<staging>/<unit>/progress/<task>.json` with how
-many of the unit's items those files hold. The driver commits a unit once the progress files
-account for every item of it (see pipelines/ingest/run.py).
+Why no Ray Data writer: one worker batch feeds three tables (recordings, segments,
+quarantine), and a unit of work must be committed only when all of its rows are written. The
+worker that produced a batch writes it straight to the build's filesystem under
+`<staging>/<unit>/<table>/<tag>.parquet` and returns only the item count; the driver commits a
+unit once the counts returned for it account for every item (see pipelines/ingest/run.py).
+
+The tag is the batch's first listing position, so a batch retried after a worker died
+overwrites its own earlier (possibly partial) files instead of staging its rows twice.
 """
 
 from __future__ import annotations
 
-import json
-import uuid
-from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from ray.data.datasource import Datasink
 
-from schemas import QUARANTINE, RECORDINGS, SEGMENTS, TableContract
-
-CONTRACTS: dict[str, TableContract] = {
-    "recordings": RECORDINGS,
-    "segments": SEGMENTS,
-    "quarantine": QUARANTINE,
-}
+from schemas import QUARANTINE, RECORDINGS, SEGMENTS
 
 
-def split_rows(rows: list[dict[str, Any]]) -> dict[str, pa.Table]:
-    """VAD-stage rows (recording_json, segments_json, quarantine_json) -> the three tables."""
-    recordings = [json.loads(r["recording_json"]) for r in rows if r["recording_json"]]
-    segments = [s for r in rows for s in json.loads(r["segments_json"])]
-    rejects = [q for r in rows for q in json.loads(r["quarantine_json"])]
-    return {
-        "recordings": RECORDINGS.from_rows(recordings),
-        "segments": SEGMENTS.from_rows(segments),
-        "quarantine": QUARANTINE.from_rows(rejects),
-    }
+@dataclass
+class StagedRows:
+    """The three tables' rows of one batch, as plain dicts (metadata only, never audio)."""
+
+    recordings: list[dict[str, Any]] = field(default_factory=list)
+    segments: list[dict[str, Any]] = field(default_factory=list)
+    quarantine: list[dict[str, Any]] = field(default_factory=list)
+
+    def tables(self) -> dict[str, pa.Table]:
+        return {
+            "recordings": RECORDINGS.from_rows(self.recordings),
+            "segments": SEGMENTS.from_rows(self.segments),
+            "quarantine": QUARANTINE.from_rows(self.quarantine),
+        }
 
 
 def write_table(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
@@ -49,38 +45,8 @@ def write_table(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
         pq.write_table(table, out, compression="zstd")
 
 
-def write_json(fs: pafs.FileSystem, path: str, obj: Any) -> None:
-    """Temp name then rename: a progress file is either whole or absent."""
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with fs.open_output_stream(tmp) as out:
-        out.write(json.dumps(obj).encode())
-    fs.move(tmp, path)
-
-
-class StagedUnitsDatasink(Datasink):
-    """Writes each unit's rows under `<staging>/<unit>/`; the driver commits units."""
-
-    def __init__(self, fs: pafs.FileSystem, staging: str, rows_per_write: int = 512) -> None:
-        self.fs = fs
-        self.staging = staging
-        self.rows_per_write = rows_per_write
-
-    @property
-    def min_rows_per_write(self) -> int:
-        """Bundle small blocks: fewer, larger files and far fewer write tasks (on 2 cores, 64
-        rows per write cost ~40% of an ingest's wall time in task overhead; 512 rows, ~5%)."""
-        return self.rows_per_write
-
-    def write(self, blocks, ctx) -> int:  # type: ignore[override]
-        by_unit: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for block in blocks:
-            for row in pa.table(block).to_pylist():
-                by_unit[row["unit"]].append(row)
-        tag = f"{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}"
-        for unit, rows in by_unit.items():
-            for name, table in split_rows(rows).items():
-                if table.num_rows:
-                    write_table(self.fs, f"{self.staging}/{unit}/{name}/{tag}.parquet", table)
-            write_json(self.fs, f"{self.staging}/{unit}/progress/{tag}.json", {"items": len(rows)})
-        return sum(len(rows) for rows in by_unit.values())
+def write_staged(fs: pafs.FileSystem, unit_dir: str, tag: str, rows: StagedRows) -> None:
+    """Write a batch's non-empty tables as `<unit_dir>/<table>/<tag>.parquet`."""
+    for name, table in rows.tables().items():
+        if table.num_rows:
+            write_table(fs, f"{unit_dir}/{name}/{tag}.parquet", table)

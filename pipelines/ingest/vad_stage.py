@@ -1,8 +1,10 @@
-"""Ingest stage 2 (Ray Data actor pool): speech detection, speech ratio, SNR, segmentation.
+"""Ingest stage 2: speech detection, speech ratio, SNR, segmentation.
 
 Owns: turning decoded 16 kHz PCM into the final recording row, its segments and any
-supervision-level quarantine rows. The model is loaded once per actor (`__init__`) and scores
-every channel of every recording in a batch in one batched call. Emits no audio.
+supervision-level quarantine rows. The model is loaded once per worker (`__init__`) and
+`segment` scores every channel of every recording it is given in one batched call. Emits no
+audio. `__call__` is the same stage on a pyarrow batch (decode_stage.decode_batch's output),
+for tests and Ray Data callers.
 """
 
 from __future__ import annotations
@@ -55,45 +57,62 @@ def mean_prob(probs: np.ndarray, start_s: float, end_s: float) -> float:
     return float(window.mean()) if window.size else 0.0
 
 
+Outcome = tuple[dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]
+"""(recording row or None when quarantined, segment rows, quarantine rows) of one item."""
+
+
 class VadSegmenter:
-    """Callable class for `map_batches(..., compute=ActorPoolStrategy(...))`."""
+    """Loads the VAD once (call in a worker's __init__); segments batches of decoded items."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = IngestConfig(**config)
         self.vad = BatchedSileroVad(num_threads=1)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.drop_columns(["pcm"]).to_pylist()
-        pcm_column = batch.column("pcm")
-        # Zero-copy views of the Arrow buffers: the audio is read, never written, from here on.
-        pcms = [
-            np.frombuffer(pcm_column[i].as_buffer(), dtype="<f4").reshape(row["channels"], -1)
-            if row["info_json"]
-            else None
-            for i, row in enumerate(rows)
-        ]
-        streams = [channel for pcm in pcms if pcm is not None for channel in pcm]
+    def segment(
+        self, decoded: list[tuple[SourceItem, dict[str, Any], np.ndarray]]
+    ) -> list[Outcome]:
+        """(item, measured info, (channels, frames) 16 kHz PCM) per recording -> outcomes in
+        the same order; every channel of every recording is scored in one batched VAD call."""
+        streams = [channel for _, _, pcm in decoded for channel in pcm]
         probs = iter(self.vad.speech_probs(streams)) if streams else iter(())
-        out: dict[str, list[Any]] = {name: [] for name in OUTPUT_SCHEMA.names}
-        for row, pcm in zip(rows, pcms, strict=True):
-            out["unit"].append(row["unit"])
-            out["order"].append(row["order"])
-            if pcm is None:
-                out["recording_json"].append("")
-                out["segments_json"].append("[]")
-                out["quarantine_json"].append(row["quarantine_json"])
-                continue
-            channel_probs = [next(probs) for _ in range(row["channels"])]
-            item = SourceItem.from_row(json.loads(row["item_json"]))
-            info = json.loads(row["info_json"])
+        outcomes: list[Outcome] = []
+        for item, info, pcm in decoded:
+            channel_probs = [next(probs) for _ in range(pcm.shape[0])]
             try:
-                recording, segments, rejected = self.finish(item, info, pcm, channel_probs)
+                outcomes.append(self.finish(item, info, pcm, channel_probs))
             except Exception as exc:  # a bug must not kill the job; quarantined and counted
                 detail = f"vad stage: {type(exc).__name__}: {exc}"
                 reject = quarantine_row(
                     item.source_uri, ReasonCode.INTERNAL_ERROR.value, detail, item_key=item.item_key
                 )
-                recording, segments, rejected = None, [], [reject]
+                outcomes.append((None, [], [reject]))
+        return outcomes
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """Batch form: decode_stage.STAGE_SCHEMA rows -> OUTPUT_SCHEMA rows."""
+        rows = batch.drop_columns(["pcm"]).to_pylist()
+        pcm_column = batch.column("pcm")
+        decoded = [
+            (
+                SourceItem.from_row(json.loads(row["item_json"])),
+                json.loads(row["info_json"]),
+                # A zero-copy view of the Arrow buffer: the audio is read, never written, here.
+                np.frombuffer(pcm_column[i].as_buffer(), dtype="<f4").reshape(row["channels"], -1),
+            )
+            for i, row in enumerate(rows)
+            if row["info_json"]
+        ]
+        outcomes = iter(self.segment(decoded))
+        out: dict[str, list[Any]] = {name: [] for name in OUTPUT_SCHEMA.names}
+        for row in rows:
+            out["unit"].append(row["unit"])
+            out["order"].append(row["order"])
+            if not row["info_json"]:
+                out["recording_json"].append("")
+                out["segments_json"].append("[]")
+                out["quarantine_json"].append(row["quarantine_json"])
+                continue
+            recording, segments, rejected = next(outcomes)
             out["recording_json"].append(json.dumps(recording) if recording else "")
             out["segments_json"].append(json.dumps(segments))
             out["quarantine_json"].append(json.dumps(rejected))
