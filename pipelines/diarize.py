@@ -25,7 +25,7 @@ import pyarrow.dataset as pads
 from pipelines.audio_source import SourceRoots, load_audio_16k
 from pipelines.build import BuildDir
 from pipelines.ingest.items import quarantine_row
-from pipelines.ray_runtime import ensure_ray
+from pipelines.ray_runtime import ensure_ray, model_actors
 from pipelines.recording_step import RecordingStep, StepTotals
 from schemas import QUARANTINE, TURNS, DiarizationBackend, ReasonCode
 
@@ -294,13 +294,8 @@ def run_diarize(build_uri: str, config: DiarizeConfig, progress: bool = True) ->
 def _diarize_dataset(ds: Any, config: DiarizeConfig, n_items: int) -> Any:
     import ray
 
-    resources = ray.cluster_resources()
-    uses_model = config.backend != "channels"
-    gpus = config.gpus_per_actor
-    if gpus is None:
-        gpus = 1.0 if uses_model and resources.get("GPU", 0) >= 1 else 0.0
-    slots = resources.get("GPU", 0) / gpus if gpus else resources.get("CPU", 1)
-    actors = max(1, min(config.actors or int(slots), n_items))
+    actors, gpus = model_actors(config.backend != "channels", config.gpus_per_actor, config.actors)
+    actors = min(actors, n_items)
     return ds.map_batches(
         DiarizeStage,
         fn_constructor_kwargs={"config": config.to_dict()},

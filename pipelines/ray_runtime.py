@@ -27,3 +27,23 @@ def ensure_ray(num_cpus: int | None = None, progress: bool = True) -> None:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
     context.print_on_execution_start = False
+
+
+def model_actors(
+    uses_gpu: bool, gpus_per_actor: float | None, actors: int | None
+) -> tuple[int, float]:
+    """(actor count, GPUs per actor) for a stage that runs a model, read from the live cluster.
+
+    Decided when the step runs, not in the job spec, so that one spec asks for GPUs on a GPU
+    cluster and for none on a laptop: by default an actor takes one GPU when the cluster has
+    any and the stage's model can use one (`uses_gpu`), and then there is one actor per GPU;
+    otherwise one actor per CPU. `gpus_per_actor` and `actors` override either default.
+    """
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus = gpus_per_actor
+    if gpus is None:
+        gpus = 1.0 if uses_gpu and resources.get("GPU", 0) >= 1 else 0.0
+    slots = resources.get("GPU", 0) / gpus if gpus else resources.get("CPU", 1)
+    return max(1, actors or int(slots)), gpus

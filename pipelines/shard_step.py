@@ -44,7 +44,7 @@ from pipelines.build import BuildDir, StepLedger
 from pipelines.ingest.fs import to_uri
 from pipelines.ingest.items import quarantine_row
 from pipelines.ingest.sink import write_table
-from pipelines.ray_runtime import ensure_ray
+from pipelines.ray_runtime import ensure_ray, model_actors
 from pipelines.samples.builders import STAGE_TASKS, STAGES, SampleConfig
 from pipelines.shard_plan import (
     SpecParams,
@@ -470,14 +470,8 @@ class ShardStep:
         return sorted(records, key=lambda r: r["generation"])
 
     def _workers(self) -> tuple[int, float]:
-        import ray
-
-        resources = ray.cluster_resources()
-        gpus = self.config.gpus_per_actor
-        if gpus is None:
-            gpus = 1.0 if resources.get("GPU", 0) >= 1 and self.encode_audio else 0.0
-        default = int(resources.get("GPU", 0) / gpus) if gpus else int(resources.get("CPU", 1))
-        return max(1, self.config.actors or default), gpus
+        # The speech tokenizer is the model; the bench's plan-only mode runs none.
+        return model_actors(self.encode_audio, self.config.gpus_per_actor, self.config.actors)
 
     def _plan_generation(self, stage: str, generation: int, units: list[Any]) -> dict[str, Any]:
         cfg = self.config

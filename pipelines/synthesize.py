@@ -28,7 +28,7 @@ import numpy as np
 
 from pipelines.build import BuildDir
 from pipelines.ingest.fs import Location, to_uri
-from pipelines.ray_runtime import ensure_ray
+from pipelines.ray_runtime import ensure_ray, model_actors
 from pipelines.recording_step import RecordingStep, StepTotals
 from schemas import (
     DIALOGUES,
@@ -102,6 +102,10 @@ class SynthesizeConfig:
     dialogues_per_unit: int = 16
     units_per_wave: int = 16
     actors: int | None = None
+    """Actor pool size; default one per CPU (or per GPU when GPUs are used)."""
+    gpus_per_actor: float | None = None
+    """GPUs per actor; default 1 when the Ray cluster has GPUs and the backend runs its model
+    here on CUDA (piper with `use_cuda`); espeak and http (a remote server) use none."""
     storage_options: dict[str, Any] = field(default_factory=dict)
     """Filesystem options (e.g. an S3 endpoint) for the build and for URI-named inputs."""
 
@@ -675,8 +679,8 @@ def run_synthesize(
         build_root = to_uri(build.fs, build.root)
 
         def stage(ds: Any) -> Any:
-            cpus = int(ray.cluster_resources().get("CPU", 1))
-            actors = max(1, min(config.actors or cpus, len(pending)))
+            uses_gpu = bool(config.backend_options.get("use_cuda"))
+            actors, gpus = model_actors(uses_gpu, config.gpus_per_actor, config.actors)
             return ds.map_batches(
                 SynthesizeStage,
                 # The build as a canonical URI (an absolute path when local): a relative
@@ -684,7 +688,8 @@ def run_synthesize(
                 fn_constructor_kwargs={"config": config.to_dict(), "build_uri": build_root},
                 batch_size=1,
                 num_cpus=1,
-                compute=ray.data.ActorPoolStrategy(size=actors),
+                num_gpus=gpus,
+                compute=ray.data.ActorPoolStrategy(size=min(actors, len(pending))),
             )
 
         counts = step.run(pending, stage, progress, len(pending))

@@ -23,7 +23,8 @@ def breakdown(
     """[{key, count, hours}] per value of `key`, most hours first (nulls as "unknown")."""
     rows = con.execute(
         f"SELECT coalesce(CAST({key} AS VARCHAR), 'unknown') AS k, count(*), sum({hours}) "
-        f"FROM {relation} GROUP BY k ORDER BY sum({hours}) DESC NULLS LAST, k"
+        # Ranked by the rounded hours it reports: a float sum's last bits follow row order.
+        f"FROM {relation} GROUP BY k ORDER BY round(sum({hours}), 6) DESC NULLS LAST, k"
     ).fetchall()
     return [{"key": k, "count": int(n), "hours": round(float(h or 0.0), 6)} for k, n, h in rows]
 
