@@ -21,8 +21,9 @@ load hits both; the best of `--repeats` per worker count is compared. The load a
 printed before and after: on a shared 2-core machine other processes take cores away from the
 2-worker run first.
 
-Afterwards the build is summarised twice with compute_stats (2 CPUs) (every shard listed, and past
-`max_shard_rows`: distributions and worst shards), printing both stats.json sizes.
+Afterwards the build is summarised twice with compute_stats, from the last run's samples files
+(every shard listed, and past `max_shard_rows`: distributions and worst shards), printing both
+stats.json sizes.
 
 Target (printed MET / MISSED): 2 workers >= 1.7x the shards per second of 1 worker.
 """
@@ -265,13 +266,10 @@ def _child(code: str, *args: str) -> dict[str, Any]:
         return json.loads(Path(result.name).read_text())
 
 
-def measure(root: Path, work: Path, cpus: int, run: int) -> dict[str, Any]:
-    out = work / f"out-{cpus}-{run}"
+def measure(root: Path, out: Path, cpus: int) -> dict[str, Any]:
+    """One timed extraction into an empty `out` (left filled, for the summary to reuse)."""
     shutil.rmtree(out, ignore_errors=True)
-    try:
-        return _child(CHILD, str(root), str(out), str(cpus))
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
+    return _child(CHILD, str(root), str(out), str(cpus))
 
 
 def _load() -> str:
@@ -318,7 +316,7 @@ def main() -> None:
         runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
         for run in range(args.repeats):
             for cpus in (1, 2):
-                m = measure(root, work, cpus, run)
+                m = measure(root, work / "out", cpus)
                 runs[cpus].append(m)
                 samples = m["files"] * args.samples_per_shard
                 print(
@@ -346,7 +344,7 @@ def main() -> None:
             f"on 2 free cores: 1 worker >= {one:.1f} s, 2 workers >= {two:.1f} s: "
             f"{one / two:.2f}x at best"
         )
-        sizes = _child(SUMMARY, str(root), str(work / "out-summary"))
+        sizes = _child(SUMMARY, str(root), str(work / "out"))  # the samples files are there
         print(
             f"stats.json: {sizes['1000000000'] / 1e3:,.0f} kB with every shard listed, "
             f"{sizes['0'] / 1e3:,.0f} kB with max_shard_rows 0 "
