@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -30,7 +30,9 @@ from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.decode_stage import decode_or_quarantine
 from pipelines.ingest.items import SourceItem
 from pipelines.ingest.sink import StagedRows, write_staged
-from pipelines.ingest.vad_stage import Outcome, VadSegmenter
+
+if TYPE_CHECKING:
+    from pipelines.ingest.vad_stage import Outcome
 
 TASKS_PER_WORKER = 2
 """Batches queued on each worker at once: one running, one waiting, so a worker never idles
@@ -44,6 +46,10 @@ class IngestWorker:
     """One CPU's worth of ingest: loads the VAD once, then processes batches until the run ends."""
 
     def __init__(self, config: dict[str, Any], fs: pafs.FileSystem, staging_root: str) -> None:
+        # Imported here, not at the top: the driver defines this actor class but never runs it,
+        # and torch (the VAD's) costs ~2 CPU-seconds to import.
+        from pipelines.ingest.vad_stage import VadSegmenter
+
         self.config = IngestConfig(**config)
         self.segmenter = VadSegmenter(config)
         self.fs = fs
