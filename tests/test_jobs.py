@@ -15,6 +15,7 @@ def test_demo_job_parses(tmp_path):
         "verify",
         "train",
         "stats",
+        "plan",
     ]
     ingest = plan[1][1]
     assert ingest["src"].startswith(str(tmp_path))
