@@ -409,7 +409,9 @@ def _duration(hours: float) -> str:
         return f"{hours / 24:,.1f} d"
     if hours >= 1:
         return f"{hours:.1f} h"
-    return f"{hours * 60:.1f} min"
+    if hours >= 1 / 60:
+        return f"{hours * 60:.1f} min"
+    return f"{hours * 3600:.0f} s"
 
 
 def _bytes(n: float) -> str:
