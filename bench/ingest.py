@@ -23,26 +23,41 @@ GCS and workers, Lhotse's pool), which stays meaningful when other work shares t
 Read wall figures only beside the load average printed with them.
 
 Measured 2026-12-07, this project's machine (AMD EPYC VM, 2 vCPUs; Python 3.11.7, Ray 2.60.0,
-torch 2.14.1, Lhotse 1.33.0), `--hours 10` (10.03 audio hours per format, 5,148 files), three
-runs; the machine was shared with four other sessions (load average 4.8-17.6 on 2 cores):
+torch 2.14.1, Lhotse 1.33.0), `--hours 10` (10.03 audio hours per format, 5,148 files), four
+runs; the machine was shared with four other sessions (load average 2.0-17.6 on 2 cores; the
+load average includes the run itself, so ~2 is a quiet machine).
+
+Run 4, quiet (load 2.0), audio-hours per core-hour of wall time:
+
+| input | minmo whole run | chain | minmo / chain | Lhotse | minmo / Lhotse |
+|---|---|---|---|---|---|
+| WAV 16 kHz | 578 (31 s wall) | 745 | 78 % | 1,045 | 0.55x |
+| FLAC 44.1 kHz | 334 (54 s wall) | 375 | 89 % | 395 | 0.85x |
+
+Per CPU-hour of the run's process tree, all four runs:
 
 | run (load) | input | minmo / CPU-h | chain / CPU-h | minmo / chain | Lhotse / CPU-h | minmo / Lhotse |
 |---|---|---|---|---|---|---|
 | 1 (17.6) | WAV 16 kHz | 645 | 848 | 76 % | 1,216 | 0.53x |
 | 2 (9.3) | WAV 16 kHz | 734 | 852 | 86 % | 1,301 | 0.56x |
 | 3 (4.8) | WAV 16 kHz | 748 | 896 | 83 % | 1,272 | 0.59x |
+| 4 (2.0) | WAV 16 kHz | 634 | 748 | 85 % | 1,267 | 0.50x |
 | 1 (11.2) | FLAC 44.1 kHz | 347 | 425 | 82 % | 479 | 0.73x |
 | 2 (7.8) | FLAC 44.1 kHz | 358 | 415 | 86 % | 503 | 0.71x |
 | 3 (8.2) | FLAC 44.1 kHz | 346 | 408 | 85 % | 468 | 0.74x |
+| 4 (1.9) | FLAC 44.1 kHz | 346 | 376 | 92 % | 475 | 0.73x |
 
-Wall-clock figures of the same runs (audio-h per core-hour of wall; they move with the load):
-minmo 103 / 261 / 271 (WAV), 108 / 101 / 110 (FLAC); Lhotse 292 / 449 / 481, 166 / 414 / 129.
+Wall-clock figures of runs 1-3 moved with the load: minmo 103 / 261 / 271 (WAV), 108 / 101 /
+110 (FLAC); Lhotse 292 / 449 / 481, 166 / 414 / 129. Before the single worker pool (issue 15,
+`--hours 4`, quiet): minmo 371 / 187, 0.26x / 0.37x Lhotse, ~30 % of the chain.
 
-Targets (issue 15): minmo >= 1.0x Lhotse: missed (0.53-0.59x WAV, 0.71-0.74x FLAC, CPU time).
-minmo >= 85 % of the chain: met on CPU time in runs 2-3 (83-86 %), not measurable on wall time
-on this shared machine. Even the chain is below Lhotse (~0.7x WAV, ~0.85x FLAC): the VAD, which
-Lhotse does not run, is ~80 % of a WAV worker's CPU and ~40 % of a FLAC one's, and the batched
-silero network is near this CPU's fp32 GEMM rate (~800k FLOP per 32 ms window).
+Targets (issue 15): minmo >= 1.0x Lhotse: missed (quiet run: 0.55x WAV, 0.85x FLAC).
+minmo >= 85 % of the chain: met for FLAC (89 % wall, 92 % CPU), missed for WAV (78 % wall,
+85 % CPU): a WAV run is short (31 s), so the pool's start-up (two workers importing torch,
+~2 CPU-s each) and the commits weigh more. Even the chain is below Lhotse (quiet run: 0.71x
+WAV, 0.95x FLAC): the VAD, which Lhotse does not run, is ~80 % of a WAV worker's CPU and ~40 %
+of a FLAC one's, and the batched silero network is near this CPU's fp32 GEMM rate (~800k FLOP
+per 32 ms window).
 """
 
 from __future__ import annotations
