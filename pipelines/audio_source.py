@@ -14,21 +14,24 @@ OLD to NEW here. Nothing is rewritten: the tables, specs and shards stay byte-id
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from pipelines.build import BuildDir
+from pipelines.build import BuildDir, is_build_key
 
 ROOTS_FILE = ("_state", "source_roots.json")
 
 
 @dataclass(frozen=True)
 class SourceRoots:
-    """Source prefixes that moved: (old, new) pairs, the longest matching old prefix wins."""
+    """Source prefixes that moved: (old, new) pairs, the longest matching old prefix wins;
+    and the build itself, which `build:` keys (pipelines/build.py) resolve against wherever
+    the build is now (not a recorded move: nothing to record when the build moves)."""
 
     moves: tuple[tuple[str, str], ...] = ()
+    build: BuildDir | None = field(default=None, compare=False)
 
     @classmethod
     def parse(cls, specs: Iterable[str]) -> SourceRoots:
@@ -49,15 +52,15 @@ class SourceRoots:
         """What the build has recorded (none: sources are where ingest found them)."""
         path = build.path(*ROOTS_FILE)
         if not build.exists(path):
-            return cls()
-        return cls(tuple((old, new) for old, new in build.read_json(path)["moves"]))
+            return cls(build=build)
+        return cls(tuple((old, new) for old, new in build.read_json(path)["moves"]), build)
 
     def record(self, build: BuildDir) -> SourceRoots:
         """Add these moves to the build's (a later move of the same old prefix replaces the
         earlier one) and write them atomically; returns what the build now holds."""
         merged = dict(SourceRoots.load(build).moves)
         merged.update(self.moves)
-        roots = SourceRoots(tuple(sorted(merged.items())))
+        roots = SourceRoots(tuple(sorted(merged.items())), build)
         if roots.moves:
             build.write_json_atomic(
                 build.path(*ROOTS_FILE), {"moves": [list(m) for m in roots.moves]}
@@ -65,7 +68,11 @@ class SourceRoots:
         return roots
 
     def resolve(self, uri: str) -> str:
-        """Where the source once at `uri` is now."""
+        """Where the source once at `uri` is now; a `build:` key resolves in this build."""
+        if is_build_key(uri):
+            if self.build is None:
+                raise ValueError(f"{uri!r} names audio in a build: load the roots from it")
+            return self.build.resolve_key(uri)
         best = None
         for old, new in self.moves:
             if (uri == old or uri.startswith(old + "/")) and (
@@ -99,7 +106,7 @@ def load_audio_16k(
     from minmo.audio.resample import TARGET_RATE_HZ, resample
     from pipelines.ingest.decode_stage import read_source
 
-    uri = roots.resolve(source_uri) if roots else source_uri
+    uri = (roots or SourceRoots()).resolve(source_uri)
     audio = decode_audio(read_source(uri, storage_options), container_of(uri))
     samples = fold_dual_mono(audio.samples)
     if channels == 1 and samples.shape[0] > 1:

@@ -21,7 +21,18 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from pipelines.ingest.fs import open_filesystem
+from pipelines.ingest.fs import open_filesystem, to_uri
+
+BUILD_KEY_PREFIX = "build:"
+"""Audio a step writes into the build (synthesized lines, duplex calls) is named
+`build:<path relative to DIR>` in the tables (`source_uri` and `source_key` alike), never by
+an absolute path: a moved or copied build reads it from wherever DIR is now, with no
+`--source-root`, and ids, specs and shard provenance do not change (issue 15 item 6). Only
+`BuildDir.resolve_key` turns a key into a location, and only where the audio is read."""
+
+
+def is_build_key(uri: str) -> bool:
+    return uri.startswith(BUILD_KEY_PREFIX)
 
 
 class BuildDir:
@@ -37,6 +48,16 @@ class BuildDir:
 
     def table_dir(self, table: str) -> str:
         return self.path(table)
+
+    def key(self, *parts: str) -> str:
+        """The relocatable name of DIR/<parts> (see BUILD_KEY_PREFIX)."""
+        return BUILD_KEY_PREFIX + "/".join(parts)
+
+    def resolve_key(self, key: str) -> str:
+        """Where the file named `key` is now: its canonical URI under the current DIR."""
+        if not is_build_key(key):
+            raise ValueError(f"{key!r} is not a build key ({BUILD_KEY_PREFIX}<path in DIR>)")
+        return to_uri(self.fs, self.path(key[len(BUILD_KEY_PREFIX) :]))
 
     def exists(self, path: str) -> bool:
         return self.fs.get_file_info(path).type != pafs.FileType.NotFound

@@ -10,7 +10,8 @@ Must not: synthesise audio or write tables; the synthesize step does both.
     ("quarantine", row)             # a QUARANTINE row, reason_code "bad_dialogue"
 
 A dialogue is kept whole or refused whole: a TTS run over half a conversation is worse than none.
-Output depends only on the file's bytes and its source URI, so reruns give identical rows and ids.
+Output depends only on the file's bytes and its source URI, so reruns give identical rows and ids;
+ids depend only on the bytes and the file's name, not on where it is mounted (`_dialogue_id`).
 
 Accepted line layouts (`layout="auto"` picks per line by key):
 
@@ -241,8 +242,9 @@ def read_dialogues(
 
     Local paths are opened directly; URIs (`s3://...`, `file://...`) through pyarrow.fs, with
     `storage_options` (e.g. an S3 endpoint) for their filesystem. Lines are
-    numbered from 1; blank lines are skipped. A dialogue without `id` gets
-    sha1(f"{source_uri}#{line}")[:16], source_uri being the absolute path or the URI as given.
+    numbered from 1; blank lines are skipped. A dialogue without `id` gets an id from the
+    file's name, the line number and the line's bytes (`_dialogue_id`): the same file under
+    another directory, bucket or mount keeps its ids, and so its audio and shards.
     A repeated `id` is quarantined (its first occurrence is kept), since TTS keys derive from it.
     `layout` other than "auto" forces one layout for every line. Bad input never raises: a missing
     file does (FileNotFoundError), and so does an unknown `layout` (ValueError).
@@ -324,7 +326,7 @@ def _parse_line(raw: bytes, line_no: int, source_uri: str, layout: str) -> list[
             "no recognised layout: expected 'messages' (chatml), 'conversations' (sharegpt) or "
             f"'instruction' + 'output' (alpaca); keys are {sorted(obj)}"
         )
-    dialogue_id = _dialogue_id(obj, source_uri, line_no)
+    dialogue_id = _dialogue_id(obj, source_uri, line_no, raw)
     try:
         return _rows(obj, chosen, dialogue_id, source_uri)
     except _Refused as refused:
@@ -383,10 +385,17 @@ def _detect(obj: dict[str, Any]) -> ChatLayout | None:
     return None
 
 
-def _dialogue_id(obj: dict[str, Any], source_uri: str, line_no: int) -> str:
+def _dialogue_id(obj: dict[str, Any], source_uri: str, line_no: int, raw: bytes) -> str:
+    """The row's own `id`, else sha1(file name # line number \n line bytes)[:16].
+
+    The file's name is its last path component: the listed file is its own root, so that is
+    its path relative to the root (`chats.jsonl` in /data/a or s3://bucket/b gives the same
+    ids). The line's bytes join the hash so that two different files that share a name cannot
+    share ids (one would shadow the other); an identical line is the same dialogue anyway."""
     given = obj.get("id")
     if given is None:
-        return hashlib.sha1(f"{source_uri}#{line_no}".encode()).hexdigest()[:16]
+        name = source_uri.rstrip("/").rsplit("/", 1)[-1]
+        return hashlib.sha1(f"{name}#{line_no}\n".encode() + raw).hexdigest()[:16]
     if isinstance(given, bool) or not isinstance(given, str | int) or not str(given).strip():
         raise _Refused(f"'id' must be a non-empty string or an integer, got {given!r}")
     return str(given).strip()

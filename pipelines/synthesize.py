@@ -12,6 +12,8 @@ replies from a given JSONL of responses (no LLM is called), synthesised in the t
 
 Everything is seeded by dialogue id: reruns write byte-identical audio. Resumable like every
 step (pipelines/recording_step.py); a dialogue the TTS cannot speak is quarantined whole.
+The audio is named in every table by its build key (`build:audio/...`, pipelines/build.py),
+never by an absolute path, so a moved build keeps its ids and its shards' bytes.
 """
 
 from __future__ import annotations
@@ -143,9 +145,10 @@ def flac_bytes(audio: np.ndarray) -> bytes:
 
 
 def recording_row(
-    uri: str, audio: np.ndarray, data: bytes, config: SynthesizeConfig, **extra: Any
+    key: str, audio: np.ndarray, data: bytes, config: SynthesizeConfig, **extra: Any
 ) -> dict[str, Any]:
-    """A recordings row for audio this step wrote (measured like ingest measures)."""
+    """A recordings row for audio this step wrote (measured like ingest measures). `key` is
+    its build key: it is the row's `source_uri` and `source_key`, and the id hashes it."""
     from minmo.audio import measure
     from pipelines.ingest.decode_stage import recording_id
 
@@ -155,8 +158,9 @@ def recording_row(
     loud = powers.max() if powers.size else 0.0
     speech_ratio = float(np.mean(powers > loud * 1e-4)) if loud > 0 else 0.0  # within 40 dB
     return {
-        "recording_id": recording_id(uri, sha1),
-        "source_uri": uri,
+        "recording_id": recording_id(key, sha1),
+        "source_uri": key,
+        "source_key": key,
         "corpus": config.corpus,
         "container": "flac",
         "sample_rate_hz": RATE_HZ,
@@ -256,10 +260,10 @@ class SynthesizeStage:
         return audio, None
 
     def _write(self, path: str, audio: np.ndarray) -> tuple[str, bytes]:
+        """Write DIR/<path> as FLAC; returns its build key and the bytes."""
         data = flac_bytes(audio)
-        full = self.build.path(path)
-        self.build.write_bytes_atomic(full, data)
-        return to_uri(self.build.fs, full), data
+        self.build.write_bytes_atomic(self.build.path(path), data)
+        return self.build.key(path), data
 
     def _dialogue(self, item: dict[str, Any]) -> dict[str, Any]:
         from minmo.tts.base import Style, TtsRequest, Voice

@@ -18,9 +18,11 @@ RECORDINGS = TableContract(
         [
             # sha1(source_key, content): the same wherever the corpus or the build is mounted
             pa.field("recording_id", pa.string(), nullable=False),
-            pa.field("source_uri", pa.string(), nullable=False),  # where it was when ingested
-            # `corpus:path relative to the listed source root` (pipelines.ingest.items.source_key);
-            # always set by ingest, null only on rows a later step made of audio it wrote itself
+            # where it was when ingested; audio a step wrote into the build: its build key
+            pa.field("source_uri", pa.string(), nullable=False),
+            # `corpus:path relative to the listed source root` (pipelines.ingest.items.source_key),
+            # or `build:<path in the build>` (pipelines.build) for audio a step wrote; null only
+            # on rows such a step wrote before build keys
             pa.field("source_key", pa.string()),
             pa.field("corpus", pa.string(), nullable=False),
             pa.field("container", pa.string(), nullable=False),  # wav, flac, mp3, ogg, m4a, ...

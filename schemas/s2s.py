@@ -31,6 +31,7 @@ S2S_SAMPLES = TableContract(
             pa.field("language", pa.string()),
             pa.field("history_json", pa.string()),  # earlier turns as ChatML text messages
             pa.field("user_text", pa.string(), nullable=False),
+            # a recording's source_uri: a build key (`build:...`) for synthesized audio
             pa.field("user_audio_uri", pa.string(), nullable=False),
             pa.field("user_start_s", pa.float64(), nullable=False),
             pa.field("user_end_s", pa.float64(), nullable=False),

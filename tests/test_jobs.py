@@ -157,7 +157,7 @@ def test_demo_job_table_steps_on_s3(tmp_path, moto_s3_options):
     import yaml
 
     from minmo.demo import build_demo_corpus
-    from pipelines.build import BuildDir
+    from pipelines.build import BuildDir, is_build_key
     from pipelines.ingest.run import read_table
 
     if shutil.which("espeak-ng") is None:
@@ -219,10 +219,16 @@ def test_demo_job_table_steps_on_s3(tmp_path, moto_s3_options):
     assert sum(r["source_uri"].startswith(f"{build}/demo-src/") for r in recordings) == (
         local.utterances + local.conversations
     )
-    assert all(r["source_uri"].startswith(f"{build}/") for r in recordings)
+    # What synthesize wrote is named by its build key (relocatable), read under the build.
+    synthesized = [r for r in recordings if is_build_key(r["source_uri"])]
+    assert synthesized and all(r["source_key"] == r["source_uri"] for r in synthesized)
+    assert all(
+        r["source_uri"].startswith(f"{build}/") or is_build_key(r["source_uri"]) for r in recordings
+    )
     for sample in tables["s2s_samples"]:
         for uri in (sample["user_audio_uri"], sample["assistant_audio_uri"]):
-            assert uri.removeprefix("s3://") in keys, uri
+            where = b.resolve_key(uri) if is_build_key(uri) else uri
+            assert where.removeprefix("s3://") in keys, uri
     assert {q["reason_code"] for q in tables["quarantine"]} == {"bad_dialogue"}
     conversations = {r["recording_id"] for r in recordings if r["task"] == "conversation"}
     assert {t["recording_id"] for t in tables["turns"]} == conversations

@@ -348,8 +348,20 @@ class StageBuilder:
         self._skip(task, "user audio outside min/max input duration")
         return False
 
+    def _s2s_provenance(self, row: dict[str, Any], keys: dict[str, str]) -> dict[str, Any]:
+        """An s2s row's ids and its user audio's relocatable key (never an absolute path: a
+        synthesized line is named by its build key, a real query by its recording's key,
+        where this unit's recordings hold it)."""
+        return {
+            "sample_id": row["sample_id"],
+            "dialogue_id": row["dialogue_id"],
+            "recipe": row["recipe"],
+            "source_key": keys.get(row["user_audio_uri"], row["user_audio_uri"]),
+        }
+
     def _s2t_chat(self) -> Iterator[dict[str, Any]]:
         channels = sources.channels_by_uri(self.recs)
+        keys = sources.keys_by_uri(self.recs)
         for row in self._s2s_rows():
             if not self._user_span_ok(row, "s2t_chat"):
                 continue
@@ -366,12 +378,7 @@ class StageBuilder:
                     },
                     {"role": "assistant", "content": row["assistant_text"]},
                 ],
-                meta={
-                    "sample_id": row["sample_id"],
-                    "dialogue_id": row["dialogue_id"],
-                    "recipe": row["recipe"],
-                    "source_uri": row["user_audio_uri"],
-                },
+                meta=self._s2s_provenance(row, keys),
                 input_audio=self._user_ref(row, channels),
             )
 
@@ -425,6 +432,7 @@ class StageBuilder:
 
     def _stage3(self) -> Iterator[dict[str, Any]]:
         channels = sources.channels_by_uri(self.recs)
+        keys = sources.keys_by_uri(self.recs)
         for row in self._s2s_rows():
             if not self._user_span_ok(row, "s2s_chat"):
                 continue
@@ -445,11 +453,10 @@ class StageBuilder:
                     {"role": "assistant", "content": row["assistant_text"]},
                 ],
                 meta={
-                    "sample_id": row["sample_id"],
-                    "dialogue_id": row["dialogue_id"],
-                    "recipe": row["recipe"],
-                    "source_uri": row["user_audio_uri"],
-                    "assistant_audio_uri": row["assistant_audio_uri"],
+                    **self._s2s_provenance(row, keys),
+                    "assistant_audio_key": keys.get(
+                        row["assistant_audio_uri"], row["assistant_audio_uri"]
+                    ),
                     "user_voice": row.get("user_voice"),
                     "assistant_voice": row["assistant_voice"],
                     "instruction": instruction,

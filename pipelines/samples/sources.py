@@ -106,6 +106,11 @@ def channels_by_uri(recs: dict[str, RecordingInfo]) -> dict[str, int]:
     return {r.source_uri: r.channels for r in recs.values()}
 
 
+def keys_by_uri(recs: dict[str, RecordingInfo]) -> dict[str, str]:
+    """Audio URI -> relocatable key, for provenance of rows that name audio by URI (s2s)."""
+    return {r.source_uri: r.source_key for r in recs.values()}
+
+
 @dataclass(frozen=True)
 class TurnStyle:
     """What the dialogues table says about how one synthesized line was spoken."""

@@ -9,7 +9,7 @@ through Ray Data as one string column:
     input_audio    AudioRef or None: the audio the model hears (-> <key>.flac)
     target_speech  AudioRef or None: the speech the model says (-> <key>.speech_tokens.npy)
     labels         list[int] or None: duplex frame labels (-> <key>.labels.npy)
-    meta           provenance (recording / segment / sample ids, source URIs, corpus) and
+    meta           provenance (recording / segment / sample ids, source keys, corpus) and
                    task fields (hotwords, translation language, instruction, label hop)
 """
 

@@ -88,7 +88,9 @@ def test_sharegpt_rows_exact_and_hashed_id(tmp_path):
         },
     )
     turns, refused = read(path)
-    did = hashlib.sha1(f"{path}#1".encode()).hexdigest()[:16]
+    # The id hashes the file's name, not where it lies, and the line's bytes.
+    raw = Path(path).read_bytes().splitlines()[0]
+    did = hashlib.sha1(f"{Path(path).name}#1\n".encode() + raw).hexdigest()[:16]
     assert refused == []
     assert turns == [
         turn(did, 0, "user", "Q1", "sharegpt", path),
@@ -96,6 +98,13 @@ def test_sharegpt_rows_exact_and_hashed_id(tmp_path):
         turn(did, 2, "user", "Q2", "sharegpt", path),
         turn(did, 3, "assistant", "A2", "sharegpt", path),
     ]
+    # Mounted elsewhere under the same name: the same ids; another name: other ids.
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    (moved / "d.jsonl").write_bytes(Path(path).read_bytes())
+    (moved / "e.jsonl").write_bytes(Path(path).read_bytes())
+    assert {t["dialogue_id"] for t in read(str(moved / "d.jsonl"))[0]} == {did}
+    assert {t["dialogue_id"] for t in read(str(moved / "e.jsonl"))[0]} != {did}
 
 
 def test_alpaca_rows_exact(tmp_path):
@@ -292,6 +301,7 @@ def test_malformed_line_quarantined_and_neighbours_kept(tmp_path, line, detail, 
             "reason_code": "bad_dialogue",
             "detail": detail,
             "item_key": item_key,
+            "source_key": None,
         }
     ]
 

@@ -82,9 +82,11 @@ def test_dialogues_become_stage3_samples(built: dict[str, Any]) -> None:
         )
     )
     assert len(tts) == replies > 8
+    build = BuildDir(built["build"])
     for sample in tts:
-        user, rate = sf.read(sample["user_audio_uri"])
-        reply, _ = sf.read(sample["assistant_audio_uri"])
+        # Named by build keys (relocatable), read where the build is now.
+        user, rate = sf.read(build.resolve_key(sample["user_audio_uri"]))
+        reply, _ = sf.read(build.resolve_key(sample["assistant_audio_uri"]))
         assert rate == 16000 and len(user) > 0.3 * rate and len(reply) > 0.3 * rate
         assert sample["assistant_voice"].startswith("assistant:")
     # One assistant voice per language, user voices drawn from a pool.
@@ -105,7 +107,7 @@ def test_real_queries_are_answered_in_the_target_voice(built: dict[str, Any]) ->
     for s in samples:
         assert "/demo/utterances/" in s["user_audio_uri"]  # the real recording, not a synthesis
         assert s["user_end_s"] > s["user_start_s"]
-        assert Path(s["assistant_audio_uri"]).exists()
+        assert Path(BuildDir(built["build"]).resolve_key(s["assistant_audio_uri"])).exists()
         assert s["assistant_voice"] == "assistant:en-us+f5"
 
 
@@ -171,7 +173,7 @@ def test_simulated_calls_flow_through_diarize_and_label_turns(built: dict[str, A
     turns = read_table(b, "turns").to_pylist()
     conversations = []
     for rid in sorted({t["recording_id"] for t in turns}):
-        uri = recordings[rid]["source_uri"]
+        uri = b.resolve_key(recordings[rid]["source_uri"])
         (reference,) = read_rttm(uri[: -len(".flac")] + ".rttm").values()
         hyp = [
             Span(t["speaker"], t["start_s"], t["end_s"]) for t in turns if t["recording_id"] == rid
@@ -180,7 +182,7 @@ def test_simulated_calls_flow_through_diarize_and_label_turns(built: dict[str, A
             (rid, recordings[rid]["duration_s"], hyp, [Span(*r) for r in reference])
         )
     # 8 short calls hold only ~14 hand-overs to the user, so the seeded gap draws (keyed by
-    # recording id, which here depends on the temp path) swing F1 by ~0.07 per mismatch. Keeping
+    # recording id) swing F1 by ~0.07 per mismatch. Keeping
     # the user's real start on both sides measures the diarization alone.
     real_starts = label_agreement(conversations, DuplexConfig(immediate_s=math.inf))
     for event_type in (EventType.ASSISTANT_TURN_TAKING, EventType.USER_TURN_TAKING):
