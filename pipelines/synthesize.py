@@ -350,6 +350,7 @@ class SynthesizeStage:
                     "history_json": json.dumps(history, ensure_ascii=False),
                     "user_text": user["text"],
                     "user_audio_uri": uris[i - 1],
+                    "user_audio_key": uris[i - 1],  # a build key already
                     "user_start_s": 0.0,
                     "user_end_s": len(audio[i - 1]) / RATE_HZ,
                     "user_voice": user_voice.voice_id,
@@ -443,6 +444,7 @@ class SynthesizeStage:
             "history_json": "[]",
             "user_text": item["query_text"],
             "user_audio_uri": item["source_uri"],
+            "user_audio_key": item["source_key"],
             "user_start_s": item["start_s"],
             "user_end_s": item["end_s"],
             "user_voice": item.get("speaker"),
@@ -570,23 +572,20 @@ def query_items(build: BuildDir, config: SynthesizeConfig) -> list[dict[str, Any
     recordings = pads.dataset(
         build.files(build.table_dir("recordings"), ".parquet"), filesystem=build.fs
     ).to_table(
-        columns=["recording_id", "source_uri"],
+        columns=["recording_id", "source_uri", "source_key"],
         filter=pc.field("recording_id").isin(segments.column("recording_id").unique()),
     )
-    uri = dict(
-        zip(
-            recordings.column("recording_id").to_pylist(),
-            recordings.column("source_uri").to_pylist(),
-            strict=True,
-        )
-    )
+    info = {r["recording_id"]: r for r in recordings.to_pylist()}
     items = []
     for s in segments.to_pylist():
         items.append(
             {
                 "recording_id": f"query-{s['segment_id']}",
                 "kind": "asr_query",
-                "source_uri": uri[s["recording_id"]],
+                "source_uri": info[s["recording_id"]]["source_uri"],
+                # relocatable: s2s provenance names the real query by it, never by its path
+                "source_key": info[s["recording_id"]]["source_key"]
+                or info[s["recording_id"]]["source_uri"],
                 "start_s": s["start_s"],
                 "end_s": s["end_s"],
                 "query_text": s["text"],

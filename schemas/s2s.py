@@ -3,6 +3,9 @@
 Each row pairs the user's audio (synthesised, or a real ingested utterance) with the assistant's
 text and its synthesised audio (from which the shard step takes speech tokens). Audio is
 referenced by URI into the build directory (FLAC, 16 kHz) or the source corpus.
+
+v2 (relocatable builds): `user_audio_key`, the user audio's recording `source_key`, so that
+shard provenance names it without a path even when it lives in another unit (a real query).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ class S2SRecipe(str, enum.Enum):
 
 S2S_SAMPLES = TableContract(
     name="s2s_samples",
-    version=1,
+    version=2,
     schema=pa.schema(
         [
             pa.field("sample_id", pa.string(), nullable=False),
@@ -33,6 +36,7 @@ S2S_SAMPLES = TableContract(
             pa.field("user_text", pa.string(), nullable=False),
             # a recording's source_uri: a build key (`build:...`) for synthesized audio
             pa.field("user_audio_uri", pa.string(), nullable=False),
+            pa.field("user_audio_key", pa.string()),  # its recording's source_key; null before v2
             pa.field("user_start_s", pa.float64(), nullable=False),
             pa.field("user_end_s", pa.float64(), nullable=False),
             pa.field("user_voice", pa.string()),

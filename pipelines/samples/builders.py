@@ -350,13 +350,14 @@ class StageBuilder:
 
     def _s2s_provenance(self, row: dict[str, Any], keys: dict[str, str]) -> dict[str, Any]:
         """An s2s row's ids and its user audio's relocatable key (never an absolute path: a
-        synthesized line is named by its build key, a real query by its recording's key,
-        where this unit's recordings hold it)."""
+        synthesized line is named by its build key, a real query by its recording's key;
+        rows from before s2s_samples v2 look it up among this unit's recordings)."""
         return {
             "sample_id": row["sample_id"],
             "dialogue_id": row["dialogue_id"],
             "recipe": row["recipe"],
-            "source_key": keys.get(row["user_audio_uri"], row["user_audio_uri"]),
+            "source_key": row.get("user_audio_key")
+            or keys.get(row["user_audio_uri"], row["user_audio_uri"]),
         }
 
     def _s2t_chat(self) -> Iterator[dict[str, Any]]:

@@ -90,3 +90,19 @@ def test_config_errors_say_what_is_wrong(kwargs: dict, message: str) -> None:
 
 def test_all_means_every_stage() -> None:
     assert ShardsConfig(stages="all").stages == ["stage1", "stage2", "stage3", "stage4"]
+
+
+def test_s2s_provenance_names_the_user_audio_by_key_not_path(tmp_path: Path) -> None:
+    from pipelines.build import BuildDir
+    from pipelines.samples.builders import SampleConfig, StageBuilder
+
+    builder = StageBuilder(BuildDir(str(tmp_path)), SampleConfig())
+    row = {"sample_id": "s", "dialogue_id": "d", "recipe": "asr_query"}
+    row["user_audio_uri"] = "/mnt/a/corpus/x.wav"
+    meta = builder._s2s_provenance({**row, "user_audio_key": "corpus:x.wav"}, {})
+    assert meta == {"sample_id": "s", "dialogue_id": "d", "recipe": "asr_query"} | {
+        "source_key": "corpus:x.wav"
+    }
+    # A row from before s2s_samples v2: the unit's recordings map its URI to the key.
+    old = builder._s2s_provenance(row, {"/mnt/a/corpus/x.wav": "corpus:x.wav"})
+    assert old["source_key"] == "corpus:x.wav"

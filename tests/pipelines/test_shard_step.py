@@ -224,8 +224,9 @@ def test_failed_samples_are_quarantined_and_counted(demo: dict[str, Any], tmp_pa
     shutil.copytree(demo["build"], copy, ignore=shutil.ignore_patterns("shards"))
     s2s = read_table(BuildDir(str(copy)), "s2s_samples").to_pylist()
     victim = next(r for r in s2s if r["recipe"] == "tts_dialogue")
-    # The copy's rows still name the original build's audio: corrupt it for this run only.
-    original = Path(victim["assistant_audio_uri"])
+    # The rows name synthesized audio by build key: the copy reads (and here breaks) its own.
+    original = Path(BuildDir(str(copy)).resolve_key(victim["assistant_audio_uri"]))
+    assert str(copy) in str(original)
     saved = original.read_bytes()
     original.write_bytes(b"not audio at all")
     try:

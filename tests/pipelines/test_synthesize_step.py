@@ -87,6 +87,7 @@ def test_dialogues_become_stage3_samples(built: dict[str, Any]) -> None:
         # Named by build keys (relocatable), read where the build is now.
         user, rate = sf.read(build.resolve_key(sample["user_audio_uri"]))
         reply, _ = sf.read(build.resolve_key(sample["assistant_audio_uri"]))
+        assert sample["user_audio_key"] == sample["user_audio_uri"]
         assert rate == 16000 and len(user) > 0.3 * rate and len(reply) > 0.3 * rate
         assert sample["assistant_voice"].startswith("assistant:")
     # One assistant voice per language, user voices drawn from a pool.
@@ -102,10 +103,15 @@ def test_dialogues_become_stage3_samples(built: dict[str, Any]) -> None:
 
 
 def test_real_queries_are_answered_in_the_target_voice(built: dict[str, Any]) -> None:
-    samples = [s for s in _tables(built["build"])["s2s_samples"] if s["recipe"] == "asr_query"]
+    tables = _tables(built["build"])
+    samples = [s for s in tables["s2s_samples"] if s["recipe"] == "asr_query"]
     assert len(samples) == built["queries"] == 6
+    key_of = {r["source_uri"]: r["source_key"] for r in tables["recordings"]}
     for s in samples:
         assert "/demo/utterances/" in s["user_audio_uri"]  # the real recording, not a synthesis
+        # provenance names it by its relocatable key, not by its path
+        assert s["user_audio_key"] == key_of[s["user_audio_uri"]]
+        assert s["user_audio_key"].startswith("minmo-demo:utterances/")
         assert s["user_end_s"] > s["user_start_s"]
         assert Path(BuildDir(built["build"]).resolve_key(s["assistant_audio_uri"])).exists()
         assert s["assistant_voice"] == "assistant:en-us+f5"
