@@ -62,6 +62,8 @@ UNSERVED = [
     ("train", ["train", "job.yaml", "--build", "b", "--staging", "s3://b/tmp"]),
     ("run", ["run", BAD, "--build", "b"]),
     ("run", ["run", "job.yaml", "--build", BAD]),
+    ("plan", ["plan", "--mix", BAD]),
+    ("plan", ["plan", "--rates", BAD]),
 ]
 
 
@@ -80,7 +82,7 @@ def test_every_command_taking_a_path_checks_it():
 
     assert {c for c, _ in UNSERVED} == set(PATH_ARGS) == {
         "demo-data", "ingest", "synthesize", "diarize", "label-turns",
-        "shards", "verify", "stats", "train", "run",
+        "shards", "verify", "stats", "train", "run", "plan",
     }  # fmt: skip
     # every entry names a real argument (a typo would silently go unchecked)
     sub = next(a for a in build_parser()._actions if a.dest == "command")
