@@ -66,6 +66,7 @@ sys.path.insert(0, str(BENCH))
 
 from machine import cpu_model  # noqa: E402
 from shards_scale import ProcessSampler  # noqa: E402
+from shards_scale import run_child as run_child_script  # noqa: E402
 
 DEMO_JOB = REPO / "jobs" / "demo.yaml"
 DIALOGUES = REPO / "jobs" / "data" / "demo_dialogues.jsonl"
@@ -167,23 +168,8 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_child(job: dict[str, Any], log: Path) -> dict[str, Any]:
-    """`child(job)` in a fresh interpreter; the result comes back in a file (Ray forwards worker
-    output to the driver's stdout at any time, so stdout goes to the log)."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    result_path = log.with_name(f"child-{time.time_ns()}.json")
-    with log.open("a") as out:
-        code = subprocess.run(
-            [sys.executable, __file__, "--child", json.dumps(job), "--result", str(result_path)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        ).returncode
-    if code != 0 or not result_path.exists():
-        tail = log.read_text(errors="replace")[-4000:]
-        raise RuntimeError(f"child failed (exit {code}); log {log}:\n{tail}")
-    result = json.loads(result_path.read_text())
-    result_path.unlink()
-    return result
+    """`child(job)` of this script in a fresh interpreter (shards_scale's runner)."""
+    return run_child_script(job, log, script=__file__)
 
 
 # ---- measuring one size ----------------------------------------------------------------------

@@ -275,14 +275,15 @@ def steady_rate(shards: list[dict[str, Any]]) -> float | None:
     return sum(c["samples"] for c in shards[1:]) / span if span > 0 else None
 
 
-def run_child(job: dict[str, Any], log: Path) -> dict[str, Any]:
-    """`child(job)` in a fresh interpreter with a local Ray. Its result comes back in a file:
-    Ray forwards worker output to the driver's stdout at any time, so stdout joins the log."""
+def run_child(job: dict[str, Any], log: Path, script: str = __file__) -> dict[str, Any]:
+    """`script --child job` in a fresh interpreter with a local Ray (this script's `child` by
+    default; bench/scale.py passes its own). Its result comes back in a file: Ray forwards
+    worker output to the driver's stdout at any time, so stdout joins the log."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     result_path = log.with_name(f"child-{time.time_ns()}.json")
     with log.open("a") as out:
         code = subprocess.run(
-            [sys.executable, __file__, "--child", json.dumps(job), "--result", str(result_path)],
+            [sys.executable, script, "--child", json.dumps(job), "--result", str(result_path)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,

@@ -73,24 +73,21 @@ class SourceRoots:
             if self.build is None:
                 raise ValueError(f"{uri!r} names audio in a build: load the roots from it")
             return self.build.resolve_key(uri)
-        best = None
-        for old, new in self.moves:
-            if (uri == old or uri.startswith(old + "/")) and (
-                best is None or len(old) > len(best[0])
-            ):
-                best = (old, new)
-        return uri if best is None else best[1] + uri[len(best[0]) :]
+        return _swap_root(uri, self.moves)
 
     def unresolve(self, uri: str) -> str:
         """Where a source now at `uri` was when it was ingested (ingest keys a URI outside its
         listing's root by the original URI, so a moved manifest target keeps its key)."""
-        best = None
-        for old, new in self.moves:
-            if (uri == new or uri.startswith(new + "/")) and (
-                best is None or len(new) > len(best[1])
-            ):
-                best = (old, new)
-        return uri if best is None else best[0] + uri[len(best[1]) :]
+        return _swap_root(uri, tuple((new, old) for old, new in self.moves))
+
+
+def _swap_root(uri: str, swaps: tuple[tuple[str, str], ...]) -> str:
+    """`uri` with the longest matching `from` root (whole path components) replaced by `to`."""
+    best = None
+    for frm, to in swaps:
+        if (uri == frm or uri.startswith(frm + "/")) and (best is None or len(frm) > len(best[0])):
+            best = (frm, to)
+    return uri if best is None else best[1] + uri[len(best[0]) :]
 
 
 def load_audio_16k(
