@@ -161,7 +161,7 @@ def main() -> None:
             run("demo mono", pyannote, mono)
             run("pyannote sample", pyannote, sample)
         else:
-            from minmo.diarization.pyannote_tiny import build_tiny_pyannote_pipeline
+            from minmo.testing.pyannote_tiny import build_tiny_pyannote_pipeline
 
             model = build_tiny_pyannote_pipeline(Path(tmp) / "tiny-pipeline")
             run("pyannote sample (tiny random-init)", PyannoteDiarizer(str(model)), sample, False)

@@ -9,7 +9,7 @@ from ../shared/data, resampled to 16 kHz and concatenated/cut to a seeded length
 gain; seeded noise under a syllable-rate envelope if that folder is missing) as 16-bit FLAC, a json
 dict, int32 text tokens (~4 per second) and int32 speech tokens (25 per second).
 
-1. Write: FLAC encoding (`pipelines.tokenize.flac_bytes`) and `pipelines.shards.write_stage_shards`
+1. Write: FLAC encoding (`pipelines.shards.tokenize.flac_bytes`) and `pipelines.shards.write_stage_shards`
    (member encoding, shuffle, tar writing, sha256, .idx and index.json) are timed separately, in
    CPU seconds of this one process (both are single-threaded) and wall seconds. Writes land in the
    page cache; the `os.sync()` after is timed apart.
@@ -53,8 +53,8 @@ from machine import cpu_model  # noqa: E402
 
 from minmo.audio.resample import resample  # noqa: E402
 from minmo.tokens.speech import n_speech_tokens  # noqa: E402
-from pipelines.shards import write_stage_shards  # noqa: E402
-from pipelines.tokenize import flac_bytes  # noqa: E402
+from pipelines.shards.tokenize import flac_bytes  # noqa: E402
+from pipelines.shards.writer import write_stage_shards  # noqa: E402
 
 RATE_HZ = 16_000
 DATA = REPO.parent / "shared" / "data"

@@ -176,7 +176,7 @@ class ProcessSampler:
 def child(job: dict[str, Any]) -> dict[str, Any]:
     """Runs in the child: Ray start, then run_shards with its plan/write phases timed."""
     from pipelines.ray_runtime import ensure_ray
-    from pipelines.shard_step import ShardsConfig, ShardStep, run_shards
+    from pipelines.shards.step import ShardsConfig, ShardStep, run_shards
 
     t0 = time.perf_counter()
     ensure_ray(num_cpus=job.get("ray_cpus"), progress=False)
@@ -360,7 +360,7 @@ def contextual_costs(build_dir: Path, work: Path, passes: int = 5) -> dict[str, 
     from pipelines.build import BuildDir
     from pipelines.samples.builders import SampleConfig, StageBuilder, distractor_lexicon
     from pipelines.samples.prompts import PromptBook
-    from pipelines.shard_plan import SpecParams, list_units, unit_specs
+    from pipelines.shards.plan import SpecParams, list_units, unit_specs
 
     build = BuildDir(str(build_dir))
     units = list_units(build, "stage1")

@@ -7,7 +7,7 @@ Shards are synthetic: one stage directory of `--shards` tars written by the shar
 writer (`pipelines.shards.ShardTarWriter`, with its `.idx` files) and an index.json of the
 current version. Each sample has the members a real one has (flac, json, speech_tokens.npy,
 text_tokens.npy): random bytes for the audio, a json member shaped like the tokenizer's
-(`pipelines/tokenize.py`: messages, durations, token counts, provenance, tokenizers). Only
+(`pipelines/shards/tokenize.py`: messages, durations, token counts, provenance, tokenizers). Only
 `--distinct` shards are written, the others are hard links to them under their own names
 (2,000 samples per shard, the shards step's default, would otherwise take an hour to write
 here); each is still read whole, header by header, by its own task.
@@ -72,7 +72,7 @@ SPEEDUP_MIN = 1.7
 
 
 def _meta(key: str, task: str, seconds: float, rng: np.random.Generator) -> dict[str, Any]:
-    """A json member shaped like the tokenizer's (pipelines/tokenize.py `_members`)."""
+    """A json member shaped like the tokenizer's (pipelines/shards/tokenize.py `_members`)."""
     words = " ".join(f"w{int(i)}" for i in rng.integers(0, 5000, 20))
     n_text = int(rng.integers(30, 120))
     return {
@@ -115,7 +115,7 @@ def write_shards(
     The reader's work per shard is the same: it reads every header of every shard."""
     import pyarrow.fs as pafs
 
-    from pipelines.shards import (
+    from pipelines.shards.writer import (
         INDEX_VERSION,
         ShardTarWriter,
         encode_sample,

@@ -34,8 +34,8 @@ from minmo.model.minmo import MinMo, MinMoConfig, SpecialIds  # noqa: E402
 from minmo.tokens.text import SPEECH_PLACEHOLDER, encode_chat, load_text_tokenizer  # noqa: E402
 from minmo.train.data import StageLoader  # noqa: E402
 from minmo.train.metrics import step_flops  # noqa: E402
-from pipelines.shards import write_stage_shards  # noqa: E402
-from pipelines.tokenize import flac_bytes  # noqa: E402
+from pipelines.shards.tokenize import flac_bytes  # noqa: E402
+from pipelines.shards.writer import write_stage_shards  # noqa: E402
 
 
 def make_shards(out: Path, n: int, tokenizer) -> float:

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pipelines.ingest.fs import LOCAL_SCHEMES, STORE_SCHEMES, check_scheme
+from minmo.io.fs import LOCAL_SCHEMES, STORE_SCHEMES, check_scheme
 
 # Every path argument of every command, and the URI schemes the command serves there (a local
 # path always works). `main` checks them all before the command runs, so a scheme a command
@@ -158,7 +158,7 @@ def _cmd_diarize(args: argparse.Namespace) -> int:
 
 
 def _cmd_label_turns(args: argparse.Namespace) -> int:
-    from pipelines.turns import LabelTurnsConfig, run_label_turns
+    from pipelines.label_turns import LabelTurnsConfig, run_label_turns
 
     config = LabelTurnsConfig(
         pause_s=args.pause_s,
@@ -191,7 +191,7 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
 
 
 def _cmd_shards(args: argparse.Namespace) -> int:
-    from pipelines.shard_step import ShardsConfig, run_shards
+    from pipelines.shards.step import ShardsConfig, run_shards
 
     config = ShardsConfig(
         stages=["all"] if args.stage == "all" else [f"stage{args.stage}"],
@@ -533,7 +533,7 @@ def _add_diarize(sub: Any) -> None:
 
 
 def _add_label_turns(sub: Any) -> None:
-    from pipelines.turns import LabelTurnsConfig
+    from pipelines.label_turns import LabelTurnsConfig
 
     d = LabelTurnsConfig()
     p = sub.add_parser(
@@ -557,7 +557,7 @@ def _add_label_turns(sub: Any) -> None:
 
 
 def _add_shards(sub: Any) -> None:
-    from pipelines.shard_step import ShardsConfig
+    from pipelines.shards.step import ShardsConfig
 
     d = ShardsConfig()
     p = sub.add_parser("shards", help="tables -> per-stage WebDataset shards + index.json")

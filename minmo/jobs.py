@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.ingest.fs import open_filesystem, to_uri, uri_scheme
+from minmo.io.fs import open_filesystem, to_uri, uri_scheme
 
 # `s3:/bucket/key`: what `Path("s3://bucket/key")` makes of a URI; as a build it would quietly
 # become the local folder ./s3:/bucket/key.
@@ -113,7 +113,7 @@ def _run_diarize(build: str, section: dict[str, Any], progress: bool) -> Any:
 
 
 def _run_label_turns(build: str, section: dict[str, Any], progress: bool) -> Any:
-    from pipelines.turns import LabelTurnsConfig, run_label_turns
+    from pipelines.label_turns import LabelTurnsConfig, run_label_turns
 
     summary = run_label_turns(build, LabelTurnsConfig(**section), progress=progress)
     print(summary.render())
@@ -129,7 +129,7 @@ def _run_synthesize(build: str, section: dict[str, Any], progress: bool) -> Any:
 
 
 def _run_shards(build: str, section: dict[str, Any], progress: bool) -> Any:
-    from pipelines.shard_step import ShardsConfig, run_shards
+    from pipelines.shards.step import ShardsConfig, run_shards
 
     summary = run_shards(build, ShardsConfig(**section), progress=progress)
     print(summary.render())
@@ -214,13 +214,13 @@ STEPS: dict[str, Callable[[], Step]] = {
     ),
     "label-turns": lambda: Step(
         "label-turns",
-        _config_keys("pipelines.turns", "LabelTurnsConfig"),
+        _config_keys("pipelines.label_turns", "LabelTurnsConfig"),
         _run_label_turns,
         object_store=True,
     ),
     "shards": lambda: Step(
         "shards",
-        _config_keys("pipelines.shard_step", "ShardsConfig"),
+        _config_keys("pipelines.shards.step", "ShardsConfig"),
         _run_shards,
         object_store=True,
     ),

@@ -101,7 +101,7 @@ def load_audio_16k(
     from minmo.audio.decode import container_of, decode_audio
     from minmo.audio.measure import fold_dual_mono
     from minmo.audio.resample import TARGET_RATE_HZ, resample
-    from pipelines.ingest.decode_stage import read_source
+    from minmo.io.fs import read_source
 
     uri = (roots or SourceRoots()).resolve(source_uri)
     audio = decode_audio(read_source(uri, storage_options), container_of(uri))

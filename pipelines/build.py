@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from pipelines.ingest.fs import open_filesystem, to_uri
+from minmo.io.fs import open_filesystem, to_uri
 
 BUILD_KEY_PREFIX = "build:"
 """Audio a step writes into the build (synthesized lines, duplex calls) is named

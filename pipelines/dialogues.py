@@ -35,11 +35,10 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Literal
 
+from minmo.io.fs import open_filesystem, uri_scheme
 from minmo.tts.base import Style
-from pipelines.ingest.fs import open_filesystem, uri_scheme
-from pipelines.ingest.items import quarantine_row
 from schemas.dialogues import ChatLayout, Role
-from schemas.quarantine import ReasonCode
+from schemas.quarantine import ReasonCode, quarantine_row
 
 DIALOGUE_LAYOUTS = ("auto", "chatml", "sharegpt", "alpaca")
 

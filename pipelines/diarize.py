@@ -24,10 +24,10 @@ import pyarrow.dataset as pads
 
 from pipelines.audio_source import SourceRoots, load_audio_16k
 from pipelines.build import BuildDir
-from pipelines.ingest.items import quarantine_row
 from pipelines.ray_runtime import ensure_ray, model_actors
 from pipelines.recording_step import RecordingStep, StepTotals
 from schemas import QUARANTINE, TURNS, DiarizationBackend, ReasonCode
+from schemas.quarantine import quarantine_row
 
 STEP = "diarize"
 BACKENDS = ("auto", *(b.value for b in DiarizationBackend))
@@ -141,7 +141,7 @@ class DiarizeStage:
     def diarize(self, item: dict[str, Any]) -> dict[str, Any]:
         from minmo.audio.decode import DecodeError
         from minmo.diarization.types import DiarizationRejected, SpeakerHints
-        from pipelines.ingest.decode_stage import Rejected
+        from schemas.quarantine import Rejected
 
         config = self.config
         backend = choose_backend(config, item["channels"])

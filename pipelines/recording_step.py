@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from minmo.io.parquet import write_table
 from pipelines.build import BuildDir, StepLedger
-from pipelines.ingest.sink import write_table
 from schemas import TableContract
 
 # A stage's output row: which unit and recording it belongs to, and the JSON of

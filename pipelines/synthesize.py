@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from minmo.io.fs import Location, to_uri
 from pipelines.build import BuildDir
-from pipelines.ingest.fs import Location, to_uri
 from pipelines.ray_runtime import ensure_ray, model_actors
 from pipelines.recording_step import RecordingStep, StepTotals
 from schemas import (
@@ -150,7 +150,7 @@ def recording_row(
     """A recordings row for audio this step wrote (measured like ingest measures). `key` is
     its build key: it is the row's `source_uri` and `source_key`, and the id hashes it."""
     from minmo.audio import measure
-    from pipelines.ingest.decode_stage import recording_id
+    from schemas.recordings import recording_id
 
     samples = audio if audio.ndim == 2 else audio[None, :]
     sha1 = measure.content_sha1(samples, RATE_HZ)
@@ -466,7 +466,7 @@ class SynthesizeStage:
 
 
 def _reject(item: dict[str, Any], reason: str, detail: str) -> dict[str, Any]:
-    from pipelines.ingest.items import quarantine_row
+    from schemas.quarantine import quarantine_row
 
     row = quarantine_row(item.get("source_uri", ""), reason, detail, step=STEP)
     row["item_key"] = item["recording_id"]

@@ -1,4 +1,4 @@
-"""Shard verification: check stage directories written by `pipelines/shards.py`, on any
+"""Shard verification: check stage directories written by `pipelines/shards/writer.py`, on any
 filesystem pyarrow reaches (a local path, `file://`, `s3://`, `gs://`).
 
 Owns reading shards back and reporting problems as strings ("<shard>: <key>: <what>"); an empty
@@ -9,7 +9,7 @@ each sample's members are contiguous and its key valid, FLAC decodes, speech tok
 (`_index/<tar>.idx`) point at each sample's first member header with a final sentinel equal to
 the tar size. A tar in the stage directory that index.json does not list is reported; writers'
 temp files (a writer still running or killed) are not tars. The layout itself (index.json and
-its version, the listing, the `.idx` files) is read through `pipelines/shards.py`.
+its version, the listing, the `.idx` files) is read through `pipelines/shards/writer.py`.
 
 Each tar is read once, as a stream (one GET on an object store): the sha256, the size, the
 members and every header's offset come from that pass, so the `.idx` check needs no second read.
@@ -29,8 +29,8 @@ import numpy as np
 import pyarrow.fs as pafs
 import soundfile as sf
 
-from pipelines.ingest.fs import open_filesystem
-from pipelines.shards import (
+from minmo.io.fs import open_filesystem
+from pipelines.shards.writer import (
     ALL_MEMBERS,
     INDEX_RELPATH,
     HashingReader,
@@ -41,7 +41,7 @@ from pipelines.shards import (
     split_member,
     validate_key,
 )
-from pipelines.shards import index_path as stage_index_path
+from pipelines.shards.writer import index_path as stage_index_path
 
 SPEECH_VOCAB = 6561  # CosyVoice-2 speech tokenizer codebook size.
 MAX_LABEL = 3

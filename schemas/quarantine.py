@@ -6,6 +6,7 @@ Nothing a step cannot use is dropped silently: it lands here, and the step's sum
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 import pyarrow as pa
 
@@ -60,3 +61,31 @@ QUARANTINE = TableContract(
     required=("source_uri", "step", "reason_code"),
     enums={"reason_code": ReasonCode},
 )
+
+
+def quarantine_row(
+    source_uri: str,
+    reason_code: str,
+    detail: str,
+    step: str = "ingest",
+    item_key: str | None = None,
+    source_key: str | None = None,
+) -> dict[str, Any]:
+    """A row of the quarantine table (schemas.quarantine.QUARANTINE)."""
+    return {
+        "source_uri": source_uri,
+        "step": step,
+        "reason_code": reason_code,
+        "detail": detail,
+        "item_key": item_key,
+        "source_key": source_key,
+    }
+
+
+class Rejected(Exception):
+    """An item that cannot be ingested, with its quarantine reason."""
+
+    def __init__(self, reason: ReasonCode, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail

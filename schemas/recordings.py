@@ -7,6 +7,8 @@ Audio stays in its source; this row says where it is, what it is, and how it sou
 
 from __future__ import annotations
 
+import hashlib
+
 import pyarrow as pa
 
 from schemas._table import TableContract
@@ -59,3 +61,10 @@ RECORDINGS = TableContract(
     ),
     non_negative=("duration_s", "bytes", "clipping_ratio", "speech_ratio", "sample_rate_hz"),
 )
+
+
+def recording_id(source_key: str, content_sha1: str) -> str:
+    """Stable, relocatable id: hash of the audio's `source_key` (corpus and path relative to the
+    listed root, items.source_key) and its content. The same file with the same content gets
+    the same id wherever the corpus or the build is mounted."""
+    return hashlib.sha1(f"{source_key}\n{content_sha1}".encode()).hexdigest()[:20]

@@ -58,7 +58,7 @@ from minmo.demo.speak import (
     synthesize_many,
     trim_silence,
 )
-from pipelines.ingest.fs import open_filesystem, to_uri
+from minmo.io.fs import open_filesystem, to_uri
 
 CORPUS = "minmo-demo"
 MANIFEST = "manifest.jsonl"

@@ -2,7 +2,7 @@
 
 Owns nothing but that copy. It exists so that `webdataset.WebDataset` (which has no handler for
 s3://) can read object-store shards through `pipe:` URLs (`minmo.train.data.webdataset_urls`),
-with the same filesystem rules as the rest of minmo (`pipelines.ingest.fs.open_filesystem`:
+with the same filesystem rules as the rest of minmo (`minmo.io.fs.open_filesystem`:
 endpoint from the options or AWS_ENDPOINT_URL, credentials from the environment).
 Must not: write anywhere but stdout.
 """
@@ -14,7 +14,7 @@ import json
 import signal
 import sys
 
-from pipelines.ingest.fs import open_filesystem
+from minmo.io.fs import open_filesystem
 
 BLOCK_BYTES = 1 << 20
 

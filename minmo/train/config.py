@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
+from minmo.io.fs import LOCAL_SCHEMES, check_scheme, open_filesystem, uri_scheme
 from minmo.jobs import JobSpecError, check_keys
-from pipelines.ingest.fs import LOCAL_SCHEMES, check_scheme, open_filesystem, uri_scheme
 
 
 @dataclass
@@ -46,7 +46,7 @@ class TrainConfig:
     # data
     shards: str | None = None  # default: DIR/shards/<the stage's shard dir>; a path or URI
     # pyarrow filesystem options for an object-store build (shards, out, init_from), e.g.
-    # {"endpoint_override": "http://127.0.0.1:9000"} (pipelines.ingest.fs.open_filesystem);
+    # {"endpoint_override": "http://127.0.0.1:9000"} (minmo.io.fs.open_filesystem);
     # credentials from the env
     storage_options: dict[str, Any] = field(default_factory=dict)
     max_samples: int = 8  # per batch per rank

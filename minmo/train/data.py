@@ -1,6 +1,6 @@
 """The trainer's data side: one stage's shards -> this rank's batches, with exact O(1) resume.
 
-Owns reading samples from a stage directory; the layout is `pipelines/shards.py`'s, which writes
+Owns reading samples from a stage directory; the layout is `pipelines/shards/writer.py`'s, which writes
 it and is read through its helpers (`read_index`, `read_offsets`, `split_member`). A stage
 directory is a local path or any URI pyarrow.fs opens (`s3://bucket/build/shards/stage1`):
 
@@ -87,9 +87,9 @@ import pyarrow.fs as pafs
 import soundfile as sf
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from minmo.io.fs import open_filesystem, to_uri
 from minmo.model.batch import Batch, collate
-from pipelines.ingest.fs import open_filesystem, to_uri
-from pipelines.shards import (
+from pipelines.shards.writer import (
     index_path,
     is_local,
     offsets_path,
@@ -160,7 +160,7 @@ class ShardIndex:
     """A stage directory's shards: counts from index.json, samples by (shard, index).
 
     `stage_dir` is a local path or a URI; `storage_options` go to the filesystem (see
-    `pipelines.ingest.fs.open_filesystem`). Reads are positional (`read_at`) on a handle opened
+    `minmo.io.fs.open_filesystem`). Reads are positional (`read_at`) on a handle opened
     by the process that reads: DataLoader workers forked from a parent that already read never
     share a handle or a filesystem client (an object-store client does not survive a fork
     safely). Only index.json is read at load; each shard's .idx is read on first use and

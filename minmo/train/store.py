@@ -35,7 +35,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from pipelines.ingest.fs import open_filesystem, uri_scheme
+from minmo.io.fs import open_filesystem, uri_scheme
 
 LATEST = "latest"  # the pointer file Checkpointer writes (checkpoint.LATEST)
 EXPORT_MARKER = "export.json"

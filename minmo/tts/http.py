@@ -298,7 +298,7 @@ def read_bytes(location: str) -> bytes:
     if "://" not in location:
         with open(location, "rb") as f:
             return f.read()
-    from pipelines.ingest.fs import open_filesystem
+    from minmo.io.fs import open_filesystem
 
     fs, path = open_filesystem(location)
     with fs.open_input_stream(path) as stream:

@@ -18,10 +18,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from minmo.io.parquet import write_table
 from pipelines.build import BuildDir
 from pipelines.ingest.commit_index import CommitIndex
 from pipelines.ingest.items import source_key
-from pipelines.ingest.sink import write_table
 from schemas import QUARANTINE, RECORDINGS
 
 

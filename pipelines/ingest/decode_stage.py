@@ -9,7 +9,6 @@ process; `decode_batch` is the same stage on a pyarrow batch, for tests and Ray 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -20,10 +19,12 @@ import pyarrow as pa
 from minmo.audio import measure
 from minmo.audio.decode import DecodeError, container_of, decode_audio
 from minmo.audio.resample import TARGET_RATE_HZ, resample
+from minmo.io.fs import read_source
 from pipelines.ingest.config import IngestConfig
-from pipelines.ingest.fs import open_filesystem
-from pipelines.ingest.items import SourceItem, quarantine_row
+from pipelines.ingest.items import SourceItem
 from schemas import ReasonCode
+from schemas.quarantine import Rejected, quarantine_row
+from schemas.recordings import recording_id
 
 STAGE_SCHEMA = pa.schema(
     [
@@ -40,43 +41,10 @@ STAGE_SCHEMA = pa.schema(
 INTEGER_PCM_BITS = (8, 16, 24)
 
 
-class Rejected(Exception):
-    """An item that cannot be ingested, with its quarantine reason."""
-
-    def __init__(self, reason: ReasonCode, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
 @dataclass
 class Decoded:
     info: dict[str, Any]
     pcm_16k: np.ndarray  # (channels, frames) float32
-
-
-def recording_id(source_key: str, content_sha1: str) -> str:
-    """Stable, relocatable id: hash of the audio's `source_key` (corpus and path relative to the
-    listed root, items.source_key) and its content. The same file with the same content gets
-    the same id wherever the corpus or the build is mounted."""
-    return hashlib.sha1(f"{source_key}\n{content_sha1}".encode()).hexdigest()[:20]
-
-
-def read_source(uri: str, storage_options: dict[str, Any]) -> bytes:
-    try:
-        fs, path = open_filesystem(uri, **storage_options)
-        with fs.open_input_file(path) as f:
-            return f.read()
-    except FileNotFoundError as exc:
-        raise Rejected(ReasonCode.MISSING_FILE, f"no such file: {exc}") from exc
-    except OSError as exc:
-        message = str(exc)
-        reason = (
-            ReasonCode.MISSING_FILE
-            if "not found" in message.lower() or "does not exist" in message.lower()
-            else ReasonCode.READ_ERROR
-        )
-        raise Rejected(reason, message) from exc
 
 
 def decode_item(item: SourceItem, config: IngestConfig) -> Decoded:

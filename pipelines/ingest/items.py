@@ -73,22 +73,3 @@ def source_key(corpus: str, root: str | None, uri: str) -> str:
     if base and uri.startswith(base + "/"):
         return f"{corpus}:{uri[len(base) + 1 :]}"
     return f"{corpus}:{uri}"
-
-
-def quarantine_row(
-    source_uri: str,
-    reason_code: str,
-    detail: str,
-    step: str = "ingest",
-    item_key: str | None = None,
-    source_key: str | None = None,
-) -> dict[str, Any]:
-    """A row of the quarantine table (schemas.quarantine.QUARANTINE)."""
-    return {
-        "source_uri": source_uri,
-        "step": step,
-        "reason_code": reason_code,
-        "detail": detail,
-        "item_key": item_key,
-        "source_key": source_key,
-    }

@@ -25,6 +25,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as pads
 
+from minmo.io.parquet import write_table
 from pipelines.audio_source import SourceRoots
 from pipelines.build import BuildDir, StepLedger
 from pipelines.ingest.commit import (
@@ -37,7 +38,6 @@ from pipelines.ingest.commit import (
 from pipelines.ingest.commit_index import CommitIndex
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.items import SourceItem
-from pipelines.ingest.sink import write_table
 from pipelines.ingest.sources import list_sources
 from pipelines.ingest.worker import WorkerPool
 from pipelines.ray_runtime import ensure_ray

@@ -17,8 +17,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
+from minmo.io.parquet import write_table
 from schemas import QUARANTINE, RECORDINGS, SEGMENTS
 
 
@@ -36,13 +36,6 @@ class StagedRows:
             "segments": SEGMENTS.from_rows(self.segments),
             "quarantine": QUARANTINE.from_rows(self.quarantine),
         }
-
-
-def write_table(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
-    """Write one Parquet file; callers write only into staging, so no temp name is needed."""
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as out:
-        pq.write_table(table, out, compression="zstd")
 
 
 def write_staged(fs: pafs.FileSystem, unit_dir: str, tag: str, rows: StagedRows) -> None:

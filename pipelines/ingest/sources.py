@@ -38,7 +38,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from pipelines.ingest.fs import Location
+from minmo.io.fs import Location
 from pipelines.ingest.items import SourceItem
 from pipelines.ingest.layouts import directory, kaldi, lhotse, manifest
 from pipelines.ingest.layouts.common import Keyer, Pending, ReadContext, Row, settle

@@ -19,9 +19,10 @@ from minmo.audio import measure
 from minmo.audio.resample import TARGET_RATE_HZ
 from minmo.audio.vad import FRAME_SAMPLES, BatchedSileroVad, speech_timestamps
 from pipelines.ingest.config import IngestConfig
-from pipelines.ingest.items import SourceItem, Supervision, quarantine_row
+from pipelines.ingest.items import SourceItem, Supervision
 from pipelines.ingest.layouts.common import with_transcript
 from schemas import ReasonCode, SegmentOrigin, segment_id
+from schemas.quarantine import quarantine_row
 
 OUTPUT_SCHEMA = pa.schema(
     [

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from pipelines.build import BuildDir
 from pipelines.ray_runtime import ensure_ray
-from pipelines.shards import is_local, shard_path, split_member
+from pipelines.shards.writer import is_local, shard_path, split_member
 from pipelines.stats import dist as d
 from pipelines.stats.sources import Sources
 from pipelines.stats.tables import breakdown
@@ -83,7 +83,7 @@ class _NotPlain(Exception):
 
 def _json_by_headers(raw: Any, seekable: bool) -> Iterator[tuple[str, bytes]]:
     """(member name, bytes) of each `.json` member, walking the plain ustar headers the shard
-    writer produces (fixed metadata, short names; pipelines/shards.py).
+    writer produces (fixed metadata, short names; pipelines/shards/writer.py).
 
     Why not tarfile: it builds a TarInfo per member (about 100 us each, and a sample has four
     members), three quarters of the time of reading a shard's metadata. This walk checks each

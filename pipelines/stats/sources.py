@@ -15,8 +15,8 @@ import duckdb
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
-from pipelines.ingest.fs import open_filesystem
-from pipelines.shards import INDEX_RELPATH, META_DIR, read_index
+from minmo.io.fs import open_filesystem
+from pipelines.shards.writer import INDEX_RELPATH, META_DIR, read_index
 from schemas import CONTRACTS
 
 MAX_DEPTH = 4  # how deep under the input a table or shard directory is looked for
@@ -79,7 +79,7 @@ def _walk(found: Sources, directory: str, depth: int) -> None:
     if name in CONTRACTS and parquet:
         found.tables.setdefault(name, []).extend(parquet)
         return
-    # A shard stage: its tars beside an `_index/` folder holding index.json (pipelines/shards.py).
+    # A shard stage: its tars beside an `_index/` folder holding index.json (pipelines/shards/writer.py).
     if any(e.base_name == META_DIR and e.type == pafs.FileType.Directory for e in entries):
         try:
             stage = found.read_index(directory).get("stage")

@@ -23,8 +23,8 @@ from minmo.diarization.pyannote_backend import (
     resolve_pipeline_config,
     segments_from_annotation,
 )
-from minmo.diarization.pyannote_tiny import build_tiny_pyannote_pipeline
 from minmo.diarization.types import RATE_HZ, DiarizationRejected, SpeakerHints, SpeakerSegment
+from minmo.testing.pyannote_tiny import build_tiny_pyannote_pipeline
 
 SAMPLE = Path("diar_pyannote_sample") / "sample.wav"
 
@@ -69,7 +69,7 @@ def _fake_output(monkeypatch, diarizer: PyannoteDiarizer, annotation, calls: lis
 
 def test_import_is_cheap():
     code = (
-        "import sys, minmo.diarization.pyannote_backend, minmo.diarization.pyannote_tiny\n"
+        "import sys, minmo.diarization.pyannote_backend, minmo.testing.pyannote_tiny\n"
         "heavy = [m for m in ('torch', 'pyannote.audio', 'huggingface_hub') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

@@ -20,7 +20,7 @@ from pipelines.build import BuildDir
 from pipelines.diarize import DiarizeConfig, run_diarize
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.run import read_table, run_ingest
-from pipelines.turns import LabelTurnsConfig, run_label_turns
+from pipelines.label_turns import LabelTurnsConfig, run_label_turns
 from schemas import EventType, FrameLabel
 
 STEREO = ("en_weekend_hike", "de_umzug", "zh_zhoumo")
@@ -236,7 +236,7 @@ def test_auto_uses_pyannote_for_mono_when_a_model_is_given(
 ) -> None:
     """The tiny random-init pipeline diarizes nonsense; what is checked is the plumbing: the
     backend choice, and every conversation ending in turns or in quarantine."""
-    from minmo.diarization.pyannote_tiny import build_tiny_pyannote_pipeline
+    from minmo.testing.pyannote_tiny import build_tiny_pyannote_pipeline
 
     model = build_tiny_pyannote_pipeline(tmp_path / "tiny-pipeline")
     build = tmp_path / "with-model"

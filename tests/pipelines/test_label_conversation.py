@@ -4,7 +4,7 @@ quarantine of conversations that are not two-party."""
 from __future__ import annotations
 
 from minmo.duplex.labels import DuplexConfig
-from pipelines.turns import label_conversation
+from pipelines.label_turns import label_conversation
 from schemas import EVENTS, FRAME_LABELS, QUARANTINE
 
 

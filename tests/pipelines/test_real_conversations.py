@@ -18,7 +18,7 @@ from pipelines.build import BuildDir
 from pipelines.diarize import DiarizeConfig, run_diarize
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.run import read_table, run_ingest
-from pipelines.turns import LabelTurnsConfig, run_label_turns
+from pipelines.label_turns import LabelTurnsConfig, run_label_turns
 from schemas import EventType
 
 STEREO = "stereo_aws_lca_autorepairs40/Auto_Repairs_40_UTC_stereo"

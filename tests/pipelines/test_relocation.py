@@ -23,8 +23,8 @@ from pipelines.audio_source import SourceRoots
 from pipelines.build import BuildDir
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.run import read_table, run_ingest
-from pipelines.shard_step import ShardsConfig, run_shards
-from pipelines.shards import index_path
+from pipelines.shards.step import ShardsConfig, run_shards
+from pipelines.shards.writer import index_path
 
 pytestmark = pytest.mark.slow
 

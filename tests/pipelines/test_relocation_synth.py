@@ -21,7 +21,7 @@ import pytest
 from minmo.tokens.speech import build_tiny_checkpoint
 from pipelines.build import BuildDir
 from pipelines.ingest.run import read_table
-from pipelines.shard_step import ShardsConfig, run_shards
+from pipelines.shards.step import ShardsConfig, run_shards
 from pipelines.synthesize import SynthesizeConfig, run_synthesize
 
 pytestmark = pytest.mark.slow

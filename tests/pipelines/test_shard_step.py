@@ -20,8 +20,8 @@ from minmo.tokens.speech import build_tiny_checkpoint, n_speech_tokens
 from minmo.tokens.text import load_text_tokenizer
 from pipelines.build import BuildDir
 from pipelines.ingest.run import read_table
-from pipelines.shard_step import ShardsConfig, run_shards
-from pipelines.shards import index_path
+from pipelines.shards.step import ShardsConfig, run_shards
+from pipelines.shards.writer import index_path
 from pipelines.verify import verify_shards
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -414,7 +414,7 @@ def _to_s3(demo: dict[str, Any], options: dict[str, Any], bucket: str) -> str:
 def _s3_tars(uri: str, options: dict[str, Any]) -> dict[str, bytes]:
     import pyarrow.fs as pafs
 
-    from pipelines.ingest.fs import open_filesystem
+    from minmo.io.fs import open_filesystem
 
     fs, path = open_filesystem(uri, **options)
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
@@ -450,7 +450,7 @@ def test_an_upload_cut_mid_run_leaves_no_marker_and_the_rerun_redoes_only_that(
 
     from moto.server import ThreadedMotoServer
 
-    from pipelines.ingest.fs import open_filesystem
+    from minmo.io.fs import open_filesystem
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -517,7 +517,7 @@ def test_a_units_samples_do_not_depend_on_the_rest_of_the_build(
     """The same unit alone in a build gives the same specs (keys, prompts, hotwords) as in the
     full demo build: nothing is drawn from a corpus-wide pool."""
     from pipelines.samples.builders import StageBuilder
-    from pipelines.shard_plan import list_units
+    from pipelines.shards.plan import list_units
 
     full = BuildDir(demo["build"])
     sample_config = _config(demo["tokenizer"]).sample_config()

@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 import webdataset as wds
 
-from pipelines.shards import index_path, offsets_path, write_stage_shards
+from pipelines.shards.writer import index_path, offsets_path, write_stage_shards
 
 N = 25
 

@@ -18,9 +18,9 @@ from minmo.tokens.speech import build_tiny_checkpoint
 from pipelines.diarize import DiarizeConfig, run_diarize
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.run import run_ingest
-from pipelines.shard_step import ShardsConfig, run_shards
-from pipelines.shards import index_path
-from pipelines.turns import LabelTurnsConfig, run_label_turns
+from pipelines.label_turns import LabelTurnsConfig, run_label_turns
+from pipelines.shards.step import ShardsConfig, run_shards
+from pipelines.shards.writer import index_path
 from pipelines.verify import verify_shards
 
 UTTERANCES = (

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.ingest.fs import Location, open_filesystem
+from minmo.io.fs import Location, open_filesystem
 from pipelines.ingest.items import SourceItem
 from pipelines.ingest.layouts.common import KeyedLookup
 from pipelines.ingest.sources import AUDIO_EXTENSIONS, FORMATS, detect_format, list_sources

@@ -20,8 +20,8 @@ from pipelines.build import BuildDir
 from pipelines.diarize import DiarizeConfig, run_diarize
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.run import read_table, run_ingest
+from pipelines.label_turns import LabelTurnsConfig, run_label_turns
 from pipelines.synthesize import SynthesizeConfig, run_synthesize
-from pipelines.turns import LabelTurnsConfig, run_label_turns
 from schemas import EventType
 
 REPO = Path(__file__).resolve().parents[2]
@@ -150,7 +150,7 @@ def test_bad_rows_are_quarantined_and_the_rest_spoken(
 
 
 def test_http_backend_against_a_flaky_server_loses_nothing(ray_local, tmp_path: Path) -> None:
-    from minmo.tts.cosyvoice_stub_server import run_stub_server
+    from minmo.testing.cosyvoice_stub_server import run_stub_server
 
     with run_stub_server(fail_every=3) as url:
         config = SynthesizeConfig(
@@ -202,7 +202,7 @@ def test_simulated_calls_flow_through_diarize_and_label_turns(built: dict[str, A
 def test_zero_shot_user_voices_come_from_real_recordings(
     built: dict[str, Any], tmp_path: Path
 ) -> None:
-    from minmo.tts.cosyvoice_stub_server import StubServer
+    from minmo.testing.cosyvoice_stub_server import StubServer
 
     build = tmp_path / "zero-shot"
     for part in ("recordings", "segments", "quarantine"):

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import pytest
 
-from pipelines.shards import (
+from pipelines.shards.writer import (
     OFFSETS_DTYPE,
     index_path,
     offsets_path,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from minmo.cli import main
-from pipelines.shards import shard_name
+from pipelines.shards.writer import shard_name
 from pipelines.stats.compare import compare_stats
 from pipelines.stats.compute import StatsConfig
 from pipelines.stats.run import run_stats

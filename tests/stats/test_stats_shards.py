@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from pipelines.shards import META_DIR, index_path, shard_name
+from pipelines.shards.writer import META_DIR, index_path, shard_name
 from pipelines.stats.compute import StatsConfig, compute_stats
 
 # (shard, key, task, corpus, seconds, speech tokens); 25 tokens per second throughout

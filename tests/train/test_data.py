@@ -31,7 +31,8 @@ from minmo.train.data import (
     sample_cost,
     webdataset_urls,
 )
-from pipelines.shards import (
+from pipelines.shards.tokenize import flac_bytes
+from pipelines.shards.writer import (
     INDEX_VERSION,
     OFFSETS_DTYPE,
     index_path,
@@ -40,7 +41,6 @@ from pipelines.shards import (
     temp_name,
     write_stage_shards,
 )
-from pipelines.tokenize import flac_bytes
 from tests.objectstore import upload_tree
 
 SIZES = (7, 3, 11)  # uneven, and fewer shards than 3 ranks x 2 workers

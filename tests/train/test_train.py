@@ -27,9 +27,9 @@ from minmo.train.config import TrainConfig
 from minmo.train.metrics import read_metrics
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.run import run_ingest
-from pipelines.shard_step import ShardsConfig, run_shards
-from pipelines.shards import write_stage_shards
-from pipelines.tokenize import flac_bytes
+from pipelines.shards.step import ShardsConfig, run_shards
+from pipelines.shards.tokenize import flac_bytes
+from pipelines.shards.writer import write_stage_shards
 from tests.objectstore import s3_filesystem, upload_tree
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from minmo.testing.cosyvoice_stub_server import StubServer, parse_form, run_stub_server
 from minmo.tts.base import Style, Synthesized, TtsFailure, TtsRequest, Voice
-from minmo.tts.cosyvoice_stub_server import StubServer, parse_form, run_stub_server
 from minmo.tts.http import HttpTtsBackend, encode_multipart, instruct_text
 from minmo.tts.registry import make_backend
 

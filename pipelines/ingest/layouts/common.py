@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from pipelines.ingest.fs import Location, existing
-from pipelines.ingest.items import SourceItem, Supervision, quarantine_row, source_key
-from schemas.quarantine import ReasonCode
+from minmo.io.fs import Location, existing
+from pipelines.ingest.items import SourceItem, Supervision, source_key
+from schemas.quarantine import ReasonCode, quarantine_row
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from pipelines.ingest.fs import Location
+from minmo.io.fs import Location
 from pipelines.ingest.items import SourceItem
 from pipelines.ingest.layouts.common import Pending, ReadContext, Row, reject, with_transcript
 from pipelines.ingest.layouts.transcripts import TABLE_NAMES, Entry, TextProblem, read_table

@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.ingest.fs import Location, existing
+from minmo.io.fs import Location, existing
 from pipelines.ingest.items import SourceItem, Supervision
 from pipelines.ingest.layouts.common import (
     KeyedLookup,

@@ -49,7 +49,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from pipelines.ingest.fs import Location, uri_scheme
+from minmo.io.fs import Location, uri_scheme
 from pipelines.ingest.items import SourceItem, Supervision
 from pipelines.ingest.layouts.common import (
     KeyedLookup,

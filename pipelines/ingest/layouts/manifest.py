@@ -34,7 +34,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipelines.ingest.fs import Location
+from minmo.io.fs import Location
 from pipelines.ingest.items import SourceItem
 from pipelines.ingest.layouts.common import (
     Pending,

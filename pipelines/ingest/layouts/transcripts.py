@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pipelines.ingest.fs import Location
+from minmo.io.fs import Location
 from pipelines.ingest.layouts.common import decode_utf8, utf8_error
 from schemas.quarantine import ReasonCode
 

@@ -28,6 +28,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from schemas.quarantine import ReasonCode, Rejected
+
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 
 # pyarrow's FileSystem.type_name → the URI scheme that names it.
@@ -242,3 +244,20 @@ def existing(locations: Iterable[Location]) -> list[bool]:
         for i, info in zip(indices, infos, strict=True):
             found[i] = info.type == pafs.FileType.File
     return found
+
+
+def read_source(uri: str, storage_options: dict[str, Any]) -> bytes:
+    try:
+        fs, path = open_filesystem(uri, **storage_options)
+        with fs.open_input_file(path) as f:
+            return f.read()
+    except FileNotFoundError as exc:
+        raise Rejected(ReasonCode.MISSING_FILE, f"no such file: {exc}") from exc
+    except OSError as exc:
+        message = str(exc)
+        reason = (
+            ReasonCode.MISSING_FILE
+            if "not found" in message.lower() or "does not exist" in message.lower()
+            else ReasonCode.READ_ERROR
+        )
+        raise Rejected(reason, message) from exc

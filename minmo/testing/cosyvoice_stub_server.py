@@ -12,7 +12,7 @@ anything but tests and demos.
         ...
     with run_stub_server() as base_url:          # demo: just the URL
         ...
-    python -m minmo.tts.cosyvoice_stub_server --port 50000
+    python -m minmo.testing.cosyvoice_stub_server --port 50000
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import pyarrow.fs as pafs
 
-from pipelines.ingest.fs import to_uri
+from minmo.io.fs import to_uri
 
 INDEX_NAME = "index.json"
 # Version 2: index and .idx files under META_DIR, shard names carry their generation.

@@ -39,14 +39,13 @@ from typing import Any
 
 import pyarrow as pa
 
+from minmo.io.fs import to_uri
+from minmo.io.parquet import write_table
 from pipelines.audio_source import SourceRoots
 from pipelines.build import BuildDir, StepLedger
-from pipelines.ingest.fs import to_uri
-from pipelines.ingest.items import quarantine_row
-from pipelines.ingest.sink import write_table
 from pipelines.ray_runtime import ensure_ray, model_actors
 from pipelines.samples.builders import STAGE_TASKS, STAGES, SampleConfig
-from pipelines.shard_plan import (
+from pipelines.shards.plan import (
     SpecParams,
     assign_shards,
     layout,
@@ -54,15 +53,16 @@ from pipelines.shard_plan import (
     spec_summaries,
     summarize,
 )
-from pipelines.shards import (
+from pipelines.shards.tokenize import TokenizeStage, load_audio_batch, tokenizer_info
+from pipelines.shards.writer import (
     INDEX_VERSION,
     ShardTarWriter,
     index_path,
     shard_name,
     write_bytes_atomic,
 )
-from pipelines.tokenize import TokenizeStage, load_audio_batch, tokenizer_info
 from schemas import QUARANTINE, ReasonCode
+from schemas.quarantine import quarantine_row
 
 STEP = "shards"
 MEMBER_COLUMNS = ("json", "flac", "speech_tokens", "text_tokens", "labels")

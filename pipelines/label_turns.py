@@ -20,10 +20,10 @@ import pyarrow.dataset as pads
 
 from minmo.duplex.labels import DuplexConfig, Span, analyse, events_for, frame_labels
 from pipelines.build import BuildDir
-from pipelines.ingest.items import quarantine_row
 from pipelines.ray_runtime import ensure_ray
 from pipelines.recording_step import RecordingStep, StepTotals
 from schemas import EVENTS, FRAME_LABELS, QUARANTINE, TURNS, EventType, ReasonCode
+from schemas.quarantine import quarantine_row
 
 STEP = "label-turns"
 PERCENTILES = (5, 25, 50, 75, 95)

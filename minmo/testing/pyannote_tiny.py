@@ -40,7 +40,7 @@ PLDA_DIM = 128
 SEGMENTATION_CHUNK_S = 10.0
 
 _CONFIG_YAML = """\
-# Random-init pipeline written by minmo.diarization.pyannote_tiny (NOT trained weights).
+# Random-init pipeline written by minmo.testing.pyannote_tiny (NOT trained weights).
 dependencies:
   pyannote.audio: {version}
 pipeline:
@@ -196,7 +196,7 @@ def _small_resnet_class() -> type:
 
 def __getattr__(name: str) -> Any:
     # The class subclasses pyannote's; build it on first use so `import` stays cheap. The
-    # checkpoint names it `minmo.diarization.pyannote_tiny.SmallResNetEmbedding`, which
+    # checkpoint names it `minmo.testing.pyannote_tiny.SmallResNetEmbedding`, which
     # `Model.from_pretrained` resolves through this hook.
     if name == "SmallResNetEmbedding":
         if name in globals():
