@@ -2,11 +2,13 @@
 
 Owns: choosing the server endpoint and form fields per request, uploading prompt clips, keeping at
 most `max_in_flight` requests in flight, retrying transient failures with exponential backoff,
-and decoding the raw int16 PCM the server streams back. Must not: resample or post-process audio,
+and decoding the raw int16 PCM the server streams back. The HTTP itself (connection pooling,
+multipart encoding, timeouts) is httpx's. Must not: resample or post-process audio,
 or raise for one bad request (it becomes a `TtsFailure` after the last retry).
 
 Server API (FunAudioLLM/CosyVoice `runtime/python/fastapi/server.py`, default port 50000); every
-endpoint takes multipart form fields and answers with headerless little-endian int16 mono PCM at
+endpoint takes form fields (FastAPI `Form()`/`File()`: httpx sends multipart/form-data when there
+is a prompt clip to upload, urlencoded otherwise; FastAPI reads both) and answers with headerless little-endian int16 mono PCM at
 the model's rate (22050 Hz for CosyVoice-300M*, 24000 Hz for CosyVoice2; some forks send it in an
 `X-Custom-Header-sampleRate` header, which wins over `sample_rate_hz` when present):
 
@@ -26,31 +28,32 @@ fail instruct calls: build the backend with `use_instruct=False` to drop style f
 Retries: connection errors, timeouts, HTTP 5xx and 429 are retried `retries` times, sleeping
 `backoff_s * 2**attempt`; other 4xx, unreadable prompt clips and empty audio fail at once.
 `retries_used` counts retries over the backend's life; `last_batch` holds per-batch counters.
+The retry loop is ours, not the transport's: httpx's `HTTPTransport(retries=)` retries only failed
+connects, and the loop frees the in-flight slot while it backs off.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import posixpath
-import socket
 import threading
 import time
-import urllib.error
-import urllib.request
-import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import httpx
 import numpy as np
 
+from minmo.io.fs import read_source
 from minmo.tts.base import Style, Synthesized, TtsFailure, TtsRequest
+from schemas.quarantine import Rejected
 
 TTS_FAILED = "tts_failed"  # schemas.quarantine.ReasonCode.TTS_FAILED
 SUPPORTED_APIS = ("cosyvoice",)
 RATE_HEADER = "X-Custom-Header-sampleRate"
+UPLOAD_CONTENT_TYPE = "application/octet-stream"  # prompt clips are sent as opaque bytes
 PROMPT_CACHE_SIZE = 64  # prompt clips are reused across many lines of one speaker
 
 
@@ -126,6 +129,10 @@ class HttpTtsBackend:
         self._slots = threading.BoundedSemaphore(max_in_flight)
         self._lock = threading.Lock()
         self._prompts: OrderedDict[str, bytes] = OrderedDict()
+        # One pooled client for all threads (httpx clients are thread-safe): connections are kept
+        # alive across requests. Redirects are followed as urllib did; proxies come from the
+        # environment as with any client.
+        self._client = httpx.Client(timeout=timeout_s, follow_redirects=True)
 
     # -- request building --------------------------------------------------------------------
 
@@ -159,8 +166,8 @@ class HttpTtsBackend:
                 self._prompts.move_to_end(location)
                 return self._prompts[location]
         try:
-            data = read_bytes(location)
-        except (OSError, ValueError) as exc:
+            data = read_source(location, {})
+        except (Rejected, ValueError) as exc:
             raise _Fatal(f"cannot read prompt_wav {location!r}: {exc}") from exc
         if not data:
             raise _Fatal(f"prompt_wav {location!r} is empty")
@@ -203,8 +210,6 @@ class HttpTtsBackend:
             call = self.plan(request)
         except _Fatal as exc:
             return TtsFailure(TTS_FAILED, f"{request.key}: {exc}"), None, 0
-        body, content_type = encode_multipart(call.fields, call.files)
-        url = self.base_url + call.endpoint
         retries = 0
         last = ""
         for attempt in range(self.retries + 1):
@@ -214,7 +219,7 @@ class HttpTtsBackend:
                 with self._lock:
                     self.retries_used += 1
             try:
-                pcm, rate = self._post(url, body, content_type)
+                pcm, rate = self._post(call)
             except _Retryable as exc:
                 last = str(exc)
                 continue
@@ -229,25 +234,24 @@ class HttpTtsBackend:
         detail = f"{request.key}: {call.endpoint}: gave up after {self.retries} retries: {last}"
         return TtsFailure(TTS_FAILED, detail), None, retries
 
-    def _post(self, url: str, body: bytes, content_type: str) -> tuple[bytes, int]:
-        req = urllib.request.Request(
-            url, data=body, method="POST", headers={"Content-Type": content_type}
-        )
+    def _post(self, call: FormCall) -> tuple[bytes, int]:
+        """One attempt: (PCM bytes, sample rate), or `_Retryable` / `_Fatal`."""
+        files = {name: (*upload, UPLOAD_CONTENT_TYPE) for name, upload in call.files.items()}
         with self._slots:
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                    pcm = resp.read()
-                    header = resp.headers.get(RATE_HEADER)
-            except urllib.error.HTTPError as exc:
-                message = _error_text(exc)
-                if exc.code >= 500 or exc.code == 429:
-                    raise _Retryable(f"HTTP {exc.code}: {message}") from exc
-                raise _Fatal(f"HTTP {exc.code}: {message}") from exc
-            except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-                # URLError wraps refused/reset connections; socket.timeout is an OSError.
-                reason = getattr(exc, "reason", exc)
-                kind = "timed out" if isinstance(reason, socket.timeout) else "connection error"
-                raise _Retryable(f"{kind}: {reason}") from exc
+                response = self._client.post(
+                    self.base_url + call.endpoint, data=call.fields, files=files
+                )
+            except httpx.TimeoutException as exc:
+                raise _Retryable(f"timed out: {exc}") from exc
+            except httpx.RequestError as exc:
+                raise _Retryable(f"connection error: {exc}") from exc
+        if not response.is_success:
+            failure = f"HTTP {response.status_code}: {_error_text(response)}"
+            retryable = response.is_server_error or response.status_code == 429
+            raise _Retryable(failure) if retryable else _Fatal(failure)
+        pcm = response.content
+        header = response.headers.get(RATE_HEADER)
         rate = int(header) if header and header.isdigit() else self.sample_rate_hz
         pcm = pcm[: len(pcm) - len(pcm) % 2]
         if not pcm:
@@ -274,54 +278,16 @@ def instruct_text(style: Style) -> str | None:
     return "Speak " + ", ".join(parts) + "."
 
 
-def encode_multipart(
-    fields: dict[str, str], files: dict[str, tuple[str, bytes]]
-) -> tuple[bytes, str]:
-    """multipart/form-data body and its Content-Type, as FastAPI's Form()/File() read them."""
-    boundary = "minmo-" + uuid.uuid4().hex
-    out = bytearray()
-    for name, value in fields.items():
-        out += f'--{boundary}\r\nContent-Disposition: form-data; name="{_quote(name)}"\r\n\r\n'.encode()
-        out += value.encode("utf-8") + b"\r\n"
-    for name, (filename, data) in files.items():
-        out += (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{_quote(name)}"; '
-            f'filename="{_quote(filename)}"\r\nContent-Type: application/octet-stream\r\n\r\n'
-        ).encode()
-        out += data + b"\r\n"
-    out += f"--{boundary}--\r\n".encode()
-    return bytes(out), f"multipart/form-data; boundary={boundary}"
-
-
-def read_bytes(location: str) -> bytes:
-    """Whole file from a local path or a URI (s3://, gs://, file://) via the ingest filesystem."""
-    if "://" not in location:
-        with open(location, "rb") as f:
-            return f.read()
-    from minmo.io.fs import open_filesystem
-
-    fs, path = open_filesystem(location)
-    with fs.open_input_stream(path) as stream:
-        return stream.read()
-
-
 def _basename(location: str) -> str:
     return posixpath.basename(location.split("://", 1)[-1]) or "prompt.wav"
 
 
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', "%22").replace("\r", " ").replace("\n", " ")
-
-
-def _error_text(exc: urllib.error.HTTPError) -> str:
+def _error_text(response: httpx.Response) -> str:
+    """FastAPI's `detail` when the error body is its JSON, else the body's start."""
     try:
-        text = exc.read().decode("utf-8", "replace")
-    except OSError:
-        return exc.reason or ""
-    try:
-        return json.dumps(json.loads(text).get("detail", text))[:300]
+        return json.dumps(response.json().get("detail", response.text))[:300]
     except (ValueError, AttributeError):
-        return text[:300]
+        return response.text[:300]
 
 
-__all__ = ["BatchStats", "FormCall", "HttpTtsBackend", "encode_multipart", "instruct_text"]
+__all__ = ["BatchStats", "FormCall", "HttpTtsBackend", "instruct_text"]

@@ -5,13 +5,14 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import soundfile as sf
 
 from minmo.testing.cosyvoice_stub_server import StubServer, parse_form, run_stub_server
 from minmo.tts.base import Style, Synthesized, TtsFailure, TtsRequest, Voice
-from minmo.tts.http import HttpTtsBackend, encode_multipart, instruct_text
+from minmo.tts.http import HttpTtsBackend, instruct_text
 from minmo.tts.registry import make_backend
 
 SFT = Voice("spk1", "en", engine_voice="英文女")
@@ -153,13 +154,19 @@ def test_http_4xx_is_not_retried():
     assert client.retries_used == 0
 
 
-def test_multipart_round_trip():
-    body, ctype = encode_multipart(
-        {"tts_text": 'a "quoted"\nline', "spk_id": "中文女"}, {"prompt_wav": ("p.wav", b"\x00\r\n")}
+def test_stub_parses_the_forms_httpx_sends():
+    """The backend's forms are httpx's encodings: multipart with a prompt clip, urlencoded
+    without one. The stub (and FastAPI's Form()) must read both."""
+    fields = {"tts_text": 'a "quoted"\nline', "spk_id": "中文女"}
+    upload = {"prompt_wav": ("p.wav", b"\x00\r\n", "application/octet-stream")}
+    multipart = httpx.Request("POST", "http://stub/", data=fields, files=upload)
+    assert multipart.headers["content-type"].startswith("multipart/form-data")
+    assert parse_form(multipart.headers["content-type"], multipart.read()) == (
+        fields,
+        {"prompt_wav": b"\x00\r\n"},
     )
-    fields, files = parse_form(ctype, body)
-    assert fields == {"tts_text": 'a "quoted"\nline', "spk_id": "中文女"}
-    assert files == {"prompt_wav": b"\x00\r\n"}
+    plain = httpx.Request("POST", "http://stub/", data=fields)
+    assert parse_form(plain.headers["content-type"], plain.read()) == (fields, {})
 
 
 def test_instruct_text_and_registry():
