@@ -9,7 +9,7 @@ BUILD ?= build/demo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_PACKAGES := ffmpeg espeak-ng
 # The tests also open the stats report in a headless browser.
-TEST_DEBIAN_PACKAGES := chromium
+TEST_DEBIAN_PACKAGES := chromium chromium-driver
 
 .PHONY: demo test lint setup system-packages test-system-packages bench clean
 

@@ -1,14 +1,18 @@
 """Open a self-contained HTML report in headless Chromium and report what rendered.
 
-This module owns one browser session per call: start Debian's `chromium` headless on a throwaway
-profile, drive it over the Chrome DevTools Protocol (CDP) with `websockets`' sync client, load the
-report from its file:// URL, wait for it to render, measure every `<figure class="plot">`, record
-every URL the page asked for, and save a full-page PNG screenshot. `RenderResult.problems()` turns
-that into human-readable findings for a test to assert on.
+This module owns one browser session per call: Selenium's Chrome webdriver starts Debian's
+`chromedriver` (package chromium-driver) and, through it, Debian's `chromium` headless on a
+throwaway profile; it loads the report from its file:// URL, waits for it to render, measures every
+`<figure class="plot">`, records every URL the page asked for (Chrome's performance log, i.e. the
+DevTools Network events), collects uncaught exceptions and console errors (the browser log), and
+saves a full-page PNG screenshot (DevTools `Page.captureScreenshot`). `RenderResult.problems()`
+turns that into human-readable findings for a test to assert on.
 
 It must not judge report content beyond the plot contract (one inline `<svg>` or `<img>` plus a
 `<figcaption>` per `figure.plot`), and it must never reach the network: host names resolve to
-nothing, so an external request fails fast yet is still recorded (CDP reports it before it is sent).
+nothing, so an external request fails fast yet is still recorded (Chrome logs it before it is
+sent). The driver is always given by path, so Selenium Manager never runs and no browser or driver
+is ever downloaded.
 
 It is a test helper, not a test module and not part of the `minmo` package. Use:
 
@@ -24,20 +28,21 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
+import threading
 import time
-import urllib.request
-from collections.abc import Callable
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import websockets.sync.client
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
 
 Seconds = float
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
+CHROMEDRIVER_NAMES = ("chromedriver",)
 MIN_SVG_ELEMENTS = 5
 VIEWPORT_WIDTH_PX = 1280
 VIEWPORT_HEIGHT_PX = 800
@@ -47,6 +52,7 @@ MAX_SCREENSHOT_HEIGHT_PX = 16384
 # After rendering, wait this long with no new request before measuring, so late requests
 # (lazy images, script-driven fetches) are recorded too.
 QUIET_PERIOD_S: Seconds = 0.3
+LOG_POLL_S: Seconds = 0.05
 
 CHROMIUM_FLAGS = (
     "--headless",
@@ -56,7 +62,6 @@ CHROMIUM_FLAGS = (
     # /dev/shm in containers is often 64 MiB; Chromium crashes when it fills. Debian's wrapper is
     # meant to add this flag itself, but its /etc/chromium.d/dev-shm check errors in containers.
     "--disable-dev-shm-usage",
-    "--remote-debugging-port=0",
     "--no-first-run",
     "--no-default-browser-check",
     "--disable-extensions",
@@ -171,7 +176,7 @@ class RenderResult:
     figures: list[FigureInfo]
     requests: list[str]  # every Network.requestWillBeSent URL from navigation on, in order
     failed_requests: list[tuple[str, str]]  # (url, Chromium's errorText) per Network.loadingFailed
-    js_errors: list[str]  # uncaught exceptions (Runtime.exceptionThrown)
+    js_errors: list[str]  # uncaught exceptions (the browser log's "javascript" entries)
     screenshot: Path
     page_width_px: int
     page_height_px: int
@@ -207,30 +212,51 @@ class RenderResult:
 
 def find_chromium() -> str | None:
     """The Chromium binary: $CHROMIUM if set, else the first of CHROMIUM_NAMES on PATH."""
-    if override := os.environ.get("CHROMIUM"):
+    return _find("CHROMIUM", CHROMIUM_NAMES)
+
+
+def find_chromedriver() -> str | None:
+    """The driver: $CHROMEDRIVER if set, else `chromedriver` on PATH (Debian's chromium-driver)."""
+    return _find("CHROMEDRIVER", CHROMEDRIVER_NAMES)
+
+
+def _find(variable: str, names: tuple[str, ...]) -> str | None:
+    if override := os.environ.get(variable):
         return shutil.which(override)
-    for name in CHROMIUM_NAMES:
+    for name in names:
         if path := shutil.which(name):
             return path
     return None
 
 
 def require_chromium() -> str:
-    """For tests: the Chromium binary, or skip; under CI (env CI set) a missing one fails."""
+    """For tests: the Chromium binary, or skip when it or chromedriver is missing; under CI (env
+    CI set) a missing one fails."""
     import pytest
 
-    if path := find_chromium():
-        return path
-    if override := os.environ.get("CHROMIUM"):
-        reason = f"$CHROMIUM={override!r} is not an executable on PATH or a path to one"
-    else:
-        reason = (
-            f"no Chromium found (set $CHROMIUM, or put one of {', '.join(CHROMIUM_NAMES)} on "
-            "PATH: apt-get install chromium)"
+    reasons = [
+        _missing(variable, names, package)
+        for variable, names, package, found in (
+            ("CHROMIUM", CHROMIUM_NAMES, "chromium", find_chromium()),
+            ("CHROMEDRIVER", CHROMEDRIVER_NAMES, "chromium-driver", find_chromedriver()),
         )
+        if found is None
+    ]
+    if not reasons:
+        return str(find_chromium())
+    reason = "; ".join(reasons)
     if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
         pytest.fail(f"CI is set and {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def _missing(variable: str, names: tuple[str, ...], package: str) -> str:
+    if override := os.environ.get(variable):
+        return f"${variable}={override!r} is not an executable on PATH or a path to one"
+    return (
+        f"no {names[0]} found (set ${variable}, or put one of {', '.join(names)} on PATH: "
+        f"apt-get install {package})"
+    )
 
 
 def render_report(
@@ -238,12 +264,14 @@ def render_report(
     screenshot_path: Path,
     timeout_s: Seconds = 60,
     chromium: str | None = None,
+    chromedriver: str | None = None,
 ) -> RenderResult:
     """Load `html_path` in headless Chromium, measure its plots, save a full-page screenshot.
 
-    Raises ChromiumError when Chromium is missing, fails to start, cannot load the file, or the
-    whole session takes longer than `timeout_s`; the message ends with Chromium's stderr tail.
-    The browser and its temporary profile are removed whatever happens.
+    Raises ChromiumError when Chromium or chromedriver is missing, fails to start, cannot load the
+    file, or the whole session takes longer than `timeout_s`; the message ends with the tail of
+    chromedriver's log (which carries Chromium's stderr). The browser, the driver and the temporary
+    profile are removed whatever happens.
     """
     html_path = Path(html_path).resolve()
     if not html_path.is_file():
@@ -251,82 +279,59 @@ def render_report(
     chromium = chromium or find_chromium()
     if chromium is None:
         raise ChromiumError("no Chromium found: set $CHROMIUM or apt-get install chromium")
-    with _Browser(chromium, timeout_s) as browser:
+    chromedriver = chromedriver or find_chromedriver()
+    if chromedriver is None:
+        raise ChromiumError(
+            "no chromedriver found: set $CHROMEDRIVER or apt-get install chromium-driver"
+        )
+    with _Browser(chromium, chromedriver, timeout_s) as browser:
         return browser.render(html_path, Path(screenshot_path))
 
 
 class _Browser:
-    """One Chromium process on a temporary profile, and a CDP session with its page target."""
+    """One chromedriver (and the Chromium it starts) on a temporary profile, with a deadline.
 
-    def __init__(self, chromium: str, timeout_s: Seconds) -> None:
+    Selenium's calls block and take no overall deadline, so a watchdog thread kills the driver's
+    process group when `timeout_s` runs out, and again every `LOG_POLL_S` until the session is
+    closed (the driver may not have been spawned yet): the pending call then fails, and the
+    failure is reported as a timeout naming what was being waited for.
+    """
+
+    def __init__(self, chromium: str, chromedriver: str, timeout_s: Seconds) -> None:
         self.chromium = chromium
         self.timeout_s = timeout_s
         self.deadline = time.monotonic() + timeout_s
         self.profile = Path(tempfile.mkdtemp(prefix="minmo-chromium-"))
-        self.stderr_path = self.profile / "chromium.stderr"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.ws: websockets.sync.client.ClientConnection | None = None
-        self.ws_context = contextlib.ExitStack()
-        self.next_id = 0
-        self.events: list[dict[str, Any]] = []
+        self.log_path = self.profile / "chromedriver.log"
+        self.service = Service(
+            executable_path=chromedriver,  # given, so Selenium Manager never runs
+            service_args=["--enable-chrome-logs", "--log-level=WARNING"],  # + Chromium's stderr
+            log_output=str(self.log_path),
+            # Own process group, so Chromium and its renderer/zygote/utility children go down
+            # with the driver.
+            popen_kw={"start_new_session": True},
+        )
+        self.driver: webdriver.Chrome | None = None
+        self.waiting_for = "chromedriver and Chromium to start"
+        self.expired = threading.Event()
+        self.closed = threading.Event()
+        self.watchdog = threading.Timer(timeout_s, self._expire)
+        self.watchdog.daemon = True
+        self.events: list[dict[str, Any]] = []  # DevTools Network events, in order
 
     def __enter__(self) -> _Browser:
-        try:
-            self._start()
-        except BaseException:
-            self._stop()
-            raise
+        self.watchdog.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._stop()
-
-    # -- process -------------------------------------------------------------------------------
-
-    def _start(self) -> None:
-        # The profile directory holds only Chromium's own files; its stderr goes beside it.
-        user_data = self.profile / "user-data"
-        user_data.mkdir()
-        with self.stderr_path.open("wb") as stderr:
-            self.proc = subprocess.Popen(
-                [self.chromium, *CHROMIUM_FLAGS, f"--user-data-dir={user_data}", "about:blank"],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                # Own process group, so renderer/zygote/utility children go down with it.
-                start_new_session=True,
-            )
-        port_file = user_data / "DevToolsActivePort"
-        port = self._poll("DevToolsActivePort", lambda: _read_port(port_file))
-        ws_url = self._poll("a page target", lambda: _page_target(port))
-        try:
-            connection = websockets.sync.client.connect(
-                ws_url,
-                open_timeout=self._remaining("the DevTools websocket"),
-                close_timeout=1,
-                max_size=None,  # full-page screenshots arrive as one large base64 message
-                ping_interval=None,
-                proxy=None,  # the DevTools port is local; never route it via $HTTP(S)_PROXY
-            )
-            # websockets 17 wants connect() used as a context manager; the stack is closed in _stop.
-            self.ws = self.ws_context.enter_context(connection)
-        except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as error:
-            raise self._error(f"could not connect to {ws_url}: {error}") from error
-
-    def _stop(self) -> None:
-        self.ws_context.close()
-        self.ws = None
-        if self.proc is not None:
-            # SIGTERM lets Chromium exit cleanly; SIGKILL then takes whatever of its process
-            # group (renderers, zygote, utilities) is left, whether or not the browser obliged.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(5)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-            self.proc = None
+        self.closed.set()
+        self.watchdog.cancel()
+        if self.driver is not None:
+            with contextlib.suppress(Exception):
+                self.driver.quit()
+        with contextlib.suppress(Exception):
+            self.service.stop()
+        self._kill()
         # Chromium's children can still be writing into the profile for a moment.
         for _ in range(10):
             shutil.rmtree(self.profile, ignore_errors=True)
@@ -334,178 +339,149 @@ class _Browser:
                 break
             time.sleep(0.1)
 
-    def _remaining(self, waiting_for: str) -> Seconds:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise self._error(f"timed out after {self.timeout_s:g} s waiting for {waiting_for}")
-        return left
+    # -- process and deadline --------------------------------------------------------------------
 
-    def _poll(self, waiting_for: str, attempt: Callable[[], Any]) -> Any:
-        while True:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise self._error(
-                    f"exited with code {self.proc.returncode} while we waited for {waiting_for}"
-                )
-            if (value := attempt()) is not None:
-                return value
-            self._remaining(waiting_for)
-            time.sleep(0.05)
+    def _expire(self) -> None:
+        self.expired.set()
+        while not self.closed.is_set():
+            self._kill()
+            self.closed.wait(LOG_POLL_S)
+
+    def _kill(self) -> None:
+        """SIGKILL whatever of the driver's process group is left (Chromium included)."""
+        process = getattr(self.service, "process", None)
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                process.wait(5)
+
+    def _next(self, waiting_for: str) -> None:
+        """Start waiting for `waiting_for`, unless the deadline passed in the previous wait."""
+        if self.expired.is_set() or time.monotonic() >= self.deadline:
+            raise self._timeout()
+        self.waiting_for = waiting_for
+
+    def _timeout(self) -> ChromiumError:
+        return self._error(f"timed out after {self.timeout_s:g} s waiting for {self.waiting_for}")
 
     def _error(self, message: str) -> ChromiumError:
         try:
-            lines = self.stderr_path.read_text(errors="replace").splitlines()
+            lines = self.log_path.read_text(errors="replace").splitlines()
         except OSError:
             lines = []
         # A container has no D-Bus, and Chromium says so dozens of times; those lines hide the
         # ones that explain a failure.
         tail = "\n".join([line for line in lines if "dbus" not in line.lower()][-40:]) or "(empty)"
         return ChromiumError(
-            f"chromium ({self.chromium}) {message}\n--- chromium stderr tail ---\n{tail}"
+            f"chromium ({self.chromium}) {message}\n--- chromedriver/chromium stderr tail ---\n{tail}"
         )
 
-    # -- CDP -----------------------------------------------------------------------------------
-
-    def _receive(self, waiting_for: str, timeout_s: Seconds | None = None) -> dict[str, Any]:
-        assert self.ws is not None
-        wait_s = self._remaining(waiting_for)
-        if timeout_s is not None:
-            wait_s = min(wait_s, timeout_s)
-        try:
-            message = json.loads(self.ws.recv(timeout=wait_s))
-        except TimeoutError:
-            if timeout_s is not None:
-                raise
-            raise self._error(
-                f"timed out after {self.timeout_s:g} s waiting for {waiting_for}"
-            ) from None
-        except websockets.exceptions.ConnectionClosed as error:
-            raise self._error(
-                f"closed the DevTools connection ({error}) during {waiting_for}"
-            ) from error
-        if "method" in message:
-            self.events.append(message)
-        return message
-
-    def send(self, method: str, **params: Any) -> dict[str, Any]:
-        """Call a CDP method and wait for its result; events meanwhile are kept in self.events."""
-        assert self.ws is not None
-        self.next_id += 1
-        call_id = self.next_id
-        self.ws.send(json.dumps({"id": call_id, "method": method, "params": params}))
-        while True:
-            message = self._receive(method)
-            if message.get("id") == call_id:
-                if "error" in message:
-                    raise self._error(f"{method} failed: {message['error']}")
-                return message.get("result", {})
-
-    def wait_event(
-        self,
-        method: str,
-        since: int,
-        where: Callable[[dict[str, Any]], bool] = lambda _: True,
-        describe: str = "",
-    ) -> dict[str, Any]:
-        """The first `method` event at index >= `since` whose params pass `where`, waiting for it."""
-        while True:
-            for event in self.events[since:]:
-                if event["method"] == method and where(event.get("params", {})):
-                    return event
-            since = len(self.events)
-            self._receive(f"{method} ({describe})")
-
-    def drain(self, quiet_s: Seconds) -> None:
-        """Keep receiving until no network request has started for `quiet_s`."""
-        last_request = time.monotonic()
-        while (left := last_request + quiet_s - time.monotonic()) > 0:
-            try:
-                message = self._receive("the page to go quiet", timeout_s=left)
-            except TimeoutError:
-                return
-            if message.get("method") == "Network.requestWillBeSent":
-                last_request = time.monotonic()
-
-    def drain_queued(self) -> None:
-        """Receive whatever has already arrived, without waiting."""
-        while True:
-            try:
-                self._receive("queued events", timeout_s=0)
-            except TimeoutError:
-                return
-
-    def evaluate(self, expression: str, await_promise: bool = False) -> Any:
-        result = self.send(
-            "Runtime.evaluate",
-            expression=expression,
-            returnByValue=True,
-            awaitPromise=await_promise,
-        )
-        if "exceptionDetails" in result:
-            raise self._error(f"page script failed: {_exception_text(result['exceptionDetails'])}")
-        return result["result"].get("value")
-
-    # -- the report ----------------------------------------------------------------------------
+    # -- the report ------------------------------------------------------------------------------
 
     def render(self, html_path: Path, screenshot_path: Path) -> RenderResult:
+        try:
+            return self._render(html_path, screenshot_path)
+        except ChromiumError:
+            raise
+        except Exception as error:  # Selenium's, urllib3's once the watchdog killed the driver
+            if self.expired.is_set():
+                raise self._timeout() from error
+            raise self._error(f"failed waiting for {self.waiting_for}: {error}") from error
+
+    def _render(self, html_path: Path, screenshot_path: Path) -> RenderResult:
+        self.driver = driver = webdriver.Chrome(options=self._options(), service=self.service)
+        self._next("the viewport")
+        self._set_viewport(VIEWPORT_WIDTH_PX, VIEWPORT_HEIGHT_PX)
+        driver.get_log("performance")  # the start page's events are not the report's
+        driver.get_log("browser")
         url = html_path.as_uri()
-        self.send("Network.enable")
-        self.send("Page.enable")
-        self.send("Page.setLifecycleEventsEnabled", enabled=True)
-        self.send("Runtime.enable")
-        self.send(
-            "Emulation.setDeviceMetricsOverride",
-            width=VIEWPORT_WIDTH_PX,
-            height=VIEWPORT_HEIGHT_PX,
-            deviceScaleFactor=1,
-            mobile=False,
-        )
-        self.events.clear()  # about:blank's events are not the report's
-        navigation = self.send("Page.navigate", url=url)
-        if error_text := navigation.get("errorText"):
-            raise self._error(f"could not load {url}: {error_text}")
-        # The "load" lifecycle event of this navigation's loader, rather than Page.loadEventFired,
-        # which names no document and could still be about:blank's.
-        self.wait_event(
-            "Page.lifecycleEvent",
-            since=0,
-            where=lambda e: e["name"] == "load" and e["loaderId"] == navigation.get("loaderId"),
-            describe="the report's load event",
-        )
+        self._next("the report's load event")
+        driver.get(url)
 
         # Grow the viewport to the whole page so lazy content loads and lays out as in the
         # screenshot; the page's height can change with it, so measure again afterwards.
-        self.evaluate(_SETTLE_JS, await_promise=True)
-        size = self.evaluate(_PAGE_SIZE_JS)
+        self._next("the report to render")
+        self._evaluate(_SETTLE_JS)
+        size = self._evaluate(_PAGE_SIZE_JS)
         width = max(VIEWPORT_WIDTH_PX, size["width"])
-        height = min(max(1, size["height"]), MAX_SCREENSHOT_HEIGHT_PX)
-        self.send(
-            "Emulation.setDeviceMetricsOverride",
-            width=width,
-            height=height,
-            deviceScaleFactor=1,
-            mobile=False,
-        )
-        self.evaluate(_SETTLE_JS, await_promise=True)
-        self.drain(QUIET_PERIOD_S)
-        size = self.evaluate(_PAGE_SIZE_JS)
-        measured = self.evaluate(_MEASURE_JS)
+        self._set_viewport(width, min(max(1, size["height"]), MAX_SCREENSHOT_HEIGHT_PX))
+        self._evaluate(_SETTLE_JS)
+        self._next("the page to go quiet")
+        self._drain_network(QUIET_PERIOD_S)
+        self._next("the plots to be measured")
+        size = self._evaluate(_PAGE_SIZE_JS)
+        measured = self._evaluate(_MEASURE_JS)
 
+        self._next("the screenshot")
         shot_height = min(size["height"], MAX_SCREENSHOT_HEIGHT_PX)
-        shot = self.send(
+        shot = driver.execute_cdp_cmd(
             "Page.captureScreenshot",
-            format="png",
-            captureBeyondViewport=True,
-            clip={"x": 0, "y": 0, "width": width, "height": shot_height, "scale": 1},
+            {
+                "format": "png",
+                "captureBeyondViewport": True,
+                "clip": {"x": 0, "y": 0, "width": width, "height": shot_height, "scale": 1},
+            },
         )
         screenshot_path.parent.mkdir(parents=True, exist_ok=True)
         screenshot_path.write_bytes(base64.b64decode(shot["data"]))
-        self.drain_queued()
+        self._next("the logs")
+        self._drain_network(0)
         return self._result(url, measured, size, screenshot_path)
+
+    def _options(self) -> webdriver.ChromeOptions:
+        options = webdriver.ChromeOptions()
+        options.binary_location = self.chromium
+        for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={self.profile / 'user-data'}"):
+            options.add_argument(flag)
+        # "performance" is the DevTools Network domain's events; "browser" is the console and
+        # uncaught exceptions.
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+        options.add_experimental_option(
+            "perfLoggingPrefs", {"enableNetwork": True, "enablePage": False}
+        )
+        milliseconds = int(self.timeout_s * 1000)
+        options.timeouts = {"pageLoad": milliseconds, "script": milliseconds}
+        # The driver listens on localhost: never send its commands through $HTTP(S)_PROXY. The
+        # switch is deprecated in favour of a ClientConfig, which webdriver.Chrome does not take.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            options.ignore_local_proxy_environment_variables()
+        return options
+
+    def _evaluate(self, expression: str) -> Any:
+        """The value of a JavaScript expression in the page; a promise is awaited."""
+        assert self.driver is not None
+        # `return` then a line break would return undefined: the expression starts on its line.
+        return self.driver.execute_script("return " + expression.strip())
+
+    def _set_viewport(self, width: int, height: int) -> None:
+        assert self.driver is not None
+        self.driver.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        )
+
+    def _drain_network(self, quiet_s: Seconds) -> None:
+        """Collect Network events until no request has started for `quiet_s` (0: once)."""
+        assert self.driver is not None
+        last_request = time.monotonic()
+        while True:
+            for entry in self.driver.get_log("performance"):
+                event = json.loads(entry["message"])["message"]
+                if event["method"].startswith("Network."):
+                    self.events.append(event)
+                if event["method"] == "Network.requestWillBeSent":
+                    last_request = time.monotonic()
+            if time.monotonic() - last_request >= quiet_s:
+                return
+            time.sleep(LOG_POLL_S)
 
     def _result(
         self, url: str, measured: dict[str, Any], size: dict[str, int], screenshot: Path
     ) -> RenderResult:
-        requests, failed, js_errors, console_errors = [], [], [], []
+        assert self.driver is not None
+        requests, failed = [], []
         url_by_id: dict[str, str] = {}
         for event in self.events:
             method, params = event["method"], event.get("params", {})
@@ -516,52 +492,23 @@ class _Browser:
                 failed.append(
                     (url_by_id.get(params["requestId"], "?"), params.get("errorText", ""))
                 )
-            elif method == "Runtime.exceptionThrown":
-                js_errors.append(_exception_text(params["exceptionDetails"]))
-            elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-                console_errors.append(
-                    " ".join(str(a.get("value", a.get("description", ""))) for a in params["args"])
-                )
+        # Chrome's browser log: "javascript" entries are uncaught exceptions, "console-api"
+        # SEVERE entries are console.error / console.assert ("network" ones repeat failed requests).
+        logged = self.driver.get_log("browser")
         return RenderResult(
             url=url,
             title=measured["title"],
             figures=[FigureInfo(**figure) for figure in measured["figures"]],
             requests=requests,
             failed_requests=failed,
-            js_errors=js_errors,
-            console_errors=console_errors,
+            js_errors=[e["message"] for e in logged if e.get("source") == "javascript"],
+            console_errors=[
+                e["message"]
+                for e in logged
+                if e.get("source") == "console-api" and e.get("level") == "SEVERE"
+            ],
             screenshot=screenshot,
             page_width_px=size["width"],
             page_height_px=size["height"],
             screenshot_truncated=size["height"] > MAX_SCREENSHOT_HEIGHT_PX,
         )
-
-
-def _read_port(port_file: Path) -> int | None:
-    # Chromium writes "PORT\n/devtools/browser/<id>"; it may be caught half-written.
-    try:
-        first_line = port_file.read_text().split("\n", 1)[0].strip()
-    except OSError:
-        return None
-    return int(first_line) if first_line.isdigit() else None
-
-
-def _page_target(port: int) -> str | None:
-    """The websocket URL of the about:blank page target, once Chromium lists it."""
-    # An empty ProxyHandler: never send the local DevTools request through $http_proxy.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(f"http://127.0.0.1:{port}/json/list", timeout=2) as response:
-            targets = json.load(response)
-    except (OSError, ValueError):
-        return None
-    # Headless Chromium also lists browser_ui targets (omnibox popup); only a "page" will do.
-    for target in targets:
-        if target.get("type") == "page" and "webSocketDebuggerUrl" in target:
-            return target["webSocketDebuggerUrl"]
-    return None
-
-
-def _exception_text(details: dict[str, Any]) -> str:
-    exception = details.get("exception", {})
-    return exception.get("description") or details.get("text", "unknown error")

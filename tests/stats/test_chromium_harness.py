@@ -1,7 +1,9 @@
 """Tests for the headless-Chromium report harness (tests/stats/chromium.py) on hand-written pages.
 
-Each browser test launches Chromium once (about 1-2 s). Without Chromium they skip, except under
-CI (env CI set), where a missing Chromium fails.
+Selenium and chromedriver are trusted to drive the browser; these test what the harness adds: the
+plot measurements, the request and error records, the full-page screenshot and the deadline. Each
+browser test starts chromedriver and Chromium once (about 2-4 s). Without them they skip, except
+under CI (env CI set), where a missing one fails.
 """
 
 from __future__ import annotations
@@ -155,7 +157,8 @@ def test_broken_figures_are_reported(tmp_path: Path) -> None:
             + figure("blank-caption", SVG_LINE, caption="  ")
             + figure("zero", '<svg width="0" height="0">' + SVG_BARS + "</svg>")
             + figure("nothing", "<p>plot failed</p>")
-            + figure("bad-png", '<img src="data:image/png;base64,AAAA">'),
+            + figure("bad-png", '<img src="data:image/png;base64,AAAA">')
+            + '<script>console.error("plot", 3); throw new Error("boom")</script>',
         )
     )
 
@@ -170,7 +173,12 @@ def test_broken_figures_are_reported(tmp_path: Path) -> None:
     assert by_figure["zero"] == ["figure #zero: svg box is 0x0 px (zero size)"]
     assert by_figure["nothing"] == ["figure #nothing: has neither an <svg> nor an <img>"]
     assert by_figure["bad-png"][0].startswith("figure #bad-png: img not loaded")
-    assert len(problems) == 6
+    (js_error,) = result.js_errors
+    assert "Uncaught Error: boom" in js_error and f"JavaScript error: {js_error}" in problems
+    assert len(problems) == 7
+    # console.error is recorded, not judged: the report has no scripts, so it never logs one.
+    (console_error,) = result.console_errors
+    assert console_error.endswith('"plot" 3')
     assert result.external_requests == []
 
 
@@ -239,6 +247,17 @@ def _processes_mentioning(text: str) -> list[str]:
 def test_missing_report_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ChromiumError, match="no report at"):
         render_report(tmp_path / "absent.html", tmp_path / "absent.png", chromium="/bin/false")
+
+
+def test_missing_chromedriver_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Selenium Manager would download a driver; the harness names the Debian package instead."""
+    html = tmp_path / "report.html"
+    html.write_text(page("t", ""))
+    monkeypatch.setenv("CHROMEDRIVER", str(tmp_path / "no-such-chromedriver"))
+    with pytest.raises(ChromiumError, match="apt-get install chromium-driver"):
+        render_report(html, tmp_path / "t.png", chromium="/bin/false")
 
 
 def test_problems_without_a_browser() -> None:
