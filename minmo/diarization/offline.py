@@ -155,8 +155,10 @@ def mel_filterbank(
 
     torchaudio builds the filters in torch's default dtype. Built in float32, ~5% of the weights
     move by up to 2e-8 from the float64 construction rounded once to float32, which is what the
-    offline diarizer's labels (and so the demo's shards) were made with. So the default dtype is
-    float64 while this tiny (40x201) matrix is built, then the result is rounded once.
+    offline diarizer's labels (and so the demo's shards) were made with; on the real test call that
+    moves segment confidences by up to 3e-7. So the default dtype is float64 while this tiny
+    (40x201) matrix is built, then the result is rounded once. The switch is process-wide for
+    those microseconds; the diarize step builds its backend inside a single-threaded actor call.
     """
     default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
