@@ -3,14 +3,15 @@
 Owns: choosing the server endpoint and form fields per request, uploading prompt clips, keeping at
 most `max_in_flight` requests in flight, retrying transient failures with exponential backoff,
 and decoding the raw int16 PCM the server streams back. The HTTP itself (connection pooling,
-multipart encoding, timeouts) is httpx's. Must not: resample or post-process audio,
-or raise for one bad request (it becomes a `TtsFailure` after the last retry).
+form encoding, timeouts) is httpx's. Must not: resample or post-process audio, or raise for one
+bad request (it becomes a `TtsFailure` after the last retry).
 
 Server API (FunAudioLLM/CosyVoice `runtime/python/fastapi/server.py`, default port 50000); every
-endpoint takes form fields (FastAPI `Form()`/`File()`: httpx sends multipart/form-data when there
-is a prompt clip to upload, urlencoded otherwise; FastAPI reads both) and answers with headerless little-endian int16 mono PCM at
-the model's rate (22050 Hz for CosyVoice-300M*, 24000 Hz for CosyVoice2; some forks send it in an
-`X-Custom-Header-sampleRate` header, which wins over `sample_rate_hz` when present):
+endpoint takes form fields (FastAPI `Form()`/`File()`; httpx sends multipart/form-data when a
+prompt clip is uploaded, urlencoded otherwise, and FastAPI reads both) and answers with
+headerless little-endian int16 mono PCM at the model's rate (22050 Hz for CosyVoice-300M*,
+24000 Hz for CosyVoice2; some forks send it in an `X-Custom-Header-sampleRate` header, which wins
+over `sample_rate_hz` when present):
 
     request has                          endpoint                 form fields
     prompt_wav + prompt_text             /inference_zero_shot     tts_text, prompt_text, prompt_wav
