@@ -28,23 +28,9 @@ from pipelines.build import BuildDir
 from pipelines.samples import sources
 from pipelines.samples.prompts import PromptBook, language_name
 from pipelines.samples.spec import audio_ref, make_spec, user_with_audio
+from schemas.tasks import STAGE_TASKS, STAGES
 
-STAGES = ("stage1", "stage2", "stage3", "stage4")
-STAGE_TASKS = {
-    "stage1": (
-        "asr",
-        "contextual_asr",
-        "language_id",
-        "speech_translation",
-        "emotion",
-        "audio_event",
-        "speaker_analysis",
-        "s2t_chat",
-    ),
-    "stage2": ("tts", "instruct_tts"),
-    "stage3": ("s2s_chat", "s2s_style_chat"),
-    "stage4": ("duplex",),
-}
+__all__ = ["STAGES", "STAGE_TASKS", "BuildCounts", "SampleConfig", "StageBuilder"]
 
 
 @dataclass
