@@ -3,7 +3,8 @@
 Owns: choosing the recordings to diarize (by task, duplicates skipped), the backend choice per
 recording (`auto`: `channels` for multi-channel audio, else `pyannote` when a model is
 configured, else `offline`), the Ray Data actor stage that loads audio and runs the backend,
-and the step's summary. The algorithms live in minmo/diarization/.
+and the step's summary. The algorithms live in minmo/diarization/; the backends, with their
+settings (`backend_options` here), are named by minmo/diarization/registry.py.
 
 Resumable and idempotent through `RecordingStep`: a recording is diarized once per build;
 bad input (no speech, one speaker, a one-channel recording forced onto `channels`, unreadable
