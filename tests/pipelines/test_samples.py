@@ -7,11 +7,21 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.build import BuildDir
+from pipelines.samples import sources
+from pipelines.samples.builders import (
+    STAGE1_TASKS,
+    SampleConfig,
+    Segment,
+    Stage1Task,
+    StageBuilder,
+)
 from pipelines.samples.prompts import PromptBook
 from pipelines.samples.spec import audio_ref, estimated_bytes, make_spec, sample_key
 from pipelines.shards.plan import bucket_of, mixture_copies
 from pipelines.shards.step import ShardsConfig
 from pipelines.shards.writer import validate_key
+from schemas.tasks import STAGE_TASKS
 
 
 def _spec(key_source: str = "seg-1", seconds: float = 4.0) -> dict:
@@ -27,8 +37,6 @@ def _spec(key_source: str = "seg-1", seconds: float = 4.0) -> dict:
 
 
 def test_bundled_prompts_cover_every_task_and_fill_fields() -> None:
-    from pipelines.samples.builders import STAGE_TASKS
-
     book = PromptBook.load()
     for tasks in STAGE_TASKS.values():
         for task in tasks:
@@ -93,9 +101,6 @@ def test_all_means_every_stage() -> None:
 
 
 def test_s2s_provenance_names_the_user_audio_by_key_not_path(tmp_path: Path) -> None:
-    from pipelines.build import BuildDir
-    from pipelines.samples.builders import SampleConfig, StageBuilder
-
     builder = StageBuilder(BuildDir(str(tmp_path)), SampleConfig())
     row = {"sample_id": "s", "dialogue_id": "d", "recipe": "asr_query"}
     row["user_audio_uri"] = "/mnt/a/corpus/x.wav"
@@ -109,25 +114,12 @@ def test_s2s_provenance_names_the_user_audio_by_key_not_path(tmp_path: Path) -> 
 
 
 def test_stage1_registry_matches_the_task_names_contract() -> None:
-    from pipelines.samples.builders import STAGE1_TASKS
-    from schemas.tasks import STAGE_TASKS
-
     assert sorted(STAGE1_TASKS) == sorted(STAGE_TASKS["stage1"])
 
 
 def test_a_registered_toy_stage1_task_is_one_function_and_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipelines.build import BuildDir
-    from pipelines.samples import sources
-    from pipelines.samples.builders import (
-        STAGE1_TASKS,
-        SampleConfig,
-        Segment,
-        Stage1Task,
-        StageBuilder,
-    )
-
     def backwards(builder: StageBuilder, seg: Segment):
         if seg.text:
             yield builder.segment_spec(seg, "backwards", "Say it backwards.", seg.text[::-1])
