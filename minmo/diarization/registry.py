@@ -124,6 +124,8 @@ def _pyannote(_: NoSettings, context: BackendContext) -> Diarizer:
 
 
 # One line per backend. `offline` takes no device: the step never passed it one (kept as is).
-register(Backend("channels", ChannelDiarizerConfig, lambda s, _: ChannelDiarizer(s), False))
+register(
+    Backend("channels", ChannelDiarizerConfig, lambda s, _: ChannelDiarizer(s), uses_model=False)
+)
 register(Backend("pyannote", NoSettings, _pyannote, needs_model_path=True))
 register(Backend("offline", OfflineDiarizerConfig, lambda s, _: OfflineDiarizer(s)))
