@@ -35,6 +35,7 @@ import yaml
 
 from minmo.io.fs import open_filesystem
 from minmo.jobs import nearest
+from schemas.tasks import STAGE_TASKS
 
 # The steps a pipeline may name, in the order a build runs them (rows print in this order).
 PLAN_STEPS = ("ingest", "synthesize", "diarize", "label-turns", "shards", "stats")
@@ -322,10 +323,6 @@ TRAIN_KEYS = (
 
 
 def _stage_of(task: str, where: str) -> str:
-    # Imported here, not at the top: the builders module pulls in the text tokenizer
-    # (transformers, torch) through pipelines.samples.spec, seconds of import for a lookup.
-    from pipelines.samples.builders import STAGE_TASKS
-
     for stage, tasks in STAGE_TASKS.items():
         if task in tasks:
             return stage

@@ -3,7 +3,8 @@
 Owns: choosing the recordings to diarize (by task, duplicates skipped), the backend choice per
 recording (`auto`: `channels` for multi-channel audio, else `pyannote` when a model is
 configured, else `offline`), the Ray Data actor stage that loads audio and runs the backend,
-and the step's summary. The algorithms live in minmo/diarization/.
+and the step's summary. The algorithms live in minmo/diarization/; the backends, with their
+settings (`backend_options` here), are named by minmo/diarization/registry.py.
 
 Resumable and idempotent through `RecordingStep`: a recording is diarized once per build;
 bad input (no speech, one speaker, a one-channel recording forced onto `channels`, unreadable
@@ -21,16 +22,23 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import torch
 
+from minmo.audio.decode import DecodeError
+from minmo.diarization import registry
+from minmo.diarization.registry import AUTO, BackendContext, Diarizer
+from minmo.diarization.types import DiarizationRejected, SpeakerHints
+from minmo.jobs import nearest
 from pipelines.audio_source import SourceRoots, load_audio_16k
 from pipelines.build import BuildDir
 from pipelines.ray_runtime import ensure_ray, model_actors
 from pipelines.recording_step import RecordingStep, StepTotals
-from schemas import QUARANTINE, TURNS, DiarizationBackend, ReasonCode
-from schemas.quarantine import quarantine_row
+from schemas import QUARANTINE, TURNS, ReasonCode
+from schemas.quarantine import Rejected, quarantine_row
 
 STEP = "diarize"
-BACKENDS = ("auto", *(b.value for b in DiarizationBackend))
+BACKENDS = (AUTO, *registry.BACKENDS)
+"""The `backend` choices: `auto` and every registered backend (minmo/diarization/registry.py)."""
 
 
 @dataclass
@@ -56,29 +64,48 @@ class DiarizeConfig:
     recordings_per_unit: int = 16
     units_per_wave: int = 16
     storage_options: dict[str, Any] = field(default_factory=dict)
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    """Each backend's own settings by backend name, e.g. `{offline: {window_s: 1.5}}`; a section
+    maps onto that backend's settings dataclass (registry.py), an unknown key is an error naming
+    the nearest one. Several may be given: `auto` can use more than one backend in a run."""
 
     def __post_init__(self) -> None:
         if not self.tasks:
             self.tasks = ["conversation"]
-        if self.backend not in BACKENDS:
-            raise ValueError(f"diarize backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.backend == "pyannote" and not self.diarization_model:
-            raise ValueError("backend 'pyannote' needs diarization_model (a local path)")
+        if self.backend != AUTO and self.backend not in registry.BACKENDS:
+            raise ValueError(
+                f"diarize backend must be one of {(AUTO, *registry.BACKENDS)}, "
+                f"got {self.backend!r}{nearest(self.backend, registry.BACKENDS)}"
+            )
+        chosen = None if self.backend == AUTO else registry.get(self.backend)
+        if chosen and chosen.needs_model_path and not self.diarization_model:
+            raise ValueError(f"backend {self.backend!r} needs diarization_model (a local path)")
+        self.backend_options = {
+            name: registry.parse_settings(name, section)
+            for name, section in self.backend_options.items()
+        }
         if self.recordings_per_unit < 1 or self.units_per_wave < 1:
             raise ValueError("recordings_per_unit and units_per_wave must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def settings(self, backend: str) -> Any:
+        """`backend`'s settings: its `backend_options` section, else its defaults."""
+        if backend in self.backend_options:
+            return self.backend_options[backend]
+        return registry.get(backend).settings()
+
 
 def choose_backend(config: DiarizeConfig, channels: int) -> str:
-    if config.backend != "auto":
+    """The backend for one recording: the configured one, or `auto`'s pick by channel count."""
+    if config.backend != AUTO:
         return config.backend
     if channels >= 2:
-        return DiarizationBackend.CHANNELS.value
+        return "channels"
     if config.diarization_model:
-        return DiarizationBackend.PYANNOTE.value
-    return DiarizationBackend.OFFLINE.value
+        return "pyannote"
+    return "offline"
 
 
 def speech_and_overlap_s(turns: list[dict[str, Any]]) -> tuple[float, float]:
@@ -104,28 +131,15 @@ class DiarizeStage:
     expensive part)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        import torch
-
         self.config = DiarizeConfig(**config)
-        self.backends: dict[str, Any] = {}
+        self.context = BackendContext(self.config.diarization_model, self.config.device)
+        self.backends: dict[str, Diarizer] = {}
         torch.set_num_threads(1)  # one CPU per actor: more threads only contend
 
-    def _backend(self, name: str) -> Any:
+    def _backend(self, name: str) -> Diarizer:
         if name not in self.backends:
-            if name == "channels":
-                from minmo.diarization.channels import ChannelDiarizer
-
-                self.backends[name] = ChannelDiarizer()
-            elif name == "pyannote":
-                from minmo.diarization.pyannote_backend import PyannoteDiarizer
-
-                model = self.config.diarization_model
-                assert model is not None
-                self.backends[name] = PyannoteDiarizer(model, device=self.config.device)
-            else:
-                from minmo.diarization.offline import OfflineDiarizer
-
-                self.backends[name] = OfflineDiarizer()
+            settings = self.config.settings(name)
+            self.backends[name] = registry.build(name, settings, self.context)
         return self.backends[name]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
@@ -139,10 +153,6 @@ class DiarizeStage:
         return out
 
     def diarize(self, item: dict[str, Any]) -> dict[str, Any]:
-        from minmo.audio.decode import DecodeError
-        from minmo.diarization.types import DiarizationRejected, SpeakerHints
-        from schemas.quarantine import Rejected
-
         config = self.config
         backend = choose_backend(config, item["channels"])
         stats: dict[str, float] = {"audio_s": item["duration_s"], f"backend_{backend}": 1}
@@ -292,9 +302,10 @@ def run_diarize(build_uri: str, config: DiarizeConfig, progress: bool = True) ->
 
 
 def _diarize_dataset(ds: Any, config: DiarizeConfig, n_items: int) -> Any:
-    import ray
+    import ray  # third-party, as in every step: Ray's import is slow and only a run needs it
 
-    actors, gpus = model_actors(config.backend != "channels", config.gpus_per_actor, config.actors)
+    uses_model = config.backend == AUTO or registry.get(config.backend).uses_model
+    actors, gpus = model_actors(uses_model, config.gpus_per_actor, config.actors)
     actors = min(actors, n_items)
     return ds.map_batches(
         DiarizeStage,

@@ -7,7 +7,7 @@ from schemas.quarantine import QUARANTINE, ReasonCode
 from schemas.recordings import RECORDINGS
 from schemas.s2s import S2S_SAMPLES, S2SRecipe
 from schemas.segments import SEGMENTS, SegmentOrigin, segment_id
-from schemas.turns import TURNS, DiarizationBackend
+from schemas.turns import TURNS
 
 __all__ = [
     "S2S_SAMPLES",
@@ -19,7 +19,6 @@ __all__ = [
     "EVENTS",
     "FRAME_LABELS",
     "TURNS",
-    "DiarizationBackend",
     "EventType",
     "FrameLabel",
     "QUARANTINE",

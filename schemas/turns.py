@@ -3,22 +3,19 @@
 One row per stretch of one speaker's speech. Overlap is kept: rows of different speakers of the
 same recording may overlap in time. `speaker` is local to the recording ("ch0" for channel 0 of
 a telephone call, "spk1" for the second voice a clustering backend found).
+
+`backend` names the diarization backend that produced the row ("channels", "pyannote",
+"offline", ...). It is an open set on purpose: the backend registry
+(minmo/diarization/registry.py) is the source of truth, so that adding a backend is one module
+and one registration line; schemas/ cannot see that registry, and a closed enum here would be a
+third place to edit. The values of the existing backends are unchanged.
 """
 
 from __future__ import annotations
 
-import enum
-
 import pyarrow as pa
 
 from schemas._table import TableContract
-
-
-class DiarizationBackend(str, enum.Enum):
-    CHANNELS = "channels"  # one speaker per channel, per-channel VAD, crosstalk removed
-    PYANNOTE = "pyannote"  # pyannote.audio's SpeakerDiarization pipeline
-    OFFLINE = "offline"  # VAD -> Resemblyzer embeddings -> clustering, weights in the wheel
-
 
 TURNS = TableContract(
     name="turns",
@@ -30,11 +27,10 @@ TURNS = TableContract(
             pa.field("channel", pa.int16(), nullable=False),  # audio channel heard on; 0 mono
             pa.field("start_s", pa.float64(), nullable=False),
             pa.field("end_s", pa.float64(), nullable=False),
-            pa.field("backend", pa.string(), nullable=False),
+            pa.field("backend", pa.string(), nullable=False),  # a registered backend's name
             pa.field("confidence", pa.float32(), nullable=False),  # backend's own, in [0, 1]
         ]
     ),
     required=("recording_id", "speaker", "channel", "start_s", "end_s", "backend", "confidence"),
-    enums={"backend": DiarizationBackend},
     non_negative=("channel", "start_s", "end_s", "confidence"),
 )

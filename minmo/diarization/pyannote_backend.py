@@ -68,6 +68,8 @@ class PyannoteDiarizer:
         self.config_path = config
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
+        # Heavy (seconds, lightning and friends) and only for this backend: imported on use, so
+        # registering it costs nothing to runs that diarize with `channels` or `offline`.
         from pyannote.audio import Pipeline
 
         with _hub_offline():

@@ -1,17 +1,30 @@
 """Backend names -> constructors, so job specs can say `tts: {backend: espeak, ...}`.
 
-Owns only the mapping; each backend validates its own options. Imports are lazy so that choosing
-espeak never imports piper or opens a socket.
+Owns only the mapping; each backend validates its own options. Adding a backend is one module
+(a `TtsBackend`) and one `BACKENDS` line.
+
+The backend modules are imported here, at the top: each is light (standard library, numpy,
+soundfile) and imports its own heavy optional dependency only when built (piper's voice
+runtime, in minmo/tts/piper.py), so choosing espeak still never loads piper or opens a socket.
 """
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from typing import Any
 
 from minmo.tts.base import TtsBackend
+from minmo.tts.espeak import EspeakBackend
+from minmo.tts.http import HttpTtsBackend
+from minmo.tts.piper import PiperBackend
 
-BACKENDS = ("espeak", "piper", "http")
+BACKENDS: dict[str, Callable[..., TtsBackend]] = {
+    "espeak": EspeakBackend,
+    "piper": PiperBackend,
+    "http": HttpTtsBackend,
+}
+"""Every TTS backend by name; the value takes the backend's options as keyword arguments."""
 
 
 def make_backend(name: str, **options: Any) -> TtsBackend:
@@ -22,18 +35,8 @@ def make_backend(name: str, **options: Any) -> TtsBackend:
     http: base_url (required), api, max_in_flight, retries, backoff_s, timeout_s,
     sample_rate_hz, use_instruct, default_spk_id.
     """
-    if name == "espeak":
-        from minmo.tts.espeak import EspeakBackend
-
-        return EspeakBackend(**options)
-    if name == "piper":
-        from minmo.tts.piper import PiperBackend
-
-        return PiperBackend(**options)
-    if name == "http":
-        from minmo.tts.http import HttpTtsBackend
-
-        return HttpTtsBackend(**options)
-    near = difflib.get_close_matches(name, BACKENDS, n=1)
-    hint = f"; did you mean {near[0]!r}?" if near else ""
-    raise ValueError(f"unknown TTS backend {name!r}: use one of {BACKENDS}{hint}")
+    if name not in BACKENDS:
+        near = difflib.get_close_matches(name, BACKENDS, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ValueError(f"unknown TTS backend {name!r}: use one of {tuple(BACKENDS)}{hint}")
+    return BACKENDS[name](**options)

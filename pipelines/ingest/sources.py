@@ -10,10 +10,13 @@ streams its manifest (JSONL by line, CSV by row, Parquet by batch, directories o
     for entry in list_sources("s3://corpus/train/", corpus="mycorpus", task="asr"):
         ...  # a SourceItem, or a dict: a quarantine row (step "ingest") with its reason code
 
-Layouts (`fmt`): `dir` (a directory tree, a glob or one audio file, with sidecar or Kaldi-style
-transcripts; see layouts/directory.py), `jsonl` / `csv` / `parquet` (one row per audio file;
-layouts/manifest.py), `kaldi` (a data dir with wav.scp; layouts/kaldi.py), `lhotse` (recordings
-+ supervisions or cuts manifests; layouts/lhotse.py), or `auto`:
+Layouts (`fmt`) are registered in `LAYOUTS` (name -> reader); `FORMATS` is `auto` plus their
+names, the one list the ingest config and the CLI offer. Adding a layout is one module in
+layouts/ (a `read(src, ctx, **fs_options)` generator) and one `LAYOUTS` line; `auto` detection
+knows only the built-in ones. Built in: `dir` (a directory tree, a glob or one audio file, with
+sidecar or Kaldi-style transcripts; see layouts/directory.py), `jsonl` / `csv` / `parquet` (one
+row per audio file; layouts/manifest.py), `kaldi` (a data dir with wav.scp; layouts/kaldi.py),
+`lhotse` (recordings + supervisions or cuts manifests; layouts/lhotse.py), or `auto`:
 - a file: `.jsonl`, `.jsonl.gz`, `.json`, `.json.gz` → `lhotse` when its first record is a Lhotse
   cut or recording, else `jsonl`; `.csv`, `.tsv` → `csv`; `.parquet`, `.pq` → `parquet`; an
   audio file → `dir` (that file alone);
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -44,9 +48,7 @@ from pipelines.ingest.layouts import directory, kaldi, lhotse, manifest
 from pipelines.ingest.layouts.common import Keyer, Pending, ReadContext, Row, settle
 from pipelines.ingest.layouts.directory import AUDIO_EXTENSIONS, is_audio_name, is_glob, split_glob
 
-__all__ = ["AUDIO_EXTENSIONS", "FORMATS", "detect_format", "list_sources"]
-
-FORMATS = ("auto", "dir", "jsonl", "csv", "parquet", "kaldi", "lhotse")
+__all__ = ["AUDIO_EXTENSIONS", "FORMATS", "LAYOUTS", "Layout", "detect_format", "list_sources"]
 
 JSON_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
 CSV_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz")
@@ -55,14 +57,31 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 DETECT_MAX_JSON_FILES = 64
 
 Reader = Callable[..., Iterator[Pending | Row]]
-READERS: dict[str, Reader] = {
-    "dir": directory.read,
-    "jsonl": manifest.read_jsonl,
-    "csv": manifest.read_csv,
-    "parquet": manifest.read_parquet,
-    "kaldi": kaldi.read,
-    "lhotse": lhotse.read,
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One source layout: how to read it, and what its keys are relative to."""
+
+    read: Reader
+    """(src, ctx: ReadContext, **fs_options) -> Pending items and quarantine rows, streamed."""
+    manifest: bool = False
+    """Whether `src` is one manifest file listing audio elsewhere: its corpus and key root are
+    the directory holding it (otherwise `src` itself when it is a directory)."""
+
+
+LAYOUTS: dict[str, Layout] = {
+    "dir": Layout(directory.read),
+    "jsonl": Layout(manifest.read_jsonl, manifest=True),
+    "csv": Layout(manifest.read_csv, manifest=True),
+    "parquet": Layout(manifest.read_parquet, manifest=True),
+    "kaldi": Layout(kaldi.read),
+    "lhotse": Layout(lhotse.read),
 }
+"""Every source layout by name (`fmt`)."""
+
+FORMATS = ("auto", *LAYOUTS)
+"""What `fmt` (and ingest's `format`) may be: `auto` or a registered layout."""
 
 
 def detect_format(src: str, **fs_options: Any) -> str:
@@ -105,28 +124,35 @@ def _directory_format(loc: Location) -> str:
     return "dir"
 
 
-def default_corpus(src: str, fmt: str, **fs_options: Any) -> str:
-    """The source directory's name: the directory itself for `dir`/`kaldi`/`lhotse` dirs, the
-    base directory of a glob, and the directory holding a manifest or single audio file."""
+def _root(src: str, fmt: str, **fs_options: Any) -> Location:
+    """The directory a listing is relative to: `src` itself when it is a directory of a
+    non-manifest layout, the base directory of a glob, else the directory holding `src`."""
     if is_glob(src):
-        base = Location.from_uri(split_glob(src)[0], **fs_options)
-        return base.name or base.path
+        return Location.from_uri(split_glob(src)[0], **fs_options)
     loc = Location.from_uri(src, **fs_options)
-    if fmt in ("jsonl", "csv", "parquet") or not loc.is_dir():
+    if _layout(fmt).manifest or not loc.is_dir():
         loc = loc.parent
+    return loc
+
+
+def default_corpus(src: str, fmt: str, **fs_options: Any) -> str:
+    """The name of the source's root directory (see `_root`)."""
+    loc = _root(src, fmt, **fs_options)
+    if is_glob(src):
+        return loc.name or loc.path
     return loc.name or posixpath.basename(loc.path.rstrip("/")) or loc.path
 
 
 def source_root(src: str, fmt: str, **fs_options: Any) -> str:
-    """The URI that a listing's keys are relative to (items.source_key): the directory for
-    `dir`/`kaldi`/`lhotse` dirs, the base directory of a glob, and the directory holding a
-    manifest or a single audio file. Moving the corpus moves its root with it."""
-    if is_glob(src):
-        return Location.from_uri(split_glob(src)[0], **fs_options).uri
-    loc = Location.from_uri(src, **fs_options)
-    if fmt in ("jsonl", "csv", "parquet") or not loc.is_dir():
-        loc = loc.parent
-    return loc.uri
+    """The URI that a listing's keys are relative to (items.source_key), see `_root`. Moving
+    the corpus moves its root with it."""
+    return _root(src, fmt, **fs_options).uri
+
+
+def _layout(fmt: str) -> Layout:
+    if fmt not in LAYOUTS:
+        raise ValueError(f"format {fmt!r}: choose one of auto, {', '.join(LAYOUTS)}")
+    return LAYOUTS[fmt]
 
 
 def list_sources(
@@ -149,9 +175,8 @@ def list_sources(
 
     Not a generator itself: a bad `fmt` or an unreadable `src` raises here, at the call, and
     only the listing is lazy."""
-    if fmt not in FORMATS:
-        raise ValueError(f"format {fmt!r}: choose one of {', '.join(FORMATS)}")
     concrete = detect_format(src, **fs_options) if fmt == "auto" else fmt
+    layout = _layout(concrete)
     ctx = ReadContext(
         default_corpus=default_corpus(src, concrete, **fs_options), corpus=corpus, task=task
     )
@@ -160,4 +185,4 @@ def list_sources(
         corpus=ctx.corpus_for(),
         original=original_uri,
     )
-    return settle(READERS[concrete](src, ctx, **fs_options), check_exists=check_exists, keyer=keyer)
+    return settle(layout.read(src, ctx, **fs_options), check_exists=check_exists, keyer=keyer)

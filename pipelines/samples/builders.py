@@ -11,6 +11,11 @@ Owns which tasks each stage gets from which rows (DESIGN.md §1 taxonomy):
 
 A task is only built where the data carries its label; what was not built, and why, is counted
 in `BuildCounts.skipped` so that nothing disappears without a trace. Must not read audio.
+
+Stage-1 tasks are a registry, `STAGE1_TASKS` (name -> `Stage1Task`, at the bottom): a new task
+is one function `(builder, segment) -> specs` (or `(builder) -> specs` over other tables), in
+its own module if it likes, and one line there; its name joins the contract in schemas/tasks.py,
+which the shards mixture and the capacity plan check against.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import hashlib
 import json
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,23 +33,20 @@ from pipelines.build import BuildDir
 from pipelines.samples import sources
 from pipelines.samples.prompts import PromptBook, language_name
 from pipelines.samples.spec import audio_ref, make_spec, user_with_audio
+from schemas.tasks import STAGE_TASKS, STAGES
 
-STAGES = ("stage1", "stage2", "stage3", "stage4")
-STAGE_TASKS = {
-    "stage1": (
-        "asr",
-        "contextual_asr",
-        "language_id",
-        "speech_translation",
-        "emotion",
-        "audio_event",
-        "speaker_analysis",
-        "s2t_chat",
-    ),
-    "stage2": ("tts", "instruct_tts"),
-    "stage3": ("s2s_chat", "s2s_style_chat"),
-    "stage4": ("duplex",),
-}
+# STAGES and STAGE_TASKS live in schemas/tasks.py; importable from here too for the shards step.
+__all__ = [
+    "STAGE1_TASKS",
+    "STAGES",
+    "STAGE_TASKS",
+    "BuildCounts",
+    "SampleConfig",
+    "Segment",
+    "Stage1Inputs",
+    "Stage1Task",
+    "StageBuilder",
+]
 
 
 @dataclass
@@ -96,6 +98,40 @@ def distractor_lexicon(language: str) -> tuple[str, ...]:
     words = top_n_list(language, LEXICON_SKIP_TOP + 3 * LEXICON_SIZE)[LEXICON_SKIP_TOP:]
     kept = [w for w in words if w.isalpha() and _words(w) == [w]]
     return tuple(kept[:LEXICON_SIZE])
+
+
+Spec = dict[str, Any]
+"""One sample spec (pipelines/samples/spec.py `make_spec`)."""
+
+
+@dataclass
+class Stage1Inputs:
+    """What stage-1 tasks read besides the segment itself, loaded once per stage-1 run."""
+
+    styles: dict[str, Any]
+    """Synthesized audio's style by source URI (emotion, instruction)."""
+    events: dict[str, list[str]]
+    """Audio-event labels by normalised source URI (the `audio_events` side input)."""
+    translations: dict[tuple[str, str], list[tuple[str, str]]]
+    """(language, normalised transcript) -> [(target language, translation)]."""
+    events_done: set[str] = field(default_factory=set)
+    """Recordings that already have their one audio-event sample in this run."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment within the input bounds, as every per-segment stage-1 task sees it."""
+
+    sid: str
+    lang: str | None
+    text: str
+    """The stripped transcript; empty when the segment has none."""
+    ref: dict[str, Any]
+    """The segment's audio reference (`audio_ref`)."""
+    meta: dict[str, Any]
+    row: dict[str, Any]
+    rec: sources.RecordingInfo
+    inputs: Stage1Inputs
 
 
 class StageBuilder:
@@ -152,100 +188,123 @@ class StageBuilder:
         # the relocatable key, never the URI: shards must not depend on where sources live
         return {"source_key": rec.source_key, "corpus": rec.corpus, **extra}
 
-    def _skip(self, task: str, why: str) -> None:
+    def skip(self, task: str, why: str) -> None:
+        """Count a row that made no `task` sample, and why (BuildCounts.skipped)."""
         self.counts.skipped[f"{task}: {why}"] += 1
 
     # ---- stage 1 ------------------------------------------------------------------------------
 
     def _stage1(self) -> Iterator[dict[str, Any]]:
+        """Every registered stage-1 task (`STAGE1_TASKS`): the per-segment ones segment by
+        segment, in registry order within a segment, then the ones over the whole build."""
         cfg = self.config
-        styles = sources.styles_by_audio(self.build, self.view)
-        events = sources.audio_events(cfg.audio_events)
-        translations = sources.translations(tuple(cfg.translations))
-        events_done: set[str] = set()
+        inputs = Stage1Inputs(
+            styles=sources.styles_by_audio(self.build, self.view),
+            events=sources.audio_events(cfg.audio_events),
+            translations=sources.translations(tuple(cfg.translations)),
+        )
+        tasks = list(STAGE1_TASKS.values())
+        per_segment = [t.per_segment for t in tasks if t.per_segment is not None]
         for seg, rec in self._segments():
             span = seg["end_s"] - seg["start_s"]
             if not cfg.min_input_s <= span <= cfg.max_input_s:
-                self._skip("stage1", "segment outside min/max input duration")
+                self.skip("stage1", "segment outside min/max input duration")
                 continue
-            ref = audio_ref(
-                rec.source_uri, rec.channels, seg["channel"], seg["start_s"], seg["end_s"]
+            segment = Segment(
+                sid=seg["segment_id"],
+                lang=seg.get("language"),
+                text=(seg.get("text") or "").strip(),
+                ref=audio_ref(
+                    rec.source_uri, rec.channels, seg["channel"], seg["start_s"], seg["end_s"]
+                ),
+                meta=self._meta(
+                    rec, recording_id=seg["recording_id"], segment_id=seg["segment_id"]
+                ),
+                row=seg,
+                rec=rec,
+                inputs=inputs,
             )
-            meta = self._meta(rec, recording_id=seg["recording_id"], segment_id=seg["segment_id"])
-            sid, lang, text = (
-                seg["segment_id"],
-                seg.get("language"),
-                (seg.get("text") or "").strip(),
-            )
+            for build_task in per_segment:
+                yield from build_task(self, segment)
+        for task in tasks:
+            if task.over_build is not None:
+                yield from task.over_build(self)
 
-            ctx = {"sid": sid, "lang": lang, "meta": meta, "ref": ref}
-            if text:
-                yield self._seg_spec(ctx, "asr", self.book.choose("asr", sid), text)
-                bias = self._bias_words(sid, text, lang)
-                if bias:
-                    prompt = self.book.choose("contextual_asr", sid, hotwords=", ".join(bias))
-                    yield self._seg_spec(ctx, "contextual_asr", prompt, text, hotwords=bias)
-                elif not distractor_lexicon(lang or ""):
-                    self._skip("contextual_asr", f"no distractor lexicon for language {lang!r}")
-                else:
-                    self._skip("contextual_asr", "transcript too short for bias words")
-                for target, translated in translations.get(
-                    (lang or "", sources.normalise_text(text)), []
-                ):
-                    prompt = self.book.choose(
-                        "speech_translation", sid, target_language=language_name(target)
-                    )
-                    yield self._seg_spec(
-                        ctx, "speech_translation", prompt, translated, target_language=target
-                    )
-            if lang:
-                yield self._seg_spec(
-                    ctx, "language_id", self.book.choose("language_id", sid), language_name(lang)
-                )
-            style = styles.get(rec.source_uri)
-            if style and style.emotion:
-                yield self._seg_spec(
-                    ctx, "emotion", self.book.choose("emotion", sid), style.emotion
-                )
-            uri = sources.normalise_uri(rec.source_uri)
-            if uri in events and uri not in events_done:
-                events_done.add(uri)
-                whole = audio_ref(rec.source_uri, rec.channels, None, 0.0, rec.duration_s)
-                answer = ", ".join(events[uri])
-                yield make_spec(
-                    stage="stage1",
-                    task="audio_event",
-                    source_id=seg["recording_id"],
-                    language=lang,
-                    messages=[
-                        {
-                            "role": "user",
-                            "content": user_with_audio(self.book.choose("audio_event", sid)),
-                        },
-                        {"role": "assistant", "content": answer},
-                    ],
-                    meta=self._meta(rec, recording_id=seg["recording_id"]),
-                    input_audio=whole,
-                )
-        yield from self._speaker_analysis()
-        yield from self._s2t_chat()
-
-    @staticmethod
-    def _seg_spec(
-        ctx: dict[str, Any], task: str, prompt: str, answer: str, **extra: Any
-    ) -> dict[str, Any]:
+    def segment_spec(self, seg: Segment, task: str, prompt: str, answer: str, **extra: Any) -> Spec:
         """A stage-1 sample over one segment's audio; `extra` fields join its meta and its key."""
         return make_spec(
             stage="stage1",
             task=task,
-            source_id=ctx["sid"] + "".join(f":{v}" for v in extra.values()),
-            language=ctx["lang"],
+            source_id=seg.sid + "".join(f":{v}" for v in extra.values()),
+            language=seg.lang,
             messages=[
                 {"role": "user", "content": user_with_audio(prompt)},
                 {"role": "assistant", "content": answer},
             ],
-            meta={**ctx["meta"], **extra},
-            input_audio=ctx["ref"],
+            meta={**seg.meta, **extra},
+            input_audio=seg.ref,
+        )
+
+    def _asr(self, seg: Segment) -> Iterator[Spec]:
+        if seg.text:
+            yield self.segment_spec(seg, "asr", self.book.choose("asr", seg.sid), seg.text)
+
+    def _contextual_asr(self, seg: Segment) -> Iterator[Spec]:
+        if not seg.text:
+            return
+        bias = self._bias_words(seg.sid, seg.text, seg.lang)
+        if bias:
+            prompt = self.book.choose("contextual_asr", seg.sid, hotwords=", ".join(bias))
+            yield self.segment_spec(seg, "contextual_asr", prompt, seg.text, hotwords=bias)
+        elif not distractor_lexicon(seg.lang or ""):
+            self.skip("contextual_asr", f"no distractor lexicon for language {seg.lang!r}")
+        else:
+            self.skip("contextual_asr", "transcript too short for bias words")
+
+    def _speech_translation(self, seg: Segment) -> Iterator[Spec]:
+        if not seg.text:
+            return
+        key = (seg.lang or "", sources.normalise_text(seg.text))
+        for target, translated in seg.inputs.translations.get(key, []):
+            prompt = self.book.choose(
+                "speech_translation", seg.sid, target_language=language_name(target)
+            )
+            yield self.segment_spec(
+                seg, "speech_translation", prompt, translated, target_language=target
+            )
+
+    def _language_id(self, seg: Segment) -> Iterator[Spec]:
+        if seg.lang:
+            prompt = self.book.choose("language_id", seg.sid)
+            yield self.segment_spec(seg, "language_id", prompt, language_name(seg.lang))
+
+    def _emotion(self, seg: Segment) -> Iterator[Spec]:
+        style = seg.inputs.styles.get(seg.rec.source_uri)
+        if style and style.emotion:
+            prompt = self.book.choose("emotion", seg.sid)
+            yield self.segment_spec(seg, "emotion", prompt, style.emotion)
+
+    def _audio_event(self, seg: Segment) -> Iterator[Spec]:
+        """Once per recording named in the audio-events side input, over its whole audio."""
+        rec, events = seg.rec, seg.inputs.events
+        uri = sources.normalise_uri(rec.source_uri)
+        if uri not in events or uri in seg.inputs.events_done:
+            return
+        seg.inputs.events_done.add(uri)
+        yield make_spec(
+            stage="stage1",
+            task="audio_event",
+            source_id=seg.row["recording_id"],
+            language=seg.lang,
+            messages=[
+                {
+                    "role": "user",
+                    "content": user_with_audio(self.book.choose("audio_event", seg.sid)),
+                },
+                {"role": "assistant", "content": ", ".join(events[uri])},
+            ],
+            meta=self._meta(rec, recording_id=seg.row["recording_id"]),
+            input_audio=audio_ref(rec.source_uri, rec.channels, None, 0.0, rec.duration_s),
         )
 
     def _bias_words(self, sid: str, text: str, lang: str | None) -> list[str]:
@@ -285,10 +344,10 @@ class StageBuilder:
         for rid in sorted(by_rec):
             rec = self.recs.get(rid)
             if rec is None:
-                self._skip("speaker_analysis", "turns of an unknown recording")
+                self.skip("speaker_analysis", "turns of an unknown recording")
                 continue
             if rec.duration_s > self.config.max_input_s:
-                self._skip("speaker_analysis", "conversation longer than max_input_s")
+                self.skip("speaker_analysis", "conversation longer than max_input_s")
                 continue
             turns = sorted(by_rec[rid], key=lambda t: (t["start_s"], t["speaker"]))
             order: list[str] = []
@@ -345,7 +404,7 @@ class StageBuilder:
         span = row["user_end_s"] - row["user_start_s"]
         if self.config.min_input_s <= span <= self.config.max_input_s:
             return True
-        self._skip(task, "user audio outside min/max input duration")
+        self.skip(task, "user audio outside min/max input duration")
         return False
 
     def _s2s_provenance(self, row: dict[str, Any], keys: dict[str, str]) -> dict[str, Any]:
@@ -393,7 +452,7 @@ class StageBuilder:
                 continue
             span = seg["end_s"] - seg["start_s"]
             if not self.config.min_input_s <= span <= self.config.max_target_s:
-                self._skip("tts", "segment outside min input / max target duration")
+                self.skip("tts", "segment outside min input / max target duration")
                 continue
             sid, lang = seg["segment_id"], seg.get("language")
             target = audio_ref(
@@ -438,7 +497,7 @@ class StageBuilder:
             if not self._user_span_ok(row, "s2s_chat"):
                 continue
             if row["assistant_duration_s"] > self.config.max_target_s:
-                self._skip("s2s_chat", "assistant audio longer than max_target_s")
+                self.skip("s2s_chat", "assistant audio longer than max_target_s")
                 continue
             instruction = row.get("style_instruction")
             task = "s2s_style_chat" if instruction else "s2s_chat"
@@ -478,10 +537,10 @@ class StageBuilder:
         for row in sources.iter_rows(self.build, "frame_labels", None, self.view):
             rec = self.recs.get(row["recording_id"])
             if rec is None:
-                self._skip("duplex", "frame labels of an unknown recording")
+                self.skip("duplex", "frame labels of an unknown recording")
                 continue
             if rec.duration_s > self.config.max_conversation_s:
-                self._skip("duplex", "conversation longer than max_conversation_s")
+                self.skip("duplex", "conversation longer than max_conversation_s")
                 continue
             sid = row["sample_id"]
             yield make_spec(
@@ -507,3 +566,29 @@ class StageBuilder:
                 input_audio=audio_ref(rec.source_uri, rec.channels, None, 0.0, rec.duration_s),
                 labels=[int(v) for v in row["labels"]],
             )
+
+
+@dataclass(frozen=True)
+class Stage1Task:
+    """How one stage-1 task is built: `per_segment(builder, segment)` runs for every segment
+    within the input bounds, `over_build(builder)` once after the segments (tasks that read
+    other tables). Either yields specs and counts its own skips (`builder.skip`)."""
+
+    per_segment: Callable[[StageBuilder, Segment], Iterator[Spec]] | None = None
+    over_build: Callable[[StageBuilder], Iterator[Spec]] | None = None
+
+
+STAGE1_TASKS: dict[str, Stage1Task] = {
+    "asr": Stage1Task(per_segment=StageBuilder._asr),
+    "contextual_asr": Stage1Task(per_segment=StageBuilder._contextual_asr),
+    "speech_translation": Stage1Task(per_segment=StageBuilder._speech_translation),
+    "language_id": Stage1Task(per_segment=StageBuilder._language_id),
+    "emotion": Stage1Task(per_segment=StageBuilder._emotion),
+    "audio_event": Stage1Task(per_segment=StageBuilder._audio_event),
+    "speaker_analysis": Stage1Task(over_build=StageBuilder._speaker_analysis),
+    "s2t_chat": Stage1Task(over_build=StageBuilder._s2t_chat),
+}
+"""Every stage-1 task by name (a name of schemas.tasks.STAGE_TASKS["stage1"]), in the order its
+samples are built: adding a task is its function (its own module is fine) and one line here.
+The order is part of the output (it orders specs within a unit), so new tasks go at the end of
+their kind."""

@@ -7,11 +7,21 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.build import BuildDir
+from pipelines.samples import sources
+from pipelines.samples.builders import (
+    STAGE1_TASKS,
+    SampleConfig,
+    Segment,
+    Stage1Task,
+    StageBuilder,
+)
 from pipelines.samples.prompts import PromptBook
 from pipelines.samples.spec import audio_ref, estimated_bytes, make_spec, sample_key
 from pipelines.shards.plan import bucket_of, mixture_copies
 from pipelines.shards.step import ShardsConfig
 from pipelines.shards.writer import validate_key
+from schemas.tasks import STAGE_TASKS
 
 
 def _spec(key_source: str = "seg-1", seconds: float = 4.0) -> dict:
@@ -27,8 +37,6 @@ def _spec(key_source: str = "seg-1", seconds: float = 4.0) -> dict:
 
 
 def test_bundled_prompts_cover_every_task_and_fill_fields() -> None:
-    from pipelines.samples.builders import STAGE_TASKS
-
     book = PromptBook.load()
     for tasks in STAGE_TASKS.values():
         for task in tasks:
@@ -93,9 +101,6 @@ def test_all_means_every_stage() -> None:
 
 
 def test_s2s_provenance_names_the_user_audio_by_key_not_path(tmp_path: Path) -> None:
-    from pipelines.build import BuildDir
-    from pipelines.samples.builders import SampleConfig, StageBuilder
-
     builder = StageBuilder(BuildDir(str(tmp_path)), SampleConfig())
     row = {"sample_id": "s", "dialogue_id": "d", "recipe": "asr_query"}
     row["user_audio_uri"] = "/mnt/a/corpus/x.wav"
@@ -106,3 +111,28 @@ def test_s2s_provenance_names_the_user_audio_by_key_not_path(tmp_path: Path) -> 
     # A row from before s2s_samples v2: the unit's recordings map its URI to the key.
     old = builder._s2s_provenance(row, {"/mnt/a/corpus/x.wav": "corpus:x.wav"})
     assert old["source_key"] == "corpus:x.wav"
+
+
+def test_stage1_registry_matches_the_task_names_contract() -> None:
+    assert sorted(STAGE1_TASKS) == sorted(STAGE_TASKS["stage1"])
+
+
+def test_a_registered_toy_stage1_task_is_one_function_and_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def backwards(builder: StageBuilder, seg: Segment):
+        if seg.text:
+            yield builder.segment_spec(seg, "backwards", "Say it backwards.", seg.text[::-1])
+
+    monkeypatch.setitem(STAGE1_TASKS, "backwards", Stage1Task(per_segment=backwards))
+    rec = sources.RecordingInfo("/a.wav", "c:a.wav", 1, "c", 3.0, "asr", False)
+    seg = {"segment_id": "s1", "recording_id": "r1", "channel": 0, "start_s": 0.5}
+    seg |= {"end_s": 2.5, "text": " hello world ", "language": "en"}
+    builder = StageBuilder(BuildDir(str(tmp_path)), SampleConfig(), recs={"r1": rec})
+    monkeypatch.setattr(builder, "_segments", lambda: iter([(seg, rec)]))
+    specs = list(builder.specs("stage1"))
+    assert [s["task"] for s in specs] == ["asr", "language_id", "backwards"]
+    toy = specs[-1]
+    assert toy["messages"][-1]["content"] == "dlrow olleh"
+    assert toy["meta"]["segment_id"] == "s1" and toy["meta"]["source_key"] == "c:a.wav"
+    assert builder.counts.built["backwards"] == 1

@@ -10,6 +10,7 @@ import gzip
 import json
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,8 +19,15 @@ import pytest
 
 from minmo.io.fs import Location, open_filesystem
 from pipelines.ingest.items import SourceItem
-from pipelines.ingest.layouts.common import KeyedLookup
-from pipelines.ingest.sources import AUDIO_EXTENSIONS, FORMATS, detect_format, list_sources
+from pipelines.ingest.layouts.common import KeyedLookup, Pending, ReadContext
+from pipelines.ingest.sources import (
+    AUDIO_EXTENSIONS,
+    FORMATS,
+    LAYOUTS,
+    Layout,
+    detect_format,
+    list_sources,
+)
 from schemas.quarantine import QUARANTINE
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -665,6 +673,25 @@ def test_detect_format_errors(tmp_path: Path):
     with pytest.raises(ValueError, match="no wav.scp"):
         list(list_sources(str(tmp_path), "kaldi"))
     assert FORMATS[0] == "auto"
+    assert FORMATS[1:] == tuple(LAYOUTS)
+
+
+def test_a_registered_toy_layout_is_one_reader_and_one_line(tmp_path: Path, monkeypatch):
+    """A layout is a `read(src, ctx, **fs_options)` generator plus one `LAYOUTS` entry."""
+    audio = write(tmp_path / "corpus" / "a.wav", b"RIFF")
+    listing = write(tmp_path / "corpus" / "list.toy", "a.wav\nmissing.wav\n")
+
+    def read_toy(src: str, ctx: ReadContext, **fs_options) -> Iterator[Pending]:
+        loc = Location.from_uri(src, **fs_options)
+        for name in loc.read_bytes().decode().split():
+            item = SourceItem(source_uri="", corpus=ctx.corpus_for(), task=ctx.task_for())
+            yield Pending(item, [loc.parent.child(name)])
+
+    monkeypatch.setitem(LAYOUTS, "toy", Layout(read_toy, manifest=True))
+    items, rows = split(list_sources(str(listing), "toy", task="asr"))
+    assert [i.source_uri for i in items] == [str(audio)]
+    assert items[0].corpus == "corpus" and items[0].source_key == "corpus:a.wav"
+    assert reasons(rows) == ["missing_file"]
 
 
 def test_open_filesystem_local(tmp_path: Path):
