@@ -11,7 +11,7 @@ from pipelines.samples.prompts import PromptBook
 from pipelines.samples.spec import audio_ref, estimated_bytes, make_spec, sample_key
 from pipelines.shards.plan import bucket_of, mixture_copies
 from pipelines.shards.step import ShardsConfig
-from pipelines.shards.writer import validate_key
+from schemas.shards import validate_key
 
 
 def _spec(key_source: str = "seg-1", seconds: float = 4.0) -> dict:
