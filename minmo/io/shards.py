@@ -4,7 +4,7 @@ Owns the bytes: encoding a sample's members (`encode_sample`, `npy_bytes`), stre
 tar plus its `.idx` (`ShardTarWriter`), and reading them back: index.json (`read_index`, with
 the version check), the listing (`list_shards`), a `.idx` (`read_offsets`), the members of a
 tar or of one sample's byte span (`iter_members`), the json members alone (`json_members`),
-and hashing while streaming (`HashingReader`, `sha256_file`). The shards step, the trainer
+and hashing while streaming (`HashingReader`). The shards step, the trainer
 (`minmo/train/data.py`), verify and stats all go through here.
 
 Tars are written with webdataset's `TarWriter` (fixed integer mtime=0 so no PAX headers,
@@ -260,16 +260,6 @@ class ShardTarWriter:
 
 
 # -- reading -----------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path | str, fs: pafs.FileSystem | None = None) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks (shards are hundreds of MB)."""
-    h = hashlib.sha256()
-    fs = fs or pafs.LocalFileSystem()
-    with fs.open_input_stream(str(path)) as f:
-        for block in iter(lambda: f.read(READ_BLOCK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class HashingReader:
