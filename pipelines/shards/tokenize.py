@@ -26,6 +26,7 @@ import soundfile as sf
 
 from minmo.audio.encode import flac_bytes
 from minmo.io.shards import npy_bytes
+from minmo.tokens.speech import SpeechTokenizer, n_speech_tokens
 from pipelines.audio_source import SourceRoots, load_audio_16k
 from pipelines.samples.spec import span_s
 
@@ -121,7 +122,8 @@ class TokenizeStage:
     """Text tokens + speech tokens + the final json, one actor per device."""
 
     def __init__(self, text_tokenizer: str | None, speech_tokenizer: str | None) -> None:
-        from minmo.tokens.speech import SpeechTokenizer
+        # Deferred, a heavy dependency: minmo.tokens.text imports transformers (seconds, and
+        # hundreds of MB); only these actors need it, not the audio tasks that import this module.
         from minmo.tokens.text import load_text_tokenizer
 
         self.text = load_text_tokenizer(text_tokenizer)
@@ -130,8 +132,6 @@ class TokenizeStage:
         self.info["text_vocab_size"] = len(self.text)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
-        from minmo.tokens.speech import n_speech_tokens
-
         n = len(batch["key"])
         errors = [str(e) for e in batch["error"]]
         specs = [json.loads(s) for s in batch["spec"]]
@@ -188,7 +188,7 @@ class TokenizeStage:
     def _members(
         self, spec: dict[str, Any], flac: bytes, codes: np.ndarray | None, clip: np.ndarray | None
     ) -> dict[str, bytes]:
-        from minmo.tokens.text import encode_chat
+        from minmo.tokens.text import encode_chat  # deferred: transformers (see __init__)
 
         messages = spec["messages"]
         text_ids = encode_chat(self.text, messages)
