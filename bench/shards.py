@@ -51,9 +51,9 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from machine import cpu_model  # noqa: E402
 
+from minmo.audio.encode import flac_bytes  # noqa: E402
 from minmo.audio.resample import resample  # noqa: E402
 from minmo.tokens.speech import n_speech_tokens  # noqa: E402
-from pipelines.shards.tokenize import flac_bytes  # noqa: E402
 from pipelines.shards.writer import write_stage_shards  # noqa: E402
 
 RATE_HZ = 16_000

@@ -4,7 +4,7 @@
         [--distinct 20] [--flac-bytes 2048] [--repeats 2] [--work /tmp/DIR] [--keep]
 
 Shards are synthetic: one stage directory of `--shards` tars written by the shards step's own
-writer (`pipelines.shards.ShardTarWriter`, with its `.idx` files) and an index.json of the
+writer (`minmo.io.shards.ShardTarWriter`, with its `.idx` files) and an index.json of the
 current version. Each sample has the members a real one has (flac, json, speech_tokens.npy,
 text_tokens.npy): random bytes for the audio, a json member shaped like the tokenizer's
 (`pipelines/shards/tokenize.py`: messages, durations, token counts, provenance, tokenizers). Only
@@ -115,15 +115,9 @@ def write_shards(
     The reader's work per shard is the same: it reads every header of every shard."""
     import pyarrow.fs as pafs
 
-    from pipelines.shards.writer import (
-        INDEX_VERSION,
-        ShardTarWriter,
-        encode_sample,
-        index_path,
-        offsets_relpath,
-        shard_name,
-        write_bytes_atomic,
-    )
+    from minmo.io.atomic import write_bytes_atomic
+    from minmo.io.shards import ShardTarWriter, encode_sample
+    from schemas.shards import INDEX_VERSION, index_path, offsets_relpath, shard_name
 
     stage_dir = root / "shards" / STAGE
     rng = np.random.default_rng(0)

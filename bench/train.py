@@ -30,11 +30,11 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from minmo.audio.encode import flac_bytes  # noqa: E402
 from minmo.model.minmo import MinMo, MinMoConfig, SpecialIds  # noqa: E402
 from minmo.tokens.text import SPEECH_PLACEHOLDER, encode_chat, load_text_tokenizer  # noqa: E402
 from minmo.train.data import StageLoader  # noqa: E402
 from minmo.train.metrics import step_flops  # noqa: E402
-from pipelines.shards.tokenize import flac_bytes  # noqa: E402
 from pipelines.shards.writer import write_stage_shards  # noqa: E402
 
 

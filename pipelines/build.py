@@ -21,6 +21,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from minmo.io.atomic import write_bytes_atomic
 from minmo.io.fs import open_filesystem, to_uri
 
 BUILD_KEY_PREFIX = "build:"
@@ -72,13 +73,8 @@ class BuildDir:
         )
 
     def write_bytes_atomic(self, path: str, data: bytes) -> None:
-        """Write under a temporary name beside the target, then rename over it."""
-        parent = path.rsplit("/", 1)[0]
-        self.fs.create_dir(parent, recursive=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with self.fs.open_output_stream(tmp) as out:
-            out.write(data)
-        self.fs.move(tmp, path)
+        """Write `path` on the build's filesystem atomically (`minmo.io.atomic`)."""
+        write_bytes_atomic(self.fs, path, data)
 
     def write_json_atomic(self, path: str, obj: Any) -> None:
         self.write_bytes_atomic(path, json.dumps(obj, indent=1, sort_keys=True).encode())

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from minmo.audio.encode import flac_bytes
 from minmo.io.fs import Location, to_uri
 from pipelines.build import BuildDir
 from pipelines.ray_runtime import ensure_ray, model_actors
@@ -132,16 +133,6 @@ class SynthesizeConfig:
 def seeded_rng(key: str, seed: int) -> np.random.Generator:
     digest = hashlib.sha256(f"{key}|{seed}".encode()).digest()
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
-
-
-def flac_bytes(audio: np.ndarray) -> bytes:
-    """(channels, samples) or (samples,) float32 at 16 kHz -> 16-bit FLAC bytes."""
-    import soundfile as sf
-
-    data = audio.T if audio.ndim == 2 else audio
-    out = io.BytesIO()
-    sf.write(out, np.clip(data, -1.0, 1.0), RATE_HZ, format="FLAC", subtype="PCM_16")
-    return out.getvalue()
 
 
 def recording_row(

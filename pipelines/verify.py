@@ -1,15 +1,16 @@
-"""Shard verification: check stage directories written by `pipelines/shards/writer.py`, on any
+"""Shard verification: check stage directories written by the shards step, on any
 filesystem pyarrow reaches (a local path, `file://`, `s3://`, `gs://`).
 
 Owns reading shards back and reporting problems as strings ("<shard>: <key>: <what>"); an empty
 list means the stage is sound. Checks, per shard listed in `_index/index.json`: file exists, size
 and sha256 match, sample count matches, every sample has a `json` member and only known members,
 each sample's members are contiguous and its key valid, FLAC decodes, speech tokens lie in
-[0, SPEECH_VOCAB), text tokens are >= 0, labels are 1-D integers in 0..3, and the `.idx` offsets
+[0, SPEECH_VOCAB), text tokens are >= 0, labels are 1-D integers in 0..MAX_LABEL, and the `.idx` offsets
 (`_index/<tar>.idx`) point at each sample's first member header with a final sentinel equal to
 the tar size. A tar in the stage directory that index.json does not list is reported; writers'
-temp files (a writer still running or killed) are not tars. The layout itself (index.json and
-its version, the listing, the `.idx` files) is read through `pipelines/shards/writer.py`.
+temp files (a writer still running or killed) are not tars. The format is `schemas/shards.py`;
+the files (index.json and its version, the listing, the `.idx` files, the tar members) are read
+through the one shard reader, `minmo/io/shards.py`.
 
 Each tar is read once, as a stream (one GET on an object store): the sha256, the size, the
 members and every header's offset come from that pass, so the `.idx` check needs no second read.
@@ -23,28 +24,23 @@ import json
 import os
 import posixpath
 import tarfile
-from typing import IO, Any, cast
+from typing import Any
 
 import numpy as np
 import pyarrow.fs as pafs
 import soundfile as sf
 
 from minmo.io.fs import open_filesystem
-from pipelines.shards.writer import (
+from minmo.io.shards import HashingReader, iter_members, list_shards, read_index, read_offsets
+from schemas.shards import (
     ALL_MEMBERS,
     INDEX_RELPATH,
-    HashingReader,
-    list_shards,
+    MAX_LABEL,
+    SPEECH_VOCAB,
     offsets_relpath,
-    read_index,
-    read_offsets,
-    split_member,
     validate_key,
 )
-from pipelines.shards.writer import index_path as stage_index_path
-
-SPEECH_VOCAB = 6561  # CosyVoice-2 speech tokenizer codebook size.
-MAX_LABEL = 3
+from schemas.shards import index_path as stage_index_path
 
 Sample = tuple[str, int, dict[str, bytes]]  # key, offset of its first header, {ext: bytes}
 
@@ -90,33 +86,29 @@ def _read_samples(
     headers: dict[int, str] = {}
     finished: set[str] = set()
     try:
-        with tarfile.open(fileobj=cast(IO[bytes], reader), mode="r|") as tar:
-            for info in tar:
-                # A name without an extension is kept whole: an unknown member "" is reported.
-                key, ext = split_member(info.name) or (info.name, "")
-                # info.offset is where the member's first header starts, extended (PAX / GNU
-                # long-name) headers included: exactly what a .idx entry must point at.
-                headers[info.offset] = key
-                if not info.isfile():
-                    problems.append(f"{name}: {key}: member {info.name!r} is not a regular file")
-                    continue
-                if samples and samples[-1][0] == key:
-                    members = samples[-1][2]
-                else:
-                    if samples:
-                        finished.add(samples[-1][0])
-                    if key in finished:
-                        problems.append(f"{name}: {key}: members not contiguous ({info.name!r})")
-                    if (why := validate_key(key)) is not None:
-                        problems.append(f"{name}: {key}: {why}")
-                    samples.append((key, info.offset, {}))
-                    members = samples[-1][2]
-                if ext in members:
-                    problems.append(f"{name}: {key}: duplicate member {ext!r}")
-                f = tar.extractfile(info)
-                members[ext] = f.read() if f is not None else b""
-                if len(members[ext]) != info.size:
-                    problems.append(f"{name}: {key}: member {ext!r} truncated")
+        for member in iter_members(reader, stream=True):
+            # A name without an extension is kept whole: an unknown member "" is reported.
+            key, ext = member.key, member.ext or ""
+            headers[member.offset] = key
+            if not member.is_file:
+                problems.append(f"{name}: {key}: member {member.name!r} is not a regular file")
+                continue
+            if samples and samples[-1][0] == key:
+                members = samples[-1][2]
+            else:
+                if samples:
+                    finished.add(samples[-1][0])
+                if key in finished:
+                    problems.append(f"{name}: {key}: members not contiguous ({member.name!r})")
+                if (why := validate_key(key)) is not None:
+                    problems.append(f"{name}: {key}: {why}")
+                samples.append((key, member.offset, {}))
+                members = samples[-1][2]
+            if ext in members:
+                problems.append(f"{name}: {key}: duplicate member {ext!r}")
+            members[ext] = member.data or b""
+            if len(members[ext]) != member.size:
+                problems.append(f"{name}: {key}: member {ext!r} truncated")
     except (tarfile.TarError, OSError, EOFError) as exc:
         last = samples[-1][0] if samples else "-"
         problems.append(f"{name}: {last}: unreadable tar: {type(exc).__name__}: {exc}")

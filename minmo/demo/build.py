@@ -22,8 +22,6 @@ rebuilding into the same directory with another seed leaves no stale files behin
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import posixpath
@@ -36,9 +34,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow.fs as pafs
-import soundfile as sf
 from tqdm import tqdm
 
+from minmo.audio.encode import pcm16_bytes
 from minmo.demo import conversation as conv
 from minmo.demo.script import (
     BACKCHANNELS,
@@ -58,6 +56,7 @@ from minmo.demo.speak import (
     synthesize_many,
     trim_silence,
 )
+from minmo.io.atomic import write_bytes_atomic
 from minmo.io.fs import open_filesystem, to_uri
 
 CORPUS = "minmo-demo"
@@ -169,7 +168,7 @@ def build_demo_corpus(
     records: list[dict[str, Any]] = []
     for plan in utterances:
         audio = _render_utterance(plan, clips[(plan.phrase.spoken, plan.voice)], seed)
-        written += out.write(plan.path, encode(audio, plan.rate_hz, plan.container))
+        written += out.write(plan.path, pcm16_bytes(audio, plan.rate_hz, plan.container))
         audio_s += len(audio) / plan.rate_hz
         records.append(_record(plan.path, plan.phrase.text, plan.voice.language, plan.voice.id))
 
@@ -274,7 +273,7 @@ def _build_conversation(
     doc = conv.turns_document(script, turns, length_ms, {k: v.id for k, v in voices.items()})
     base = f"conversations/{script.stem}"
     files = {
-        f"{base}.wav": encode(audio, conv.RATE_HZ, "wav"),
+        f"{base}.wav": pcm16_bytes(audio, conv.RATE_HZ, "wav"),
         f"{base}.rttm": conv.rttm(script.stem, turns).encode("utf-8"),
         f"{base}.turns.json": (json.dumps(doc, ensure_ascii=False, indent=1) + "\n").encode(),
     }
@@ -288,15 +287,6 @@ def _peak_normalize(audio: np.ndarray, peak_dbfs: float) -> np.ndarray:
     return (audio * (10 ** (peak_dbfs / 20) / peak)).astype(np.float32)
 
 
-def encode(audio: np.ndarray, rate_hz: int, container: str) -> bytes:
-    """PCM16 WAV or FLAC bytes. Quantised here (round, clip) rather than in libsndfile so the
-    bytes depend only on the samples."""
-    pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype(np.int16)
-    buf = io.BytesIO()
-    sf.write(buf, pcm, rate_hz, format=container.upper(), subtype="PCM_16")
-    return buf.getvalue()
-
-
 class _Out:
     """OUT on its filesystem; writes go through pyarrow.fs alone, local or object store."""
 
@@ -305,22 +295,13 @@ class _Out:
         self._made: set[str] = set()  # folders made: on an object store each make is a request
 
     def write(self, relative: str, data: bytes) -> int:
-        """Write under a temporary name in the same directory, then move it over the target
-        (a rename locally; on an object store the object appears whole under its name)."""
+        """Write atomically (`minmo.io.atomic`): the file appears whole under its name."""
         path = posixpath.join(self.root, relative)
-        parent, name = posixpath.split(path)
+        parent = posixpath.dirname(path)
         if parent not in self._made:
             self.fs.create_dir(parent, recursive=True)
             self._made.add(parent)
-        tmp = posixpath.join(parent, f".{name}.{os.getpid()}.tmp")
-        try:
-            with self.fs.open_output_stream(tmp) as f:
-                f.write(data)
-            self.fs.move(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):  # the write's own error is the one to see
-                self.fs.delete_file(tmp)
-            raise
+        write_bytes_atomic(self.fs, path, data, make_parent=False)
         return len(data)
 
 

@@ -147,6 +147,11 @@ def to_uri(fs: pafs.FileSystem, path: str) -> str:
     return f"{_URI_SCHEME.get(fs.type_name, fs.type_name)}://{path}"
 
 
+def is_local(fs: pafs.FileSystem) -> bool:
+    """Whether `fs` is local disk: renames are cheap and atomic there, seeks free."""
+    return fs.type_name == "local"
+
+
 @dataclass(frozen=True)
 class Location:
     """A path on a filesystem, with the options that opened it (so relatives open alike)."""

@@ -55,7 +55,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SPEECH_VOCAB = 6561
+from schemas.shards import SPEECH_VOCAB
+
 IGNORE = -100
 
 # Rows of `special_embedding` (CosyVoice 2's `llm_embedding`): `sos` = 0, `task_id` = 1.

@@ -17,7 +17,7 @@ Exact token count (ceil of ceil is ceil, so no rounding subtleties):
     n_tokens = ceil((samples // 160) / 4)  ==  ceil(floor(samples / 160) / 4)
 
 i.e. 25 per second, rounded UP per started 40 ms: 1 s -> 25, 2.5 s -> 63, 7.04 s -> 176,
-35 s -> 875. `n_speech_tokens(samples)` computes it. Codes are in [0, 6561) (FSQ, 3**8 levels).
+35 s -> 875. `n_speech_tokens(samples)` computes it. Codes are in [0, SPEECH_VOCAB).
 
 Clips over 30 s (> 3000 mel frames): windows of 3000 frames every 2600 frames (4 s overlap);
 each window keeps its middle, dropping 50 tokens (2 s) on every overlapped side, as
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 SAMPLE_RATE_HZ = 16_000
 HOP_SAMPLES = 160  # mel hop: 100 frames per second
 FRAMES_PER_TOKEN = 4  # two stride-2 convolutions: 25 tokens per second
-CODEBOOK_SIZE = 3**8  # 6561
 MIN_SAMPLES = 400  # one 25 ms STFT window
 MODEL_NAME = "speech_tokenizer_v2_25hz"
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -33,6 +34,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+
+from minmo.io.atomic import write_text_atomic
 
 LATEST = "latest"
 
@@ -96,10 +99,10 @@ class Checkpointer:
         if self.rank == 0:
             if final.exists():
                 shutil.rmtree(final)
+            # A directory commit, not `write_bytes_atomic`: every rank wrote its own files
+            # into `tmp`, and only the whole folder renamed at once is complete.
             os.replace(tmp, final)
-            pointer = self.out / f".{LATEST}.tmp"
-            pointer.write_text(final.name + "\n")
-            os.replace(pointer, self.out / LATEST)
+            write_text_atomic(pafs.LocalFileSystem(), str(self.out / LATEST), final.name + "\n")
             self._prune()
         _barrier()
         return final
@@ -172,7 +175,7 @@ def export(
         inner.llm.save_pretrained(str(tmp / "lora"))
     (tmp / "export.json").write_text(json.dumps({"stage": stage, "modules": modules}, indent=2))
     shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    os.replace(tmp, final)  # a directory commit, as in `Checkpointer.save`
     _barrier()
     return final
 

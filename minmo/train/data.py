@@ -1,8 +1,9 @@
 """The trainer's data side: one stage's shards -> this rank's batches, with exact O(1) resume.
 
-Owns reading samples from a stage directory; the layout is `pipelines/shards/writer.py`'s, which writes
-it and is read through its helpers (`read_index`, `read_offsets`, `split_member`). A stage
-directory is a local path or any URI pyarrow.fs opens (`s3://bucket/build/shards/stage1`):
+Owns reading samples from a stage directory; the layout is `schemas/shards.py`'s, and it is
+read through the one shard reader, `minmo/io/shards.py` (`read_index`, `read_offsets`,
+`iter_members`). A stage directory is a local path or any URI pyarrow.fs opens
+(`s3://bucket/build/shards/stage1`):
 
     <stage_dir>/<stage>-g0000-000000.tar         webdataset tar (generation 0, shard 0), a
                                                  sample's members contiguous
@@ -76,7 +77,6 @@ import os
 import pickle
 import shlex
 import sys
-import tarfile
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -87,17 +87,10 @@ import pyarrow.fs as pafs
 import soundfile as sf
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from minmo.io.fs import open_filesystem, to_uri
+from minmo.io.fs import is_local, open_filesystem, to_uri
+from minmo.io.shards import iter_members, read_index, read_offsets
 from minmo.model.batch import Batch, collate
-from pipelines.shards.writer import (
-    index_path,
-    is_local,
-    offsets_path,
-    read_index,
-    read_offsets,
-    shard_path,
-    split_member,
-)
+from schemas.shards import index_path, offsets_path, shard_path
 
 Pathlike = str | os.PathLike
 Seconds = float
@@ -260,23 +253,20 @@ class ShardIndex:
         # zero blocks, where tarfile stops); tarfile handles any PAX/GNU long-name headers.
         key: str | None = None
         members: dict[str, bytes] = {}
-        with tarfile.open(
-            fileobj=io.BytesIO(self._read(shard, start, end - start)), mode="r:"
-        ) as tf:
-            for info in tf:
-                if not info.isfile():
-                    continue
-                split = split_member(info.name)
-                if split is None:
-                    raise ValueError(f"{self.names[shard]}: member {info.name!r} has no extension")
-                if key is None:
-                    key = split[0]
-                elif split[0] != key:
-                    raise ValueError(
-                        f"{self.names[shard]} sample {k}: members of {key!r} and "
-                        f"{split[0]!r} in one .idx span; the .idx does not match the tar"
-                    )
-                members[split[1]] = tf.extractfile(info).read()  # type: ignore[union-attr]
+        span = io.BytesIO(self._read(shard, start, end - start))
+        for member in iter_members(span, stream=False):
+            if not member.is_file:
+                continue
+            if member.ext is None:
+                raise ValueError(f"{self.names[shard]}: member {member.name!r} has no extension")
+            if key is None:
+                key = member.key
+            elif member.key != key:
+                raise ValueError(
+                    f"{self.names[shard]} sample {k}: members of {key!r} and "
+                    f"{member.key!r} in one .idx span; the .idx does not match the tar"
+                )
+            members[member.ext] = member.data or b""
         if key is None:
             raise ValueError(f"{self.names[shard]} sample {k}: no members at byte {start}")
         return key, members

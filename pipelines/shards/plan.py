@@ -32,11 +32,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from minmo.io.atomic import write_bytes_atomic
 from pipelines.build import BuildDir, StepLedger
 from pipelines.samples import sources
 from pipelines.samples.builders import SampleConfig, StageBuilder
 from pipelines.samples.spec import estimated_bytes, span_s
-from pipelines.shards.writer import write_bytes_atomic
 
 # Tables whose rows make a stage's samples: a unit is an input of the stage when it has a part
 # file in one of them.

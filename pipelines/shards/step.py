@@ -39,8 +39,10 @@ from typing import Any
 
 import pyarrow as pa
 
+from minmo.io.atomic import write_bytes_atomic
 from minmo.io.fs import to_uri
 from minmo.io.parquet import write_table
+from minmo.io.shards import ShardTarWriter
 from pipelines.audio_source import SourceRoots
 from pipelines.build import BuildDir, StepLedger
 from pipelines.ray_runtime import ensure_ray, model_actors
@@ -54,15 +56,9 @@ from pipelines.shards.plan import (
     summarize,
 )
 from pipelines.shards.tokenize import TokenizeStage, load_audio_batch, tokenizer_info
-from pipelines.shards.writer import (
-    INDEX_VERSION,
-    ShardTarWriter,
-    index_path,
-    shard_name,
-    write_bytes_atomic,
-)
 from schemas import QUARANTINE, ReasonCode
 from schemas.quarantine import quarantine_row
+from schemas.shards import INDEX_VERSION, index_path, shard_name
 
 STEP = "shards"
 MEMBER_COLUMNS = ("json", "flac", "speech_tokens", "text_tokens", "labels")

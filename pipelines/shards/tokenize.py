@@ -24,18 +24,15 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from minmo.audio.encode import flac_bytes
+from minmo.io.shards import npy_bytes
+from minmo.tokens.speech import SpeechTokenizer, n_speech_tokens
 from pipelines.audio_source import SourceRoots, load_audio_16k
 from pipelines.samples.spec import span_s
 
 RATE_HZ = 16000
 SPEECH_TOKENS_PER_S = 25
 DECODE_CACHE = 4  # whole recordings kept per batch (segments of one recording arrive together)
-
-
-def _npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
-    return buf.getvalue()
 
 
 class _RecordingCache:
@@ -67,13 +64,6 @@ class _RecordingCache:
         if not np.isfinite(out).all():
             raise ValueError(f"non-finite samples in {ref['uri']}")
         return out
-
-
-def flac_bytes(audio: np.ndarray) -> bytes:
-    """(channels, samples) float32 -> 16-bit FLAC at 16 kHz."""
-    buf = io.BytesIO()
-    sf.write(buf, np.clip(audio.T, -1.0, 1.0), RATE_HZ, format="FLAC", subtype="PCM_16")
-    return buf.getvalue()
 
 
 def load_audio_batch(
@@ -132,7 +122,8 @@ class TokenizeStage:
     """Text tokens + speech tokens + the final json, one actor per device."""
 
     def __init__(self, text_tokenizer: str | None, speech_tokenizer: str | None) -> None:
-        from minmo.tokens.speech import SpeechTokenizer
+        # Deferred, a heavy dependency: minmo.tokens.text imports transformers (seconds, and
+        # hundreds of MB); only these actors need it, not the audio tasks that import this module.
         from minmo.tokens.text import load_text_tokenizer
 
         self.text = load_text_tokenizer(text_tokenizer)
@@ -141,8 +132,6 @@ class TokenizeStage:
         self.info["text_vocab_size"] = len(self.text)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
-        from minmo.tokens.speech import n_speech_tokens
-
         n = len(batch["key"])
         errors = [str(e) for e in batch["error"]]
         specs = [json.loads(s) for s in batch["spec"]]
@@ -199,7 +188,7 @@ class TokenizeStage:
     def _members(
         self, spec: dict[str, Any], flac: bytes, codes: np.ndarray | None, clip: np.ndarray | None
     ) -> dict[str, bytes]:
-        from minmo.tokens.text import encode_chat
+        from minmo.tokens.text import encode_chat  # deferred: transformers (see __init__)
 
         messages = spec["messages"]
         text_ids = encode_chat(self.text, messages)
@@ -228,14 +217,14 @@ class TokenizeStage:
             "provenance": spec["meta"],
             "tokenizers": self.info,
         }
-        members = {"text_tokens": _npy(text_ids)}
+        members = {"text_tokens": npy_bytes(text_ids)}
         if flac:
             members["flac"] = flac
             meta["input_channels"] = sf.info(io.BytesIO(flac)).channels
         if codes is not None:
-            members["speech_tokens"] = _npy(codes.astype(np.int32))
+            members["speech_tokens"] = npy_bytes(codes.astype(np.int32))
         if spec["labels"] is not None:
-            members["labels"] = _npy(np.asarray(spec["labels"], dtype=np.int8))
+            members["labels"] = npy_bytes(np.asarray(spec["labels"], dtype=np.int8))
             meta["label_hop_s"] = spec["meta"].get("label_hop_s")
         members["json"] = json.dumps(
             meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False

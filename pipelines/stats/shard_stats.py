@@ -19,7 +19,6 @@ shards stay light).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import tarfile
 from collections.abc import Callable, Iterator
@@ -32,14 +31,14 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from minmo.io.shards import json_members
 from pipelines.build import BuildDir
 from pipelines.ray_runtime import ensure_ray
-from pipelines.shards.writer import is_local, shard_path, split_member
 from pipelines.stats import dist as d
 from pipelines.stats.sources import Sources
 from pipelines.stats.tables import breakdown
+from schemas.shards import shard_path, split_member
 
-STREAM_BUFFER_BYTES = 1 << 22
 TASKS_PER_CPU = 2  # shard tasks in flight per Ray CPU: one running, one queued behind it
 
 SAMPLE_SCHEMA = pa.schema(
@@ -64,88 +63,10 @@ SAMPLE_SCHEMA = pa.schema(
 READ_ERRORS = (OSError, tarfile.TarError, ValueError, EOFError)
 
 
-def _open_tar(fs: pafs.FileSystem, path: str) -> contextlib.AbstractContextManager[Any]:
-    """Local: a seekable file, so member data is skipped by seeking. Object stores: one
-    sequential stream; seeking there would cost a ranged GET per member header, and the audio
-    members sit between the json ones anyway."""
-    if is_local(fs):
-        return fs.open_input_file(path)
-    return fs.open_input_stream(path, buffer_size=STREAM_BUFFER_BYTES)
-
-
-BLOCK = 512  # tar's header and padding unit
-_END = bytes(BLOCK)
-
-
-class _NotPlain(Exception):
-    """A header the walk does not handle (PAX or GNU long names, base-256 sizes, links)."""
-
-
-def _json_by_headers(raw: Any, seekable: bool) -> Iterator[tuple[str, bytes]]:
-    """(member name, bytes) of each `.json` member, walking the plain ustar headers the shard
-    writer produces (fixed metadata, short names; pipelines/shards/writer.py).
-
-    Why not tarfile: it builds a TarInfo per member (about 100 us each, and a sample has four
-    members), three quarters of the time of reading a shard's metadata. This walk checks each
-    header's checksum and the archive's length (a truncated or corrupt shard raises, as
-    tarfile would) and raises _NotPlain on anything else, for the caller to use tarfile."""
-    pos = 0
-    size_of_file = raw.size() if seekable else None
-    while True:
-        header = raw.read_at(BLOCK, pos) if seekable else raw.read(BLOCK)
-        if not header or header == _END:  # end of archive (or a tar without its end blocks)
-            return
-        if len(header) < BLOCK:
-            raise EOFError(f"truncated tar header at byte {pos}")
-        stored = header[148:156].strip(b" \0")
-        if not stored or int(stored, 8) != 256 + sum(header[:148]) + sum(header[156:]):
-            raise tarfile.HeaderError(f"bad tar header checksum at byte {pos}")
-        kind = header[156:157]
-        if kind not in (b"0", b"\0", b"5") or header[124] & 0x80:
-            raise _NotPlain(kind)
-        name = header[:100].split(b"\0", 1)[0]
-        prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" else b""
-        if prefix:
-            name = prefix + b"/" + name
-        size = int(header[124:136].strip(b" \0") or b"0", 8)
-        padded = -(-size // BLOCK) * BLOCK
-        if seekable:
-            if pos + BLOCK + size > size_of_file:
-                raise EOFError(f"truncated tar: member {name!r} ends past the file's end")
-            if kind != b"5" and name.endswith(b".json"):
-                yield name.decode("utf-8"), raw.read_at(size, pos + BLOCK)
-        else:
-            data = _read_exactly(raw, padded)
-            if kind != b"5" and name.endswith(b".json"):
-                yield name.decode("utf-8"), data[:size]
-        pos += BLOCK + padded
-
-
-def _read_exactly(raw: Any, n: int) -> bytes:
-    data = raw.read(n)
-    if len(data) != n:
-        raise EOFError(f"truncated tar: {n} bytes expected, {len(data)} read")
-    return data
-
-
-def _json_by_tarfile(raw: Any, seekable: bool) -> Iterator[tuple[str, bytes]]:
-    """The same as `_json_by_headers`, for any tar tarfile reads."""
-    with tarfile.open(fileobj=raw, mode="r:" if seekable else "r|") as tar:
-        for member in tar:
-            if member.isfile() and member.name.endswith(".json"):
-                handle = tar.extractfile(member)
-                yield member.name, handle.read() if handle else b"{}"
-
-
 def read_sample_meta(fs: pafs.FileSystem, path: str, shard: str) -> pa.Table:
-    """The json member of every sample in one tar, as rows of SAMPLE_SCHEMA."""
-    seekable = is_local(fs)
-    try:
-        with _open_tar(fs, path) as raw:
-            return _rows(_json_by_headers(raw, seekable), shard)
-    except _NotPlain:  # written by some other tool: tarfile reads it all again
-        with _open_tar(fs, path) as raw:
-            return _rows(_json_by_tarfile(raw, seekable), shard)
+    """The json member of every sample in one tar, as rows of SAMPLE_SCHEMA (read by
+    `minmo.io.shards.json_members`: a few kB per sample, never the audio on local disk)."""
+    return _rows(iter(json_members(fs, path)), shard)
 
 
 def _rows(members: Iterator[tuple[str, bytes]], shard: str) -> pa.Table:

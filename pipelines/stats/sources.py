@@ -16,8 +16,9 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from minmo.io.fs import open_filesystem
-from pipelines.shards.writer import INDEX_RELPATH, META_DIR, read_index
+from minmo.io.shards import read_index
 from schemas import CONTRACTS
+from schemas.shards import INDEX_RELPATH, META_DIR
 
 MAX_DEPTH = 4  # how deep under the input a table or shard directory is looked for
 SKIP_DIRS = {"_state", "stats", "checkpoints", "demo-src", ".git", META_DIR}
@@ -79,7 +80,7 @@ def _walk(found: Sources, directory: str, depth: int) -> None:
     if name in CONTRACTS and parquet:
         found.tables.setdefault(name, []).extend(parquet)
         return
-    # A shard stage: its tars beside an `_index/` folder holding index.json (pipelines/shards/writer.py).
+    # A shard stage: its tars beside an `_index/` folder holding index.json (schemas/shards.py).
     if any(e.base_name == META_DIR and e.type == pafs.FileType.Directory for e in entries):
         try:
             stage = found.read_index(directory).get("stage")

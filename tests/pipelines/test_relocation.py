@@ -24,7 +24,7 @@ from pipelines.build import BuildDir
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.run import read_table, run_ingest
 from pipelines.shards.step import ShardsConfig, run_shards
-from pipelines.shards.writer import index_path
+from schemas.shards import index_path
 
 pytestmark = pytest.mark.slow
 

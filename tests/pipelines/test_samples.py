@@ -20,7 +20,7 @@ from pipelines.samples.prompts import PromptBook
 from pipelines.samples.spec import audio_ref, estimated_bytes, make_spec, sample_key
 from pipelines.shards.plan import bucket_of, mixture_copies
 from pipelines.shards.step import ShardsConfig
-from pipelines.shards.writer import validate_key
+from schemas.shards import validate_key
 from schemas.tasks import STAGE_TASKS
 
 

@@ -21,8 +21,8 @@ from minmo.tokens.text import load_text_tokenizer
 from pipelines.build import BuildDir
 from pipelines.ingest.run import read_table
 from pipelines.shards.step import ShardsConfig, run_shards
-from pipelines.shards.writer import index_path
 from pipelines.verify import verify_shards
+from schemas.shards import index_path
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGE_TASKS = {

@@ -14,7 +14,8 @@ import pytest
 import soundfile as sf
 import webdataset as wds
 
-from pipelines.shards.writer import index_path, offsets_path, write_stage_shards
+from pipelines.shards.writer import write_stage_shards
+from schemas.shards import index_path, offsets_path
 
 N = 25
 

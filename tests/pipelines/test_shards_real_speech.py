@@ -20,8 +20,8 @@ from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.run import run_ingest
 from pipelines.label_turns import LabelTurnsConfig, run_label_turns
 from pipelines.shards.step import ShardsConfig, run_shards
-from pipelines.shards.writer import index_path
 from pipelines.verify import verify_shards
+from schemas.shards import index_path
 
 UTTERANCES = (
     ("asr_wenet_zh_en/aishell-BAC009S0724W0121.wav", "zh", "广州市房地产中介协会分析"),

@@ -14,15 +14,9 @@ import numpy as np
 import pyarrow.fs as pafs
 import pytest
 
-from pipelines.shards.writer import (
-    OFFSETS_DTYPE,
-    index_path,
-    offsets_path,
-    shard_name,
-    temp_name,
-    write_stage_shards,
-)
+from pipelines.shards.writer import write_stage_shards
 from pipelines.verify import verify_shards, verify_stage
+from schemas.shards import OFFSETS_DTYPE, index_path, offsets_path, shard_name, temp_name
 from tests.objectstore import upload_tree
 from tests.pipelines.test_shards_core import make_samples
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from minmo.cli import main
-from pipelines.shards.writer import shard_name
 from pipelines.stats.compare import compare_stats
 from pipelines.stats.compute import StatsConfig
 from pipelines.stats.run import run_stats
+from schemas.shards import shard_name
 from schemas.stats import StatsSchemaError, validate_stats
 from tests.stats.chromium import render_report, require_chromium
 from tests.stats.tables import QUARANTINE_ROWS, RECORDING_ROWS, _recording, write_build

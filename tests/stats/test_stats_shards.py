@@ -4,15 +4,22 @@ _index/index.json asks for a mixture the shards do not quite meet."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import tarfile
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from pipelines.shards.writer import META_DIR, index_path, shard_name
+from minmo.io.shards import iter_members
+from pipelines.build import BuildDir
+from pipelines.stats import shard_stats
 from pipelines.stats.compute import StatsConfig, compute_stats
+from pipelines.stats.sources import discover
+from schemas.shards import META_DIR, index_path, shard_name
 
 # (shard, key, task, corpus, seconds, speech tokens); 25 tokens per second throughout
 SAMPLES = [
@@ -181,9 +188,6 @@ def test_past_max_shard_rows_a_stage_keeps_distributions_and_its_worst_shards(tm
 def test_the_metadata_of_each_shard_is_read_by_a_ray_task(tmp_path, ray_local, monkeypatch):
     """Extraction runs in Ray worker processes (the caller's Ray instance is kept): a reader
     broken in the driver only must not matter. `workers` caps the tasks in flight."""
-    from pipelines.build import BuildDir
-    from pipelines.stats import shard_stats
-    from pipelines.stats.sources import discover
 
     def not_here(*args, **kwargs):
         raise AssertionError("shard metadata read in the driver")
@@ -200,18 +204,14 @@ def test_the_metadata_of_each_shard_is_read_by_a_ray_task(tmp_path, ray_local, m
 def test_the_header_walk_reads_what_tarfile_reads_and_falls_back_for_other_tars(tmp_path):
     """Shards are read by walking their plain headers; a tar with a PAX header (a long member
     name) goes to tarfile, and a header with a wrong checksum is an error, not a skip."""
-    import io
-    import tarfile
-
-    import pyarrow.fs as pafs
-
-    from pipelines.stats import shard_stats
-
     fs = pafs.LocalFileSystem()
     root = write_stage(tmp_path / "build")
     tar = str(root / "shards" / "stage2" / shard_name("stage2", 0))
     with open(tar, "rb") as raw:
-        by_tarfile = shard_stats._rows(shard_stats._json_by_tarfile(raw, True), "x")
+        members = iter_members(raw, stream=False, want=lambda ext: ext == "json")
+        by_tarfile = shard_stats._rows(
+            ((m.name, m.data) for m in members if m.data is not None), "x"
+        )
     assert shard_stats.read_sample_meta(fs, tar, "x").equals(by_tarfile)
     assert by_tarfile.num_rows == 3
 

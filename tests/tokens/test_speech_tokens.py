@@ -8,12 +8,12 @@ import torch
 from s3tokenizer.utils import log_mel_spectrogram, padding
 
 from minmo.tokens.speech import (
-    CODEBOOK_SIZE,
     SpeechTokenizer,
     build_tiny_checkpoint,
     config_path_for,
     n_speech_tokens,
 )
+from schemas.shards import SPEECH_VOCAB as CODEBOOK_SIZE
 
 RATE = 16_000
 

@@ -19,6 +19,7 @@ import soundfile as sf
 import webdataset as wds
 from torch.utils.data import DataLoader
 
+from minmo.audio.encode import flac_bytes
 from minmo.model.batch import Batch
 from minmo.train.data import (
     Batcher,
@@ -31,15 +32,14 @@ from minmo.train.data import (
     sample_cost,
     webdataset_urls,
 )
-from pipelines.shards.tokenize import flac_bytes
-from pipelines.shards.writer import (
+from pipelines.shards.writer import write_stage_shards
+from schemas.shards import (
     INDEX_VERSION,
     OFFSETS_DTYPE,
     index_path,
     offsets_path,
     shard_name,
     temp_name,
-    write_stage_shards,
 )
 from tests.objectstore import upload_tree
 

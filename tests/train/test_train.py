@@ -19,6 +19,7 @@ import pytest
 import yaml
 from torch.distributed.checkpoint import FileSystemReader
 
+from minmo.audio.encode import flac_bytes
 from minmo.cli import main
 from minmo.model.minmo import SpecialIds
 from minmo.tokens.speech import build_tiny_checkpoint
@@ -28,7 +29,6 @@ from minmo.train.metrics import read_metrics
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.run import run_ingest
 from pipelines.shards.step import ShardsConfig, run_shards
-from pipelines.shards.tokenize import flac_bytes
 from pipelines.shards.writer import write_stage_shards
 from tests.objectstore import s3_filesystem, upload_tree
 
