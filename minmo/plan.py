@@ -33,8 +33,8 @@ from typing import Any
 
 import yaml
 
+from minmo.config import nearest
 from minmo.io.fs import open_filesystem
-from minmo.jobs import nearest
 
 # The steps a pipeline may name, in the order a build runs them (rows print in this order).
 PLAN_STEPS = ("ingest", "synthesize", "diarize", "label-turns", "shards", "stats")
