@@ -49,6 +49,31 @@ def storage_options_field() -> Any:
     return dataclasses.field(default_factory=dict, metadata={"doc": STORAGE_OPTIONS_DOC})
 
 
+def section_field(schema: type) -> Any:
+    """A nested YAML section typed by the dataclass `schema`: its keys are checked against
+    `schema`'s fields (nested ones too, naming the nearest valid key), the command line reaches
+    each as `--section.key`, and `field_docs(schema)` documents them; the value stays the
+    mapping of the keys given, so that a step can tell a key set from a default left alone
+    (e.g. the samples' seed falls back to the shards step's seed only when not given)."""
+    return dataclasses.field(default_factory=dict, metadata={"section": schema})
+
+
+def section_schema(f: dataclasses.Field) -> type | None:
+    """The dataclass a `section_field` declares, else None."""
+    return f.metadata.get("section")
+
+
+def check_section(schema: type, data: Mapping[str, Any], where: str) -> None:
+    """ConfigError for the first key of `data`, at any depth, that `schema` does not have."""
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    check_keys(where, data, fields)
+    types = field_types(schema)
+    for key, value in data.items():
+        inner = nested_dataclass(types[key]) or section_schema(fields[key])
+        if inner is not None and isinstance(value, Mapping):
+            check_section(inner, value, f"{where}.{key}")
+
+
 def nearest(key: str, valid: Iterable[str]) -> str:
     """' (did you mean "x"?)' for the closest valid key, or '' when nothing is close."""
     match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
@@ -95,6 +120,9 @@ def from_mapping(cls: type[C], data: Mapping[str, Any] | None, where: str) -> C:
         nested = nested_dataclass(types[name])
         if nested is not None and isinstance(value, Mapping):
             data[name] = from_mapping(nested, value, f"{where}.{name}")
+        schema = section_schema(fields[name])
+        if schema is not None and isinstance(value, Mapping):
+            check_section(schema, value, f"{where}.{name}")
     try:
         return cls(**data)
     except ConfigError as exc:

@@ -44,7 +44,9 @@ class DiarizeConfig:
     num_speakers: int | None = 2
     """Speakers per conversation; two-party conversations default to 2. None: estimate."""
     min_speakers: int | None = None
+    """Lower bound when the number of speakers is estimated."""
     max_speakers: int | None = None
+    """Upper bound when the number of speakers is estimated."""
     tasks: list[str] = field(default_factory=lambda: ["conversation"])
     """Recordings whose `task` is one of these are diarized."""
     device: str | None = None
@@ -54,8 +56,11 @@ class DiarizeConfig:
     gpus_per_actor: float | None = None
     """GPUs per actor; default 1 when the Ray cluster has GPUs and a model backend is used."""
     recordings_per_unit: int = 16
+    """Recordings per committed unit of work: the granularity of resume."""
     units_per_wave: int = 16
+    """Units in flight at once."""
     storage_options: dict[str, Any] = field(default_factory=dict)
+    """pyarrow filesystem options for an object-store build (JSON on the command line)."""
 
     def __post_init__(self) -> None:
         if not self.tasks:

@@ -18,7 +18,7 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from minmo.config import ConfigError, field_docs, field_types, nested_dataclass
+from minmo.config import ConfigError, field_docs, field_types, nested_dataclass, section_schema
 
 NONE_WORDS = ("none", "null")
 
@@ -102,7 +102,7 @@ def add_config_flags(
     json_dests = []
     for f in dataclasses.fields(cls):
         dest = prefix + f.name
-        nested = nested_dataclass(hints[f.name])
+        nested = nested_dataclass(hints[f.name]) or section_schema(f)
         if nested is not None:
             json_dests += add_config_flags(parser, nested, prefix=f"{dest}.")
             continue
