@@ -291,3 +291,19 @@ def test_verbose_brings_rays_logs_back(tmp_path, monkeypatch, capsys):
     assert console_level() == logging.WARNING
     _ray_data_console(logging.INFO)  # --verbose
     assert console_level() == logging.INFO
+
+
+def test_a_section_whole_as_json_under_its_keys():
+    args = build_parser(only="shards").parse_args(
+        [
+            "shards",
+            "--build",
+            "b",
+            "--mixture.stage1",
+            '{"asr": 2.0}',
+            "--mixture",
+            '{"stage1": {"asr": 0.5}, "stage2": {"tts": 1.0}}',
+        ]
+    )
+    section = section_from_args(args)
+    assert section == {"mixture": {"stage1": {"asr": 2.0}, "stage2": {"tts": 1.0}}}

@@ -101,6 +101,7 @@ def _add_step(p: argparse.ArgumentParser, spec: StepSpec) -> None:
             alias.flag,
             dest=f"alias{i}",
             default=argparse.SUPPRESS,
+            metavar=None if alias.choices else alias.flag[2:].upper().replace("-", "_"),
             choices=alias.choices,
             help=alias.help,
         )

@@ -18,7 +18,14 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from minmo.config import ConfigError, field_docs, field_types, nested_dataclass, section_schema
+from minmo.config import (
+    ConfigError,
+    field_docs,
+    field_types,
+    merge,
+    nested_dataclass,
+    section_schema,
+)
 
 NONE_WORDS = ("none", "null")
 
@@ -104,6 +111,16 @@ def add_config_flags(
         dest = prefix + f.name
         nested = nested_dataclass(hints[f.name]) or section_schema(f)
         if nested is not None:
+            # The whole section as JSON (`--mixture '{"stage1": {"asr": 0.5}}'`), and a flag
+            # per key; the keys given one by one go over the JSON.
+            parser.add_argument(
+                flag_name(dest),
+                dest=dest,
+                default=argparse.SUPPRESS,
+                metavar="JSON",
+                help=_help(docs.get(f.name, ""), dataclasses.MISSING, "JSON object"),
+            )
+            json_dests.append(dest)
             json_dests += add_config_flags(parser, nested, prefix=f"{dest}.")
             continue
         kwargs, note = _argument(hints[f.name], _default(f))
@@ -139,12 +156,13 @@ def parse_json_fields(values: dict[str, Any], json_dests: list[str]) -> None:
 
 
 def nest(values: Mapping[str, Any]) -> dict[str, Any]:
-    """{"samples.hotwords": 3} -> {"samples": {"hotwords": 3}}: dotted dests as YAML sections."""
+    """{"samples.hotwords": 3} -> {"samples": {"hotwords": 3}}: dotted dests as YAML sections
+    (a section given whole, as JSON, under the keys given one by one)."""
     out: dict[str, Any] = {}
-    for dest, value in values.items():
+    for dest, value in sorted(values.items(), key=lambda item: item[0].count(".")):
         *sections, key = dest.split(".")
         target = out
         for section in sections:
             target = target.setdefault(section, {})
-        target[key] = value
+        target[key] = merge(target[key], value) if isinstance(target.get(key), dict) else value
     return out

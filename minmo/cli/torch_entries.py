@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from minmo.cli.steps import ModelInfoConfig, NoInputs, ShardsInputs, TrainInputs
+from minmo.cli.steps import ModelInfoConfig, NoInputs, ShardsInputs, StepFailed, TrainInputs
 from minmo.model.info import render
 from minmo.train.entry import run_train, run_train_ray
 from pipelines.shards.step import ShardsConfig, run_shards
@@ -21,6 +21,8 @@ def shards(build: str, inputs: ShardsInputs, config: ShardsConfig, progress: boo
 def train(build: str, inputs: TrainInputs, overrides: dict[str, Any], progress: bool) -> Any:
     """Each training spec in turn, its fields overridden by `overrides` (the section's, then
     the command line's): the spec holds the required ones, so the config is built per spec."""
+    if not inputs.stages:
+        raise StepFailed(2, "give a training spec, e.g. jobs/train/1a.yaml")
     results = []
     for job in inputs.stages:
         if inputs.ray:

@@ -1,6 +1,6 @@
 """Configuration of the ingest step: one dataclass, every field documented and checked.
 
-The `ingest:` section of a job spec maps onto `IngestConfig` one to one (see minmo/jobs.py).
+The `ingest:` section of a job spec maps onto `IngestConfig` one to one (see minmo/cli/jobs.py).
 """
 
 from __future__ import annotations

@@ -70,6 +70,8 @@ class SampleConfig:
     prompts: str | None = None
     """Template file; default jobs/prompts/tasks.yaml."""
     seed: int = 0
+    """Seed of the prompt and bias-word draws (in the shards step: the step's seed unless the
+    `samples` section sets one)."""
 
 
 @dataclass
