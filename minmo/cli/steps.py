@@ -9,7 +9,8 @@ Config classes and run functions are named as "module:name" and imported with im
 when a step is chosen: importing every step pulls in torch and Ray (~9 s), which `minmo --help`
 and `minmo verify` should not pay. The run functions live in minmo/cli/entries.py (light steps)
 and minmo/cli/torch_entries.py (steps that import torch), each with the uniform signature
-`run(build, inputs, config, progress) -> int` (the exit code).
+`run(build, inputs, config, progress)`: it prints the step's summary and returns its result; a
+failure the user acts on is a StepFailed carrying the exit code.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ class StepSpec:
     config: str
     """"module:Class" of the config dataclass the section's other keys build."""
     run: str
-    """"module:function" with the signature `run(build, inputs, config, progress) -> int`."""
+    """"module:function" with the signature `run(build, inputs, config, progress)`."""
     help: str
     inputs: type = NoInputs
     """The section keys that are not config fields (positional or invocation flags)."""
