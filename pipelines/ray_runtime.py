@@ -4,10 +4,11 @@ Every step calls `ensure_ray()` instead of `ray.init()` so that tests and caller
 started Ray (a local multi-node test cluster, `ray job submit`) keep their instance.
 
 Ray's own output is quiet by default: a user sees minmo's progress bars and summaries, not a
-second progress system (Ray Data's bars and INFO lines about each dataset's execution). Ray's
-warnings and errors still show, and so does what the steps' workers print. `minmo --verbose`
-(`set_verbose`) brings Ray's INFO logs and bars back; Ray Data's log file in the session
-directory (/tmp/ray/session_latest/logs/ray-data.log) always has every line.
+second progress system (Ray Data's bars, its INFO lines about each dataset's execution, and its
+API deprecation notes, which are for minmo's developers). Ray's errors still show, and so does
+what the steps' workers print. `minmo --verbose` (`set_verbose`) brings Ray's INFO logs,
+warnings and bars back; Ray Data's log file in the session directory
+(/tmp/ray/session_latest/logs/ray-data.log) always has every line.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import copy
 import logging
 import os
 import tempfile
+import warnings
 
 import yaml
 
@@ -38,11 +40,13 @@ def ensure_ray(num_cpus: int | None = None, progress: bool = True) -> None:
     from ray.util.debug import log_once
 
     verbose = ray_verbose()
-    level = logging.INFO if verbose else logging.WARNING
+    level = logging.INFO if verbose else logging.ERROR
     _ray_data_console(level)
     if not verbose:
         # Ray Data warns once that its bars are off; minmo turned them off on purpose.
         log_once("ray_data_progress_manager_disabled")
+        # Ray's Python warnings (deprecations, tuning hints) are for minmo's developers.
+        warnings.filterwarnings("ignore", module=r"ray(\.|$)")
     # Token auth is on by default in recent Ray; a local single-user instance does not need it.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if not ray.is_initialized():
