@@ -307,3 +307,12 @@ def test_a_section_whole_as_json_under_its_keys():
     )
     section = section_from_args(args)
     assert section == {"mixture": {"stage1": {"asr": 2.0}, "stage2": {"tts": 1.0}}}
+
+
+def test_the_mixture_section_names_every_stage():
+    import dataclasses
+
+    from pipelines.samples.builders import STAGES
+    from pipelines.shards.step import Mixture
+
+    assert [f.name for f in dataclasses.fields(Mixture)] == list(STAGES)
