@@ -238,12 +238,12 @@ def test_cli_over_yaml_over_defaults(tmp_path):
 
     yaml_file = tmp_path / "ingest.yaml"
     yaml_file.write_text(
-        "steps: [ingest]\ningest: {src: [a], max_segment_s: 20, files_per_unit: 8}\n"
+        "steps: [ingest]\ningest: {src: ['{job_dir}/a'], max_segment_s: 20, files_per_unit: 8}\n"
     )
     argv = ["ingest", "--build", "b", "--config", str(yaml_file), "--max-segment-s", "25"]
     args = build_parser(only="ingest").parse_args(argv)
     inputs, config = split_section("ingest", STEPS["ingest"], section_from_args(args))
-    assert inputs.src == ["a"]
+    assert inputs.src == [f"{tmp_path}/a"]  # expanded as in a job
     assert config.max_segment_s == 25  # the command line
     assert config.files_per_unit == 8  # the YAML
     assert config.min_duration_s == IngestConfig().min_duration_s  # the default

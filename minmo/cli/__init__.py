@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from minmo.cli.flags import add_config_flags, nest, parse_json_fields
-from minmo.cli.jobs import run_job, split_section
+from minmo.cli.jobs import expand, run_job, split_section
 from minmo.cli.steps import STEPS, StepFailed, StepSpec, resolve
 from minmo.config import ConfigError, merge
 from minmo.io.fs import STORE_SCHEMES, check_scheme
@@ -138,11 +138,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _yaml_section(path: str | None, name: str) -> dict[str, Any]:
-    """`--config`'s mapping: the step's section of a job spec, or the whole file."""
+def _yaml_section(path: str | None, name: str, build: str | None) -> dict[str, Any]:
+    """`--config`'s mapping: the step's section of a job spec, or the whole file; `{build}` and
+    `{job_dir}` expand as in a job."""
     if path is None:
         return {}
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    data = expand(
+        yaml.safe_load(Path(path).read_text()) or {}, build or "", str(Path(path).resolve().parent)
+    )
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a step's config is a mapping")
     section = data.get(name, {}) if "steps" in data else data
@@ -158,7 +161,8 @@ def section_from_args(args: argparse.Namespace) -> dict[str, Any]:
         if f"alias{i}" in values:
             values[alias.dest] = alias.convert(values.pop(f"alias{i}"))
     parse_json_fields(values, args.json_dests)
-    return merge(_yaml_section(args.config, args.command), nest(values))
+    yaml_section = _yaml_section(args.config, args.command, getattr(args, "build", None))
+    return merge(yaml_section, nest(values))
 
 
 def _run_step(args: argparse.Namespace) -> int:

@@ -80,13 +80,14 @@ def split_section(where: str, spec: StepSpec, section: dict[str, Any]) -> tuple[
     return inputs, config
 
 
-def _expand(value: Any, build: str, job_dir: str = ".") -> Any:
+def expand(value: Any, build: str, job_dir: str = ".") -> Any:
+    """`{build}` and `{job_dir}` replaced in every string of a section."""
     if isinstance(value, str):
         return value.replace("{build}", build).replace("{job_dir}", job_dir)
     if isinstance(value, list):
-        return [_expand(v, build, job_dir) for v in value]
+        return [expand(v, build, job_dir) for v in value]
     if isinstance(value, dict):
-        return {k: _expand(v, build, job_dir) for k, v in value.items()}
+        return {k: expand(v, build, job_dir) for k, v in value.items()}
     return value
 
 
@@ -168,7 +169,7 @@ def load_job(
         section = spec.get(name) or {}
         if not isinstance(section, dict):
             raise ConfigError(f"{path}: section '{name}' must be a mapping")
-        section = _expand(section, build, job_dir)
+        section = expand(section, build, job_dir)
         split_section(f"{path}: {name}", step.spec, section)  # every value checked up front
         _check_local_only(str(path), step, build, section)
         if "storage_options" in step.accepted_keys() and (shared or "storage_options" in section):
