@@ -140,7 +140,7 @@ def handled_audio_s(step: str, summary: Any) -> float:
 
 def child(job: dict[str, Any]) -> dict[str, Any]:
     """Start Ray, then run one step of the demo job spec with `overrides`, CPU-sampled."""
-    from minmo.jobs import load_job
+    from minmo.cli.jobs import load_job
     from pipelines.ray_runtime import ensure_ray
 
     t0 = time.perf_counter()

@@ -33,8 +33,8 @@ from typing import Any
 
 import yaml
 
+from minmo.config import StorageOptions, nearest, storage_options_field
 from minmo.io.fs import open_filesystem
-from minmo.jobs import nearest
 from schemas.tasks import STAGE_TASKS
 
 # The steps a pipeline may name, in the order a build runs them (rows print in this order).
@@ -458,13 +458,17 @@ def render(plan: Plan) -> str:
 class PlanConfig:
     """The `plan` step of a job spec (and `minmo plan`'s options)."""
 
-    mix: str = "jobs/plan/minmo-paper.yaml"  # the task mixture
-    rates: str = "bench/rates.json"  # measured rates (bench/scale.py)
-    hours: float | None = None  # total audio-hours (default: the mixture's own)
+    mix: str = "jobs/plan/minmo-paper.yaml"
+    """The task mixture YAML (jobs/plan/*.yaml)."""
+    rates: str = "bench/rates.json"
+    """Measured per-step rates (bench/scale.py writes them)."""
+    hours: float | None = None
+    """Total audio-hours; default: the mixture's own."""
     nodes: int = 100
+    """Nodes of the cluster planned for."""
     cores_per_node: int = 64
     gpus_per_node: int = 8
-    storage_options: dict[str, Any] | None = None  # for mix / rates on an object store
+    storage_options: StorageOptions = storage_options_field()
 
 
 def run_plan(config: PlanConfig) -> Plan:

@@ -25,10 +25,10 @@ import pyarrow.dataset as pads
 import torch
 
 from minmo.audio.decode import DecodeError
+from minmo.config import ConfigError, StorageOptions, nearest, storage_options_field
 from minmo.diarization import registry
 from minmo.diarization.registry import AUTO, BackendContext, Diarizer
 from minmo.diarization.types import DiarizationRejected, SpeakerHints
-from minmo.jobs import nearest
 from pipelines.audio_source import SourceRoots, load_audio_16k
 from pipelines.build import BuildDir
 from pipelines.ray_runtime import ensure_ray, model_actors
@@ -52,7 +52,9 @@ class DiarizeConfig:
     num_speakers: int | None = 2
     """Speakers per conversation; two-party conversations default to 2. None: estimate."""
     min_speakers: int | None = None
+    """Lower bound when the number of speakers is estimated."""
     max_speakers: int | None = None
+    """Upper bound when the number of speakers is estimated."""
     tasks: list[str] = field(default_factory=lambda: ["conversation"])
     """Recordings whose `task` is one of these are diarized."""
     device: str | None = None
@@ -62,8 +64,10 @@ class DiarizeConfig:
     gpus_per_actor: float | None = None
     """GPUs per actor; default 1 when the Ray cluster has GPUs and a model backend is used."""
     recordings_per_unit: int = 16
+    """Recordings per committed unit of work: the granularity of resume."""
     units_per_wave: int = 16
-    storage_options: dict[str, Any] = field(default_factory=dict)
+    """Units in flight at once."""
+    storage_options: StorageOptions = storage_options_field()
     backend_options: dict[str, Any] = field(default_factory=dict)
     """Each backend's own settings by backend name, e.g. `{offline: {window_s: 1.5}}`; a section
     maps onto that backend's settings dataclass (registry.py), an unknown key is an error naming
@@ -73,19 +77,19 @@ class DiarizeConfig:
         if not self.tasks:
             self.tasks = ["conversation"]
         if self.backend != AUTO and self.backend not in registry.BACKENDS:
-            raise ValueError(
+            raise ConfigError(
                 f"diarize backend must be one of {(AUTO, *registry.BACKENDS)}, "
                 f"got {self.backend!r}{nearest(self.backend, registry.BACKENDS)}"
             )
         chosen = None if self.backend == AUTO else registry.get(self.backend)
         if chosen and chosen.needs_model_path and not self.diarization_model:
-            raise ValueError(f"backend {self.backend!r} needs diarization_model (a local path)")
+            raise ConfigError(f"backend {self.backend!r} needs diarization_model (a local path)")
         self.backend_options = {
             name: registry.parse_settings(name, section)
             for name, section in self.backend_options.items()
         }
         if self.recordings_per_unit < 1 or self.units_per_wave < 1:
-            raise ValueError("recordings_per_unit and units_per_wave must be >= 1")
+            raise ConfigError("recordings_per_unit and units_per_wave must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

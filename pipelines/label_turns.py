@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from minmo.config import StorageOptions, storage_options_field
 from minmo.duplex.labels import DuplexConfig, Span, analyse, events_for, frame_labels
 from pipelines.build import BuildDir
 from pipelines.ray_runtime import ensure_ray
@@ -34,13 +35,20 @@ class LabelTurnsConfig:
     """Thresholds of the heuristics (see minmo/duplex/labels.py) and the step's batching."""
 
     pause_s: float = 0.5
+    """Pauses shorter than this join one turn."""
     backchannel_max_s: float = 1.0
+    """The longest back-channel."""
     backchannel_window_s: float = 1.0
+    """The other speaker talks this close before and after a back-channel."""
     hop_s: float = 0.12
+    """Frame hop of the labels (the LLM's input rate)."""
     seed: int = 0
+    """Seed of the user turn-taking gaps."""
     recordings_per_unit: int = 64
+    """Recordings per committed unit of work: the granularity of resume."""
     units_per_wave: int = 16
-    storage_options: dict[str, Any] = field(default_factory=dict)
+    """Units in flight at once."""
+    storage_options: StorageOptions = storage_options_field()
 
     def duplex(self) -> DuplexConfig:
         return DuplexConfig(

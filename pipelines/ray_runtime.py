@@ -2,31 +2,91 @@
 
 Every step calls `ensure_ray()` instead of `ray.init()` so that tests and callers that already
 started Ray (a local multi-node test cluster, `ray job submit`) keep their instance.
+
+Ray's own output is quiet by default: a user sees minmo's progress bars and summaries, not a
+second progress system (Ray Data's bars, its INFO lines about each dataset's execution, and its
+API deprecation notes, which are for minmo's developers). Ray's errors still show, and so does
+what the steps' workers print. `minmo --verbose` (`set_verbose`) brings Ray's INFO logs,
+warnings and bars back; Ray Data's log file in the session directory
+(/tmp/ray/session_latest/logs/ray-data.log) always has every line.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
 import os
+import tempfile
+import warnings
+
+import yaml
+
+VERBOSE_ENV = "MINMO_RAY_VERBOSE"
+"""Set to 1 by `minmo --verbose`; an environment variable, so that child processes (a job's
+steps, torchrun ranks, `ray job submit` drivers) inherit it."""
+
+
+def set_verbose(verbose: bool) -> None:
+    """Whether Ray's own INFO logs and progress bars show (the CLI's `--verbose`)."""
+    os.environ[VERBOSE_ENV] = "1" if verbose else "0"
+
+
+def ray_verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV) == "1"
 
 
 def ensure_ray(num_cpus: int | None = None, progress: bool = True) -> None:
-    import ray
+    import ray  # heavy (~2 s) and only needed by the steps that run on Ray
+    from ray.util.debug import log_once
 
+    verbose = ray_verbose()
+    level = logging.INFO if verbose else logging.ERROR
+    _ray_data_console(level)
+    if not verbose:
+        # Ray Data warns once that its bars are off; minmo turned them off on purpose.
+        log_once("ray_data_progress_manager_disabled")
+        # Ray's Python warnings (deprecations, tuning hints) are for minmo's developers.
+        warnings.filterwarnings("ignore", module=r"ray(\.|$)")
     # Token auth is on by default in recent Ray; a local single-user instance does not need it.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
         if address:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=True, logging_level=level)
         else:
             # address="local" always starts a fresh instance: a bare ray.init() would try to
             # join whatever cluster /tmp/ray/ray_current_cluster last named, even a dead one.
             ray.init(
-                address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                log_to_driver=True,
+                logging_level=level,
             )
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = progress
+    context.enable_progress_bars = progress and verbose
     context.print_on_execution_start = False
+
+
+def _ray_data_console(level: int) -> None:
+    """The level of Ray Data's console log handler. Ray Data rebuilds its loggers from
+    RAY_DATA_LOGGING_CONFIG (a YAML file) whenever a dataset starts executing, so the level is
+    set there: Ray's own default config with the console handler's level changed, written once
+    per process. A RAY_DATA_LOGGING_CONFIG the user set is left alone."""
+    from ray.data._internal.logging import DEFAULT_CONFIG, configure_logging  # with ray, above
+
+    env = "RAY_DATA_LOGGING_CONFIG"
+    ours = os.environ.get(env, "").startswith(os.path.join(tempfile.gettempdir(), "minmo-ray"))
+    if env in os.environ and not ours:
+        return
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    config["handlers"]["console"]["level"] = logging.getLevelName(level)
+    path = os.path.join(tempfile.gettempdir(), f"minmo-ray-data-logging-{os.getpid()}-{level}.yaml")
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            yaml.safe_dump(config, f)
+    os.environ[env] = path
+    configure_logging()
 
 
 def model_actors(

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from minmo.audio.encode import flac_bytes
+from minmo.config import StorageOptions, section_field, storage_options_field
+from minmo.duplex.simulate import GapDistribution, SimulationConfig
 from minmo.io.fs import Location, to_uri
 from pipelines.build import BuildDir
 from pipelines.ray_runtime import ensure_ray, model_actors
@@ -78,6 +80,7 @@ class SynthesizeConfig:
     dialogues: list[str] = field(default_factory=list)
     """Chat JSONL files (ChatML, ShareGPT or Alpaca layouts)."""
     layout: str = "auto"
+    """Chat layout of the dialogue files: auto, chatml, sharegpt or alpaca."""
     backend: str = "espeak"
     """espeak, piper or http (see minmo/tts/)."""
     backend_options: dict[str, Any] = field(default_factory=dict)
@@ -89,8 +92,7 @@ class SynthesizeConfig:
     transcribed real recordings in the build (for backends that clone a voice, e.g. http with
     CosyVoice); languages without prompts fall back to `user_voices`."""
     max_prompts: int = 64
-    prompt_pool: list[dict[str, Any]] = field(default_factory=list)
-    """Filled by the step from the build when `user_prompts` is on (uri, text, language)."""
+    """Speaker prompts cut from the build at most (with `user_prompts`)."""
     assistant_voices: dict[str, str] = field(default_factory=dict)
     """Per language, the assistant's target voice; default: ASSISTANT_VOICES."""
     responses: str | None = None
@@ -98,19 +100,24 @@ class SynthesizeConfig:
     a local path or a URI, like `dialogues`."""
     duplex: bool = True
     """Also assemble a simulated two-channel duplex conversation per dialogue."""
-    duplex_options: dict[str, Any] = field(default_factory=dict)
-    """SimulationConfig fields (gaps, overlap/barge-in/back-channel rates)."""
+    duplex_options: dict[str, Any] = section_field(SimulationConfig)
+    """The simulated conversations' timing: SimulationConfig's fields (minmo/duplex/simulate.py:
+    gaps, overlap/barge-in/back-channel rates); a gap is a mapping of GapDistribution's fields,
+    e.g. {kind: normal, a: 0.6, b: 0.4, min_s: 0}. The seed defaults to the step's."""
     corpus: str = "synthetic"
+    """Corpus name of the synthesized recordings."""
     seed: int = 0
+    """Seed of the voice draws and the simulated conversations."""
     dialogues_per_unit: int = 16
+    """Dialogues per committed unit of work: the granularity of resume."""
     units_per_wave: int = 16
+    """Units in flight at once."""
     actors: int | None = None
     """Actor pool size; default one per CPU (or per GPU when GPUs are used)."""
     gpus_per_actor: float | None = None
     """GPUs per actor; default 1 when the Ray cluster has GPUs and the backend runs its model
     here on CUDA (piper with `use_cuda`); espeak and http (a remote server) use none."""
-    storage_options: dict[str, Any] = field(default_factory=dict)
-    """Filesystem options (e.g. an S3 endpoint) for the build and for URI-named inputs."""
+    storage_options: StorageOptions = storage_options_field()
 
     def __post_init__(self) -> None:
         if isinstance(self.dialogues, str):
@@ -189,8 +196,6 @@ def whole_segment(rec: dict[str, Any]) -> dict[str, Any]:
 def simulation_config(options: dict[str, Any], seed: int) -> Any:
     """SimulationConfig from a job spec's mapping; gap fields may be given as mappings of
     GapDistribution's fields, e.g. {kind: normal, a: 0.6, b: 0.4, min_s: 0}."""
-    from minmo.duplex.simulate import GapDistribution, SimulationConfig
-
     values = {k: GapDistribution(**v) if isinstance(v, dict) else v for k, v in options.items()}
     values.setdefault("seed", seed)
     return SimulationConfig(**values)
@@ -199,13 +204,21 @@ def simulation_config(options: dict[str, Any], seed: int) -> Any:
 class SynthesizeStage:
     """Ray Data actor: one dialogue (or one real query) per call -> rows of every table."""
 
-    def __init__(self, config: dict[str, Any], build_uri: str) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        build_uri: str,
+        prompt_pool: list[dict[str, Any]] | None = None,
+    ) -> None:
         import torch
 
         from minmo.tts.registry import make_backend
 
         torch.set_num_threads(1)
         self.config = SynthesizeConfig(**config)
+        # Speaker prompts the step cut from the build (uri, text, language) when `user_prompts`
+        # is on: runtime state of this run, so it lives here, not in the config.
+        self.prompt_pool = prompt_pool or []
         self.build = BuildDir(build_uri, **self.config.storage_options)
         self.backend = make_backend(self.config.backend, **self.config.backend_options)
 
@@ -264,7 +277,7 @@ class SynthesizeStage:
         rows = [r for r in item["turns"] if r["role"] != "system"]
         language = (rows[0].get("language") if rows else None) or "en"
         rng = seeded_rng(did, config.seed)
-        prompts = [p for p in config.prompt_pool if p["language"] == language]
+        prompts = [p for p in self.prompt_pool if p["language"] == language]
         if prompts:
             prompt = prompts[int(rng.integers(len(prompts)))]
             user_voice = Voice(
@@ -659,8 +672,7 @@ def run_synthesize(
         config.dialogues_per_unit,
         config.units_per_wave,
     )
-    if config.user_prompts and not config.prompt_pool:
-        config.prompt_pool = speaker_prompts(build, config)
+    prompt_pool = speaker_prompts(build, config) if config.user_prompts else []
     done = step.covered()
     pending = [
         i
@@ -679,7 +691,11 @@ def run_synthesize(
                 SynthesizeStage,
                 # The build as a canonical URI (an absolute path when local): a relative
                 # path would mean another folder on a worker started elsewhere.
-                fn_constructor_kwargs={"config": config.to_dict(), "build_uri": build_root},
+                fn_constructor_kwargs={
+                    "config": config.to_dict(),
+                    "build_uri": build_root,
+                    "prompt_pool": prompt_pool,
+                },
                 batch_size=1,
                 num_cpus=1,
                 num_gpus=gpus,

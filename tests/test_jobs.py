@@ -1,6 +1,8 @@
 import pytest
 
-from minmo.jobs import STEPS, JobSpecError, Step, load_job
+from minmo.cli.jobs import load_job
+from minmo.cli.steps import STEPS, StepSpec
+from minmo.config import ConfigError
 
 
 def test_demo_job_parses(tmp_path):
@@ -24,27 +26,27 @@ def test_demo_job_parses(tmp_path):
 def test_unknown_key_names_the_nearest_valid_one(tmp_path):
     spec = tmp_path / "job.yaml"
     spec.write_text("steps: [ingest]\ningest:\n  src: x\n  max_segmnt_s: 20\n")
-    with pytest.raises(JobSpecError, match='did you mean "max_segment_s"'):
+    with pytest.raises(ConfigError, match='did you mean "max_segment_s"'):
         load_job(spec, str(tmp_path))
 
 
 def test_unknown_step_and_top_level_key(tmp_path):
     spec = tmp_path / "job.yaml"
     spec.write_text("steps: [ingst]\n")
-    with pytest.raises(JobSpecError, match='did you mean "ingest"'):
+    with pytest.raises(ConfigError, match='did you mean "ingest"'):
         load_job(spec, str(tmp_path))
     spec.write_text("steps: [ingest]\nstepz: 1\n")
-    with pytest.raises(JobSpecError, match='did you mean "steps"'):
+    with pytest.raises(ConfigError, match='did you mean "steps"'):
         load_job(spec, str(tmp_path))
 
 
 def test_step_sections_are_checked_against_their_configs(tmp_path):
     spec = tmp_path / "job.yaml"
     spec.write_text("steps: [diarize, label-turns]\ndiarize:\n  backnd: offline\n")
-    with pytest.raises(JobSpecError, match='did you mean "backend"'):
+    with pytest.raises(ConfigError, match='did you mean "backend"'):
         load_job(spec, str(tmp_path))
     spec.write_text("steps: [label-turns]\nlabel-turns:\n  hop: 0.12\n")
-    with pytest.raises(JobSpecError, match='did you mean "hop_s"'):
+    with pytest.raises(ConfigError, match='did you mean "hop_s"'):
         load_job(spec, str(tmp_path))
 
 
@@ -77,7 +79,7 @@ def test_a_local_build_is_made_absolute(tmp_path, monkeypatch):
 
 def test_a_collapsed_uri_build_is_refused(tmp_path):
     spec = _spec(tmp_path, "steps: [ingest]\ningest: {src: x}\n")
-    with pytest.raises(JobSpecError, match="'s3://bkt/demo'"):
+    with pytest.raises(ConfigError, match="'s3://bkt/demo'"):
         load_job(spec, "s3:/bkt/demo")
 
 
@@ -86,23 +88,30 @@ def local_only_step(monkeypatch):
     """A step that takes local paths only. Every shipped step serves object stores; the refusal
     stays for the next one that does not."""
 
-    def run(build, section, progress):
-        raise AssertionError("a refused job must not run any step")
-
-    monkeypatch.setitem(STEPS, "local-only", lambda: Step("local-only", ("dir",), run))
+    step = StepSpec(
+        config="minmo.cli.steps:VerifyConfig",
+        run="tests.test_jobs:_never_run",
+        help="a step that reads local paths only",
+        object_store=False,
+    )
+    monkeypatch.setitem(STEPS, "local-only", step)
     return "local-only"
 
 
+def _never_run(*_):
+    raise AssertionError("a refused job must not run any step")
+
+
 def test_every_shipped_step_serves_object_stores():
-    assert [name for name, step in STEPS.items() if not step().object_store] == []
+    assert [name for name, step in STEPS.items() if not step.object_store] == []
 
 
 def test_a_local_only_step_refuses_a_uri_before_any_step_runs(tmp_path, local_only_step):
     spec = _spec(tmp_path, "steps: [demo-data, local-only]\n")
-    with pytest.raises(JobSpecError, match=r"'local-only' cannot serve s3:// paths"):
+    with pytest.raises(ConfigError, match=r"'local-only' cannot serve s3:// paths"):
         load_job(spec, "s3://bkt/demo")
     spec = _spec(tmp_path, "steps: [demo-data, local-only]\nlocal-only: {dir: 'gs://b/x'}\n")
-    with pytest.raises(JobSpecError, match=r"'local-only' cannot serve gs:// paths"):
+    with pytest.raises(ConfigError, match=r"'local-only' cannot serve gs:// paths"):
         load_job(spec, str(tmp_path / "build"))
 
 

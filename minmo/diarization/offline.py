@@ -94,32 +94,39 @@ class OfflineDiarizerConfig:
     recordings (real telephone and read speech, and the espeak-ng demo corpus), not on one file;
     the accuracy they give is quoted in tests/diarization/test_offline.py."""
 
-    vad_threshold: float = 0.5  # silero speech probability that starts speech (stock)
-    vad_min_silence_ms: int = 100  # silence that ends a speech region (stock)
-    # Embedding window and hop. 1.0 s beat Resemblyzer's own 1.6 s partials here: turns in a
-    # conversation are short, and a window that spans a speaker change is labelled by neither.
+    vad_threshold: float = 0.5
+    """Silero speech probability that starts speech (stock)."""
+    vad_min_silence_ms: int = 100
+    """Silence that ends a speech region (stock)."""
     window_s: Seconds = 1.0
+    """Embedding window and hop. 1.0 s beat Resemblyzer's own 1.6 s partials here: turns in a
+    conversation are short, and a window that spans a speaker change is labelled by neither."""
     step_s: Seconds = 0.2
-    affinity_keep: float = 0.2  # fraction of nearest neighbours kept per affinity row
-    # Cluster centroids more cosine-similar than this are one voice. Calibration: real distinct
-    # voices 0.58-0.89 (the telephone call: 0.89), halves of one voice 0.90-0.96 (and below 0.9
-    # when the language or channel changes, which min_speaker_changes catches).
+    affinity_keep: float = 0.2
+    """Fraction of nearest neighbours kept per affinity row."""
     same_voice_similarity: float = 0.92
-    min_speaker_changes: int = 2  # fewer speaker changes than this: one voice drifting
-    # A voice labelled on less speech than this is folded into the others (and with two, the
-    # recording is refused): a second "speaker" of 1-1.5 s in a 3 s clip is one voice split.
+    """Cluster centroids more cosine-similar than this are one voice. Calibration: real distinct
+    voices 0.58-0.89 (the telephone call: 0.89), halves of one voice 0.90-0.96 (and below 0.9 when
+    the language or channel changes, which min_speaker_changes catches)."""
+    min_speaker_changes: int = 2
+    """Fewer speaker changes than this: one voice drifting."""
     min_speaker_s: Seconds = 2.0
-    # Estimating the count (no num_speakers hint): one more cluster is one more speaker only if
-    # it is less alike than this to every other. Stricter than same_voice_similarity because a
-    # third cluster of two voices is often a channel or language change of one of them.
+    """A voice labelled on less speech than this is folded into the others (and with two, the
+    recording is refused): a second "speaker" of 1-1.5 s in a 3 s clip is one voice split."""
     new_speaker_similarity: float = 0.83
-    min_turn_s: Seconds = 0.3  # shorter label runs inside a speech region are absorbed
-    # Same-speaker segments closer than this are joined: VAD splits a sentence at its commas
-    # (pauses of 0.1-0.4 s) while turns, and diarization references, run through them. 0.5 s
-    # is longer than those pauses and shorter than the gaps between turns that matter.
+    """Estimating the count (no num_speakers hint): one more cluster is one more speaker only if it
+    is less alike than this to every other. Stricter than same_voice_similarity because a third
+    cluster of two voices is often a channel or language change of one of them."""
+    min_turn_s: Seconds = 0.3
+    """Shorter label runs inside a speech region are absorbed."""
     max_gap_s: Seconds = 0.5
-    margin_scale: float = 0.5  # centroid-similarity margin that counts as full confidence
-    default_max_speakers: int = 8  # upper bound of the estimate when the hints give none
+    """Same-speaker segments closer than this are joined: VAD splits a sentence at its commas
+    (pauses of 0.1-0.4 s) while turns, and diarization references, run through them. 0.5 s is longer
+    than those pauses and shorter than the gaps between turns that matter."""
+    margin_scale: float = 0.5
+    """Centroid-similarity margin that counts as full confidence."""
+    default_max_speakers: int = 8
+    """Upper bound of the estimate when the hints give none."""
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -172,7 +179,7 @@ def mel_filterbank(
 
 
 def _resemblyzer_weights() -> Path:
-    """pretrained.pt inside the resemblyzer wheel, located without importing the package."""
+    """Pretrained.pt inside the resemblyzer wheel, located without importing the package."""
     spec = importlib.util.find_spec("resemblyzer")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("resemblyzer is not installed: pip install 'resemblyzer>=0.1.4'")

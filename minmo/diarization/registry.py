@@ -30,11 +30,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from minmo.config import check_keys, nearest
 from minmo.diarization.channels import ChannelDiarizer, ChannelDiarizerConfig
 from minmo.diarization.offline import OfflineDiarizer, OfflineDiarizerConfig
 from minmo.diarization.pyannote_backend import PyannoteDiarizer
 from minmo.diarization.types import SpeakerHints, SpeakerSegment
-from minmo.jobs import check_keys, nearest
 
 AUTO = "auto"
 """Not a backend: the diarize step's per-recording choice among registered ones."""

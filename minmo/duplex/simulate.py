@@ -106,52 +106,54 @@ class GapDistribution:
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    """Timing of simulated conversations; all durations in seconds.
-
-    Defaults and why:
-    * `to_user_gap` N(0.6, 0.4^2) clipped at 0: the MinMo paper's user reaction gap.
-    * `to_assistant_gap` N(0.4, 0.2^2) clipped at 0: a responsive assistant answers a little
-      faster and more regularly than a person.
-    * `continuation_gap` U(0.6, 1.2): the same speaker goes on after a pause long enough to be
-      a new turn (over `labels.py`'s 0.5 s `pause_s`).
-    * `overlap_rate` 0.1 with `overlap` U(0.1, 0.5): hand-overs that start before the other
-      speaker finishes are common but short in telephone speech.
-    * `barge_in_rate` 0.1: the share of assistant-to-user hand-overs where the user cuts in,
-      at least `barge_in_min_into_s` 1.0 s into the assistant's turn and with at least
-      `barge_in_min_cut_s` 0.5 s of it left unsaid; the assistant stops `barge_in_lead_s` 0.4 s
-      after the user starts (people yield within a few hundred ms).
-    * `backchannel_rate` 0.1 per second of the other speaker's turn (about one "mm-hm" per ten
-      seconds, as in Fisher), only in turns of at least `backchannel_min_turn_s` 2.0 s, at least
-      `backchannel_margin_s` 0.5 s inside the turn, `backchannel_gain` 0.7 (said quietly). Clips
-      longer than `backchannel_max_s` 1.0 s are rejected: they would be turns, not back-channels.
-    * `min_own_pause_s` 0.6: a speaker's turns and back-channels keep at least this far apart,
-      so none merge into one turn (`labels.py` joins pauses under 0.5 s); limits a drawn gap or
-      overlap only when a turn would otherwise run into the newcomer's previous speech.
-    * `min_outlast_s` 0.3: an overlapping newcomer talks at least this long after the holder
-      stops (else it did not take the floor); limits a drawn overlap on short turns.
-    * `lead_in_s`, `tail_s` 0.5: silence before the first and after the last speech.
-    * `seed` 0: mixed with the dialogue id into every generator.
-    """
+    """Timing of simulated conversations; all durations in seconds. Each default says why."""
 
     to_user_gap: GapDistribution = GapDistribution("normal", 0.6, 0.4, min_s=0.0)
+    """N(0.6, 0.4^2) clipped at 0: the MinMo paper's user reaction gap."""
     to_assistant_gap: GapDistribution = GapDistribution("normal", 0.4, 0.2, min_s=0.0)
+    """N(0.4, 0.2^2) clipped at 0: a responsive assistant answers a little faster and more
+    regularly than a person."""
     continuation_gap: GapDistribution = GapDistribution("uniform", 0.6, 1.2)
+    """U(0.6, 1.2): the same speaker goes on after a pause long enough to be a new turn (over
+    `labels.py`'s 0.5 s `pause_s`)."""
     overlap_rate: float = 0.1
+    """Share of hand-overs that start before the other speaker finishes: common but short in
+    telephone speech (see `overlap`)."""
     overlap: GapDistribution = GapDistribution("uniform", 0.1, 0.5)
+    """U(0.1, 0.5): how long an overlapping hand-over overlaps."""
     barge_in_rate: float = 0.1
+    """Share of assistant-to-user hand-overs where the user cuts in."""
     barge_in_lead_s: Seconds = 0.4
+    """The assistant stops this long after the user starts (people yield within a few hundred
+    ms)."""
     barge_in_min_into_s: Seconds = 1.0
+    """A barge-in starts at least this far into the assistant's turn."""
     barge_in_min_cut_s: Seconds = 0.5
+    """A barge-in leaves at least this much of the assistant's turn unsaid."""
     backchannel_rate: float = 0.1
+    """Back-channels per second of the other speaker's turn (about one "mm-hm" per ten
+    seconds, as in Fisher)."""
     backchannel_min_turn_s: Seconds = 2.0
+    """Only turns at least this long get back-channels."""
     backchannel_margin_s: Seconds = 0.5
+    """A back-channel lies at least this far inside the turn."""
     backchannel_max_s: Seconds = 1.0
+    """Longer clips are rejected: they would be turns, not back-channels."""
     backchannel_gain: float = 0.7
+    """Back-channels are said quietly."""
     min_own_pause_s: Seconds = 0.6
+    """A speaker's turns and back-channels keep at least this far apart, so none merge into one
+    turn (`labels.py` joins pauses under 0.5 s); limits a drawn gap or overlap only when a turn
+    would otherwise run into the newcomer's previous speech."""
     min_outlast_s: Seconds = 0.3
+    """An overlapping newcomer talks at least this long after the holder stops (else it did not
+    take the floor); limits a drawn overlap on short turns."""
     lead_in_s: Seconds = 0.5
+    """Silence before the first speech."""
     tail_s: Seconds = 0.5
+    """Silence after the last speech."""
     seed: int = 0
+    """Mixed with the dialogue id into every generator."""
 
     def __post_init__(self) -> None:
         for name in ("overlap_rate", "barge_in_rate"):

@@ -6,7 +6,9 @@
     steps: 20
     ...
 
-Unknown keys are an error naming the nearest valid one (as for the data job specs).
+Unknown keys, nested ones too, are a ConfigError naming the nearest valid one (as for the data
+job specs); the fields are documented in their docstrings, which `minmo train --help` shows.
+Command-line flags and a job's `train:` keys go over the spec's (CLI > YAML > defaults).
 
 The build (and the spec itself) may be an object-store URI: `minmo train 1a.yaml --build
 s3://bucket/build` streams the shards from the bucket and keeps checkpoints, metrics and the
@@ -23,81 +25,107 @@ from typing import Any
 
 import yaml
 
+from minmo.config import (
+    ConfigError,
+    StorageOptions,
+    check_keys,
+    from_mapping,
+    merge,
+    storage_options_field,
+)
 from minmo.io.fs import LOCAL_SCHEMES, check_scheme, open_filesystem, uri_scheme
-from minmo.jobs import JobSpecError, check_keys
+from minmo.model.minmo import RECIPES, SHARDS_OF_STAGE
 
 
 @dataclass
 class ModelSpec:
-    size: str = "tiny"  # tiny | full
-    text_tokenizer: str | None = None  # HF tokenizer dir; None: the built-in demo BPE
-    llm_path: str | None = None  # HF Qwen2 directory (Qwen2.5-7B-Instruct)
-    sensevoice_dir: str | None = None  # funasr SenseVoice model directory
-    cosyvoice2_llm: str | None = None  # CosyVoice 2 llm.pt
+    """Which MinMo is trained, and where its pretrained parts come from."""
+
+    size: str = "tiny"
+    """tiny or full."""
+    text_tokenizer: str | None = None
+    """HF tokenizer directory; None: the built-in demo BPE."""
+    llm_path: str | None = None
+    """HF Qwen2 directory (Qwen2.5-7B-Instruct)."""
+    sensevoice_dir: str | None = None
+    """funasr SenseVoice model directory."""
+    cosyvoice2_llm: str | None = None
+    """CosyVoice 2 llm.pt."""
 
 
 @dataclass
 class TrainConfig:
+    """One training stage (jobs/train/<stage>.yaml maps onto it one to one)."""
+
     stage: str
+    """1a 1b 1c 2a 2b 3 4 (minmo.model.minmo.RECIPES)."""
     model: ModelSpec = field(default_factory=ModelSpec)
-    init_from: str | None = None  # an earlier stage's export (`final/`); a path or URI
+    """The model and its pretrained parts."""
+    init_from: str | None = None
+    """An earlier stage's export (`final/`); a path or URI."""
     steps: int = 100
+    """Optimizer steps."""
     seed: int = 0
-    # data
-    shards: str | None = None  # default: DIR/shards/<the stage's shard dir>; a path or URI
-    # pyarrow filesystem options for an object-store build (shards, out, init_from), e.g.
-    # {"endpoint_override": "http://127.0.0.1:9000"} (minmo.io.fs.open_filesystem);
-    # credentials from the env
-    storage_options: dict[str, Any] = field(default_factory=dict)
-    max_samples: int = 8  # per batch per rank
-    max_audio_s: float = 120.0  # padded audio seconds per batch per rank
-    max_tokens: int = 4096  # text + speech tokens per batch per rank
+    shards: str | None = None
+    """The stage's shard directory; default: DIR/shards/<the stage's shard dir>; a path or URI."""
+    storage_options: StorageOptions = storage_options_field()
+    max_samples: int = 8
+    """Samples per batch per rank."""
+    max_audio_s: float = 120.0
+    """Padded audio seconds per batch per rank."""
+    max_tokens: int = 4096
+    """Text + speech tokens per batch per rank."""
     num_workers: int = 1
-    # optimisation
+    """DataLoader workers per rank."""
     lr: float = 1e-4
+    """Peak learning rate."""
     min_lr_ratio: float = 0.1
+    """The cosine schedule ends at lr * min_lr_ratio."""
     warmup_steps: int = 10
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW's betas."""
     grad_accum: int = 1
+    """Micro-batches per optimizer step."""
     clip_norm: float = 1.0
-    # distribution and precision
-    parallel: str = "auto"  # auto (ddp when world > 1) | ddp | fsdp | none
-    bf16: bool = True  # autocast on GPU only; CPU runs in fp32 for exactness
+    """Gradient norm clip."""
+    parallel: str = "auto"
+    """auto (ddp when world > 1), ddp, fsdp or none."""
+    bf16: bool = True
+    """Autocast on GPU only; CPU runs in fp32 for exactness."""
     activation_checkpointing: bool = False
-    # checkpoints and logs
-    out: str | None = None  # default: DIR/checkpoints/<stage>; a path or URI
-    # Local root under which an object-store `out` is written before each upload (and an
-    # object-store `init_from` downloaded): one folder per URI, emptied at start, removed at
-    # the end. Default: the system temp dir. Ranks on several nodes need a shared path here.
+    out: str | None = None
+    """Checkpoint directory; default: DIR/checkpoints/<stage>; a path or URI."""
     staging: str | None = None
+    """Local root under which an object-store `out` is written before each upload (and an
+    object-store `init_from` downloaded): one folder per URI, emptied at start, removed at the
+    end. Default: the system temp dir. Ranks on several nodes need a shared path here."""
     save_every: int = 50
+    """Steps between checkpoints."""
     keep_last: int = 2
+    """Checkpoints kept."""
     log_every: int = 1
-    peak_flops: float | None = None  # per device, e.g. 989e12 for an H100's dense bf16
+    """Steps between metric lines."""
+    peak_flops: float | None = None
+    """Per device, e.g. 989e12 for an H100's dense bf16 (for MFU)."""
     tensorboard: bool = True
 
     def __post_init__(self) -> None:
-        from minmo.model.minmo import RECIPES
-
         if self.stage not in RECIPES:
-            raise JobSpecError(
-                f"stage {self.stage!r} unknown; expected one of {', '.join(RECIPES)}"
-            )
+            raise ConfigError(f"stage {self.stage!r} unknown; expected one of {', '.join(RECIPES)}")
         if isinstance(self.model, dict):
-            check_keys("model", self.model, [f.name for f in dataclasses.fields(ModelSpec)])
-            self.model = ModelSpec(**self.model)
+            self.model = from_mapping(ModelSpec, self.model, "model")
         if self.model.size not in ("tiny", "full"):
-            raise JobSpecError(f"model.size must be tiny or full, got {self.model.size!r}")
+            raise ConfigError(f"model.size must be tiny or full, got {self.model.size!r}")
         if self.parallel not in ("auto", "ddp", "fsdp", "none"):
-            raise JobSpecError(f"parallel must be auto, ddp, fsdp or none, got {self.parallel!r}")
+            raise ConfigError(f"parallel must be auto, ddp, fsdp or none, got {self.parallel!r}")
         if self.staging is not None:
             check_scheme("minmo train", self.staging, LOCAL_SCHEMES)
             self.staging = _path(self.staging)
         self.betas = tuple(self.betas)  # type: ignore[assignment]
         for name in ("steps", "max_samples", "grad_accum", "save_every", "keep_last", "log_every"):
             if getattr(self, name) < 1:
-                raise JobSpecError(f"{name} must be >= 1")
+                raise ConfigError(f"{name} must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -110,8 +138,6 @@ class TrainConfig:
         checkpoints, metrics and the export are written with local file I/O. A scheme the
         trainer cannot serve is an error naming it, never a relative directory named after it.
         """
-        from minmo.model.minmo import SHARDS_OF_STAGE
-
         base = str(build).rstrip("/")
         shards = self.shards or f"{base}/shards/{SHARDS_OF_STAGE[self.stage]}"
         check_scheme("minmo train", shards)
@@ -144,12 +170,12 @@ def load_train_config(path: str | Path, build: str, **overrides: Any) -> TrainCo
     with fs.open_input_stream(fs_path) as f:
         spec = yaml.safe_load(f.read().decode("utf-8")) or {}
     if not isinstance(spec, dict):
-        raise JobSpecError(f"{path}: a training spec is a mapping")
-    spec = {**spec, **{k: v for k, v in overrides.items() if v is not None}}
+        raise ConfigError(f"{path}: a training spec is a mapping")
+    spec = merge(spec, {k: v for k, v in overrides.items() if v is not None})
     spec.pop("name", None)
     spec.pop("description", None)
     check_keys(str(path), spec, [f.name for f in dataclasses.fields(TrainConfig)])
     if "stage" not in spec:
-        raise JobSpecError(f"{path}: 'stage' is required")
+        raise ConfigError(f"{path}: 'stage' is required")
     spec["stage"] = str(spec["stage"])
-    return TrainConfig(**_expand(spec, build))
+    return from_mapping(TrainConfig, _expand(spec, build), str(path))

@@ -18,13 +18,14 @@ from minmo.train.loop import TrainResult, train
 
 
 def run_train(job: str, build: str, progress: bool = True, **overrides: Any) -> TrainResult:
+    """Train the stage a spec names; `overrides` (TrainConfig fields) go over the spec's."""
     return train(load_train_config(job, build, **overrides), build, progress=progress)
 
 
 def _ray_worker(payload: dict[str, Any]) -> None:
     config = TrainConfig(**payload["config"])
     result = train(config, payload["build"], progress=False)
-    import ray.train
+    import ray.train  # Ray Train is only needed on this path (`minmo train --ray`)
 
     ray.train.report(
         {"final_step": result.final_step, "last_loss": result.losses[-1] if result.losses else None}
@@ -33,7 +34,7 @@ def _ray_worker(payload: dict[str, Any]) -> None:
 
 def run_train_ray(job: str, build: str, workers: int, use_gpu: bool, **overrides: Any) -> Any:
     """The same loop on `workers` Ray Train workers (DDP or FSDP2 as the job says)."""
-    from ray.train import ScalingConfig
+    from ray.train import ScalingConfig  # Ray Train: only on this path, and slow to import
     from ray.train.torch import TorchTrainer
 
     config = load_train_config(job, build, **overrides)

@@ -1,12 +1,14 @@
 """Configuration of the ingest step: one dataclass, every field documented and checked.
 
-The `ingest:` section of a job spec maps onto `IngestConfig` one to one (see minmo/jobs.py).
+The `ingest:` section of a job spec maps onto `IngestConfig` one to one (see minmo/cli/jobs.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
+
+from minmo.config import StorageOptions, storage_options_field
 
 
 @dataclass
@@ -59,8 +61,7 @@ class IngestConfig:
     """Size of the ingest worker pool (one CPU each; each worker decodes, resamples, measures
     and runs the VAD in one process, so PCM never crosses the object store). Default: every
     CPU of the Ray cluster."""
-    storage_options: dict[str, Any] = field(default_factory=dict)
-    """Passed to the source filesystem, e.g. {"endpoint_override": "http://127.0.0.1:9000"}."""
+    storage_options: StorageOptions = storage_options_field()
 
     def __post_init__(self) -> None:
         from pipelines.ingest.sources import FORMATS

@@ -54,16 +54,26 @@ class SampleConfig:
     """Which rows make samples. Durations bound what one training example may hold."""
 
     min_input_s: float = 0.3
-    max_input_s: float = 60.0  # longest audio a stage-1/3 sample feeds the encoder
-    max_target_s: float = 30.0  # longest target speech of a stage-2/3 sample
-    max_conversation_s: float = 1200.0  # longest stage-4 conversation
+    max_input_s: float = 60.0
+    """Longest audio a stage-1/3 sample feeds the encoder."""
+    max_target_s: float = 30.0
+    """Longest target speech of a stage-2/3 sample."""
+    max_conversation_s: float = 1200.0
+    """Longest stage-4 conversation."""
     contextual_min_words: int = 4
-    hotwords: int = 2  # bias words drawn from the transcript
-    distractors: int = 3  # bias words drawn from other transcripts of the same language
-    translations: list[str] = field(default_factory=list)  # JSONL side inputs
-    audio_events: str | None = None  # JSONL side input
-    prompts: str | None = None  # template file; default jobs/prompts/tasks.yaml
+    hotwords: int = 2
+    """Bias words drawn from the transcript."""
+    distractors: int = 3
+    """Bias words drawn from other transcripts of the same language."""
+    translations: list[str] = field(default_factory=list)
+    """JSONL side inputs."""
+    audio_events: str | None = None
+    """JSONL side input."""
+    prompts: str | None = None
+    """Template file; default jobs/prompts/tasks.yaml."""
     seed: int = 0
+    """Seed of the prompt and bias-word draws (in the shards step: the step's seed unless the
+    `samples` section sets one)."""
 
 
 @dataclass

@@ -39,6 +39,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from minmo.config import StorageOptions, section_field, storage_options_field
 from minmo.io.atomic import write_bytes_atomic
 from minmo.io.fs import to_uri
 from minmo.io.parquet import write_table
@@ -65,23 +66,50 @@ MEMBER_COLUMNS = ("json", "flac", "speech_tokens", "text_tokens", "labels")
 
 
 @dataclass
+class Mixture:
+    """The `mixture:` section of ShardsConfig: per stage, task -> weight (the tasks are
+    pipelines/samples/builders.py STAGE_TASKS); a stage left out keeps every task at 1."""
+
+    stage1: dict[str, float] = field(default_factory=dict)
+    """e.g. {asr: 1.0, speech_translation: 2.0} (JSON on the command line)."""
+    stage2: dict[str, float] = field(default_factory=dict)
+    stage3: dict[str, float] = field(default_factory=dict)
+    stage4: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class ShardsConfig:
     """What goes into the shards and how they are cut. Sizes are targets per shard."""
 
     stages: list[str] = field(default_factory=lambda: list(STAGES))
-    text_tokenizer: str | None = None  # HF tokenizer dir (Qwen2.5-7B-Instruct); None: built-in
-    speech_tokenizer: str | None = None  # S3TokenizerV2 .pt; None: RANDOM weights, flagged
+    """The stages to write (stage1 .. stage4, or all)."""
+    text_tokenizer: str | None = None
+    """HF tokenizer directory (Qwen2.5-7B-Instruct); None: the built-in demo BPE."""
+    speech_tokenizer: str | None = None
+    """S3TokenizerV2 state_dict .pt; None: RANDOM weights, flagged in every index.json."""
     max_samples: int = 2000
+    """Samples per shard (a target)."""
     max_bytes: int = 500_000_000
+    """Bytes per shard (a target)."""
     seed: int = 0
+    """Shuffle, prompt and mixture seed (and the samples' seed unless `samples` sets one)."""
     shuffle: bool = True
-    bucket_edges_s: list[float] = field(default_factory=list)  # e.g. [5, 10, 20]: 4 buckets
-    mixture: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> task -> weight
-    samples: dict[str, Any] = field(default_factory=dict)  # SampleConfig fields
-    batch_size: int = 16  # samples per tokenizer batch
-    actors: int | None = None  # shard writers at once; default: one per GPU, else one per CPU
-    gpus_per_actor: float | None = None  # default: 1 when the cluster has a GPU, else 0
-    storage_options: dict[str, Any] = field(default_factory=dict)
+    """Shuffle samples across shards."""
+    bucket_edges_s: list[float] = field(default_factory=list)
+    """Duration bucket edges, increasing, e.g. [5, 10, 20]: 4 buckets."""
+    mixture: dict[str, dict[str, float]] = section_field(Mixture)
+    """Per stage, task -> weight (a weight over 1 repeats a task's samples, under 1
+    subsamples)."""
+    samples: dict[str, Any] = section_field(SampleConfig)
+    """Which rows make samples: SampleConfig's fields (pipelines/samples/builders.py). The seed
+    defaults to the step's."""
+    batch_size: int = 16
+    """Samples per tokenizer batch."""
+    actors: int | None = None
+    """Shard writers at once; default: one per GPU, else one per CPU."""
+    gpus_per_actor: float | None = None
+    """GPUs per shard writer; default: 1 when the cluster has a GPU, else 0."""
+    storage_options: StorageOptions = storage_options_field()
 
     def __post_init__(self) -> None:
         if self.stages in ("all", ["all"]):

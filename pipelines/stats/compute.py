@@ -13,11 +13,12 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import duckdb
 
+from minmo.config import StorageOptions, storage_options_field
 from pipelines.build import BuildDir
 from pipelines.stats import shard_stats, tables
 from pipelines.stats.sources import connect, discover, register_parquet
@@ -28,21 +29,25 @@ from schemas.stats import STATS_VERSION, validate_stats
 class StatsConfig:
     """How the stats step runs. Every field is optional in a job spec's `stats:` section."""
 
-    # Where stats.json and report.html go; default DIR/stats. On a multi-node Ray cluster it
-    # must be a path every node sees (s3://, a shared mount), like the shards it reads: the
-    # shard tasks write their `_samples/` files under it wherever they run.
     out: str | None = None
-    memory_limit: str = "1GB"  # DuckDB's buffer cap; larger aggregations spill to disk
-    threads: int | None = None  # DuckDB threads; default: all cores
-    # Shard-metadata tasks (one Ray task per shard) in flight at once; default: two per CPU of
-    # the Ray instance or cluster (RAY_ADDRESS), so the reading spreads over every node.
+    """Where stats.json and report.html go; default DIR/stats. On a multi-node Ray cluster it
+    must be a path every node sees (s3://, a shared mount), like the shards it reads: the shard
+    tasks write their `_samples/` files under it wherever they run."""
+    memory_limit: str = "1GB"
+    """DuckDB's buffer cap; larger aggregations spill to disk."""
+    threads: int | None = None
+    """DuckDB threads; default: all cores."""
     workers: int | None = None
-    # Past this many shards in a stage, stats.json keeps per-shard distributions and the worst
-    # shards instead of a row per shard (250k rows would make a 100 MB file nobody reads).
+    """Shard-metadata tasks (one Ray task per shard) in flight at once; default: two per CPU of
+    the Ray instance or cluster (RAY_ADDRESS), so the reading spreads over every node."""
     max_shard_rows: int = 1000
-    worst_shards: int = 10  # shards kept per "worst" criterion (shard_stats.WORST)
-    title: str | None = None  # the report's title; default: the input's path
-    storage_options: dict[str, Any] = field(default_factory=dict)  # s3:// client options
+    """Past this many shards in a stage, stats.json keeps per-shard distributions and the worst
+    shards instead of a row per shard (250k rows would make a 100 MB file nobody reads)."""
+    worst_shards: int = 10
+    """Shards kept per "worst" criterion (shard_stats.WORST)."""
+    title: str | None = None
+    """The report's title; default: the input's path."""
+    storage_options: StorageOptions = storage_options_field()
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 1:

@@ -12,12 +12,12 @@ import pytest
 import soundfile as sf
 import yaml
 
+from minmo.config import ConfigError
 from minmo.diarization import registry
 from minmo.diarization.channels import ChannelDiarizerConfig
 from minmo.diarization.offline import OfflineDiarizerConfig
 from minmo.diarization.registry import Backend, BackendContext, NoSettings
 from minmo.diarization.types import SpeakerHints, SpeakerSegment
-from minmo.jobs import JobSpecError
 from pipelines.diarize import BACKENDS, DiarizeConfig, DiarizeStage, choose_backend
 from schemas import TURNS
 
@@ -91,9 +91,9 @@ def test_backend_settings_come_from_yaml_typed_and_survive_the_trip_to_an_actor(
 
 
 def test_a_typo_in_a_backend_section_names_the_nearest_key() -> None:
-    with pytest.raises(JobSpecError, match='unknown key "window_sz".*did you mean "window_s"'):
+    with pytest.raises(ConfigError, match='unknown key "window_sz".*did you mean "window_s"'):
         DiarizeConfig(backend_options={"offline": {"window_sz": 1.5}})
-    with pytest.raises(JobSpecError, match='did you mean "leakage_margin_db"'):
+    with pytest.raises(ConfigError, match='did you mean "leakage_margin_db"'):
         DiarizeConfig(backend_options={"channels": {"leakage_margin": 12}})
 
 

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from minmo.jobs import run_job
+from minmo.cli.jobs import run_job
 from pipelines.build import StepLedger
 from pipelines.verify import verify_shards
 

@@ -15,7 +15,7 @@ import soundfile as sf
 import webdataset as wds
 import yaml
 
-from minmo.jobs import run_job
+from minmo.cli.jobs import run_job
 from minmo.tokens.speech import build_tiny_checkpoint, n_speech_tokens
 from minmo.tokens.text import load_text_tokenizer
 from pipelines.build import BuildDir

@@ -1,0 +1,39 @@
+"""Run functions of the steps that import torch (shards, train, model-info); see
+minmo/cli/entries.py for the contract. A separate module so that the light steps do not pay
+torch's import."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from minmo.cli.steps import ModelInfoConfig, NoInputs, ShardsInputs, StepFailed, TrainInputs
+from minmo.model.info import render
+from minmo.train.entry import run_train, run_train_ray
+from pipelines.shards.step import ShardsConfig, run_shards
+
+
+def shards(build: str, inputs: ShardsInputs, config: ShardsConfig, progress: bool) -> Any:
+    summary = run_shards(build, config, progress=progress, rebuild=inputs.rebuild)
+    print(summary.render())
+    return summary
+
+
+def train(build: str, inputs: TrainInputs, overrides: dict[str, Any], progress: bool) -> Any:
+    """Each training spec in turn, its fields overridden by `overrides` (the section's, then
+    the command line's): the spec holds the required ones, so the config is built per spec."""
+    if not inputs.stages:
+        raise StepFailed(2, "give a training spec, e.g. jobs/train/1a.yaml")
+    results = []
+    for job in inputs.stages:
+        if inputs.ray:
+            results.append(run_train_ray(job, build, inputs.workers, inputs.gpu, **overrides))
+            continue
+        result = run_train(job, build, progress=progress, **overrides)
+        print(result.render())
+        results.append(result)
+    return results
+
+
+def model_info(build: str | None, _: NoInputs, config: ModelInfoConfig, progress: bool) -> Any:
+    print(render(config.size))
+    return config.size
