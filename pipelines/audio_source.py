@@ -100,7 +100,7 @@ def load_audio_16k(
     `roots` maps a moved source to where it is now."""
     from minmo.audio.decode import container_of, decode_audio
     from minmo.audio.measure import fold_dual_mono
-    from minmo.audio.resample import TARGET_RATE_HZ, resample
+    from minmo.audio.resample import resample
     from minmo.io.fs import read_source
 
     uri = (roots or SourceRoots()).resolve(source_uri)
@@ -108,4 +108,4 @@ def load_audio_16k(
     samples = fold_dual_mono(audio.samples)
     if channels == 1 and samples.shape[0] > 1:
         samples = samples.mean(axis=0, keepdims=True)
-    return resample(samples, audio.sample_rate_hz, TARGET_RATE_HZ)
+    return resample(samples, audio.sample_rate_hz, SAMPLE_RATE_HZ)

@@ -42,9 +42,9 @@ from schemas import (
     S2SRecipe,
     segment_id,
 )
+from schemas.units import SAMPLE_RATE_HZ
 
 STEP = "synthesize"
-RATE_HZ = 16_000
 
 # espeak-ng voices per language: the user pool (many voices) and the assistant's one voice.
 USER_VOICES: dict[str, list[str]] = {
@@ -140,7 +140,7 @@ def flac_bytes(audio: np.ndarray) -> bytes:
 
     data = audio.T if audio.ndim == 2 else audio
     out = io.BytesIO()
-    sf.write(out, np.clip(data, -1.0, 1.0), RATE_HZ, format="FLAC", subtype="PCM_16")
+    sf.write(out, np.clip(data, -1.0, 1.0), SAMPLE_RATE_HZ, format="FLAC", subtype="PCM_16")
     return out.getvalue()
 
 
@@ -153,7 +153,7 @@ def recording_row(
     from schemas.recordings import recording_id
 
     samples = audio if audio.ndim == 2 else audio[None, :]
-    sha1 = measure.content_sha1(samples, RATE_HZ)
+    sha1 = measure.content_sha1(samples, SAMPLE_RATE_HZ)
     powers = np.concatenate([measure.frame_powers(c, 320) for c in samples])
     loud = powers.max() if powers.size else 0.0
     speech_ratio = float(np.mean(powers > loud * 1e-4)) if loud > 0 else 0.0  # within 40 dB
@@ -163,11 +163,11 @@ def recording_row(
         "source_key": key,
         "corpus": config.corpus,
         "container": "flac",
-        "sample_rate_hz": RATE_HZ,
+        "sample_rate_hz": SAMPLE_RATE_HZ,
         "source_channels": samples.shape[0],
         "channels": samples.shape[0],
         "bits": 16,
-        "duration_s": samples.shape[1] / RATE_HZ,
+        "duration_s": samples.shape[1] / SAMPLE_RATE_HZ,
         "bytes": len(data),
         "content_sha1": sha1,
         "peak_dbfs": measure.peak_dbfs(samples),
@@ -352,11 +352,11 @@ class SynthesizeStage:
                     "user_audio_uri": uris[i - 1],
                     "user_audio_key": uris[i - 1],  # a build key already
                     "user_start_s": 0.0,
-                    "user_end_s": len(audio[i - 1]) / RATE_HZ,
+                    "user_end_s": len(audio[i - 1]) / SAMPLE_RATE_HZ,
                     "user_voice": user_voice.voice_id,
                     "assistant_text": r["text"],
                     "assistant_audio_uri": uris[i],
-                    "assistant_duration_s": len(audio[i]) / RATE_HZ,
+                    "assistant_duration_s": len(audio[i]) / SAMPLE_RATE_HZ,
                     "assistant_voice": assistant_voice.voice_id,
                     "style_instruction": r.get("style_instruction"),
                 }
@@ -364,7 +364,7 @@ class SynthesizeStage:
         stats["s2s_samples"] = len(tables["s2s_samples"])
         if config.duplex and {r["role"] for r in rows} == {"user", "assistant"}:
             self._duplex(did, rows, audio, user_voice, language, tables, stats)
-        stats["audio_s"] = sum(len(a) for a in audio) / RATE_HZ
+        stats["audio_s"] = sum(len(a) for a in audio) / SAMPLE_RATE_HZ
         stats["compute_s"] = time.perf_counter() - started
         return {"tables": tables, "stats": stats}
 
@@ -392,13 +392,16 @@ class SynthesizeStage:
         pool = []
         for clip in [] if failure else clips:
             try:
-                trimmed = trim_silence(clip, RATE_HZ)
+                trimmed = trim_silence(clip, SAMPLE_RATE_HZ)
             except ValueError:
                 continue
-            if len(trimmed) <= RATE_HZ:  # longer than 1 s is a turn, not a back-channel
+            if len(trimmed) <= SAMPLE_RATE_HZ:  # longer than 1 s is a turn, not a back-channel
                 pool.append(trimmed)
         sim = simulate(
-            [(r["role"], trim_silence(a, RATE_HZ)) for r, a in zip(rows, audio, strict=True)],
+            [
+                (r["role"], trim_silence(a, SAMPLE_RATE_HZ))
+                for r, a in zip(rows, audio, strict=True)
+            ],
             {"user": pool},
             did,
             simulation_config(self.config.duplex_options, self.config.seed),
@@ -411,7 +414,7 @@ class SynthesizeStage:
             recording_row(uri, sim.audio, data, self.config, language=language, task="conversation")
         )
         stats["duplex_conversations"] = 1
-        stats["duplex_s"] = sim.audio.shape[1] / RATE_HZ
+        stats["duplex_s"] = sim.audio.shape[1] / SAMPLE_RATE_HZ
 
     def _asr_query(self, item: dict[str, Any]) -> dict[str, Any]:
         from minmo.tts.base import TtsRequest, Voice
@@ -517,9 +520,11 @@ def speaker_prompts(build: BuildDir, config: SynthesizeConfig) -> list[dict[str,
             audio = load_audio_16k(
                 rec["source_uri"], rec["channels"], config.storage_options, roots
             )
-            clip = audio[s["channel"], int(s["start_s"] * RATE_HZ) : int(s["end_s"] * RATE_HZ)]
+            clip = audio[
+                s["channel"], int(s["start_s"] * SAMPLE_RATE_HZ) : int(s["end_s"] * SAMPLE_RATE_HZ)
+            ]
             out = io.BytesIO()
-            sf.write(out, clip, RATE_HZ, format="WAV", subtype="PCM_16")
+            sf.write(out, clip, SAMPLE_RATE_HZ, format="WAV", subtype="PCM_16")
             build.write_bytes_atomic(path, out.getvalue())
         language = s["language"] or "en"
         pool.append(

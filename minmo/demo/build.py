@@ -59,6 +59,7 @@ from minmo.demo.speak import (
     trim_silence,
 )
 from minmo.io.fs import open_filesystem, to_uri
+from schemas.units import SAMPLE_RATE_HZ
 
 CORPUS = "minmo-demo"
 MANIFEST = "manifest.jsonl"
@@ -71,7 +72,7 @@ FORMAT_SLOTS: dict[int, tuple[int, str]] = {
     7: (8_000, "wav"),
     8: (22_050, "flac"),
 }
-DEFAULT_FORMAT = (16_000, "wav")
+DEFAULT_FORMAT = (SAMPLE_RATE_HZ, "wav")
 
 # Seeded ranges for utterance rendering.
 UTT_PEAK_DBFS = (-9.0, -2.0)
@@ -240,7 +241,7 @@ def _render_utterance(plan: UtterancePlan, native: tuple[np.ndarray, int], seed:
 
 def _to_work_rate(native: tuple[np.ndarray, int]) -> np.ndarray:
     audio, rate = native
-    return _peak_normalize(trim_silence(resample(audio, rate, conv.RATE_HZ), conv.RATE_HZ), 0.0)
+    return _peak_normalize(trim_silence(resample(audio, rate, SAMPLE_RATE_HZ), SAMPLE_RATE_HZ), 0.0)
 
 
 def _build_conversation(
@@ -274,7 +275,7 @@ def _build_conversation(
     doc = conv.turns_document(script, turns, length_ms, {k: v.id for k, v in voices.items()})
     base = f"conversations/{script.stem}"
     files = {
-        f"{base}.wav": encode(audio, conv.RATE_HZ, "wav"),
+        f"{base}.wav": encode(audio, SAMPLE_RATE_HZ, "wav"),
         f"{base}.rttm": conv.rttm(script.stem, turns).encode("utf-8"),
         f"{base}.turns.json": (json.dumps(doc, ensure_ascii=False, indent=1) + "\n").encode(),
     }

@@ -8,7 +8,7 @@ arrays and a dialogue id in, arrays and text out; it must not synthesise speech 
 
 Audio legend: `audio` is float32 (2, samples) at 16 kHz; channel 0 = user, channel 1 =
 assistant. Positions are whole samples, gaps and overlaps whole 10 ms steps, so a realized gap is
-the drawn gap to the sample and every reference boundary is exact (seconds = samples / 16000).
+the drawn gap to the sample and every reference boundary is exact (seconds = samples / SAMPLE_RATE_HZ).
 
 Randomness: one generator per stream, seeded by sha256(f"{dialogue_id}|{seed}|{stream}"), so the
 same turns, pools, config and id give byte-identical audio and references. Every hand-over
@@ -54,16 +54,15 @@ import numpy as np
 from minmo.duplex.evaluate import DEFAULT_KS, DuplexScore, score_samples
 from minmo.duplex.labels import DuplexConfig, Event, Span, analyse, events_for, frame_labels
 from schemas.duplex import EventType
+from schemas.units import SAMPLE_RATE_HZ, Seconds
 
-RATE_HZ = 16_000
-STEP = RATE_HZ // 100  # samples per 10 ms: the grid of every drawn duration
+STEP = SAMPLE_RATE_HZ // 100  # samples per 10 ms: the grid of every drawn duration
 CHANNELS = {"user": 0, "assistant": 1}
 FADE = STEP  # 10 ms fade-out where a barge-in cuts the assistant, so the cut does not click
 
 Speaker = Literal["user", "assistant"]
 Kind = Literal["turn", "backchannel", "barge_in"]
 HandOverKind = Literal["gap", "overlap", "barge_in", "continuation"]
-Seconds = float
 
 
 @dataclass(frozen=True)
@@ -252,7 +251,7 @@ class SimulatedConversation:
     turns: tuple[PlacedClip, ...]  # sorted by start, then speaker
     draws: tuple[HandOverDraw, ...]
     backchannels_skipped: int = 0  # drawn but no free place in the turn
-    sample_rate_hz: int = RATE_HZ
+    sample_rate_hz: int = SAMPLE_RATE_HZ
 
     @property
     def duration_s(self) -> Seconds:
@@ -322,7 +321,7 @@ def simulate(
         for i, c in enumerate(pool):
             if len(c) > _grid(config.backchannel_max_s):
                 raise ValueError(
-                    f"{s} back-channel {i} lasts {len(c) / RATE_HZ:.2f} s, over "
+                    f"{s} back-channel {i} lasts {len(c) / SAMPLE_RATE_HZ:.2f} s, over "
                     f"backchannel_max_s={config.backchannel_max_s}: trim it or raise the limit"
                 )
     if not turns:
@@ -483,7 +482,7 @@ def _place_backchannels(
             continue
         listener: Speaker = "user" if turn.speaker == "assistant" else "assistant"
         pool = pools.get(listener, [])
-        count = int(rng.poisson(config.backchannel_rate * length / RATE_HZ))
+        count = int(rng.poisson(config.backchannel_rate * length / SAMPLE_RATE_HZ))
         for _ in range(count if pool else 0):
             choice = int(rng.integers(len(pool)))
             pick = rng.random()
@@ -547,12 +546,12 @@ def _grid(seconds: float) -> int:
 
 
 def _samples(n: int) -> Seconds:
-    return n / RATE_HZ
+    return n / SAMPLE_RATE_HZ
 
 
 def _exact(n: int) -> str:
-    """Samples as seconds, every digit needed (1/16000 s has at most 7 decimals), at least 3."""
-    text = f"{n / RATE_HZ:.7f}".rstrip("0")
+    """Samples as seconds, every digit needed (1/SAMPLE_RATE_HZ s has at most 7 decimals), at least 3."""
+    text = f"{n / SAMPLE_RATE_HZ:.7f}".rstrip("0")
     whole, _, frac = text.partition(".")
     return f"{whole}.{frac.ljust(3, '0')}"
 

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from schemas.units import SAMPLE_RATE_HZ
+
 logger = logging.getLogger(__name__)
 
 # Keys that funasr's SenseVoiceEncoderSmall accepts in encoder_conf but never reads (its layers
@@ -99,7 +101,7 @@ class VoiceEncoderConfig:
     attention_dropout_rate: float = 0.1
     input_size: int = 560
     """Feature size D = n_mels * lfr_m."""
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE_HZ
     n_mels: int = 80
     lfr_m: int = 7
     """Consecutive fbank frames stacked into one LFR frame."""

@@ -43,7 +43,6 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-SAMPLE_RATE_HZ = 16_000
 HOP_SAMPLES = 160  # mel hop: 100 frames per second
 FRAMES_PER_TOKEN = 4  # two stride-2 convolutions: 25 tokens per second
 CODEBOOK_SIZE = 3**8  # 6561

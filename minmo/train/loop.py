@@ -44,6 +44,7 @@ from minmo.train.distributed import (
 )
 from minmo.train.metrics import MetricsLog, step_flops
 from minmo.train.store import StoreMirror, fetch_export, is_remote, staging_dir
+from schemas.units import SAMPLE_RATE_HZ
 
 
 def build_model(spec: ModelSpec, tokenizer: Any) -> MinMo:
@@ -219,7 +220,7 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
                         parts[key] = parts.get(key, 0.0) + float(value) / config.grad_accum
                 sums["samples"] += batch.size
                 if batch.wave_lengths is not None:
-                    sums["audio_s"] += float(batch.wave_lengths.sum()) / 16000
+                    sums["audio_s"] += float(batch.wave_lengths.sum()) / SAMPLE_RATE_HZ
                 sums["positions"] += float(out["llm_positions"])
                 sums["tokens"] += float(batch.input_lengths.sum())
                 if batch.speech_lengths is not None:
