@@ -18,12 +18,13 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from minmo.duplex.labels import DuplexConfig, Span, analyse, events_for, frame_labels
+from minmo.duplex.labels import DuplexLabelConfig, Span, analyse, events_for, frame_labels
 from pipelines.build import BuildDir
 from pipelines.ray_runtime import ensure_ray
 from pipelines.recording_step import RecordingStep, StepTotals
 from schemas import EVENTS, FRAME_LABELS, QUARANTINE, TURNS, EventType, ReasonCode
 from schemas.quarantine import quarantine_row
+from schemas.units import LLM_HOP_S
 
 STEP = "label-turns"
 PERCENTILES = (5, 25, 50, 75, 95)
@@ -36,14 +37,14 @@ class LabelTurnsConfig:
     pause_s: float = 0.5
     backchannel_max_s: float = 1.0
     backchannel_window_s: float = 1.0
-    hop_s: float = 0.12
+    hop_s: float = LLM_HOP_S
     seed: int = 0
     recordings_per_unit: int = 64
     units_per_wave: int = 16
     storage_options: dict[str, Any] = field(default_factory=dict)
 
-    def duplex(self) -> DuplexConfig:
-        return DuplexConfig(
+    def duplex(self) -> DuplexLabelConfig:
+        return DuplexLabelConfig(
             pause_s=self.pause_s,
             backchannel_max_s=self.backchannel_max_s,
             backchannel_window_s=self.backchannel_window_s,
@@ -59,7 +60,7 @@ def sample_id(recording_id: str, user: str) -> str:
     return f"{recording_id}-u{user}"
 
 
-def label_conversation(item: dict[str, Any], config: DuplexConfig) -> dict[str, Any]:
+def label_conversation(item: dict[str, Any], config: DuplexLabelConfig) -> dict[str, Any]:
     """One conversation's turns -> events and frame-label rows for both role assignments."""
     rid = item["recording_id"]
     turns = item["turns"]

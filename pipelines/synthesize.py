@@ -28,8 +28,16 @@ from typing import Any
 
 import numpy as np
 
+from minmo.audio import measure
+from minmo.audio.resample import resample
+from minmo.audio.trim import trim_silence
+from minmo.duplex.simulate import GapDistribution, SimulationConfig, simulate
 from minmo.io.fs import Location, to_uri
+from minmo.tts.base import Style, TtsFailure, TtsRequest, Voice
+from minmo.tts.registry import make_backend
+from pipelines.audio_source import SourceRoots, load_audio_16k
 from pipelines.build import BuildDir
+from pipelines.dialogues import read_dialogues
 from pipelines.ray_runtime import ensure_ray, model_actors
 from pipelines.recording_step import RecordingStep, StepTotals
 from schemas import (
@@ -42,6 +50,8 @@ from schemas import (
     S2SRecipe,
     segment_id,
 )
+from schemas.quarantine import quarantine_row
+from schemas.recordings import recording_id
 from schemas.units import SAMPLE_RATE_HZ
 
 STEP = "synthesize"
@@ -149,8 +159,6 @@ def recording_row(
 ) -> dict[str, Any]:
     """A recordings row for audio this step wrote (measured like ingest measures). `key` is
     its build key: it is the row's `source_uri` and `source_key`, and the id hashes it."""
-    from minmo.audio import measure
-    from schemas.recordings import recording_id
 
     samples = audio if audio.ndim == 2 else audio[None, :]
     sha1 = measure.content_sha1(samples, SAMPLE_RATE_HZ)
@@ -198,7 +206,6 @@ def whole_segment(rec: dict[str, Any]) -> dict[str, Any]:
 def simulation_config(options: dict[str, Any], seed: int) -> Any:
     """SimulationConfig from a job spec's mapping; gap fields may be given as mappings of
     GapDistribution's fields, e.g. {kind: normal, a: 0.6, b: 0.4, min_s: 0}."""
-    from minmo.duplex.simulate import GapDistribution, SimulationConfig
 
     values = {k: GapDistribution(**v) if isinstance(v, dict) else v for k, v in options.items()}
     values.setdefault("seed", seed)
@@ -210,8 +217,6 @@ class SynthesizeStage:
 
     def __init__(self, config: dict[str, Any], build_uri: str) -> None:
         import torch
-
-        from minmo.tts.registry import make_backend
 
         torch.set_num_threads(1)
         self.config = SynthesizeConfig(**config)
@@ -247,8 +252,6 @@ class SynthesizeStage:
 
     def _speak(self, requests: list[Any]) -> tuple[list[np.ndarray], str | None]:
         """Synthesise and resample to 16 kHz; on any failure, the first failure's detail."""
-        from minmo.audio.resample import resample
-        from minmo.tts.base import TtsFailure
 
         results = self.backend.synthesize(requests)
         audio = []
@@ -266,8 +269,6 @@ class SynthesizeStage:
         return self.build.key(path), data
 
     def _dialogue(self, item: dict[str, Any]) -> dict[str, Any]:
-        from minmo.tts.base import Style, TtsRequest, Voice
-
         config = self.config
         did = item["recording_id"]
         rows = [r for r in item["turns"] if r["role"] != "system"]
@@ -382,9 +383,6 @@ class SynthesizeStage:
 
         Clips are trimmed to their speech first, so the reference boundaries (and the drawn
         gaps between them) sit where speech is, not where the synthesiser's padding ends."""
-        from minmo.demo.speak import trim_silence
-        from minmo.duplex.simulate import simulate
-        from minmo.tts.base import TtsRequest
 
         words = BACKCHANNELS.get(language, BACKCHANNELS["en"])
         requests = [TtsRequest(f"{did}-bc{i}", w, user_voice) for i, w in enumerate(words)]
@@ -417,8 +415,6 @@ class SynthesizeStage:
         stats["duplex_s"] = sim.audio.shape[1] / SAMPLE_RATE_HZ
 
     def _asr_query(self, item: dict[str, Any]) -> dict[str, Any]:
-        from minmo.tts.base import TtsRequest, Voice
-
         language = item.get("language") or "en"
         engine = self.config.assistant_voice(language)
         voice = Voice(f"assistant:{engine}", language, engine)
@@ -469,8 +465,6 @@ class SynthesizeStage:
 
 
 def _reject(item: dict[str, Any], reason: str, detail: str) -> dict[str, Any]:
-    from schemas.quarantine import quarantine_row
-
     row = quarantine_row(item.get("source_uri", ""), reason, detail, step=STEP)
     row["item_key"] = item["recording_id"]
     return {"tables": {"quarantine": [row]}, "stats": {}}
@@ -482,8 +476,6 @@ def speaker_prompts(build: BuildDir, config: SynthesizeConfig) -> list[dict[str,
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
     import soundfile as sf
-
-    from pipelines.audio_source import SourceRoots, load_audio_16k
 
     files = build.files(build.table_dir("segments"), ".parquet")
     if not files:
@@ -540,7 +532,6 @@ def speaker_prompts(build: BuildDir, config: SynthesizeConfig) -> list[dict[str,
 
 def dialogue_items(config: SynthesizeConfig) -> list[dict[str, Any]]:
     """Work items: each parsed dialogue, and each unparseable row (echoed into quarantine)."""
-    from pipelines.dialogues import read_dialogues
 
     items: dict[str, dict[str, Any]] = {}
     for path in config.dialogues:

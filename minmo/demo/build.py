@@ -39,6 +39,8 @@ import pyarrow.fs as pafs
 import soundfile as sf
 from tqdm import tqdm
 
+from minmo.audio.resample import resample
+from minmo.audio.trim import trim_silence
 from minmo.demo import conversation as conv
 from minmo.demo.script import (
     BACKCHANNELS,
@@ -51,13 +53,7 @@ from minmo.demo.script import (
     Voice,
     voice,
 )
-from minmo.demo.speak import (
-    SpeakRequest,
-    espeak_binary,
-    resample,
-    synthesize_many,
-    trim_silence,
-)
+from minmo.demo.speak import SpeakRequest, espeak_binary, synthesize_many
 from minmo.io.fs import open_filesystem, to_uri
 from schemas.units import SAMPLE_RATE_HZ
 
@@ -230,7 +226,8 @@ def _render_utterance(plan: UtterancePlan, native: tuple[np.ndarray, int], seed:
     """Trimmed speech at the planned rate and level, padded with a little noisy silence."""
     rng = _rng(_STREAM_UTTERANCE, plan.index, seed)
     audio, rate = native
-    speech = resample(trim_silence(audio, rate), rate, plan.rate_hz)
+    # resample works on (channels, samples): one channel here
+    speech = resample(trim_silence(audio, rate)[None], rate, plan.rate_hz)[0]
     speech = _peak_normalize(speech, rng.uniform(*UTT_PEAK_DBFS))
     lead = np.zeros(round(rng.uniform(*UTT_LEAD_S) * plan.rate_hz), np.float32)
     tail = np.zeros(round(rng.uniform(*UTT_TAIL_S) * plan.rate_hz), np.float32)
@@ -241,7 +238,8 @@ def _render_utterance(plan: UtterancePlan, native: tuple[np.ndarray, int], seed:
 
 def _to_work_rate(native: tuple[np.ndarray, int]) -> np.ndarray:
     audio, rate = native
-    return _peak_normalize(trim_silence(resample(audio, rate, SAMPLE_RATE_HZ), SAMPLE_RATE_HZ), 0.0)
+    work = resample(audio[None], rate, SAMPLE_RATE_HZ)[0]
+    return _peak_normalize(trim_silence(work, SAMPLE_RATE_HZ), 0.0)
 
 
 def _build_conversation(

@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from minmo.audio.trim import pauses, trim_silence
 from minmo.demo.script import ConversationScript, Line, Phrase, SpeakerLabel
-from minmo.demo.speak import pauses, trim_silence
 from schemas.units import SAMPLE_RATE_HZ
 
 SAMPLES_PER_MS = SAMPLE_RATE_HZ // 1000

@@ -52,7 +52,7 @@ from typing import Literal
 import numpy as np
 
 from minmo.duplex.evaluate import DEFAULT_KS, DuplexScore, score_samples
-from minmo.duplex.labels import DuplexConfig, Event, Span, analyse, events_for, frame_labels
+from minmo.duplex.labels import DuplexLabelConfig, Event, Span, analyse, events_for, frame_labels
 from schemas.duplex import EventType
 from schemas.units import SAMPLE_RATE_HZ, Seconds
 
@@ -352,7 +352,7 @@ def realized_handovers(sim: SimulatedConversation) -> list[HandOver]:
 
 
 def truth_samples(
-    sim: SimulatedConversation, dialogue_id: str, config: DuplexConfig
+    sim: SimulatedConversation, dialogue_id: str, config: DuplexLabelConfig
 ) -> tuple[
     tuple[list[tuple[EventType, float]], np.ndarray],
     tuple[list[tuple[EventType, float]], np.ndarray],
@@ -372,7 +372,7 @@ def truth_samples(
 
 def evaluate_many(
     sims: Iterable[tuple[str, SimulatedConversation]],
-    config: DuplexConfig,
+    config: DuplexLabelConfig,
     ks: Sequence[int] = DEFAULT_KS,
 ) -> DuplexScore:
     """F1 at K frames (and back-channel accuracy) of `labels.py` against the simulated truth,
@@ -386,7 +386,7 @@ def evaluate_many(
 def evaluate_against_truth(
     sim: SimulatedConversation,
     dialogue_id: str,
-    config: DuplexConfig,
+    config: DuplexLabelConfig,
     ks: Sequence[int] = DEFAULT_KS,
 ) -> DuplexScore:
     """`evaluate_many` for one conversation."""

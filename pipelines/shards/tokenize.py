@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from minmo.tokens.speech import SpeechTokenizer, n_speech_tokens
+from minmo.tokens.text import encode_chat, load_text_tokenizer
 from pipelines.audio_source import SourceRoots, load_audio_16k
 from pipelines.samples.spec import span_s
 from schemas.units import SAMPLE_RATE_HZ
@@ -132,8 +134,6 @@ class TokenizeStage:
     """Text tokens + speech tokens + the final json, one actor per device."""
 
     def __init__(self, text_tokenizer: str | None, speech_tokenizer: str | None) -> None:
-        from minmo.tokens.speech import SpeechTokenizer
-        from minmo.tokens.text import load_text_tokenizer
 
         self.text = load_text_tokenizer(text_tokenizer)
         self.speech = SpeechTokenizer(speech_tokenizer)
@@ -141,8 +141,6 @@ class TokenizeStage:
         self.info["text_vocab_size"] = len(self.text)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
-        from minmo.tokens.speech import n_speech_tokens
-
         n = len(batch["key"])
         errors = [str(e) for e in batch["error"]]
         specs = [json.loads(s) for s in batch["spec"]]
@@ -199,8 +197,6 @@ class TokenizeStage:
     def _members(
         self, spec: dict[str, Any], flac: bytes, codes: np.ndarray | None, clip: np.ndarray | None
     ) -> dict[str, bytes]:
-        from minmo.tokens.text import encode_chat
-
         messages = spec["messages"]
         text_ids = encode_chat(self.text, messages)
         if messages[-1]["role"] == "assistant":

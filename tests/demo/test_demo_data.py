@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from minmo.audio.trim import pauses, trim_silence
 from minmo.demo import DemoSummary, EspeakError, build_demo_corpus
 from minmo.demo import conversation as conv
 from minmo.demo.script import CONVERSATIONS, ConversationScript, Line, Phrase
-from minmo.demo.speak import decode_streamed_wav, pauses, trim_silence
+from minmo.demo.speak import decode_streamed_wav
 
 needs_espeak = pytest.mark.skipif(
     shutil.which("espeak-ng") is None, reason="espeak-ng not installed: apt-get install espeak-ng"

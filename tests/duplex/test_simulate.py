@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from minmo.duplex.labels import DuplexConfig
+from minmo.duplex.labels import DuplexLabelConfig
 from minmo.duplex.simulate import (
     GapDistribution,
     SimulationConfig,
@@ -168,11 +168,11 @@ def test_labelling_recovers_the_simulated_events() -> None:
     stressed = SimulationConfig(overlap_rate=0.3, barge_in_rate=0.3, backchannel_rate=0.3)
     more = [(f"s{i}", simulate(dialogue(i), POOLS, f"s{i}", stressed)) for i in range(30)]
     for batch in (sims, more):
-        score = evaluate_many(batch, DuplexConfig(), ks=(1, 5, 10))
+        score = evaluate_many(batch, DuplexLabelConfig(), ks=(1, 5, 10))
         for event_type in EventType:
             assert score.f1(event_type, 1) >= 0.95, score.render()
         assert score.events[(EventType.USER_BACKCHANNEL, 1)].reference > 0
-    one = evaluate_against_truth(sims[0][1], "d0", DuplexConfig())
+    one = evaluate_against_truth(sims[0][1], "d0", DuplexLabelConfig())
     assert one.f1(EventType.ASSISTANT_TURN_TAKING, 1) == 1.0
 
 

@@ -14,9 +14,9 @@ import torch
 from minmo.model.voice_encoder import (
     VoiceEncoder,
     VoiceEncoderConfig,
-    build_tiny_sensevoice_dir,
     load_am_mvn,
 )
+from minmo.testing.tiny_models import build_tiny_sensevoice_dir
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "asr_speechbrain_en"
 
