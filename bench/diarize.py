@@ -47,6 +47,7 @@ from minmo.diarization.types import SpeakerHints, SpeakerSegment  # noqa: E402
 from minmo.duplex.evaluate import label_agreement  # noqa: E402
 from minmo.duplex.labels import DuplexLabelConfig, Span  # noqa: E402
 from schemas import EventType  # noqa: E402
+from schemas.units import SAMPLE_RATE_HZ  # noqa: E402
 
 Item = tuple[str, np.ndarray, list[tuple[str, float, float]]]
 
@@ -97,7 +98,7 @@ def run(
             continue
         elapsed = time.perf_counter() - started
         compute += elapsed
-        duration = audio.shape[1] / 16000
+        duration = audio.shape[1] / SAMPLE_RATE_HZ
         audio_s += duration
         s = score(ref, segments)
         scores.append(s)

@@ -192,7 +192,8 @@ def tokenize_rows(
 ) -> list[dict]:
     import torch
 
-    from minmo.tokens.speech import SpeechTokenizer, build_tiny_checkpoint
+    from minmo.testing.tiny_models import build_tiny_checkpoint
+    from minmo.tokens.speech import SpeechTokenizer
 
     rng = np.random.default_rng(seed + 1)
     batch: list[np.ndarray] = []

@@ -1,14 +1,16 @@
-"""Tiny random-weight checkpoints laid out like the released ones, for tests and the demo.
+"""Tiny random-weight checkpoints laid out like the released ones, for tests and benches.
 
-Owns the builders that write a SenseVoiceSmall model directory and a CosyVoice 2 `llm.pt` with
-random weights at the tiny configs, so the loaders in `minmo.model` (`VoiceEncoder.from_pretrained`,
-`VoiceTokenLM.from_cosyvoice2`) are exercised on the real layouts without a download. Must not:
-be imported by the library (`minmo/` outside `testing/` and `demo/`, `pipelines/`); tests, the
-benches and the demo are its users.
+Owns the builders that write a SenseVoiceSmall model directory, a CosyVoice 2 `llm.pt` and an
+S3 speech tokenizer checkpoint with random weights at tiny configs, so the real loaders
+(`VoiceEncoder.from_pretrained`, `VoiceTokenLM.from_cosyvoice2`, `SpeechTokenizer`) run on the
+real layouts without a download. Must not: be imported by the library (`minmo/` outside
+`testing/` and `demo/`, and `pipelines/`); tests, benches and the demo are its users.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,10 @@ import yaml
 
 from minmo.model.voice_encoder import VoiceEncoderConfig
 from minmo.model.voice_lm import VoiceLMConfig
+from minmo.tokens.speech import MODEL_NAME, RANDOM_INIT_SEED, config_path_for, model_config
+
+# A 2-layer, width-128 S3TokenizerV2 (rotary embeddings fix 64 dims per head: state / heads = 64).
+TINY_CONFIG = {"n_audio_state": 128, "n_audio_head": 2, "n_audio_layer": 2}
 
 
 def build_tiny_sensevoice_dir(
@@ -132,4 +138,25 @@ def build_tiny_cosyvoice2_llm_pt(
     state["llm_decoder.bias"] = torch.randn(v) * 0.02
     state["speech_embedding.weight"] = torch.randn(v, h) * 0.02
     torch.save(state, path)
+    return path
+
+
+def build_tiny_checkpoint(path: str | Path) -> Path:
+    """Save a tiny random-init S3TokenizerV2 (2 layers, width 128) that `SpeechTokenizer(path)` loads.
+
+    Writes the state_dict at `path` and its ModelConfig fields at `config_path_for(path)`.
+    Rotary embeddings are fixed at 64 dims per head, hence n_audio_state / n_audio_head == 64.
+    """
+    # s3tokenizer loads only where a tokenizer is built, as in `minmo.tokens.speech`.
+    from s3tokenizer.model_v2 import S3TokenizerV2
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = model_config(TINY_CONFIG)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        model = S3TokenizerV2(MODEL_NAME, config=config)
+    torch.save(model.state_dict(), path)
+    full = asdict(config)
+    config_path_for(path).write_text(json.dumps({k: full[k] for k in TINY_CONFIG}, indent=2) + "\n")
     return path
