@@ -8,7 +8,7 @@ arrays and a dialogue id in, arrays and text out; it must not synthesise speech 
 
 Audio legend: `audio` is float32 (2, samples) at 16 kHz; channel 0 = user, channel 1 =
 assistant. Positions are whole samples, gaps and overlaps whole 10 ms steps, so a realized gap is
-the drawn gap to the sample and every reference boundary is exact (seconds = samples / SAMPLE_RATE_HZ).
+the drawn gap to the sample and every reference boundary is exact (seconds = samples / 16000).
 
 Randomness: one generator per stream, seeded by sha256(f"{dialogue_id}|{seed}|{stream}"), so the
 same turns, pools, config and id give byte-identical audio and references. Every hand-over
@@ -550,7 +550,7 @@ def _samples(n: int) -> Seconds:
 
 
 def _exact(n: int) -> str:
-    """Samples as seconds, every digit needed (1/SAMPLE_RATE_HZ s has at most 7 decimals), at least 3."""
+    """Samples as seconds, every digit needed (1/16000 s has at most 7 decimals), at least 3."""
     text = f"{n / SAMPLE_RATE_HZ:.7f}".rstrip("0")
     whole, _, frac = text.partition(".")
     return f"{whole}.{frac.ljust(3, '0')}"
