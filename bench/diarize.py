@@ -45,8 +45,9 @@ from minmo.audio.resample import resample  # noqa: E402
 from minmo.diarization.metrics import DiarizationScore, read_rttm, score  # noqa: E402
 from minmo.diarization.types import SpeakerHints, SpeakerSegment  # noqa: E402
 from minmo.duplex.evaluate import label_agreement  # noqa: E402
-from minmo.duplex.labels import DuplexConfig, Span  # noqa: E402
+from minmo.duplex.labels import DuplexLabelConfig, Span  # noqa: E402
 from schemas import EventType  # noqa: E402
+from schemas.units import SAMPLE_RATE_HZ  # noqa: E402
 
 Item = tuple[str, np.ndarray, list[tuple[str, float, float]]]
 
@@ -97,7 +98,7 @@ def run(
             continue
         elapsed = time.perf_counter() - started
         compute += elapsed
-        duration = audio.shape[1] / 16000
+        duration = audio.shape[1] / SAMPLE_RATE_HZ
         audio_s += duration
         s = score(ref, segments)
         scores.append(s)
@@ -116,7 +117,7 @@ def run(
     pooled = DiarizationScore.combine(scores)
     line = f"  {name}: pooled "
     if show_der:
-        agreement = label_agreement(conversations, DuplexConfig())
+        agreement = label_agreement(conversations, DuplexLabelConfig())
         f1 = ", ".join(f"{e.value} {agreement.f1(e, 5):.2f}" for e in EventType)
         line += f"DER {100 * pooled.der:.1f}%  JER {100 * pooled.jer:.1f}%  "
         line += f"RTF {compute / audio_s:.4f}  labels F1@5: {f1}"

@@ -81,6 +81,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from machine import cpu_model  # noqa: E402
 
+from schemas.units import SAMPLE_RATE_HZ  # noqa: E402
+
 
 def make_corpus(work: Path, hours: float) -> tuple[Path, Path, float]:
     """Write the repeated demo corpus as WAV-16k and FLAC-44.1k; return dirs and audio seconds."""
@@ -94,8 +96,10 @@ def make_corpus(work: Path, hours: float) -> tuple[Path, Path, float]:
     clips = []
     for path in sources:
         data, rate = sf.read(path, dtype="float32", always_2d=True)
-        clips.append((path.stem, soxr.resample(data, rate, 16000) if rate != 16000 else data))
-    per_copy = sum(c.shape[0] for _, c in clips) / 16000
+        if rate != SAMPLE_RATE_HZ:
+            data = soxr.resample(data, rate, SAMPLE_RATE_HZ)
+        clips.append((path.stem, data))
+    per_copy = sum(c.shape[0] for _, c in clips) / SAMPLE_RATE_HZ
     copies = max(1, int(np.ceil(hours * 3600 / per_copy)))
     wav_dir, flac_dir = work / "wav16k", work / "flac44k"
     for d in (wav_dir, flac_dir):
@@ -105,10 +109,10 @@ def make_corpus(work: Path, hours: float) -> tuple[Path, Path, float]:
         gain = 0.5 + 0.5 * (copy + 1) / copies  # distinct content per copy: no exact duplicates
         for stem, clip in clips:
             name = f"{copy:03d}_{stem}"
-            sf.write(wav_dir / f"{name}.wav", clip * gain, 16000, subtype="PCM_16")
+            sf.write(wav_dir / f"{name}.wav", clip * gain, SAMPLE_RATE_HZ, subtype="PCM_16")
             sf.write(
                 flac_dir / f"{name}.flac",
-                soxr.resample(clip * gain, 16000, 44100),
+                soxr.resample(clip * gain, SAMPLE_RATE_HZ, 44100),
                 44100,
                 subtype="PCM_16",
             )
@@ -217,7 +221,7 @@ def time_lhotse(src: Path, out: Path, cores: int) -> tuple[float, Timed]:
     with Timed() as timed:
         pattern = "*" + next(src.iterdir()).suffix
         recordings = RecordingSet.from_dir(src, pattern, num_jobs=cores)
-        cuts = CutSet.from_manifests(recordings=recordings).resample(16000)
+        cuts = CutSet.from_manifests(recordings=recordings).resample(SAMPLE_RATE_HZ)
         cuts.to_shar(out, fields={"recording": "flac"}, shard_size=1000, num_jobs=cores)
     return sum(r.duration for r in recordings), timed
 

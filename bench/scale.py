@@ -68,6 +68,8 @@ from machine import cpu_model  # noqa: E402
 from shards_scale import ProcessSampler  # noqa: E402
 from shards_scale import run_child as run_child_script  # noqa: E402
 
+from schemas.units import SAMPLE_RATE_HZ  # noqa: E402
+
 DEMO_JOB = REPO / "jobs" / "demo.yaml"
 DIALOGUES = REPO / "jobs" / "data" / "demo_dialogues.jsonl"
 STAGES = ("stage1", "stage2", "stage3", "stage4")
@@ -262,9 +264,9 @@ def full_tokenizer_rate(demo: Path, seconds: float = 60.0) -> dict[str, float]:
     clips, total = [], 0.0
     for path in sorted((demo / "utterances").rglob("*.*")):
         data, sr = sf.read(path, dtype="float32")
-        clip = resample(data[None, :], sr)[0] if sr != 16000 else data
+        clip = resample(data[None, :], sr)[0] if sr != SAMPLE_RATE_HZ else data
         clips.append(clip)
-        total += clip.shape[0] / 16000
+        total += clip.shape[0] / SAMPLE_RATE_HZ
         if total >= seconds:
             break
     tokenizer = SpeechTokenizer(checkpoint=None, device="cpu")
@@ -338,7 +340,7 @@ def main() -> None:
         return
 
     from minmo.demo import build_demo_corpus
-    from minmo.tokens.speech import build_tiny_checkpoint
+    from minmo.testing.tiny_models import build_tiny_checkpoint
 
     work = args.work or Path(tempfile.mkdtemp(prefix="minmo-scale-"))
     work.mkdir(parents=True, exist_ok=True)

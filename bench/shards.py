@@ -45,6 +45,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from schemas.units import SAMPLE_RATE_HZ
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
@@ -56,7 +58,6 @@ from minmo.audio.resample import resample  # noqa: E402
 from minmo.tokens.speech import n_speech_tokens  # noqa: E402
 from pipelines.shards.writer import write_stage_shards  # noqa: E402
 
-RATE_HZ = 16_000
 DATA = REPO.parent / "shared" / "data"
 # Real, mostly mono speech; the long telephone/stereo calls are left out (not utterance-shaped).
 SOURCE_DIRS = (
@@ -89,20 +90,20 @@ def load_sources() -> tuple[list[np.ndarray], str]:
             mono = resample(np.ascontiguousarray(data.T), rate).mean(axis=0)  # dual mono -> mono
             clips.append(np.ascontiguousarray(mono, dtype=np.float32))
     if clips:
-        total = sum(c.shape[0] for c in clips) / RATE_HZ
+        total = sum(c.shape[0] for c in clips) / SAMPLE_RATE_HZ
         return clips, f"{len(clips)} real clips from {DATA} ({total:.0f} s)"
     return [], "synthetic noise under a speech-like envelope (no ../shared/data)"
 
 
 def synthetic_clip(rng: np.random.Generator, n: int) -> np.ndarray:
-    t = np.arange(n) / RATE_HZ
+    t = np.arange(n) / SAMPLE_RATE_HZ
     envelope = np.clip(np.sin(2 * np.pi * 4.0 * t + rng.uniform(0, 6.3)), 0, None) ** 2
     envelope *= 0.5 + 0.5 * np.sin(2 * np.pi * 0.3 * t)  # phrase-level rise and fall
     return (0.3 * envelope * rng.standard_normal(n)).astype(np.float32)
 
 
 def make_clip(sources: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    n = int(rng.uniform(MIN_S, MAX_S) * RATE_HZ)
+    n = int(rng.uniform(MIN_S, MAX_S) * SAMPLE_RATE_HZ)
     if not sources:
         return synthetic_clip(rng, n)
     parts, have = [], 0
@@ -129,7 +130,7 @@ def build_samples(
         flac = flac_bytes(clip[None, :])
         enc_cpu += time.process_time() - c0
         enc_wall += time.perf_counter() - w0
-        dur = clip.shape[0] / RATE_HZ
+        dur = clip.shape[0] / SAMPLE_RATE_HZ
         audio_s += dur
         n_text = max(1, int(dur * TEXT_TOKENS_PER_S))
         samples.append(
@@ -191,13 +192,14 @@ def tokenize_rows(
 ) -> list[dict]:
     import torch
 
-    from minmo.tokens.speech import SpeechTokenizer, build_tiny_checkpoint
+    from minmo.testing.tiny_models import build_tiny_checkpoint
+    from minmo.tokens.speech import SpeechTokenizer
 
     rng = np.random.default_rng(seed + 1)
     batch: list[np.ndarray] = []
-    while sum(c.shape[0] for c in batch) < seconds * RATE_HZ:
+    while sum(c.shape[0] for c in batch) < seconds * SAMPLE_RATE_HZ:
         batch.append(make_clip(sources, rng))
-    audio_s = sum(c.shape[0] for c in batch) / RATE_HZ
+    audio_s = sum(c.shape[0] for c in batch) / SAMPLE_RATE_HZ
     tiny = build_tiny_checkpoint(work / "tiny" / "speech_tokenizer_tiny.pt")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
@@ -223,7 +225,7 @@ def tokenize_rows(
                     "params": params,
                     "clips": len(batch),
                     "audio_s": audio_s,
-                    "padded_s": len(batch) * max(c.shape[0] for c in batch) / RATE_HZ,
+                    "padded_s": len(batch) * max(c.shape[0] for c in batch) / SAMPLE_RATE_HZ,
                     "wall": wall,
                     "cpu": cpu,
                     "worst": worst,

@@ -624,7 +624,7 @@ def print_contextual(c: dict[str, Any]) -> float:
 def writers(args: argparse.Namespace, work: Path, log: Path) -> dict[str, Any]:
     build = work / "writers" / "build"
     if args.speech_tokenizer == "tiny":
-        from minmo.tokens.speech import build_tiny_checkpoint
+        from minmo.testing.tiny_models import build_tiny_checkpoint
 
         tokenizer: str | None = str(build_tiny_checkpoint(work / "writers" / "s3tiny.pt"))
     else:

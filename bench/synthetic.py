@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 import soundfile as sf
 
 from schemas import RECORDINGS, SEGMENTS
+from schemas.units import SAMPLE_RATE_HZ
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -70,7 +71,7 @@ def recordings_table(
             "source_key": np.char.add(np.char.add(np.asarray(corpus, str), ":"), source_uri),
             "corpus": corpus,
             "container": np.full(n, container),
-            "sample_rate_hz": np.full(n, 16000, np.int32),
+            "sample_rate_hz": np.full(n, SAMPLE_RATE_HZ, np.int32),
             "source_channels": np.ones(n, np.int16),
             "channels": np.ones(n, np.int16),
             "bits": np.full(n, 16, np.int16),
@@ -216,7 +217,7 @@ def real_clips(data: Path = DATA) -> list[RealClip]:
             if not text.isascii():
                 continue
             info = sf.info(str(path))
-            if info.samplerate != 16000 or info.channels != 1:
+            if info.samplerate != SAMPLE_RATE_HZ or info.channels != 1:
                 continue
             clips.append(
                 RealClip(

@@ -36,6 +36,7 @@ from minmo.tokens.text import SPEECH_PLACEHOLDER, encode_chat, load_text_tokeniz
 from minmo.train.data import StageLoader  # noqa: E402
 from minmo.train.metrics import step_flops  # noqa: E402
 from pipelines.shards.writer import write_stage_shards  # noqa: E402
+from schemas.units import SAMPLE_RATE_HZ  # noqa: E402
 
 
 def make_shards(out: Path, n: int, tokenizer) -> float:
@@ -43,7 +44,7 @@ def make_shards(out: Path, n: int, tokenizer) -> float:
     samples, audio_s = [], 0.0
     for i in range(n):
         seconds = float(rng.uniform(2, 10))
-        t = np.arange(int(16000 * seconds)) / 16000
+        t = np.arange(int(SAMPLE_RATE_HZ * seconds)) / SAMPLE_RATE_HZ
         wave = 0.3 * np.sin(2 * np.pi * rng.uniform(150, 800) * t) + 0.02 * rng.standard_normal(
             t.size
         )
@@ -130,7 +131,7 @@ def main() -> None:
                 loader.next_epoch()
                 continue
             n += b.size
-            secs += float(b.wave_lengths.sum()) / 16000
+            secs += float(b.wave_lengths.sum()) / SAMPLE_RATE_HZ
             batches.append(b)
         dt = time.perf_counter() - t0
         loader.close()

@@ -44,6 +44,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from machine import cpu_model  # noqa: E402
 
+from schemas.units import SAMPLE_RATE_HZ  # noqa: E402
+
 
 def load_corpus(minutes: float) -> list[np.ndarray]:
     """The shared clips repeated with a per-copy gain (distinct content) to `minutes` of audio."""
@@ -51,12 +53,12 @@ def load_corpus(minutes: float) -> list[np.ndarray]:
     for pattern in SOURCES:
         for path in sorted(SHARED_DATA.glob(pattern)):
             audio, rate = sf.read(path, dtype="float32")
-            if rate != 16000 or audio.ndim != 1:
+            if rate != SAMPLE_RATE_HZ or audio.ndim != 1:
                 raise SystemExit(
                     f"{path}: expected 16 kHz mono, got {rate} Hz, shape {audio.shape}"
                 )
             clips.append(audio)
-    per_copy = sum(len(c) for c in clips) / 16000
+    per_copy = sum(len(c) for c in clips) / SAMPLE_RATE_HZ
     copies = max(1, int(np.ceil(minutes * 60 / per_copy)))
     return [clip * (0.5 + 0.5 * (k + 1) / copies) for k in range(copies) for clip in clips]
 
@@ -105,7 +107,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     clips = load_corpus(args.minutes)
-    audio_s = sum(len(c) for c in clips) / 16000
+    audio_s = sum(len(c) for c in clips) / SAMPLE_RATE_HZ
     print(f"date      {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(
         f"machine   {cpu_model()} ({platform.machine()}), torch threads {torch.get_num_threads()}"

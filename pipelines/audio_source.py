@@ -19,7 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from minmo.audio.decode import container_of, decode_audio
+from minmo.audio.measure import fold_dual_mono
+from minmo.audio.resample import resample
+from minmo.io.fs import read_source
 from pipelines.build import BuildDir, is_build_key
+from schemas.units import SAMPLE_RATE_HZ
 
 ROOTS_FILE = ("_state", "source_roots.json")
 
@@ -98,14 +103,9 @@ def load_audio_16k(
 ) -> np.ndarray:
     """The recording as ingest saw it: decoded, dual mono folded, (channels, samples) at 16 kHz.
     `roots` maps a moved source to where it is now."""
-    from minmo.audio.decode import container_of, decode_audio
-    from minmo.audio.measure import fold_dual_mono
-    from minmo.audio.resample import TARGET_RATE_HZ, resample
-    from minmo.io.fs import read_source
-
     uri = (roots or SourceRoots()).resolve(source_uri)
     audio = decode_audio(read_source(uri, storage_options), container_of(uri))
     samples = fold_dual_mono(audio.samples)
     if channels == 1 and samples.shape[0] > 1:
         samples = samples.mean(axis=0, keepdims=True)
-    return resample(samples, audio.sample_rate_hz, TARGET_RATE_HZ)
+    return resample(samples, audio.sample_rate_hz, SAMPLE_RATE_HZ)

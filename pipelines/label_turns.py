@@ -19,12 +19,13 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from minmo.config import StorageOptions, storage_options_field
-from minmo.duplex.labels import DuplexConfig, Span, analyse, events_for, frame_labels
+from minmo.duplex.labels import DuplexLabelConfig, Span, analyse, events_for, frame_labels
 from pipelines.build import BuildDir
 from pipelines.ray_runtime import ensure_ray
 from pipelines.recording_step import RecordingStep, StepTotals
 from schemas import EVENTS, FRAME_LABELS, QUARANTINE, TURNS, EventType, ReasonCode
 from schemas.quarantine import quarantine_row
+from schemas.units import LLM_HOP_S
 
 STEP = "label-turns"
 PERCENTILES = (5, 25, 50, 75, 95)
@@ -40,7 +41,7 @@ class LabelTurnsConfig:
     """The longest back-channel."""
     backchannel_window_s: float = 1.0
     """The other speaker talks this close before and after a back-channel."""
-    hop_s: float = 0.12
+    hop_s: float = LLM_HOP_S
     """Frame hop of the labels (the LLM's input rate)."""
     seed: int = 0
     """Seed of the user turn-taking gaps."""
@@ -50,8 +51,8 @@ class LabelTurnsConfig:
     """Units in flight at once."""
     storage_options: StorageOptions = storage_options_field()
 
-    def duplex(self) -> DuplexConfig:
-        return DuplexConfig(
+    def duplex(self) -> DuplexLabelConfig:
+        return DuplexLabelConfig(
             pause_s=self.pause_s,
             backchannel_max_s=self.backchannel_max_s,
             backchannel_window_s=self.backchannel_window_s,
@@ -67,7 +68,7 @@ def sample_id(recording_id: str, user: str) -> str:
     return f"{recording_id}-u{user}"
 
 
-def label_conversation(item: dict[str, Any], config: DuplexConfig) -> dict[str, Any]:
+def label_conversation(item: dict[str, Any], config: DuplexLabelConfig) -> dict[str, Any]:
     """One conversation's turns -> events and frame-label rows for both role assignments."""
     rid = item["recording_id"]
     turns = item["turns"]

@@ -28,11 +28,18 @@ from typing import Any
 
 import numpy as np
 
+from minmo.audio import measure
 from minmo.audio.encode import flac_bytes
+from minmo.audio.resample import resample
+from minmo.audio.trim import trim_silence
 from minmo.config import StorageOptions, section_field, storage_options_field
-from minmo.duplex.simulate import GapDistribution, SimulationConfig
+from minmo.duplex.simulate import GapDistribution, SimulationConfig, simulate
 from minmo.io.fs import Location, to_uri
+from minmo.tts.base import Style, TtsFailure, TtsRequest, Voice
+from minmo.tts.registry import make_backend
+from pipelines.audio_source import SourceRoots, load_audio_16k
 from pipelines.build import BuildDir
+from pipelines.dialogues import read_dialogues
 from pipelines.ray_runtime import ensure_ray, model_actors
 from pipelines.recording_step import RecordingStep, StepTotals
 from schemas import (
@@ -45,9 +52,11 @@ from schemas import (
     S2SRecipe,
     segment_id,
 )
+from schemas.quarantine import quarantine_row
+from schemas.recordings import recording_id
+from schemas.units import SAMPLE_RATE_HZ
 
 STEP = "synthesize"
-RATE_HZ = 16_000
 
 # espeak-ng voices per language: the user pool (many voices) and the assistant's one voice.
 USER_VOICES: dict[str, list[str]] = {
@@ -147,11 +156,9 @@ def recording_row(
 ) -> dict[str, Any]:
     """A recordings row for audio this step wrote (measured like ingest measures). `key` is
     its build key: it is the row's `source_uri` and `source_key`, and the id hashes it."""
-    from minmo.audio import measure
-    from schemas.recordings import recording_id
 
     samples = audio if audio.ndim == 2 else audio[None, :]
-    sha1 = measure.content_sha1(samples, RATE_HZ)
+    sha1 = measure.content_sha1(samples, SAMPLE_RATE_HZ)
     powers = np.concatenate([measure.frame_powers(c, 320) for c in samples])
     loud = powers.max() if powers.size else 0.0
     speech_ratio = float(np.mean(powers > loud * 1e-4)) if loud > 0 else 0.0  # within 40 dB
@@ -161,11 +168,11 @@ def recording_row(
         "source_key": key,
         "corpus": config.corpus,
         "container": "flac",
-        "sample_rate_hz": RATE_HZ,
+        "sample_rate_hz": SAMPLE_RATE_HZ,
         "source_channels": samples.shape[0],
         "channels": samples.shape[0],
         "bits": 16,
-        "duration_s": samples.shape[1] / RATE_HZ,
+        "duration_s": samples.shape[1] / SAMPLE_RATE_HZ,
         "bytes": len(data),
         "content_sha1": sha1,
         "peak_dbfs": measure.peak_dbfs(samples),
@@ -212,8 +219,6 @@ class SynthesizeStage:
     ) -> None:
         import torch
 
-        from minmo.tts.registry import make_backend
-
         torch.set_num_threads(1)
         self.config = SynthesizeConfig(**config)
         # Speaker prompts the step cut from the build (uri, text, language) when `user_prompts`
@@ -251,8 +256,6 @@ class SynthesizeStage:
 
     def _speak(self, requests: list[Any]) -> tuple[list[np.ndarray], str | None]:
         """Synthesise and resample to 16 kHz; on any failure, the first failure's detail."""
-        from minmo.audio.resample import resample
-        from minmo.tts.base import TtsFailure
 
         results = self.backend.synthesize(requests)
         audio = []
@@ -270,8 +273,6 @@ class SynthesizeStage:
         return self.build.key(path), data
 
     def _dialogue(self, item: dict[str, Any]) -> dict[str, Any]:
-        from minmo.tts.base import Style, TtsRequest, Voice
-
         config = self.config
         did = item["recording_id"]
         rows = [r for r in item["turns"] if r["role"] != "system"]
@@ -356,11 +357,11 @@ class SynthesizeStage:
                     "user_audio_uri": uris[i - 1],
                     "user_audio_key": uris[i - 1],  # a build key already
                     "user_start_s": 0.0,
-                    "user_end_s": len(audio[i - 1]) / RATE_HZ,
+                    "user_end_s": len(audio[i - 1]) / SAMPLE_RATE_HZ,
                     "user_voice": user_voice.voice_id,
                     "assistant_text": r["text"],
                     "assistant_audio_uri": uris[i],
-                    "assistant_duration_s": len(audio[i]) / RATE_HZ,
+                    "assistant_duration_s": len(audio[i]) / SAMPLE_RATE_HZ,
                     "assistant_voice": assistant_voice.voice_id,
                     "style_instruction": r.get("style_instruction"),
                 }
@@ -368,7 +369,7 @@ class SynthesizeStage:
         stats["s2s_samples"] = len(tables["s2s_samples"])
         if config.duplex and {r["role"] for r in rows} == {"user", "assistant"}:
             self._duplex(did, rows, audio, user_voice, language, tables, stats)
-        stats["audio_s"] = sum(len(a) for a in audio) / RATE_HZ
+        stats["audio_s"] = sum(len(a) for a in audio) / SAMPLE_RATE_HZ
         stats["compute_s"] = time.perf_counter() - started
         return {"tables": tables, "stats": stats}
 
@@ -386,9 +387,6 @@ class SynthesizeStage:
 
         Clips are trimmed to their speech first, so the reference boundaries (and the drawn
         gaps between them) sit where speech is, not where the synthesiser's padding ends."""
-        from minmo.demo.speak import trim_silence
-        from minmo.duplex.simulate import simulate
-        from minmo.tts.base import TtsRequest
 
         words = BACKCHANNELS.get(language, BACKCHANNELS["en"])
         requests = [TtsRequest(f"{did}-bc{i}", w, user_voice) for i, w in enumerate(words)]
@@ -396,13 +394,16 @@ class SynthesizeStage:
         pool = []
         for clip in [] if failure else clips:
             try:
-                trimmed = trim_silence(clip, RATE_HZ)
+                trimmed = trim_silence(clip, SAMPLE_RATE_HZ)
             except ValueError:
                 continue
-            if len(trimmed) <= RATE_HZ:  # longer than 1 s is a turn, not a back-channel
+            if len(trimmed) <= SAMPLE_RATE_HZ:  # longer than 1 s is a turn, not a back-channel
                 pool.append(trimmed)
         sim = simulate(
-            [(r["role"], trim_silence(a, RATE_HZ)) for r, a in zip(rows, audio, strict=True)],
+            [
+                (r["role"], trim_silence(a, SAMPLE_RATE_HZ))
+                for r, a in zip(rows, audio, strict=True)
+            ],
             {"user": pool},
             did,
             simulation_config(self.config.duplex_options, self.config.seed),
@@ -415,11 +416,9 @@ class SynthesizeStage:
             recording_row(uri, sim.audio, data, self.config, language=language, task="conversation")
         )
         stats["duplex_conversations"] = 1
-        stats["duplex_s"] = sim.audio.shape[1] / RATE_HZ
+        stats["duplex_s"] = sim.audio.shape[1] / SAMPLE_RATE_HZ
 
     def _asr_query(self, item: dict[str, Any]) -> dict[str, Any]:
-        from minmo.tts.base import TtsRequest, Voice
-
         language = item.get("language") or "en"
         engine = self.config.assistant_voice(language)
         voice = Voice(f"assistant:{engine}", language, engine)
@@ -470,8 +469,6 @@ class SynthesizeStage:
 
 
 def _reject(item: dict[str, Any], reason: str, detail: str) -> dict[str, Any]:
-    from schemas.quarantine import quarantine_row
-
     row = quarantine_row(item.get("source_uri", ""), reason, detail, step=STEP)
     row["item_key"] = item["recording_id"]
     return {"tables": {"quarantine": [row]}, "stats": {}}
@@ -483,8 +480,6 @@ def speaker_prompts(build: BuildDir, config: SynthesizeConfig) -> list[dict[str,
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
     import soundfile as sf
-
-    from pipelines.audio_source import SourceRoots, load_audio_16k
 
     files = build.files(build.table_dir("segments"), ".parquet")
     if not files:
@@ -521,9 +516,11 @@ def speaker_prompts(build: BuildDir, config: SynthesizeConfig) -> list[dict[str,
             audio = load_audio_16k(
                 rec["source_uri"], rec["channels"], config.storage_options, roots
             )
-            clip = audio[s["channel"], int(s["start_s"] * RATE_HZ) : int(s["end_s"] * RATE_HZ)]
+            clip = audio[
+                s["channel"], int(s["start_s"] * SAMPLE_RATE_HZ) : int(s["end_s"] * SAMPLE_RATE_HZ)
+            ]
             out = io.BytesIO()
-            sf.write(out, clip, RATE_HZ, format="WAV", subtype="PCM_16")
+            sf.write(out, clip, SAMPLE_RATE_HZ, format="WAV", subtype="PCM_16")
             build.write_bytes_atomic(path, out.getvalue())
         language = s["language"] or "en"
         pool.append(
@@ -539,7 +536,6 @@ def speaker_prompts(build: BuildDir, config: SynthesizeConfig) -> list[dict[str,
 
 def dialogue_items(config: SynthesizeConfig) -> list[dict[str, Any]]:
     """Work items: each parsed dialogue, and each unparseable row (echoed into quarantine)."""
-    from pipelines.dialogues import read_dialogues
 
     items: dict[str, dict[str, Any]] = {}
     for path in config.dialogues:

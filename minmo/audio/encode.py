@@ -15,7 +15,7 @@ import io
 import numpy as np
 import soundfile as sf
 
-from minmo.audio.resample import TARGET_RATE_HZ
+from schemas.units import SAMPLE_RATE_HZ
 
 
 def _pcm16(data: np.ndarray, rate_hz: int, container: str) -> bytes:
@@ -25,7 +25,7 @@ def _pcm16(data: np.ndarray, rate_hz: int, container: str) -> bytes:
     return buf.getvalue()
 
 
-def flac_bytes(audio: np.ndarray, rate_hz: int = TARGET_RATE_HZ) -> bytes:
+def flac_bytes(audio: np.ndarray, rate_hz: int = SAMPLE_RATE_HZ) -> bytes:
     """(channels, samples) or (samples,) float32 (16 kHz unless `rate_hz` says otherwise) ->
     16-bit FLAC bytes, clipped to [-1, 1]."""
     data = audio.T if audio.ndim == 2 else audio

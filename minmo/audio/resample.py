@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
-TARGET_RATE_HZ = 16_000
+from schemas.units import SAMPLE_RATE_HZ
 
 
-def resample(samples: np.ndarray, from_hz: int, to_hz: int = TARGET_RATE_HZ) -> np.ndarray:
+def resample(samples: np.ndarray, from_hz: int, to_hz: int = SAMPLE_RATE_HZ) -> np.ndarray:
     """(channels, frames) float32 at `from_hz` -> (channels, frames') float32 at `to_hz`."""
     if from_hz == to_hz:
         return samples

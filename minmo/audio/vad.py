@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_sequence, pad_packed_sequence
 
-SAMPLE_RATE = 16_000
+from schemas.units import SAMPLE_RATE_HZ
+
 FRAME_SAMPLES = 512  # one probability per 512 samples at 16 kHz (32 ms)
 CONTEXT_SAMPLES = 64  # tail of the previous window the model sees again
 _MODEL_INPUT = CONTEXT_SAMPLES + FRAME_SAMPLES
@@ -310,17 +311,17 @@ def _params(
     min_silence_duration_ms: int,
     speech_pad_ms: int,
 ) -> _Params:
-    pad = SAMPLE_RATE * speech_pad_ms / 1000
+    pad = SAMPLE_RATE_HZ * speech_pad_ms / 1000
     if neg_threshold is None:
         neg_threshold = max(threshold - _DEFAULT_NEG_THRESHOLD_GAP, 0.01)
     return _Params(
         threshold=threshold,
         neg_threshold=neg_threshold,
-        min_speech=SAMPLE_RATE * min_speech_duration_ms / 1000,
+        min_speech=SAMPLE_RATE_HZ * min_speech_duration_ms / 1000,
         # Stock leaves room for one window and both paddings inside the maximum.
-        max_speech=SAMPLE_RATE * max_speech_duration_s - FRAME_SAMPLES - 2 * pad,
-        min_silence=SAMPLE_RATE * min_silence_duration_ms / 1000,
-        min_split_silence=SAMPLE_RATE * _MIN_SILENCE_AT_MAX_SPEECH_MS / 1000,
+        max_speech=SAMPLE_RATE_HZ * max_speech_duration_s - FRAME_SAMPLES - 2 * pad,
+        min_silence=SAMPLE_RATE_HZ * min_silence_duration_ms / 1000,
+        min_split_silence=SAMPLE_RATE_HZ * _MIN_SILENCE_AT_MAX_SPEECH_MS / 1000,
         pad=pad,
     )
 
@@ -428,11 +429,11 @@ def speech_timestamps(
     )
     # Python floats, as stock's .item(): comparing float32 values against float64 thresholds.
     regions = _raw_regions(np.asarray(probs, dtype=np.float64).tolist(), num_samples, params)
-    duration = num_samples / SAMPLE_RATE
+    duration = num_samples / SAMPLE_RATE_HZ
     return [
         (
-            max(round(start / SAMPLE_RATE, time_resolution), 0),
-            min(round(end / SAMPLE_RATE, time_resolution), duration),
+            max(round(start / SAMPLE_RATE_HZ, time_resolution), 0),
+            min(round(end / SAMPLE_RATE_HZ, time_resolution), duration),
         )
         for start, end in _pad_regions(regions, num_samples, params.pad)
     ]

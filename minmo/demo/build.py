@@ -37,6 +37,8 @@ import pyarrow.fs as pafs
 from tqdm import tqdm
 
 from minmo.audio.encode import pcm16_bytes
+from minmo.audio.resample import resample
+from minmo.audio.trim import trim_silence
 from minmo.demo import conversation as conv
 from minmo.demo.script import (
     BACKCHANNELS,
@@ -49,15 +51,10 @@ from minmo.demo.script import (
     Voice,
     voice,
 )
-from minmo.demo.speak import (
-    SpeakRequest,
-    espeak_binary,
-    resample,
-    synthesize_many,
-    trim_silence,
-)
+from minmo.demo.speak import SpeakRequest, espeak_binary, synthesize_many
 from minmo.io.atomic import write_bytes_atomic
 from minmo.io.fs import open_filesystem, to_uri
+from schemas.units import SAMPLE_RATE_HZ
 
 CORPUS = "minmo-demo"
 MANIFEST = "manifest.jsonl"
@@ -70,7 +67,7 @@ FORMAT_SLOTS: dict[int, tuple[int, str]] = {
     7: (8_000, "wav"),
     8: (22_050, "flac"),
 }
-DEFAULT_FORMAT = (16_000, "wav")
+DEFAULT_FORMAT = (SAMPLE_RATE_HZ, "wav")
 
 # Seeded ranges for utterance rendering.
 UTT_PEAK_DBFS = (-9.0, -2.0)
@@ -228,7 +225,8 @@ def _render_utterance(plan: UtterancePlan, native: tuple[np.ndarray, int], seed:
     """Trimmed speech at the planned rate and level, padded with a little noisy silence."""
     rng = _rng(_STREAM_UTTERANCE, plan.index, seed)
     audio, rate = native
-    speech = resample(trim_silence(audio, rate), rate, plan.rate_hz)
+    # resample works on (channels, samples): one channel here
+    speech = resample(trim_silence(audio, rate)[None], rate, plan.rate_hz)[0]
     speech = _peak_normalize(speech, rng.uniform(*UTT_PEAK_DBFS))
     lead = np.zeros(round(rng.uniform(*UTT_LEAD_S) * plan.rate_hz), np.float32)
     tail = np.zeros(round(rng.uniform(*UTT_TAIL_S) * plan.rate_hz), np.float32)
@@ -239,7 +237,8 @@ def _render_utterance(plan: UtterancePlan, native: tuple[np.ndarray, int], seed:
 
 def _to_work_rate(native: tuple[np.ndarray, int]) -> np.ndarray:
     audio, rate = native
-    return _peak_normalize(trim_silence(resample(audio, rate, conv.RATE_HZ), conv.RATE_HZ), 0.0)
+    work = resample(audio[None], rate, SAMPLE_RATE_HZ)[0]
+    return _peak_normalize(trim_silence(work, SAMPLE_RATE_HZ), 0.0)
 
 
 def _build_conversation(
@@ -273,7 +272,7 @@ def _build_conversation(
     doc = conv.turns_document(script, turns, length_ms, {k: v.id for k, v in voices.items()})
     base = f"conversations/{script.stem}"
     files = {
-        f"{base}.wav": pcm16_bytes(audio, conv.RATE_HZ, "wav"),
+        f"{base}.wav": pcm16_bytes(audio, SAMPLE_RATE_HZ, "wav"),
         f"{base}.rttm": conv.rttm(script.stem, turns).encode("utf-8"),
         f"{base}.turns.json": (json.dumps(doc, ensure_ascii=False, indent=1) + "\n").encode(),
     }

@@ -18,11 +18,11 @@ from typing import Any, Literal
 
 import numpy as np
 
+from minmo.audio.trim import pauses, trim_silence
 from minmo.demo.script import ConversationScript, Line, Phrase, SpeakerLabel
-from minmo.demo.speak import pauses, trim_silence
+from schemas.units import SAMPLE_RATE_HZ
 
-RATE_HZ = 16_000
-SAMPLES_PER_MS = RATE_HZ // 1000
+SAMPLES_PER_MS = SAMPLE_RATE_HZ // 1000
 Kind = Literal["turn", "backchannel", "interruption"]
 
 # The paper's user turn-taking gap, T ~ N(0.6 s, 0.4^2 s^2); clipped because a negative draw
@@ -146,12 +146,12 @@ def _cut(prev: PlacedTurn, line: Line, clips: LineClips, stem: str) -> PlacedTur
     if clips.clause is None:
         raise ValueError(f"{stem}: interrupted line {line.phrase.text!r} has no clause clip")
     target = len(clips.clause)
-    candidates = pauses(prev.audio, RATE_HZ)
+    candidates = pauses(prev.audio, SAMPLE_RATE_HZ)
     audio = clips.clause
     if candidates:
         best = min(candidates, key=lambda p: abs(p - target))
         if abs(best - target) <= CLAUSE_MATCH_TOLERANCE * target:
-            audio = trim_silence(prev.audio[:best], RATE_HZ)
+            audio = trim_silence(prev.audio[:best], SAMPLE_RATE_HZ)
     return replace(prev, audio=audio, text=clause.text)
 
 
@@ -257,7 +257,7 @@ def turns_document(
     return {
         "recording": script.stem,
         "language": script.language,
-        "sample_rate_hz": RATE_HZ,
+        "sample_rate_hz": SAMPLE_RATE_HZ,
         "duration_s": length_ms / 1000,
         "channels": channels,
         "speakers": dict(voice_ids),

@@ -33,13 +33,13 @@ import numpy as np
 from minmo.audio.measure import frame_powers
 from minmo.audio.vad import FRAME_SAMPLES, BatchedSileroVad, speech_timestamps
 from minmo.diarization.types import (
-    RATE_HZ,
     DiarizationRejected,
     SpeakerHints,
     SpeakerSegment,
     merge_close,
 )
 from schemas.quarantine import ReasonCode
+from schemas.units import SAMPLE_RATE_HZ
 
 # Powers below this (-100 dBFS) are digital silence; flooring keeps dB differences finite.
 _POWER_FLOOR = 1e-10
@@ -171,7 +171,7 @@ class ChannelDiarizer:
 
 def _levels_db(audio: np.ndarray, num_windows: int, smooth_s: float) -> np.ndarray:
     """(C, samples) -> (C, T) power in dBFS per VAD window, moving-averaged over `smooth_s`."""
-    width = max(1, round(smooth_s * RATE_HZ / FRAME_SAMPLES))
+    width = max(1, round(smooth_s * SAMPLE_RATE_HZ / FRAME_SAMPLES))
     kernel = np.ones(width) / width
     levels = np.empty((audio.shape[0], num_windows))
     for c, channel in enumerate(audio):
@@ -209,6 +209,6 @@ def _leakage_mask(levels: np.ndarray, active: np.ndarray, cfg: ChannelDiarizerCo
 
 def _mean_prob(probs: np.ndarray, start_s: float, end_s: float) -> float:
     """Mean speech probability over the 32 ms windows that [start_s, end_s) touches."""
-    first = int(start_s * RATE_HZ) // FRAME_SAMPLES
-    last = max(first + 1, math.ceil(end_s * RATE_HZ / FRAME_SAMPLES))
+    first = int(start_s * SAMPLE_RATE_HZ) // FRAME_SAMPLES
+    last = max(first + 1, math.ceil(end_s * SAMPLE_RATE_HZ / FRAME_SAMPLES))
     return float(np.mean(probs[first:last]))

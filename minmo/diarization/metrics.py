@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-Seconds = float
+from minmo.io.paths import Pathlike
+from schemas.units import Seconds
+
 Turn = tuple[str, Seconds, Seconds]  # (speaker, start_s, end_s)
-Pathlike = str | Path
 
 
 @dataclass(frozen=True)

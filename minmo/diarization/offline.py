@@ -65,20 +65,18 @@ from torchaudio.functional import melscale_fbanks
 
 from minmo.audio.vad import BatchedSileroVad, speech_timestamps
 from minmo.diarization.types import (
-    RATE_HZ,
     DiarizationRejected,
     SpeakerHints,
     SpeakerSegment,
     merge_close,
 )
-
-Seconds = float
+from schemas.units import SAMPLE_RATE_HZ, Seconds
 
 # Resemblyzer's front end (resemblyzer/hparams.py): 25 ms windows, 10 ms hop, 40 mel bands.
 _N_FFT = 400
 _HOP = 160
 _N_MELS = 40
-FRAME_S = _HOP / RATE_HZ  # one mel frame, and the resolution of the labels
+FRAME_S = _HOP / SAMPLE_RATE_HZ  # one mel frame, and the resolution of the labels
 _HIDDEN = 256
 _LAYERS = 3
 _TARGET_DBFS = -30.0  # resemblyzer's preprocess_wav brings inputs to this level
@@ -155,7 +153,7 @@ class OfflineDiarizerConfig:
 
 
 def mel_filterbank(
-    rate_hz: int = RATE_HZ, n_fft: int = _N_FFT, n_mels: int = _N_MELS
+    rate_hz: int = SAMPLE_RATE_HZ, n_fft: int = _N_FFT, n_mels: int = _N_MELS
 ) -> np.ndarray:
     """(n_mels, n_fft // 2 + 1) triangular filters, Slaney-normalized: librosa.filters.mel with
     its defaults (fmin 0, fmax rate / 2, htk=False, norm="slaney"), from torchaudio.
@@ -501,7 +499,9 @@ def _mono(audio: np.ndarray) -> np.ndarray:
 def _normalize(mono: np.ndarray, regions: list[tuple[Seconds, Seconds]]) -> np.ndarray:
     """Scale to -30 dBFS RMS over the speech: Resemblyzer's mel is linear power, so the input
     level moves the embedding, and its training inputs were brought to this level."""
-    speech = np.concatenate([mono[round(a * RATE_HZ) : round(b * RATE_HZ)] for a, b in regions])
+    speech = np.concatenate(
+        [mono[round(a * SAMPLE_RATE_HZ) : round(b * SAMPLE_RATE_HZ)] for a, b in regions]
+    )
     rms = float(np.sqrt(np.mean(np.square(speech, dtype=np.float64)))) if speech.size else 0.0
     if rms <= 0:
         return mono

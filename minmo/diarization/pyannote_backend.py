@@ -39,7 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from minmo.diarization.types import RATE_HZ, DiarizationRejected, SpeakerHints, SpeakerSegment
+from minmo.diarization.types import DiarizationRejected, SpeakerHints, SpeakerSegment
+from schemas.units import SAMPLE_RATE_HZ
 
 CONFIG_NAME = "config.yaml"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -90,7 +91,10 @@ class PyannoteDiarizer:
         if audio.shape[1] == 0:
             raise DiarizationRejected("no_speech", "empty audio")
         mono = audio.mean(axis=0, keepdims=True) if audio.shape[0] > 1 else audio
-        file = {"waveform": torch.from_numpy(np.ascontiguousarray(mono)), "sample_rate": RATE_HZ}
+        file = {
+            "waveform": torch.from_numpy(np.ascontiguousarray(mono)),
+            "sample_rate": SAMPLE_RATE_HZ,
+        }
 
         chunks: list[Any] = []
 
@@ -108,7 +112,7 @@ class PyannoteDiarizer:
             confidence = self._tap.segment_confidence(
                 chunks[-1], self._pipeline._segmentation.model.receptive_field
             )
-        segments = segments_from_annotation(annotation, confidence, audio.shape[1] / RATE_HZ)
+        segments = segments_from_annotation(annotation, confidence, audio.shape[1] / SAMPLE_RATE_HZ)
         speakers = {seg.speaker for seg in segments}
         if not speakers:
             raise DiarizationRejected("no_speech", "pyannote found no speech")

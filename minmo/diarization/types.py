@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-RATE_HZ = 16_000
-
 
 @dataclass(frozen=True)
 class SpeakerSegment:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minmo.duplex.labels import DuplexConfig, Span, analyse, events_for, frame_labels
+from minmo.duplex.labels import DuplexLabelConfig, Span, analyse, events_for, frame_labels
 from schemas.duplex import EventType, FrameLabel
 
 DEFAULT_KS = (1, 5, 10)
@@ -179,7 +179,7 @@ def map_speakers(hypothesis: Sequence[Span], reference: Sequence[Span]) -> dict[
 
 
 def label_sample_set(
-    turns: Sequence[Span], recording_id: str, duration_s: float, config: DuplexConfig
+    turns: Sequence[Span], recording_id: str, duration_s: float, config: DuplexLabelConfig
 ) -> dict[str, tuple[list[tuple[EventType, float]], np.ndarray]]:
     """Both role assignments of one conversation: {user speaker: (events, frame labels)}."""
     conversation = analyse(turns, config)
@@ -193,7 +193,7 @@ def label_sample_set(
 
 def label_agreement(
     conversations: Iterable[tuple[str, float, Sequence[Span], Sequence[Span]]],
-    config: DuplexConfig,
+    config: DuplexLabelConfig,
     ks: Sequence[int] = DEFAULT_KS,
 ) -> DuplexScore:
     """Labels from diarized turns scored against labels from reference turns.

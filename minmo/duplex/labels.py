@@ -33,7 +33,7 @@ human conversation is about 0.2 s, planned during the other's turn), so the real
 it also makes labels robust to diarizers that give one speaker per instant, which cut a short
 gap or an overlapped hand-over into two abutting segments.
 The default hop is
-0.12 s, the LLM's input frame rate after MinMo's input projector.
+`schemas.units.LLM_HOP_S` (0.12 s), the LLM's input frame rate after MinMo's input projector.
 
 Pure: turns in, events and labels out; no I/O.
 """
@@ -48,19 +48,20 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from schemas.duplex import EventType, FrameLabel
+from schemas.units import LLM_HOP_S
 
 GAP_MEAN_S = 0.6
 GAP_STD_S = 0.4
 
 
 @dataclass(frozen=True)
-class DuplexConfig:
+class DuplexLabelConfig:
     """Thresholds of the turn-taking heuristics; see the module docstring for the defaults."""
 
     pause_s: float = 0.5
     backchannel_max_s: float = 1.0
     backchannel_window_s: float = 1.0
-    hop_s: float = 0.12
+    hop_s: float = LLM_HOP_S
     gap_mean_s: float = GAP_MEAN_S
     gap_std_s: float = GAP_STD_S
     seed: int = 0
@@ -138,7 +139,7 @@ def join_turns(ipus: Iterable[Span], pause_s: float) -> list[Span]:
     return sorted(turns, key=lambda s: (s.start_s, s.speaker))
 
 
-def is_backchannel(turn: Span, other: Sequence[Span], config: DuplexConfig) -> bool:
+def is_backchannel(turn: Span, other: Sequence[Span], config: DuplexLabelConfig) -> bool:
     """A short turn with the other speaker talking just before it starts and on past its end."""
     if turn.duration_s > config.backchannel_max_s:
         return False
@@ -148,7 +149,7 @@ def is_backchannel(turn: Span, other: Sequence[Span], config: DuplexConfig) -> b
     return before and after
 
 
-def analyse(ipus: Iterable[Span], config: DuplexConfig) -> Conversation:
+def analyse(ipus: Iterable[Span], config: DuplexLabelConfig) -> Conversation:
     """Turns, back-channels and floor transfers of a two-party conversation."""
     ipus = [s for s in ipus if s.end_s > s.start_s]
     speakers = tuple(sorted({s.speaker for s in ipus}))
@@ -181,13 +182,13 @@ def gap_generator(recording_id: str, user: str, seed: int) -> np.random.Generato
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def draw_gap(rng: np.random.Generator, config: DuplexConfig) -> float:
+def draw_gap(rng: np.random.Generator, config: DuplexLabelConfig) -> float:
     """T ~ N(gap_mean_s, gap_std_s^2), clipped at 0."""
     return max(0.0, float(rng.normal(config.gap_mean_s, config.gap_std_s)))
 
 
 def events_for(
-    conversation: Conversation, user: str, recording_id: str, config: DuplexConfig
+    conversation: Conversation, user: str, recording_id: str, config: DuplexLabelConfig
 ) -> list[Event]:
     """The duplex events when `user` plays the user and the other speaker the assistant."""
     if user not in conversation.speakers:

@@ -52,18 +52,17 @@ from typing import Literal
 import numpy as np
 
 from minmo.duplex.evaluate import DEFAULT_KS, DuplexScore, score_samples
-from minmo.duplex.labels import DuplexConfig, Event, Span, analyse, events_for, frame_labels
+from minmo.duplex.labels import DuplexLabelConfig, Event, Span, analyse, events_for, frame_labels
 from schemas.duplex import EventType
+from schemas.units import SAMPLE_RATE_HZ, Seconds
 
-RATE_HZ = 16_000
-STEP = RATE_HZ // 100  # samples per 10 ms: the grid of every drawn duration
+STEP = SAMPLE_RATE_HZ // 100  # samples per 10 ms: the grid of every drawn duration
 CHANNELS = {"user": 0, "assistant": 1}
 FADE = STEP  # 10 ms fade-out where a barge-in cuts the assistant, so the cut does not click
 
 Speaker = Literal["user", "assistant"]
 Kind = Literal["turn", "backchannel", "barge_in"]
 HandOverKind = Literal["gap", "overlap", "barge_in", "continuation"]
-Seconds = float
 
 
 @dataclass(frozen=True)
@@ -254,7 +253,7 @@ class SimulatedConversation:
     turns: tuple[PlacedClip, ...]  # sorted by start, then speaker
     draws: tuple[HandOverDraw, ...]
     backchannels_skipped: int = 0  # drawn but no free place in the turn
-    sample_rate_hz: int = RATE_HZ
+    sample_rate_hz: int = SAMPLE_RATE_HZ
 
     @property
     def duration_s(self) -> Seconds:
@@ -324,7 +323,7 @@ def simulate(
         for i, c in enumerate(pool):
             if len(c) > _grid(config.backchannel_max_s):
                 raise ValueError(
-                    f"{s} back-channel {i} lasts {len(c) / RATE_HZ:.2f} s, over "
+                    f"{s} back-channel {i} lasts {len(c) / SAMPLE_RATE_HZ:.2f} s, over "
                     f"backchannel_max_s={config.backchannel_max_s}: trim it or raise the limit"
                 )
     if not turns:
@@ -355,7 +354,7 @@ def realized_handovers(sim: SimulatedConversation) -> list[HandOver]:
 
 
 def truth_samples(
-    sim: SimulatedConversation, dialogue_id: str, config: DuplexConfig
+    sim: SimulatedConversation, dialogue_id: str, config: DuplexLabelConfig
 ) -> tuple[
     tuple[list[tuple[EventType, float]], np.ndarray],
     tuple[list[tuple[EventType, float]], np.ndarray],
@@ -375,7 +374,7 @@ def truth_samples(
 
 def evaluate_many(
     sims: Iterable[tuple[str, SimulatedConversation]],
-    config: DuplexConfig,
+    config: DuplexLabelConfig,
     ks: Sequence[int] = DEFAULT_KS,
 ) -> DuplexScore:
     """F1 at K frames (and back-channel accuracy) of `labels.py` against the simulated truth,
@@ -389,7 +388,7 @@ def evaluate_many(
 def evaluate_against_truth(
     sim: SimulatedConversation,
     dialogue_id: str,
-    config: DuplexConfig,
+    config: DuplexLabelConfig,
     ks: Sequence[int] = DEFAULT_KS,
 ) -> DuplexScore:
     """`evaluate_many` for one conversation."""
@@ -485,7 +484,7 @@ def _place_backchannels(
             continue
         listener: Speaker = "user" if turn.speaker == "assistant" else "assistant"
         pool = pools.get(listener, [])
-        count = int(rng.poisson(config.backchannel_rate * length / RATE_HZ))
+        count = int(rng.poisson(config.backchannel_rate * length / SAMPLE_RATE_HZ))
         for _ in range(count if pool else 0):
             choice = int(rng.integers(len(pool)))
             pick = rng.random()
@@ -549,12 +548,12 @@ def _grid(seconds: float) -> int:
 
 
 def _samples(n: int) -> Seconds:
-    return n / RATE_HZ
+    return n / SAMPLE_RATE_HZ
 
 
 def _exact(n: int) -> str:
     """Samples as seconds, every digit needed (1/16000 s has at most 7 decimals), at least 3."""
-    text = f"{n / RATE_HZ:.7f}".rstrip("0")
+    text = f"{n / SAMPLE_RATE_HZ:.7f}".rstrip("0")
     whole, _, frac = text.partition(".")
     return f"{whole}.{frac.ljust(3, '0')}"
 

@@ -20,7 +20,10 @@ N_CLASSES = 4  # schemas.duplex.FrameLabel
 
 
 @dataclass
-class DuplexConfig:
+class DuplexHeadConfig:
+    """Shape of the duplex predictor head on the LLM's hidden states (not the turn-taking
+    label thresholds: those are `minmo.duplex.labels.DuplexLabelConfig`)."""
+
     llm_size: int = 3584
     width: int = 1024
     heads: int = 16
@@ -30,16 +33,16 @@ class DuplexConfig:
     class_weights: list[float] = field(default_factory=lambda: [1.0, 5.0, 1.0, 5.0])
 
     @classmethod
-    def tiny(cls, llm_size: int = 64) -> DuplexConfig:
+    def tiny(cls, llm_size: int = 64) -> DuplexHeadConfig:
         return cls(llm_size, width=32, heads=2, ffn_size=64)
 
     @classmethod
-    def full(cls) -> DuplexConfig:
+    def full(cls) -> DuplexHeadConfig:
         return cls()
 
 
 class DuplexPredictor(nn.Module):
-    def __init__(self, config: DuplexConfig) -> None:
+    def __init__(self, config: DuplexHeadConfig) -> None:
         super().__init__()
         self.config = config
         self.down = nn.Linear(config.llm_size, config.width)

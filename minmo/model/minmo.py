@@ -29,12 +29,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from minmo.model.batch import IGNORE, Batch
-from minmo.model.duplex import DuplexConfig, DuplexPredictor
+from minmo.model.duplex import DuplexHeadConfig, DuplexPredictor
 from minmo.model.input_projector import InputProjector, InputProjectorConfig
 from minmo.model.llm import LLMConfig, build_llm, splice
 from minmo.model.output_projector import OutputProjector, OutputProjectorConfig
 from minmo.model.voice_encoder import VoiceEncoder, VoiceEncoderConfig
 from minmo.model.voice_lm import VoiceLMConfig, VoiceTokenLM
+from minmo.tokens.text import SPEECH_END, SPEECH_START
 
 MODULES = ("voice_encoder", "input_projector", "llm", "output_projector", "voice_lm", "duplex")
 LORA = "llm.lora"  # the trainable part of the LLM: its LoRA adapters only
@@ -76,7 +77,7 @@ class MinMoConfig:
     llm: LLMConfig = field(default_factory=LLMConfig.full)
     output_projector: OutputProjectorConfig = field(default_factory=OutputProjectorConfig.full)
     voice_lm: VoiceLMConfig = field(default_factory=VoiceLMConfig.full)
-    duplex: DuplexConfig = field(default_factory=DuplexConfig.full)
+    duplex: DuplexHeadConfig = field(default_factory=DuplexHeadConfig.full)
 
     @classmethod
     def full(cls) -> MinMoConfig:
@@ -93,7 +94,7 @@ class MinMoConfig:
             llm=llm,
             output_projector=OutputProjectorConfig.tiny(llm.hidden_size, vlm.hidden_size),
             voice_lm=vlm,
-            duplex=DuplexConfig.tiny(llm.hidden_size),
+            duplex=DuplexHeadConfig.tiny(llm.hidden_size),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,8 +111,6 @@ class SpecialIds:
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any) -> SpecialIds:
-        from minmo.tokens.text import SPEECH_END, SPEECH_START
-
         ids = tokenizer.convert_tokens_to_ids([SPEECH_START, SPEECH_END, "<|im_end|>"])
         return cls(*ids)
 

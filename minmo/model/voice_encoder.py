@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from schemas.units import SAMPLE_RATE_HZ
+
 logger = logging.getLogger(__name__)
 
 # Keys that funasr's SenseVoiceEncoderSmall accepts in encoder_conf but never reads (its layers
@@ -99,7 +101,7 @@ class VoiceEncoderConfig:
     attention_dropout_rate: float = 0.1
     input_size: int = 560
     """Feature size D = n_mels * lfr_m."""
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE_HZ
     n_mels: int = 80
     lfr_m: int = 7
     """Consecutive fbank frames stacked into one LFR frame."""
@@ -517,98 +519,8 @@ class VoiceEncoder(nn.Module):
         return f"output_size={self.output_size}, frame_seconds={self.config.frame_seconds}"
 
 
-def build_tiny_sensevoice_dir(
-    path: str | Path, config: VoiceEncoderConfig | None = None, seed: int = 0
-) -> Path:
-    """Write a SenseVoiceSmall-shaped model directory with random weights (for tests).
-
-    Layout as the released download: ``config.yaml`` (model SenseVoiceSmall, encoder
-    SenseVoiceEncoderSmall at ``config``'s dims, WavFrontend, tokenizer conf), ``model.pt`` (the
-    FULL SenseVoiceSmall state dict, CTC head over 25,055 tokens and task-query embeddings
-    included, built by funasr's own class) and ``am.mvn`` (Kaldi nnet-text CMVN of size D).
-    """
-    import numpy as np
-    import yaml
-    from funasr.models.sense_voice.model import SenseVoiceSmall
-
-    config = config or VoiceEncoderConfig.tiny()
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    encoder_conf = {
-        **config.encoder_conf(),
-        "positional_dropout_rate": config.dropout_rate,
-        "input_layer": "pe",
-        "pos_enc_class": "SinusoidalPositionEncoder",
-        "normalize_before": True,
-        "selfattention_layer_type": "sanm",
-    }
-    ctc_conf = {"dropout_rate": 0.0, "ctc_type": "builtin", "reduce": True, "ignore_nan_grad": True}
-    conf = {
-        "model": "SenseVoiceSmall",
-        "model_conf": {
-            "length_normalized_loss": True,
-            "sos": 1,
-            "eos": 2,
-            "ignore_id": -1,
-        },
-        "encoder": "SenseVoiceEncoderSmall",
-        "encoder_conf": encoder_conf,
-        "tokenizer": "SentencepiecesTokenizer",
-        "tokenizer_conf": {"bpemodel": None, "unk_symbol": "<unk>", "split_with_space": True},
-        "frontend": "WavFrontend",
-        "frontend_conf": {
-            "fs": config.sample_rate,
-            "window": config.window,
-            "n_mels": config.n_mels,
-            "frame_length": config.frame_length_ms,
-            "frame_shift": config.frame_shift_ms,
-            "lfr_m": config.lfr_m,
-            "lfr_n": config.lfr_n,
-        },
-        "ctc_conf": ctc_conf,
-        "normalize": None,
-    }
-    (path / "config.yaml").write_text(yaml.safe_dump(conf, sort_keys=False), encoding="utf-8")
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = SenseVoiceSmall(
-            encoder="SenseVoiceEncoderSmall",
-            encoder_conf=encoder_conf,
-            ctc_conf=ctc_conf,
-            input_size=config.input_size,
-            vocab_size=25055,
-            **conf["model_conf"],
-        )
-    torch.save(model.state_dict(), path / "model.pt")
-
-    # Plausible global CMVN: log-mel means around -10 (shift = -mean), 1/std around 0.3,
-    # repeated over the lfr_m stacked copies as in the released am.mvn.
-    rng = np.random.default_rng(seed)
-    shift = np.tile(-(10.0 + rng.normal(0.0, 1.5, config.n_mels)), config.lfr_m)
-    scale = np.tile(0.3 + 0.1 * rng.random(config.n_mels), config.lfr_m)
-    dim = config.input_size
-
-    def row(values: np.ndarray) -> str:
-        return "<LearnRateCoef> 0 [ " + " ".join(f"{v:.6f}" for v in values) + " ]"
-
-    lines = [
-        "<Nnet>",
-        f"<Splice> {dim} {dim}",
-        "[ 0 ]",
-        f"<AddShift> {dim} {dim}",
-        row(shift),
-        f"<Rescale> {dim} {dim}",
-        row(scale),
-        "</Nnet>",
-    ]
-    (path / "am.mvn").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
 __all__ = [
     "VoiceEncoder",
     "VoiceEncoderConfig",
-    "build_tiny_sensevoice_dir",
     "load_am_mvn",
 ]

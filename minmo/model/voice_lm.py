@@ -515,30 +515,3 @@ def _new_cache(config):
         return DynamicCache(config=config)
     except TypeError:  # older transformers
         return DynamicCache()
-
-
-def build_tiny_cosyvoice2_llm_pt(
-    path: str | Path, config: VoiceLMConfig | None = None, seed: int = 0, text_vocab: int = 300
-) -> Path:
-    """Write a random `llm.pt` laid out exactly like CosyVoice 2's (for tests).
-
-    Includes the text embedding and the tied text head that `from_cosyvoice2` drops; the text
-    vocabulary is shrunk to `text_vocab` rows (CosyVoice 2: 151936) to keep the file small.
-    """
-    from transformers import Qwen2ForCausalLM
-
-    config = config or VoiceLMConfig.tiny()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    qwen = Qwen2ForCausalLM(config.qwen2_config(vocab_size=text_vocab, tie_word_embeddings=True))
-    state = {f"llm.model.{k}": v.detach().clone() for k, v in qwen.state_dict().items()}
-    # Qwen2.5-0.5B ties its head to the embedding; CosyVoice 2's llm.pt stores both keys.
-    state.setdefault("llm.model.lm_head.weight", state["llm.model.model.embed_tokens.weight"])
-    h, v = config.hidden_size, config.vocab_size
-    state["llm_embedding.weight"] = torch.randn(2, h) * 0.02
-    state["llm_decoder.weight"] = torch.randn(v, h) * 0.02
-    state["llm_decoder.bias"] = torch.randn(v) * 0.02
-    state["speech_embedding.weight"] = torch.randn(v, h) * 0.02
-    torch.save(state, path)
-    return path

@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from schemas.units import SAMPLE_RATE_HZ
+
 EMBEDDING_DIM = 256
 PLDA_DIM = 128
 SEGMENTATION_CHUNK_S = 10.0
@@ -160,7 +162,7 @@ def _small_resnet_class() -> type:
 
         def __init__(
             self,
-            sample_rate: int = 16000,
+            sample_rate: int = SAMPLE_RATE_HZ,
             num_channels: int = 1,
             num_mel_bins: int = 80,
             frame_length: int = 25,

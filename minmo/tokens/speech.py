@@ -1,7 +1,8 @@
 """Speech tokens: CosyVoice 2's S3 tokenizer v2 (s3tokenizer 0.3.0), 16 kHz audio -> 25 Hz codes.
 
 Owns: loading the tokenizer from LOCAL weights, turning a batch of in-memory clips into int32 code
-arrays, long-clip windowing, and a tiny random-init checkpoint for tests. Must not: download
+arrays, and long-clip windowing (a tiny random-init checkpoint for tests is
+`minmo.testing.tiny_models.build_tiny_checkpoint`). Must not: download
 (never `s3tokenizer.load_model`, which fetches from the network), decode files or resample
 (callers bring float32 mono 16 kHz numpy arrays).
 
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,7 +44,6 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-SAMPLE_RATE_HZ = 16_000
 HOP_SAMPLES = 160  # mel hop: 100 frames per second
 FRAMES_PER_TOKEN = 4  # two stride-2 convolutions: 25 tokens per second
 MIN_SAMPLES = 400  # one 25 ms STFT window
@@ -57,7 +57,6 @@ OVERLAP_S = 4
 TOKENS_PER_S = 25
 
 RANDOM_INIT_SEED = 0
-TINY_CONFIG = {"n_audio_state": 128, "n_audio_head": 2, "n_audio_layer": 2}
 
 
 def n_speech_tokens(samples: int) -> int:
@@ -75,7 +74,7 @@ def config_path_for(checkpoint: str | Path) -> Path:
     return Path(checkpoint).with_suffix(".json")
 
 
-def _new_config(overrides: dict | None = None):
+def model_config(overrides: dict | None = None):
     from s3tokenizer.model_v2 import ModelConfig
 
     # A fresh ModelConfig every time: S3TokenizerV2's default argument is one shared instance that
@@ -114,7 +113,7 @@ class SpeechTokenizer:
         if self.checkpoint is None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(RANDOM_INIT_SEED)
-                model = S3TokenizerV2(MODEL_NAME, config=_new_config())
+                model = S3TokenizerV2(MODEL_NAME, config=model_config())
         else:
             if not self.checkpoint.is_file():
                 raise FileNotFoundError(
@@ -123,7 +122,7 @@ class SpeechTokenizer:
                 )
             sidecar = config_path_for(self.checkpoint)
             overrides = json.loads(sidecar.read_text()) if sidecar.is_file() else None
-            model = S3TokenizerV2(MODEL_NAME, config=_new_config(overrides))
+            model = S3TokenizerV2(MODEL_NAME, config=model_config(overrides))
             model.init_from_pt(str(self.checkpoint))
         self.model = model.to(self.device).eval()
         self.model.freeze()
@@ -195,24 +194,3 @@ def _windows(frames: int) -> list[tuple[int, int]]:
             # is then > 400 frames = 100 tokens, so dropping its first 50 is always safe.
             return spans
         start += STRIDE_FRAMES
-
-
-def build_tiny_checkpoint(path: str | Path) -> Path:
-    """Save a tiny random-init S3TokenizerV2 (2 layers, width 128) that `SpeechTokenizer(path)` loads.
-
-    Writes the state_dict at `path` and its ModelConfig fields at `config_path_for(path)`.
-    Rotary embeddings are fixed at 64 dims per head, hence n_audio_state / n_audio_head == 64.
-    """
-    import torch
-    from s3tokenizer.model_v2 import S3TokenizerV2
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    config = _new_config(TINY_CONFIG)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_INIT_SEED)
-        model = S3TokenizerV2(MODEL_NAME, config=config)
-    torch.save(model.state_dict(), path)
-    full = asdict(config)
-    config_path_for(path).write_text(json.dumps({k: full[k] for k in TINY_CONFIG}, indent=2) + "\n")
-    return path

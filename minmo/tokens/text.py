@@ -24,6 +24,10 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+# The built-in stand-in tokenizer is trained on the demo corpus's text, so the demo's ids are
+# dense; `minmo.demo.script` is pure data (it imports nothing of ours), so no cycle.
+from minmo.demo.script import BACKCHANNELS, CONVERSATIONS, SENTENCES
+
 SPEECH_START = "<|startofspeech|>"  # input side: the user's audio embeddings start here
 SPEECH_END = "<|endofspeech|>"  # input side: ... and end here
 SPEECH_FILL = "<|speech_fill|>"  # voice decoder: filling token when text runs ahead of speech
@@ -118,8 +122,6 @@ def encode_chat(
 
 def _training_text() -> list[str]:
     """The demo corpus's sentences (en/de/es/fr/zh) plus ChatML role words."""
-    from minmo.demo.script import BACKCHANNELS, CONVERSATIONS, SENTENCES
-
     texts = [p.text for phrases in SENTENCES.values() for p in phrases]
     texts += [p.text for phrases in BACKCHANNELS.values() for p in phrases]
     texts += [line.phrase.text for conv in CONVERSATIONS for line in conv.lines]

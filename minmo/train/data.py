@@ -88,13 +88,12 @@ import soundfile as sf
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from minmo.io.fs import is_local, open_filesystem, to_uri
+from minmo.io.paths import Pathlike
 from minmo.io.shards import iter_members, read_index, read_offsets
 from minmo.model.batch import Batch, collate
 from schemas.shards import index_path, offsets_path, shard_path
+from schemas.units import SAMPLE_RATE_HZ, Seconds
 
-Pathlike = str | os.PathLike
-Seconds = float
-RATE_HZ = 16_000  # what the collator and the voice encoder expect
 # .idx arrays kept per process; a rank reads its slice shard by shard, so a few suffice.
 _OFFSETS_CACHE = 64
 
@@ -118,8 +117,8 @@ def decode_sample(key: str, members: dict[str, bytes]) -> dict[str, Any]:
     if "flac" in members:
         # sf gives (frames, channels); the collator wants (channels, samples).
         data, rate = sf.read(io.BytesIO(members["flac"]), dtype="float32", always_2d=True)
-        if rate != RATE_HZ:
-            raise ValueError(f"sample {key}: audio at {rate} Hz, expected {RATE_HZ}")
+        if rate != SAMPLE_RATE_HZ:
+            raise ValueError(f"sample {key}: audio at {rate} Hz, expected {SAMPLE_RATE_HZ}")
         sample["audio"] = np.ascontiguousarray(data.T)
         sample["audio_s"] = data.shape[0] / rate
     for name in ("text_tokens", "speech_tokens", "labels"):
@@ -360,7 +359,7 @@ def sample_cost(sample: dict[str, Any]) -> tuple[Seconds, int, int]:
     audio_s = sample.get("audio_s")
     if audio_s is None:
         audio = sample.get("audio")
-        audio_s = 0.0 if audio is None else np.shape(audio)[-1] / RATE_HZ
+        audio_s = 0.0 if audio is None else np.shape(audio)[-1] / SAMPLE_RATE_HZ
     text, speech = sample.get("text_tokens"), sample.get("speech_tokens")
     return (
         float(audio_s),

@@ -30,9 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from minmo.model.minmo import RECIPES, MinMo, MinMoConfig, SpecialIds
+from minmo.model.minmo import LOSS_OF_STAGE, RECIPES, MinMo, MinMoConfig, SpecialIds
+from minmo.model.voice_encoder import VoiceEncoder
+from minmo.model.voice_lm import VoiceTokenLM
+from minmo.tokens.text import load_text_tokenizer
 from minmo.train.checkpoint import Checkpointer, export, load_export, trained_modules
 from minmo.train.config import ModelSpec, TrainConfig
+from minmo.train.data import StageLoader
 from minmo.train.distributed import (
     DistInfo,
     all_min,
@@ -44,6 +48,7 @@ from minmo.train.distributed import (
 )
 from minmo.train.metrics import MetricsLog, step_flops
 from minmo.train.store import StoreMirror, fetch_export, is_remote, staging_dir
+from schemas.units import SAMPLE_RATE_HZ
 
 
 def build_model(spec: ModelSpec, tokenizer: Any) -> MinMo:
@@ -56,12 +61,8 @@ def build_model(spec: ModelSpec, tokenizer: Any) -> MinMo:
         config = replace(config, llm=replace(config.llm, path=spec.llm_path))
     model = MinMo(config, SpecialIds.from_tokenizer(tokenizer), vocab)
     if spec.sensevoice_dir:
-        from minmo.model.voice_encoder import VoiceEncoder
-
         model.voice_encoder = VoiceEncoder.from_pretrained(spec.sensevoice_dir)
     if spec.cosyvoice2_llm:
-        from minmo.model.voice_lm import VoiceTokenLM
-
         model.voice_lm = VoiceTokenLM.from_cosyvoice2(spec.cosyvoice2_llm, config.voice_lm)
     return model
 
@@ -124,9 +125,6 @@ def _next_batch(loader: Any, info: DistInfo) -> Any:
 
 
 def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult:
-    from minmo.tokens.text import load_text_tokenizer
-    from minmo.train.data import StageLoader
-
     started = time.perf_counter()
     # Before any work: a location the trainer cannot serve is the user's to fix, said at once.
     shards, out, init_from = config.locations(build)
@@ -219,7 +217,7 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
                         parts[key] = parts.get(key, 0.0) + float(value) / config.grad_accum
                 sums["samples"] += batch.size
                 if batch.wave_lengths is not None:
-                    sums["audio_s"] += float(batch.wave_lengths.sum()) / 16000
+                    sums["audio_s"] += float(batch.wave_lengths.sum()) / SAMPLE_RATE_HZ
                 sums["positions"] += float(out["llm_positions"])
                 sums["tokens"] += float(batch.input_lengths.sum())
                 if batch.speech_lengths is not None:
@@ -291,6 +289,4 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
 
 
 def _kind(stage: str) -> str:
-    from minmo.model.minmo import LOSS_OF_STAGE
-
     return LOSS_OF_STAGE[stage]

@@ -75,7 +75,7 @@ class EspeakArgs:
     voice: str
     rate_wpm: int
     pitch: int
-    amplitude: int
+    amplitude: int | None = None  # None: no -a, espeak-ng's own default (the demo corpus)
 
 
 class EspeakBackend:
@@ -175,31 +175,8 @@ class EspeakBackend:
         if self.exe is None:
             return TtsFailure(TTS_FAILED, f"espeak-ng was not found on PATH; {INSTALL_HINT}")
         args = self.resolve(request.voice, request.style)
-        # Text goes through stdin as UTF-8 (-b 1): neither the locale nor a leading dash in the
-        # text can change what is spoken, and no shell is involved.
-        cmd = [
-            self.exe,
-            "-v",
-            args.voice,
-            "-s",
-            str(args.rate_wpm),
-            "-p",
-            str(args.pitch),
-            "-a",
-            str(args.amplitude),
-            "-b",
-            "1",
-            "--stdin",
-            "--stdout",
-        ]
         try:
-            proc = subprocess.run(
-                cmd,
-                input=request.text.encode("utf-8"),
-                capture_output=True,
-                check=False,
-                timeout=self.timeout_s,
-            )
+            proc = run_espeak(self.exe, args, request.text, self.timeout_s)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return TtsFailure(TTS_FAILED, f"{request.key}: espeak-ng {args}: {exc}")
         err = proc.stderr.decode("utf-8", "replace").strip()
@@ -214,6 +191,25 @@ class EspeakBackend:
         if len(samples) == 0 or not np.any(samples):
             return TtsFailure(TTS_FAILED, f"{request.key}: espeak-ng {args} produced no audio")
         return Synthesized(samples=samples, sample_rate_hz=rate)
+
+
+def run_espeak(
+    exe: str, args: EspeakArgs, text: str, timeout_s: float | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """One `espeak-ng --stdout` call; the WAV is in `.stdout` (decode it with
+    `decode_piped_wav`). The one espeak-ng command line: this backend and the demo corpus
+    builder (`minmo.demo.speak`) both speak through it.
+
+    Text goes through stdin as UTF-8 (-b 1): neither the locale nor a leading dash in the text
+    can change what is spoken, and no shell is involved.
+    """
+    cmd = [exe, "-v", args.voice, "-s", str(args.rate_wpm), "-p", str(args.pitch)]
+    if args.amplitude is not None:
+        cmd += ["-a", str(args.amplitude)]
+    cmd += ["-b", "1", "--stdin", "--stdout"]
+    return subprocess.run(
+        cmd, input=text.encode("utf-8"), capture_output=True, check=False, timeout=timeout_s
+    )
 
 
 def _primary(tag: str) -> str:

@@ -18,13 +18,14 @@ import pyarrow as pa
 
 from minmo.audio import measure
 from minmo.audio.decode import DecodeError, container_of, decode_audio
-from minmo.audio.resample import TARGET_RATE_HZ, resample
+from minmo.audio.resample import resample
 from minmo.io.fs import read_source
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.items import SourceItem
 from schemas import ReasonCode
 from schemas.quarantine import Rejected, quarantine_row
 from schemas.recordings import recording_id
+from schemas.units import SAMPLE_RATE_HZ
 
 STAGE_SCHEMA = pa.schema(
     [
@@ -100,7 +101,7 @@ def decode_item(item: SourceItem, config: IngestConfig) -> Decoded:
         "rms_dbfs": measure.rms_dbfs(kept),
         "clipping_ratio": measure.clipping_ratio(kept),
     }
-    return Decoded(info=info, pcm_16k=resample(kept, audio.sample_rate_hz, TARGET_RATE_HZ))
+    return Decoded(info=info, pcm_16k=resample(kept, audio.sample_rate_hz, SAMPLE_RATE_HZ))
 
 
 def decode_or_quarantine(

@@ -16,13 +16,13 @@ import numpy as np
 import pyarrow as pa
 
 from minmo.audio import measure
-from minmo.audio.resample import TARGET_RATE_HZ
 from minmo.audio.vad import FRAME_SAMPLES, BatchedSileroVad, speech_timestamps
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.items import SourceItem, Supervision
 from pipelines.ingest.layouts.common import with_transcript
 from schemas import ReasonCode, SegmentOrigin, segment_id
 from schemas.quarantine import quarantine_row
+from schemas.units import SAMPLE_RATE_HZ
 
 OUTPUT_SCHEMA = pa.schema(
     [
@@ -52,8 +52,8 @@ def merge_regions(
 
 
 def mean_prob(probs: np.ndarray, start_s: float, end_s: float) -> float:
-    first = int(start_s * TARGET_RATE_HZ) // FRAME_SAMPLES
-    last = max(first + 1, -(-int(end_s * TARGET_RATE_HZ) // FRAME_SAMPLES))
+    first = int(start_s * SAMPLE_RATE_HZ) // FRAME_SAMPLES
+    last = max(first + 1, -(-int(end_s * SAMPLE_RATE_HZ) // FRAME_SAMPLES))
     window = probs[first:last]
     return float(window.mean()) if window.size else 0.0
 
@@ -161,7 +161,7 @@ class VadSegmenter:
         self, info: dict[str, Any], channel_probs: list[np.ndarray]
     ) -> list[dict[str, Any]]:
         cfg = self.config
-        samples = int(round(info["duration_s"] * TARGET_RATE_HZ))
+        samples = int(round(info["duration_s"] * SAMPLE_RATE_HZ))
         segments = []
         for channel, probs in enumerate(channel_probs):
             regions = speech_timestamps(

@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow.fs as pafs
 
-from minmo.audio.resample import TARGET_RATE_HZ
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.decode_stage import decode_or_quarantine
 from pipelines.ingest.items import SourceItem
 from pipelines.ingest.sink import StagedRows, write_staged
+from schemas.units import SAMPLE_RATE_HZ
 
 if TYPE_CHECKING:
     from pipelines.ingest.vad_stage import Outcome
@@ -69,7 +69,7 @@ class IngestWorker:
                 continue
             pending.append((len(outcomes), item, decoded.info, decoded.pcm_16k))
             outcomes.append(None)  # filled when its VAD batch runs
-            pending_s += decoded.pcm_16k.shape[1] / TARGET_RATE_HZ
+            pending_s += decoded.pcm_16k.shape[1] / SAMPLE_RATE_HZ
             if len(pending) >= cfg.vad_batch_size or pending_s >= cfg.vad_batch_audio_s:
                 self._segment(pending, outcomes)
                 pending, pending_s = [], 0.0

@@ -19,6 +19,7 @@ import hashlib
 from typing import Any, TypedDict
 
 from minmo.tokens.text import SPEECH_PLACEHOLDER
+from schemas.units import SAMPLE_RATE_HZ
 
 
 class AudioRef(TypedDict):
@@ -88,7 +89,7 @@ def estimated_bytes(spec: dict[str, Any]) -> int:
 
     16-bit FLAC of speech runs at about 60 % of PCM (19 kB/s at 16 kHz); tokens are int32 npy.
     """
-    audio = span_s(spec["input_audio"]) * 16000 * 2 * 0.6
+    audio = span_s(spec["input_audio"]) * SAMPLE_RATE_HZ * 2 * 0.6
     speech_tokens = span_s(spec["target_speech"]) * 25 * 4
     labels = len(spec["labels"] or [])
     text = sum(len(m["content"]) for m in spec["messages"]) * 2

@@ -36,6 +36,7 @@ from minmo.io.atomic import write_bytes_atomic
 from pipelines.build import BuildDir, StepLedger
 from pipelines.samples import sources
 from pipelines.samples.builders import SampleConfig, StageBuilder
+from pipelines.samples.prompts import PromptBook
 from pipelines.samples.spec import estimated_bytes, span_s
 
 # Tables whose rows make a stage's samples: a unit is an input of the stage when it has a part
@@ -159,7 +160,6 @@ class SpecParams:
 @functools.lru_cache(maxsize=4)
 def _context(params_json: str) -> tuple[SpecParams, BuildDir, SampleConfig, Any]:
     """Per worker process: the params, build, sample config and prompt book, loaded once."""
-    from pipelines.samples.prompts import PromptBook
 
     p = SpecParams(**json.loads(params_json))
     sample_config = SampleConfig(**{"seed": p.seed, **p.samples})

@@ -44,6 +44,7 @@ from minmo.io.atomic import write_bytes_atomic
 from minmo.io.fs import to_uri
 from minmo.io.parquet import write_table
 from minmo.io.shards import ShardTarWriter
+from minmo.tokens.text import load_text_tokenizer
 from pipelines.audio_source import SourceRoots
 from pipelines.build import BuildDir, StepLedger
 from pipelines.ray_runtime import ensure_ray, model_actors
@@ -612,8 +613,6 @@ class ShardStep:
 
     def _text_vocab_size(self) -> int:
         if self._vocab is None:
-            from minmo.tokens.text import load_text_tokenizer
-
             self._vocab = len(load_text_tokenizer(self.config.text_tokenizer))
         return self._vocab
 

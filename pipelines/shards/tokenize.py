@@ -29,8 +29,8 @@ from minmo.io.shards import npy_bytes
 from minmo.tokens.speech import SpeechTokenizer, n_speech_tokens
 from pipelines.audio_source import SourceRoots, load_audio_16k
 from pipelines.samples.spec import span_s
+from schemas.units import SAMPLE_RATE_HZ
 
-RATE_HZ = 16000
 SPEECH_TOKENS_PER_S = 25
 DECODE_CACHE = 4  # whole recordings kept per batch (segments of one recording arrive together)
 
@@ -49,12 +49,12 @@ class _RecordingCache:
             while len(self.items) > DECODE_CACHE:
                 self.items.popitem(last=False)
         audio = self.items[key]
-        start = round(ref["start_s"] * RATE_HZ)
-        end = min(round(ref["end_s"] * RATE_HZ), audio.shape[1])
+        start = round(ref["start_s"] * SAMPLE_RATE_HZ)
+        end = min(round(ref["end_s"] * SAMPLE_RATE_HZ), audio.shape[1])
         if end - start <= 0:
             raise ValueError(
                 f"span {ref['start_s']}-{ref['end_s']} s is empty in {ref['uri']} "
-                f"({audio.shape[1] / RATE_HZ:.3f} s long)"
+                f"({audio.shape[1] / SAMPLE_RATE_HZ:.3f} s long)"
             )
         if ref["channel"] is not None:
             if ref["channel"] >= audio.shape[0]:
@@ -198,7 +198,7 @@ class TokenizeStage:
         else:
             target_start = int(text_ids.size)
         input_s = span_s(spec["input_audio"])
-        target_s = 0.0 if clip is None else clip.size / RATE_HZ
+        target_s = 0.0 if clip is None else clip.size / SAMPLE_RATE_HZ
         meta = {
             "key": spec["key"],
             "stage": spec["stage"],
@@ -208,7 +208,7 @@ class TokenizeStage:
             "duration_s": round(input_s if spec["input_audio"] is not None else target_s, 3),
             "input_duration_s": round(input_s, 3),
             "target_speech_s": round(target_s, 3),
-            "sample_rate_hz": RATE_HZ,
+            "sample_rate_hz": SAMPLE_RATE_HZ,
             "input_channels": None,
             "n_text_tokens": int(text_ids.size),
             "target_start": target_start,  # text tokens before this index are the prompt

@@ -12,6 +12,7 @@ from typing import Any
 import duckdb
 
 from pipelines.stats import dist as d
+from schemas import FrameLabel
 
 HOURS = "duration_s / 3600.0"
 EXAMPLES = 3  # example source URIs kept per quarantine reason
@@ -284,7 +285,6 @@ def events(con: duckdb.DuckDBPyConnection, has: set[str]) -> dict[str, Any]:
 
 def frame_labels(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     """How the frames of the duplex samples split over the four classes (the predictor's balance)."""
-    from schemas import FrameLabel
 
     rows = con.execute(
         "SELECT l, count(*) FROM (SELECT unnest(labels) AS l FROM frame_labels) GROUP BY l"

@@ -7,6 +7,7 @@ import soundfile as sf
 from minmo.audio import measure
 from minmo.audio.decode import DecodeError, container_of, decode_audio
 from minmo.audio.resample import resample
+from schemas.units import SAMPLE_RATE_HZ
 
 
 def _wav_bytes(samples: np.ndarray, rate: int, subtype: str = "PCM_16", fmt: str = "WAV") -> bytes:
@@ -52,7 +53,7 @@ def test_garbage_raises_decode_error_naming_both_decoders():
 
 
 def test_levels_and_clipping():
-    t = np.arange(16000) / 16000
+    t = np.arange(SAMPLE_RATE_HZ) / SAMPLE_RATE_HZ
     sine = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
     assert measure.peak_dbfs(sine) == pytest.approx(-6.02, abs=0.05)
     assert measure.rms_dbfs(sine) == pytest.approx(-9.03, abs=0.05)
@@ -63,11 +64,15 @@ def test_levels_and_clipping():
 
 def test_content_hash_ignores_container_but_not_content():
     x = (np.random.default_rng(0).standard_normal(8000) * 3000).astype(np.int16)
-    wav = decode_audio(_wav_bytes(x, 16000), "wav")
-    flac = decode_audio(_wav_bytes(x, 16000, fmt="FLAC"), "flac")
-    assert measure.content_sha1(wav.samples, 16000) == measure.content_sha1(flac.samples, 16000)
-    other = decode_audio(_wav_bytes(x // 2, 16000), "wav")
-    assert measure.content_sha1(other.samples, 16000) != measure.content_sha1(wav.samples, 16000)
+    wav = decode_audio(_wav_bytes(x, SAMPLE_RATE_HZ), "wav")
+    flac = decode_audio(_wav_bytes(x, SAMPLE_RATE_HZ, fmt="FLAC"), "flac")
+    assert measure.content_sha1(wav.samples, SAMPLE_RATE_HZ) == measure.content_sha1(
+        flac.samples, SAMPLE_RATE_HZ
+    )
+    other = decode_audio(_wav_bytes(x // 2, SAMPLE_RATE_HZ), "wav")
+    assert measure.content_sha1(other.samples, SAMPLE_RATE_HZ) != measure.content_sha1(
+        wav.samples, SAMPLE_RATE_HZ
+    )
 
 
 def test_snr_estimate_tracks_noise_level():
@@ -86,8 +91,8 @@ def test_snr_estimate_tracks_noise_level():
 def test_resample_8k_to_16k_keeps_duration_and_tone():
     t = np.arange(8000) / 8000
     tone = np.sin(2 * np.pi * 1000 * t).astype(np.float32)[None]
-    out = resample(tone, 8000, 16000)
-    assert out.shape == (1, 16000)
+    out = resample(tone, 8000, SAMPLE_RATE_HZ)
+    assert out.shape == (1, SAMPLE_RATE_HZ)
     spectrum = np.abs(np.fft.rfft(out[0]))
     assert abs(int(np.argmax(spectrum)) - 1000) <= 1
 

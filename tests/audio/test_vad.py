@@ -17,6 +17,7 @@ import soundfile as sf
 import torch
 
 from minmo.audio.vad import FRAME_SAMPLES, BatchedSileroVad, num_windows, speech_timestamps
+from schemas.units import SAMPLE_RATE_HZ
 
 silero_vad = pytest.importorskip("silero_vad")
 
@@ -53,7 +54,7 @@ SETTINGS = [
 
 def _read(relative: str) -> np.ndarray:
     audio, rate = sf.read(SHARED_DATA / relative, dtype="float32")
-    assert rate == 16000 and audio.ndim == 1, f"{relative}: {rate} Hz, shape {audio.shape}"
+    assert rate == SAMPLE_RATE_HZ and audio.ndim == 1, f"{relative}: {rate} Hz, shape {audio.shape}"
     return audio
 
 
@@ -65,7 +66,7 @@ def _stock_probs(model, audio: np.ndarray) -> np.ndarray:
         for start in range(0, len(wav), FRAME_SAMPLES):
             chunk = wav[start : start + FRAME_SAMPLES]
             chunk = torch.nn.functional.pad(chunk, (0, FRAME_SAMPLES - len(chunk)))
-            probs.append(model(chunk, 16000).item())
+            probs.append(model(chunk, SAMPLE_RATE_HZ).item())
     return np.asarray(probs, dtype=np.float32)
 
 
@@ -158,7 +159,7 @@ def test_empty_streams(vad, clips):
 
 def test_rejects_multichannel(vad):
     with pytest.raises(ValueError, match="1-D"):
-        vad.speech_probs([np.zeros((2, 16000), dtype=np.float32)])
+        vad.speech_probs([np.zeros((2, SAMPLE_RATE_HZ), dtype=np.float32)])
 
 
 # --- timestamps ------------------------------------------------------------------------------
@@ -250,7 +251,7 @@ def test_timestamps_match_stock_on_random_probabilities():
 
 def test_timestamps_reject_mismatched_length():
     with pytest.raises(ValueError, match="do not fit"):
-        speech_timestamps(np.zeros(3, dtype=np.float32), 16000)
+        speech_timestamps(np.zeros(3, dtype=np.float32), SAMPLE_RATE_HZ)
 
 
 # --- sanity against human reference labels ----------------------------------------------------
@@ -275,7 +276,7 @@ def test_roughly_agrees_with_reference_labels(vad, labels):
         segment = wav[example["wav"]["start"] : example["wav"]["stop"]]
         bounds = [float(x) for x in example["speech"].split()]
         reference = list(zip(bounds[::2], bounds[1::2], strict=True))
-        duration = len(segment) / 16000
+        duration = len(segment) / SAMPLE_RATE_HZ
         got = speech_timestamps(vad.speech_probs([segment])[0], len(segment), time_resolution=3)
         agreement = (_speech_mask(got, duration) == _speech_mask(reference, duration)).mean()
         assert agreement > 0.85, (example, got)

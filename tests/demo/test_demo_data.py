@@ -17,10 +17,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from minmo.audio.trim import pauses, trim_silence
 from minmo.demo import DemoSummary, EspeakError, build_demo_corpus
 from minmo.demo import conversation as conv
 from minmo.demo.script import CONVERSATIONS, ConversationScript, Line, Phrase
-from minmo.demo.speak import decode_streamed_wav, pauses, trim_silence
+from minmo.demo.speak import decode_streamed_wav
+from schemas.units import SAMPLE_RATE_HZ
 
 needs_espeak = pytest.mark.skipif(
     shutil.which("espeak-ng") is None, reason="espeak-ng not installed: apt-get install espeak-ng"
@@ -50,20 +52,20 @@ def test_streamed_wav_with_placeholder_sizes_decodes_exactly() -> None:
     np.testing.assert_array_equal(np.round(audio * 32768).astype(np.int16), pcm)
 
 
-def _tone(seconds: float, rate: int = 16_000, amp: float = 0.5) -> np.ndarray:
+def _tone(seconds: float, rate: int = SAMPLE_RATE_HZ, amp: float = 0.5) -> np.ndarray:
     t = np.arange(round(seconds * rate)) / rate
     return (amp * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
 
 
-def _silence(seconds: float, rate: int = 16_000) -> np.ndarray:
+def _silence(seconds: float, rate: int = SAMPLE_RATE_HZ) -> np.ndarray:
     return np.zeros(round(seconds * rate), np.float32)
 
 
 def test_trim_cuts_to_speech_and_pauses_are_found() -> None:
     clip = np.concatenate([_silence(0.2), _tone(0.5), _silence(0.15), _tone(0.3), _silence(0.3)])
-    trimmed = trim_silence(clip, 16_000)
+    trimmed = trim_silence(clip, SAMPLE_RATE_HZ)
     assert len(trimmed) == 160 * 95  # 0.5 + 0.15 + 0.3 s, whole 10 ms frames
-    assert pauses(trimmed, 16_000) == [160 * 50]
+    assert pauses(trimmed, SAMPLE_RATE_HZ) == [160 * 50]
 
 
 def _toy_script() -> tuple[ConversationScript, list[conv.LineClips]]:
@@ -174,7 +176,7 @@ def test_utterances_vary_rate_and_container(corpus: tuple[Path, DemoSummary]) ->
     infos = [sf.info(out / r["path"]) for r in _manifest(out) if r["task"] == "asr"]
     kinds = Counter((i.format, i.samplerate) for i in infos)
     assert {("FLAC", 22050), ("FLAC", 44100), ("WAV", 8000)} <= set(kinds)
-    assert kinds[("WAV", 16000)] > len(infos) / 2
+    assert kinds[("WAV", SAMPLE_RATE_HZ)] > len(infos) / 2
     assert all(i.channels == 1 and i.subtype == "PCM_16" for i in infos)
 
 
@@ -190,7 +192,7 @@ def test_rttm_agrees_with_turns_json(corpus: tuple[Path, DemoSummary]) -> None:
             for t in doc["turns"]
         ]
         assert from_rttm == from_json
-        assert rate == doc["sample_rate_hz"] == 16_000
+        assert rate == doc["sample_rate_hz"] == SAMPLE_RATE_HZ
         assert len(audio) / rate == pytest.approx(doc["duration_s"], abs=1e-3)
 
 

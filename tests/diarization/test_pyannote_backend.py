@@ -23,8 +23,9 @@ from minmo.diarization.pyannote_backend import (
     resolve_pipeline_config,
     segments_from_annotation,
 )
-from minmo.diarization.types import RATE_HZ, DiarizationRejected, SpeakerHints, SpeakerSegment
+from minmo.diarization.types import DiarizationRejected, SpeakerHints, SpeakerSegment
 from minmo.testing.pyannote_tiny import build_tiny_pyannote_pipeline
+from schemas.units import SAMPLE_RATE_HZ
 
 SAMPLE = Path("diar_pyannote_sample") / "sample.wav"
 
@@ -42,7 +43,7 @@ def diarizer(tiny_dir) -> PyannoteDiarizer:
 @pytest.fixture(scope="module")
 def speech(shared_data) -> np.ndarray:
     audio, rate = sf.read(shared_data / SAMPLE, dtype="float32", always_2d=True)
-    assert rate == RATE_HZ
+    assert rate == SAMPLE_RATE_HZ
     return audio.T  # (channels, samples)
 
 
@@ -122,11 +123,11 @@ def test_real_speech_reaches_pipeline_with_hints(diarizer, speech, monkeypatch):
     ((file, kwargs),) = calls
     waveform = file["waveform"]
     assert tuple(waveform.shape) == (1, speech.shape[1])
-    assert file["sample_rate"] == RATE_HZ
+    assert file["sample_rate"] == SAMPLE_RATE_HZ
     np.testing.assert_allclose(waveform.numpy()[0], 0.75 * speech[0], rtol=1e-6, atol=1e-7)
     assert kwargs["num_speakers"] == 2
     assert "min_speakers" not in kwargs and "max_speakers" not in kwargs
-    duration_s = speech.shape[1] / RATE_HZ
+    duration_s = speech.shape[1] / SAMPLE_RATE_HZ
     names = sorted({s.speaker for s in segments})
     assert names == [f"spk{i}" for i in range(len(names))]
     for seg in segments:
@@ -140,8 +141,10 @@ def test_real_speech_reaches_pipeline_with_hints(diarizer, speech, monkeypatch):
 def test_bounds_hints_pass_through(diarizer, monkeypatch):
     calls: list = []
     _fake_output(monkeypatch, diarizer, _annotation([(0, 1, "a"), (1, 2, "b")]), calls)
-    diarizer(np.zeros((1, 3 * RATE_HZ), np.float32), SpeakerHints(min_speakers=2, max_speakers=5))
-    diarizer(np.zeros((1, 3 * RATE_HZ), np.float32), SpeakerHints())
+    diarizer(
+        np.zeros((1, 3 * SAMPLE_RATE_HZ), np.float32), SpeakerHints(min_speakers=2, max_speakers=5)
+    )
+    diarizer(np.zeros((1, 3 * SAMPLE_RATE_HZ), np.float32), SpeakerHints())
     assert {k: v for k, v in calls[0][1].items() if k != "hook"} == {
         "min_speakers": 2,
         "max_speakers": 5,
@@ -160,7 +163,7 @@ def test_known_annotation_maps_to_segments(diarizer, monkeypatch):
         ]
     )
     _fake_output(monkeypatch, diarizer, annotation, [])
-    segments = diarizer(np.zeros((2, 8 * RATE_HZ), np.float32), SpeakerHints())
+    segments = diarizer(np.zeros((2, 8 * SAMPLE_RATE_HZ), np.float32), SpeakerHints())
     assert segments == [
         SpeakerSegment("spk0", 0, 0.5, 3.0, 1.0),  # first to speak, whatever pyannote called it
         SpeakerSegment("spk1", 0, 2.0, 4.0, 1.0),  # overlaps spk0: kept, not flattened
@@ -174,7 +177,7 @@ def test_segments_clipped_to_audio(diarizer, monkeypatch):
     # pyannote pads the last chunk and can return turns past the end of the audio
     annotation = _annotation([(0.5, 9.97, "A"), (1.0, 1.5, "B"), (3.0, 9.0, "C")])
     _fake_output(monkeypatch, diarizer, annotation, [])
-    segments = diarizer(np.zeros((1, 2 * RATE_HZ), np.float32), SpeakerHints())
+    segments = diarizer(np.zeros((1, 2 * SAMPLE_RATE_HZ), np.float32), SpeakerHints())
     assert [(s.speaker, s.start_s, s.end_s) for s in segments] == [
         ("spk0", 0.5, 2.0),
         ("spk1", 1.0, 1.5),
@@ -189,7 +192,7 @@ def test_segments_clipped_to_audio(diarizer, monkeypatch):
 def test_refusals(diarizer, monkeypatch, tracks, reason):
     _fake_output(monkeypatch, diarizer, _annotation(tracks), [])
     with pytest.raises(DiarizationRejected) as info:
-        diarizer(np.zeros((1, 5 * RATE_HZ), np.float32), SpeakerHints())
+        diarizer(np.zeros((1, 5 * SAMPLE_RATE_HZ), np.float32), SpeakerHints())
     assert info.value.reason == reason
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from minmo.duplex.labels import (
-    DuplexConfig,
+    DuplexLabelConfig,
     Span,
     analyse,
     draw_gap,
@@ -21,7 +21,7 @@ from minmo.duplex.labels import (
 )
 from schemas.duplex import EventType
 
-FIXED = DuplexConfig(gap_std_s=0.0, hop_s=0.5)
+FIXED = DuplexLabelConfig(gap_std_s=0.0, hop_s=0.5)
 ATT, UTT, UBC = (
     EventType.ASSISTANT_TURN_TAKING,
     EventType.USER_TURN_TAKING,
@@ -33,7 +33,7 @@ def spans(*items: tuple[str, float, float]) -> list[Span]:
     return [Span(*item) for item in items]
 
 
-def label(ipus: list[Span], user: str, duration_s: float, config: DuplexConfig = FIXED):
+def label(ipus: list[Span], user: str, duration_s: float, config: DuplexLabelConfig = FIXED):
     conversation = analyse(ipus, config)
     events = events_for(conversation, user, "rec", config)
     labels = frame_labels(conversation, user, events, duration_s, config.hop_s)
@@ -143,7 +143,7 @@ def test_needs_two_speakers() -> None:
 
 def test_seeded_gaps_are_reproducible_and_follow_the_distribution() -> None:
     ipus = [Span("AB"[i % 2], 2.0 * i, 2.0 * i + 1.5) for i in range(40)]
-    config = DuplexConfig()
+    config = DuplexLabelConfig()
     first = events_for(analyse(ipus, config), "B", "rec-1", config)
     again = events_for(analyse(ipus, config), "B", "rec-1", config)
     other = events_for(analyse(ipus, config), "B", "rec-2", config)
@@ -165,7 +165,7 @@ def test_seeded_gaps_are_reproducible_and_follow_the_distribution() -> None:
 
 def test_frames_cover_the_duration_at_the_hop() -> None:
     ipus = spans(("A", 0.0, 2.0), ("B", 2.5, 4.0))
-    conversation = analyse(ipus, DuplexConfig())
-    events = events_for(conversation, "A", "r", DuplexConfig())
+    conversation = analyse(ipus, DuplexLabelConfig())
+    events = events_for(conversation, "A", "r", DuplexLabelConfig())
     assert len(frame_labels(conversation, "A", events, 4.0, 0.12)) == 34  # ceil(4 / 0.12)
     assert len(frame_labels(conversation, "A", events, 3.6, 0.12)) == 30  # exact multiple

@@ -9,9 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from minmo.duplex.labels import DuplexConfig
+from minmo.duplex.labels import DuplexLabelConfig
 from minmo.duplex.simulate import (
-    RATE_HZ,
     GapDistribution,
     SimulationConfig,
     evaluate_against_truth,
@@ -20,12 +19,13 @@ from minmo.duplex.simulate import (
     simulate,
 )
 from schemas.duplex import EventType
+from schemas.units import SAMPLE_RATE_HZ
 
 QUIET = SimulationConfig(overlap_rate=0.0, barge_in_rate=0.0, backchannel_rate=0.0)
 
 
 def tone(seconds: float, hz: float = 220.0) -> np.ndarray:
-    t = np.arange(int(round(seconds * RATE_HZ))) / RATE_HZ
+    t = np.arange(int(round(seconds * SAMPLE_RATE_HZ))) / SAMPLE_RATE_HZ
     return (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
 
 
@@ -48,7 +48,7 @@ def test_fixed_gaps_are_realized_to_the_sample() -> None:
     main = sim.main_turns
     for prev, cur in zip(main, main[1:], strict=False):
         expected = 0.7 if cur.speaker == "user" else 0.3
-        assert cur.start - prev.end == round(expected * RATE_HZ)
+        assert cur.start - prev.end == round(expected * SAMPLE_RATE_HZ)
     handovers = realized_handovers(sim)
     assert len(handovers) == 11 and all(h.kind == "gap" and not h.limited for h in handovers)
     assert all(h.realized == h.drawn for h in handovers)
@@ -61,7 +61,7 @@ def test_fixed_overlaps_are_realized_to_the_sample() -> None:
     sim = simulate(dialogue(1), {}, "overlap", config)
     main = sim.main_turns
     for prev, cur in zip(main, main[1:], strict=False):
-        assert prev.end - cur.start == round(0.3 * RATE_HZ)
+        assert prev.end - cur.start == round(0.3 * SAMPLE_RATE_HZ)
     assert all(h.kind == "overlap" and h.realized == h.drawn for h in realized_handovers(sim))
 
 
@@ -79,14 +79,14 @@ def test_normal_gaps_are_the_recorded_draws_and_follow_the_paper() -> None:
         assert realized.min() >= 0.0
         assert realized.mean() == pytest.approx(clipped.mean(), abs=3 * std / np.sqrt(500))
         assert realized.std() == pytest.approx(clipped.std(), rel=0.1)
-    assert all(h.realized % (RATE_HZ // 100) == 0 for h in handovers)  # on the 10 ms grid
+    assert all(h.realized % (SAMPLE_RATE_HZ // 100) == 0 for h in handovers)  # on the 10 ms grid
 
 
 def test_barge_ins_cut_the_assistant() -> None:
     config = SimulationConfig(barge_in_rate=1.0, overlap_rate=0.0, backchannel_rate=0.0)
     sim = simulate(dialogue(3, lo=2.5, hi=6.0), {}, "barge", config)
     main = sim.main_turns
-    lead = round(config.barge_in_lead_s * RATE_HZ)
+    lead = round(config.barge_in_lead_s * SAMPLE_RATE_HZ)
     barges = [(p, c) for p, c in zip(main, main[1:], strict=False) if c.kind == "barge_in"]
     assert len(barges) == 5  # every assistant -> user hand-over
     for assistant, user in barges:
@@ -108,12 +108,17 @@ def test_backchannels_sit_inside_the_other_turn_clear_of_own_speech() -> None:
         for bc in (t for t in sim.turns if t.kind == "backchannel"):
             host = [t for t in main if t.speaker != bc.speaker and t.start <= bc.start]
             assert host and bc.end <= host[-1].end  # inside the other speaker's turn
-            assert bc.start - host[-1].start >= 0.5 * RATE_HZ
-            assert host[-1].end - bc.end >= 0.5 * RATE_HZ
+            assert bc.start - host[-1].start >= 0.5 * SAMPLE_RATE_HZ
+            assert host[-1].end - bc.end >= 0.5 * SAMPLE_RATE_HZ
             for own in (t for t in sim.turns if t.speaker == bc.speaker and t is not bc):
-                assert bc.end + 0.6 * RATE_HZ <= own.start or bc.start >= own.end + 0.6 * RATE_HZ
+                assert (
+                    bc.end + 0.6 * SAMPLE_RATE_HZ <= own.start
+                    or bc.start >= own.end + 0.6 * SAMPLE_RATE_HZ
+                )
             placed += 1
-        eligible_s += sum((t.end - t.start) / RATE_HZ for t in main if t.end - t.start >= 32000)
+        eligible_s += sum(
+            (t.end - t.start) / SAMPLE_RATE_HZ for t in main if t.end - t.start >= 32000
+        )
     assert placed / eligible_s == pytest.approx(0.3, rel=0.25)
 
 
@@ -163,11 +168,11 @@ def test_labelling_recovers_the_simulated_events() -> None:
     stressed = SimulationConfig(overlap_rate=0.3, barge_in_rate=0.3, backchannel_rate=0.3)
     more = [(f"s{i}", simulate(dialogue(i), POOLS, f"s{i}", stressed)) for i in range(30)]
     for batch in (sims, more):
-        score = evaluate_many(batch, DuplexConfig(), ks=(1, 5, 10))
+        score = evaluate_many(batch, DuplexLabelConfig(), ks=(1, 5, 10))
         for event_type in EventType:
             assert score.f1(event_type, 1) >= 0.95, score.render()
         assert score.events[(EventType.USER_BACKCHANNEL, 1)].reference > 0
-    one = evaluate_against_truth(sims[0][1], "d0", DuplexConfig())
+    one = evaluate_against_truth(sims[0][1], "d0", DuplexLabelConfig())
     assert one.f1(EventType.ASSISTANT_TURN_TAKING, 1) == 1.0
 
 

@@ -24,6 +24,7 @@ from minmo.model.minmo import (
     parameter_table,
 )
 from minmo.tokens.text import SPEECH_PLACEHOLDER, encode_chat, load_text_tokenizer
+from schemas.units import SAMPLE_RATE_HZ
 
 SECONDS = 1.2
 
@@ -42,7 +43,7 @@ def _model(tokenizer, seed: int = 0) -> MinMo:
 def _sample(tokenizer, stage: str, answer: str, seconds: float, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     # A tone per sample (seed-dependent pitch) over faint noise: two clearly different inputs.
-    t = np.arange(int(16000 * seconds)) / 16000
+    t = np.arange(int(SAMPLE_RATE_HZ * seconds)) / SAMPLE_RATE_HZ
     tone = 0.3 * np.sin(2 * np.pi * (200 + 500 * seed) * t)
     audio = (tone + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
     if stage == "4":

@@ -14,16 +14,17 @@ import torch
 from minmo.model.voice_encoder import (
     VoiceEncoder,
     VoiceEncoderConfig,
-    build_tiny_sensevoice_dir,
     load_am_mvn,
 )
+from minmo.testing.tiny_models import build_tiny_sensevoice_dir
+from schemas.units import SAMPLE_RATE_HZ
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "asr_speechbrain_en"
 
 
 def _read(name: str) -> torch.Tensor:
     audio, rate = sf.read(DATA / name, dtype="float32")
-    assert rate == 16000 and audio.ndim == 1
+    assert rate == SAMPLE_RATE_HZ and audio.ndim == 1
     return torch.from_numpy(audio)
 
 
@@ -69,13 +70,15 @@ def test_features_match_funasr_wav_frontend(speech, tiny):
         assert not feats[i, n:].any()
 
 
-@pytest.mark.parametrize("samples", [400, 401, 1599, 16000, 16000 * 3, 16000 * 3 + 959])
+@pytest.mark.parametrize(
+    "samples", [400, 401, 1599, SAMPLE_RATE_HZ, SAMPLE_RATE_HZ * 3, SAMPLE_RATE_HZ * 3 + 959]
+)
 def test_one_frame_per_60_ms(tiny, samples):
     wave = 0.1 * torch.randn(1, samples, generator=torch.Generator().manual_seed(samples))
     feats, n = tiny.features(wave, torch.tensor([samples]))
     fbank_frames = 1 + (samples - 400) // 160
     assert n.item() == feats.shape[1] == math.ceil(fbank_frames / 6)
-    assert abs(n.item() - samples / 16000 / tiny.config.frame_seconds) <= 1
+    assert abs(n.item() - samples / SAMPLE_RATE_HZ / tiny.config.frame_seconds) <= 1
 
 
 def test_forward_tiny(speech, tiny):

@@ -12,8 +12,8 @@ from minmo.model.voice_lm import (
     TURN_OF_SPEECH,
     VoiceLMConfig,
     VoiceTokenLM,
-    build_tiny_cosyvoice2_llm_pt,
 )
+from minmo.testing.tiny_models import build_tiny_cosyvoice2_llm_pt
 
 FILL = SPEECH_VOCAB + 2
 EOS = SPEECH_VOCAB

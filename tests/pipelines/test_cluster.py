@@ -70,7 +70,7 @@ def _manifest(src: Path) -> Path:
 def job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The sources and the job spec every run of this module shares."""
     from minmo.demo import build_demo_corpus
-    from minmo.tokens.speech import build_tiny_checkpoint
+    from minmo.testing.tiny_models import build_tiny_checkpoint
 
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng not installed: apt-get install espeak-ng")

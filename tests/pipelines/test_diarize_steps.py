@@ -15,7 +15,7 @@ import soundfile as sf
 
 from minmo.diarization.metrics import read_rttm, score
 from minmo.duplex.evaluate import label_agreement
-from minmo.duplex.labels import DuplexConfig, Span
+from minmo.duplex.labels import DuplexLabelConfig, Span
 from pipelines.build import BuildDir
 from pipelines.diarize import DiarizeConfig, run_diarize
 from pipelines.ingest.config import IngestConfig
@@ -151,7 +151,7 @@ def _agreement(built: dict[str, Any], stems: tuple[str, ...]) -> Any:
         )
         for s in stems
     ]
-    return label_agreement(conversations, DuplexConfig())
+    return label_agreement(conversations, DuplexLabelConfig())
 
 
 def test_labels_from_diarized_turns_agree_with_reference_labels(built: dict[str, Any]) -> None:

@@ -3,7 +3,7 @@ quarantine of conversations that are not two-party."""
 
 from __future__ import annotations
 
-from minmo.duplex.labels import DuplexConfig
+from minmo.duplex.labels import DuplexLabelConfig
 from pipelines.label_turns import label_conversation
 from schemas import EVENTS, FRAME_LABELS, QUARANTINE
 
@@ -19,7 +19,7 @@ def _item(*turns: tuple[str, int, float, float]) -> dict:
 
 def test_two_samples_with_valid_rows() -> None:
     result = label_conversation(
-        _item(("ch0", 0, 0.0, 3.0), ("ch1", 1, 3.5, 6.0), ("ch0", 0, 6.1, 9.0)), DuplexConfig()
+        _item(("ch0", 0, 0.0, 3.0), ("ch1", 1, 3.5, 6.0), ("ch0", 0, 6.1, 9.0)), DuplexLabelConfig()
     )
     events = EVENTS.from_rows(result["tables"]["events"])
     labels = FRAME_LABELS.from_rows(result["tables"]["frame_labels"])
@@ -36,7 +36,7 @@ def test_not_two_party_is_quarantined() -> None:
         [("spk0", 0, 0.0, 3.0)],
         [("spk0", 0, 0.0, 3.0), ("spk1", 0, 3.5, 5.0), ("spk2", 0, 5.5, 7.0)],
     ):
-        result = label_conversation(_item(*turns), DuplexConfig())
+        result = label_conversation(_item(*turns), DuplexLabelConfig())
         (row,) = QUARANTINE.from_rows(result["tables"]["quarantine"]).to_pylist()
         assert row["reason_code"] == "not_two_party" and row["item_key"] == "rec"
         assert row["step"] == "label-turns"

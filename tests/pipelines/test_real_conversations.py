@@ -13,7 +13,7 @@ import pytest
 
 from minmo.diarization.metrics import read_rttm, score
 from minmo.duplex.evaluate import label_agreement
-from minmo.duplex.labels import DuplexConfig, Span, analyse
+from minmo.duplex.labels import DuplexLabelConfig, Span, analyse
 from pipelines.build import BuildDir
 from pipelines.diarize import DiarizeConfig, run_diarize
 from pipelines.ingest.config import IngestConfig
@@ -79,7 +79,7 @@ def test_mono_call_diarized_offline_within_the_target(calls: dict[str, Any]) -> 
 def test_event_counts_and_timings_are_sane(calls: dict[str, Any], stem: str) -> None:
     call = calls[stem]
     duration = call["rec"]["duration_s"]
-    ref_transfers = len(analyse(call["reference"], DuplexConfig()).transfers)
+    ref_transfers = len(analyse(call["reference"], DuplexLabelConfig()).transfers)
     events = call["events"]
     assert all(0.0 <= e["time_s"] <= duration + 2.0 for e in events)
     for user in {e["user_speaker"] for e in events}:
@@ -98,7 +98,7 @@ def test_turn_taking_labels_match_labels_from_the_reference(
     call = calls[stem]
     rid, duration = call["rec"]["recording_id"], call["rec"]["duration_s"]
     agreement = label_agreement(
-        [(rid, duration, _spans(call["turns"]), call["reference"])], DuplexConfig()
+        [(rid, duration, _spans(call["turns"]), call["reference"])], DuplexLabelConfig()
     )
     for event_type in (EventType.ASSISTANT_TURN_TAKING, EventType.USER_TURN_TAKING):
         assert agreement.f1(event_type, 10) >= minimum_f1, agreement.render()

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pytest
 
 from minmo.cli import main as cli
-from minmo.tokens.speech import build_tiny_checkpoint
+from minmo.testing.tiny_models import build_tiny_checkpoint
 from pipelines.audio_source import SourceRoots
 from pipelines.build import BuildDir
 from pipelines.ingest.config import IngestConfig

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from minmo.tokens.speech import build_tiny_checkpoint
+from minmo.testing.tiny_models import build_tiny_checkpoint
 from pipelines.build import BuildDir
 from pipelines.ingest.run import read_table
 from pipelines.shards.step import ShardsConfig, run_shards

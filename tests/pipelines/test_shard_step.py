@@ -16,7 +16,8 @@ import webdataset as wds
 import yaml
 
 from minmo.cli.jobs import run_job
-from minmo.tokens.speech import build_tiny_checkpoint, n_speech_tokens
+from minmo.testing.tiny_models import build_tiny_checkpoint
+from minmo.tokens.speech import n_speech_tokens
 from minmo.tokens.text import load_text_tokenizer
 from pipelines.build import BuildDir
 from pipelines.ingest.run import read_table

@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 import webdataset as wds
 
-from minmo.tokens.speech import build_tiny_checkpoint
+from minmo.testing.tiny_models import build_tiny_checkpoint
 from pipelines.diarize import DiarizeConfig, run_diarize
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.run import run_ingest

@@ -15,7 +15,7 @@ import soundfile as sf
 
 from minmo.diarization.metrics import read_rttm
 from minmo.duplex.evaluate import label_agreement
-from minmo.duplex.labels import DuplexConfig, Span
+from minmo.duplex.labels import DuplexLabelConfig, Span
 from pipelines.build import BuildDir
 from pipelines.diarize import DiarizeConfig, run_diarize
 from pipelines.ingest.config import IngestConfig
@@ -190,10 +190,10 @@ def test_simulated_calls_flow_through_diarize_and_label_turns(built: dict[str, A
     # 8 short calls hold only ~14 hand-overs to the user, so the seeded gap draws (keyed by
     # recording id) swing F1 by ~0.07 per mismatch. Keeping
     # the user's real start on both sides measures the diarization alone.
-    real_starts = label_agreement(conversations, DuplexConfig(immediate_s=math.inf))
+    real_starts = label_agreement(conversations, DuplexLabelConfig(immediate_s=math.inf))
     for event_type in (EventType.ASSISTANT_TURN_TAKING, EventType.USER_TURN_TAKING):
         assert real_starts.f1(event_type, 5) >= 0.9, real_starts.render()
-    drawn = label_agreement(conversations, DuplexConfig())
+    drawn = label_agreement(conversations, DuplexLabelConfig())
     for event_type in (EventType.ASSISTANT_TURN_TAKING, EventType.USER_TURN_TAKING):
         assert drawn.f1(event_type, 10) >= 0.9, drawn.render()
     assert read_table(b, "frame_labels").num_rows == 16

@@ -7,21 +7,20 @@ import pytest
 import torch
 from s3tokenizer.utils import log_mel_spectrogram, padding
 
+from minmo.testing.tiny_models import build_tiny_checkpoint
 from minmo.tokens.speech import (
     SpeechTokenizer,
-    build_tiny_checkpoint,
     config_path_for,
     n_speech_tokens,
 )
 from schemas.shards import SPEECH_VOCAB as CODEBOOK_SIZE
-
-RATE = 16_000
+from schemas.units import SAMPLE_RATE_HZ
 
 
 def _clip(seconds: float, seed: int = 0) -> np.ndarray:
     """Noise plus a chirp, so the tiny model sees varied frames."""
-    n = int(round(seconds * RATE))
-    t = np.arange(n) / RATE
+    n = int(round(seconds * SAMPLE_RATE_HZ))
+    t = np.arange(n) / SAMPLE_RATE_HZ
     rng = np.random.default_rng(seed)
     return (0.3 * np.sin(2 * np.pi * (200 + 300 * t) * t) + 0.05 * rng.standard_normal(n)).astype(
         np.float32
@@ -91,7 +90,7 @@ def test_bad_input_is_rejected(tokenizer):
     with pytest.raises(ValueError, match="shorter"):
         tokenizer.tokenize([np.zeros(100, np.float32)])
     with pytest.raises(ValueError, match="mono"):
-        tokenizer.tokenize([np.zeros((2, RATE), np.float32)])
+        tokenizer.tokenize([np.zeros((2, SAMPLE_RATE_HZ), np.float32)])
 
 
 def test_random_init_is_flagged_and_seeded():

@@ -22,7 +22,7 @@ from torch.distributed.checkpoint import FileSystemReader
 from minmo.audio.encode import flac_bytes
 from minmo.cli import main
 from minmo.model.minmo import SpecialIds
-from minmo.tokens.speech import build_tiny_checkpoint
+from minmo.testing.tiny_models import build_tiny_checkpoint
 from minmo.tokens.text import load_text_tokenizer
 from minmo.train.config import TrainConfig
 from minmo.train.metrics import read_metrics

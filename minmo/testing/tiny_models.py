@@ -1,0 +1,162 @@
+"""Tiny random-weight checkpoints laid out like the released ones, for tests and benches.
+
+Owns the builders that write a SenseVoiceSmall model directory, a CosyVoice 2 `llm.pt` and an
+S3 speech tokenizer checkpoint with random weights at tiny configs, so the real loaders
+(`VoiceEncoder.from_pretrained`, `VoiceTokenLM.from_cosyvoice2`, `SpeechTokenizer`) run on the
+real layouts without a download. Must not: be imported by the library (`minmo/` outside
+`testing/` and `demo/`, and `pipelines/`); tests, benches and the demo are its users.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from minmo.model.voice_encoder import VoiceEncoderConfig
+from minmo.model.voice_lm import VoiceLMConfig
+from minmo.tokens.speech import MODEL_NAME, RANDOM_INIT_SEED, config_path_for, model_config
+
+# A 2-layer, width-128 S3TokenizerV2 (rotary embeddings fix 64 dims per head: state / heads = 64).
+TINY_CONFIG = {"n_audio_state": 128, "n_audio_head": 2, "n_audio_layer": 2}
+
+
+def build_tiny_sensevoice_dir(
+    path: str | Path, config: VoiceEncoderConfig | None = None, seed: int = 0
+) -> Path:
+    """Write a SenseVoiceSmall-shaped model directory with random weights (for tests).
+
+    Layout as the released download: ``config.yaml`` (model SenseVoiceSmall, encoder
+    SenseVoiceEncoderSmall at ``config``'s dims, WavFrontend, tokenizer conf), ``model.pt`` (the
+    FULL SenseVoiceSmall state dict, CTC head over 25,055 tokens and task-query embeddings
+    included, built by funasr's own class) and ``am.mvn`` (Kaldi nnet-text CMVN of size D).
+    """
+    # funasr is the heavy optional dependency of the real encoder; only this builder needs it.
+    from funasr.models.sense_voice.model import SenseVoiceSmall
+
+    config = config or VoiceEncoderConfig.tiny()
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    encoder_conf = {
+        **config.encoder_conf(),
+        "positional_dropout_rate": config.dropout_rate,
+        "input_layer": "pe",
+        "pos_enc_class": "SinusoidalPositionEncoder",
+        "normalize_before": True,
+        "selfattention_layer_type": "sanm",
+    }
+    ctc_conf = {"dropout_rate": 0.0, "ctc_type": "builtin", "reduce": True, "ignore_nan_grad": True}
+    conf = {
+        "model": "SenseVoiceSmall",
+        "model_conf": {
+            "length_normalized_loss": True,
+            "sos": 1,
+            "eos": 2,
+            "ignore_id": -1,
+        },
+        "encoder": "SenseVoiceEncoderSmall",
+        "encoder_conf": encoder_conf,
+        "tokenizer": "SentencepiecesTokenizer",
+        "tokenizer_conf": {"bpemodel": None, "unk_symbol": "<unk>", "split_with_space": True},
+        "frontend": "WavFrontend",
+        "frontend_conf": {
+            "fs": config.sample_rate,
+            "window": config.window,
+            "n_mels": config.n_mels,
+            "frame_length": config.frame_length_ms,
+            "frame_shift": config.frame_shift_ms,
+            "lfr_m": config.lfr_m,
+            "lfr_n": config.lfr_n,
+        },
+        "ctc_conf": ctc_conf,
+        "normalize": None,
+    }
+    (path / "config.yaml").write_text(yaml.safe_dump(conf, sort_keys=False), encoding="utf-8")
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SenseVoiceSmall(
+            encoder="SenseVoiceEncoderSmall",
+            encoder_conf=encoder_conf,
+            ctc_conf=ctc_conf,
+            input_size=config.input_size,
+            vocab_size=25055,
+            **conf["model_conf"],
+        )
+    torch.save(model.state_dict(), path / "model.pt")
+
+    # Plausible global CMVN: log-mel means around -10 (shift = -mean), 1/std around 0.3,
+    # repeated over the lfr_m stacked copies as in the released am.mvn.
+    rng = np.random.default_rng(seed)
+    shift = np.tile(-(10.0 + rng.normal(0.0, 1.5, config.n_mels)), config.lfr_m)
+    scale = np.tile(0.3 + 0.1 * rng.random(config.n_mels), config.lfr_m)
+    dim = config.input_size
+
+    def row(values: np.ndarray) -> str:
+        return "<LearnRateCoef> 0 [ " + " ".join(f"{v:.6f}" for v in values) + " ]"
+
+    lines = [
+        "<Nnet>",
+        f"<Splice> {dim} {dim}",
+        "[ 0 ]",
+        f"<AddShift> {dim} {dim}",
+        row(shift),
+        f"<Rescale> {dim} {dim}",
+        row(scale),
+        "</Nnet>",
+    ]
+    (path / "am.mvn").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def build_tiny_cosyvoice2_llm_pt(
+    path: str | Path, config: VoiceLMConfig | None = None, seed: int = 0, text_vocab: int = 300
+) -> Path:
+    """Write a random `llm.pt` laid out exactly like CosyVoice 2's (for tests).
+
+    Includes the text embedding and the tied text head that `from_cosyvoice2` drops; the text
+    vocabulary is shrunk to `text_vocab` rows (CosyVoice 2: 151936) to keep the file small.
+    """
+    # transformers' Qwen2 classes load slowly; only this builder needs the causal-LM head.
+    from transformers import Qwen2ForCausalLM
+
+    config = config or VoiceLMConfig.tiny()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    qwen = Qwen2ForCausalLM(config.qwen2_config(vocab_size=text_vocab, tie_word_embeddings=True))
+    state = {f"llm.model.{k}": v.detach().clone() for k, v in qwen.state_dict().items()}
+    # Qwen2.5-0.5B ties its head to the embedding; CosyVoice 2's llm.pt stores both keys.
+    state.setdefault("llm.model.lm_head.weight", state["llm.model.model.embed_tokens.weight"])
+    h, v = config.hidden_size, config.vocab_size
+    state["llm_embedding.weight"] = torch.randn(2, h) * 0.02
+    state["llm_decoder.weight"] = torch.randn(v, h) * 0.02
+    state["llm_decoder.bias"] = torch.randn(v) * 0.02
+    state["speech_embedding.weight"] = torch.randn(v, h) * 0.02
+    torch.save(state, path)
+    return path
+
+
+def build_tiny_checkpoint(path: str | Path) -> Path:
+    """Save a tiny random-init S3TokenizerV2 (2 layers, width 128) that `SpeechTokenizer(path)` loads.
+
+    Writes the state_dict at `path` and its ModelConfig fields at `config_path_for(path)`.
+    Rotary embeddings are fixed at 64 dims per head, hence n_audio_state / n_audio_head == 64.
+    """
+    # s3tokenizer loads only where a tokenizer is built, as in `minmo.tokens.speech`.
+    from s3tokenizer.model_v2 import S3TokenizerV2
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = model_config(TINY_CONFIG)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        model = S3TokenizerV2(MODEL_NAME, config=config)
+    torch.save(model.state_dict(), path)
+    full = asdict(config)
+    config_path_for(path).write_text(json.dumps({k: full[k] for k in TINY_CONFIG}, indent=2) + "\n")
+    return path
