@@ -32,7 +32,7 @@ from minmo.audio import measure
 from minmo.audio.encode import flac_bytes
 from minmo.audio.resample import resample
 from minmo.audio.trim import trim_silence
-from minmo.config import StorageOptions, section_field, storage_options_field
+from minmo.config import ConfigError, StorageOptions, section_field, storage_options_field
 from minmo.duplex.simulate import GapDistribution, SimulationConfig, simulate
 from minmo.io.fs import Location, to_uri
 from minmo.tts.base import Style, TtsFailure, TtsRequest, Voice
@@ -132,7 +132,7 @@ class SynthesizeConfig:
         if isinstance(self.dialogues, str):
             self.dialogues = [self.dialogues]
         if self.dialogues_per_unit < 1 or self.units_per_wave < 1:
-            raise ValueError("dialogues_per_unit and units_per_wave must be >= 1")
+            raise ConfigError("dialogues_per_unit and units_per_wave must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

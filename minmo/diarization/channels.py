@@ -32,6 +32,7 @@ import numpy as np
 
 from minmo.audio.measure import frame_powers
 from minmo.audio.vad import FRAME_SAMPLES, BatchedSileroVad, speech_timestamps
+from minmo.config import ConfigError
 from minmo.diarization.types import (
     DiarizationRejected,
     SpeakerHints,
@@ -83,18 +84,18 @@ class ChannelDiarizerConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+            raise ConfigError(f"threshold must be in (0, 1), got {self.threshold}")
         for name in ("min_speech_s", "min_silence_s", "speech_pad_s", "merge_gap_s"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 seconds, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 0 seconds, got {getattr(self, name)}")
         if self.leakage_margin_db <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f"leakage_margin_db must be > 0 dB (15 is typical), got {self.leakage_margin_db}"
             )
         if self.leakage_excess_db < 0:
-            raise ValueError(f"leakage_excess_db must be >= 0 dB, got {self.leakage_excess_db}")
+            raise ConfigError(f"leakage_excess_db must be >= 0 dB, got {self.leakage_excess_db}")
         if self.leakage_smooth_s < 0:
-            raise ValueError(f"leakage_smooth_s must be >= 0 seconds, got {self.leakage_smooth_s}")
+            raise ConfigError(f"leakage_smooth_s must be >= 0 seconds, got {self.leakage_smooth_s}")
 
 
 class ChannelDiarizer:

@@ -64,6 +64,7 @@ from torch.nn.utils.rnn import pack_sequence
 from torchaudio.functional import melscale_fbanks
 
 from minmo.audio.vad import BatchedSileroVad, speech_timestamps
+from minmo.config import ConfigError
 from minmo.diarization.types import (
     DiarizationRejected,
     SpeakerHints,
@@ -130,23 +131,23 @@ class OfflineDiarizerConfig:
         for field in fields(self):
             value = getattr(self, field.name)
             if not math.isfinite(value) or value < 0:
-                raise ValueError(
+                raise ConfigError(
                     f"OfflineDiarizerConfig.{field.name} must be finite and >= 0, got {value}"
                 )
         if not 0 < self.step_s <= self.window_s:
-            raise ValueError(
+            raise ConfigError(
                 f"step_s must be in (0, window_s={self.window_s}], got {self.step_s}: "
                 "consecutive windows must touch or overlap so every speech frame is covered"
             )
         if not 0 < self.affinity_keep <= 1:
-            raise ValueError(f"affinity_keep must be in (0, 1], got {self.affinity_keep}")
+            raise ConfigError(f"affinity_keep must be in (0, 1], got {self.affinity_keep}")
         for name in ("same_voice_similarity", "new_speaker_similarity"):
             if not 0 < getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         if self.margin_scale == 0:
-            raise ValueError("margin_scale must be > 0")
+            raise ConfigError("margin_scale must be > 0")
         if self.default_max_speakers < 1:
-            raise ValueError("default_max_speakers must be >= 1")
+            raise ConfigError("default_max_speakers must be >= 1")
 
 
 # ---------------------------------------------------------------------- speaker encoder

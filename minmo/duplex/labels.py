@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from minmo.config import ConfigError
 from schemas.duplex import EventType, FrameLabel
 from schemas.units import LLM_HOP_S
 
@@ -69,9 +70,9 @@ class DuplexLabelConfig:
 
     def __post_init__(self) -> None:
         if self.hop_s <= 0:
-            raise ValueError(f"hop_s must be > 0, got {self.hop_s}")
+            raise ConfigError(f"hop_s must be > 0, got {self.hop_s}")
         if min(self.pause_s, self.backchannel_max_s, self.backchannel_window_s) < 0:
-            raise ValueError("pause and back-channel thresholds must be >= 0")
+            raise ConfigError("pause and back-channel thresholds must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from typing import Literal
 
 import numpy as np
 
+from minmo.config import ConfigError
 from minmo.duplex.evaluate import DEFAULT_KS, DuplexScore, score_samples
 from minmo.duplex.labels import DuplexLabelConfig, Event, Span, analyse, events_for, frame_labels
 from schemas.duplex import EventType
@@ -158,7 +159,7 @@ class SimulationConfig:
         for name in ("overlap_rate", "barge_in_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} is a probability: use a value in [0, 1], got {value}")
+                raise ConfigError(f"{name} is a probability: use a value in [0, 1], got {value}")
         durations = (
             "barge_in_lead_s",
             "barge_in_min_into_s",
@@ -175,9 +176,9 @@ class SimulationConfig:
         )
         for name in durations:
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.barge_in_rate > 0 and self.barge_in_lead_s <= 0:
-            raise ValueError(
+            raise ConfigError(
                 "barge_in_lead_s must be > 0: the assistant stops after the user starts"
             )
 

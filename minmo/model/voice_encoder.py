@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from minmo.config import ConfigError
 from schemas.units import SAMPLE_RATE_HZ
 
 logger = logging.getLogger(__name__)
@@ -113,23 +114,23 @@ class VoiceEncoderConfig:
 
     def __post_init__(self) -> None:
         if self.input_size != self.n_mels * self.lfr_m:
-            raise ValueError(
+            raise ConfigError(
                 f"input_size={self.input_size} must equal n_mels * lfr_m = "
                 f"{self.n_mels} * {self.lfr_m} = {self.n_mels * self.lfr_m}; set input_size to that"
             )
         if self.output_size % self.attention_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"output_size={self.output_size} is not divisible by "
                 f"attention_heads={self.attention_heads}; pick heads that divide it"
             )
         if self.num_blocks < 1 or self.tp_blocks < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"need num_blocks >= 1 and tp_blocks >= 0, got {self.num_blocks}, {self.tp_blocks}"
             )
         if self.window not in _WINDOWS:
-            raise ValueError(f"window={self.window!r} is not one of {_WINDOWS}")
+            raise ConfigError(f"window={self.window!r} is not one of {_WINDOWS}")
         if self.lfr_m < 1 or self.lfr_n < 1:
-            raise ValueError(f"lfr_m and lfr_n must be >= 1, got {self.lfr_m}, {self.lfr_n}")
+            raise ConfigError(f"lfr_m and lfr_n must be >= 1, got {self.lfr_m}, {self.lfr_n}")
 
     @property
     def frame_seconds(self) -> float:

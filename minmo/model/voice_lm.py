@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minmo.config import ConfigError
 from schemas.shards import SPEECH_VOCAB
 
 IGNORE = -100
@@ -96,17 +97,17 @@ class VoiceLMConfig:
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"hidden_size {self.hidden_size} must be a multiple of num_attention_heads "
                 f"{self.num_attention_heads}"
             )
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"num_attention_heads {self.num_attention_heads} must be a multiple of "
                 f"num_key_value_heads {self.num_key_value_heads}"
             )
         if self.text_chunk < 1 or self.speech_chunk < 1:
-            raise ValueError("text_chunk and speech_chunk must be >= 1 (the paper: 5 and 15)")
+            raise ConfigError("text_chunk and speech_chunk must be >= 1 (the paper: 5 and 15)")
 
     @classmethod
     def tiny(cls) -> VoiceLMConfig:

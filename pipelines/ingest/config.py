@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from minmo.config import StorageOptions, storage_options_field
+from minmo.config import ConfigError, StorageOptions, storage_options_field
+from pipelines.ingest.sources import FORMATS
 
 
 @dataclass
@@ -64,10 +65,8 @@ class IngestConfig:
     storage_options: StorageOptions = storage_options_field()
 
     def __post_init__(self) -> None:
-        from pipelines.ingest.sources import FORMATS
-
         if self.format not in FORMATS:
-            raise ValueError(f"ingest.format={self.format!r}: choose one of {', '.join(FORMATS)}")
+            raise ConfigError(f"ingest.format={self.format!r}: choose one of {', '.join(FORMATS)}")
         positive = (
             "min_duration_s",
             "max_duration_s",
@@ -83,13 +82,13 @@ class IngestConfig:
         )
         for name in positive:
             if getattr(self, name) <= 0:
-                raise ValueError(f"ingest.{name} must be > 0, got {getattr(self, name)}")
+                raise ConfigError(f"ingest.{name} must be > 0, got {getattr(self, name)}")
         if self.vad_actors is not None and self.vad_actors <= 0:
-            raise ValueError(f"ingest.vad_actors must be > 0 or null, got {self.vad_actors}")
+            raise ConfigError(f"ingest.vad_actors must be > 0 or null, got {self.vad_actors}")
         if self.min_duration_s >= self.max_duration_s:
-            raise ValueError("ingest.min_duration_s must be below ingest.max_duration_s")
+            raise ConfigError("ingest.min_duration_s must be below ingest.max_duration_s")
         if not 0.0 < self.vad_threshold < 1.0:
-            raise ValueError(f"ingest.vad_threshold must be in (0, 1), got {self.vad_threshold}")
+            raise ConfigError(f"ingest.vad_threshold must be in (0, 1), got {self.vad_threshold}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

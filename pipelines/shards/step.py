@@ -39,7 +39,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from minmo.config import StorageOptions, section_field, storage_options_field
+from minmo.config import ConfigError, StorageOptions, section_field, storage_options_field
 from minmo.io.atomic import write_bytes_atomic
 from minmo.io.fs import to_uri
 from minmo.io.parquet import write_table
@@ -117,22 +117,22 @@ class ShardsConfig:
             self.stages = list(STAGES)
         for stage in self.stages:
             if stage not in STAGES:
-                raise ValueError(f"unknown stage {stage!r}; expected {', '.join(STAGES)} or all")
+                raise ConfigError(f"unknown stage {stage!r}; expected {', '.join(STAGES)} or all")
         for stage, weights in self.mixture.items():
             if stage not in STAGES:
-                raise ValueError(f"mixture: unknown stage {stage!r}")
+                raise ConfigError(f"mixture: unknown stage {stage!r}")
             for task, weight in weights.items():
                 if task not in STAGE_TASKS[stage]:
-                    raise ValueError(
+                    raise ConfigError(
                         f"mixture.{stage}: unknown task {task!r}; {stage} has "
                         f"{', '.join(STAGE_TASKS[stage])}"
                     )
                 if not (isinstance(weight, (int, float)) and weight >= 0):
-                    raise ValueError(f"mixture.{stage}.{task}: weight must be >= 0")
+                    raise ConfigError(f"mixture.{stage}.{task}: weight must be >= 0")
         if sorted(self.bucket_edges_s) != list(self.bucket_edges_s):
-            raise ValueError("bucket_edges_s must be increasing")
+            raise ConfigError("bucket_edges_s must be increasing")
         if self.max_samples < 1 or self.max_bytes < 1 or self.batch_size < 1:
-            raise ValueError("max_samples, max_bytes and batch_size must be >= 1")
+            raise ConfigError("max_samples, max_bytes and batch_size must be >= 1")
 
     def sample_config(self) -> SampleConfig:
         return SampleConfig(**{"seed": self.seed, **self.samples})

@@ -18,7 +18,7 @@ from typing import Any
 
 import duckdb
 
-from minmo.config import StorageOptions, storage_options_field
+from minmo.config import ConfigError, StorageOptions, storage_options_field
 from pipelines.build import BuildDir
 from pipelines.stats import shard_stats, tables
 from pipelines.stats.sources import connect, discover, register_parquet
@@ -51,11 +51,11 @@ class StatsConfig:
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 1:
-            raise ValueError("stats.workers must be >= 1 (or left out for two per Ray CPU)")
+            raise ConfigError("stats.workers must be >= 1 (or left out for two per Ray CPU)")
         if self.max_shard_rows < 0 or self.worst_shards < 0:
-            raise ValueError("stats.max_shard_rows and stats.worst_shards must be >= 0")
+            raise ConfigError("stats.max_shard_rows and stats.worst_shards must be >= 0")
         if self.threads is not None and self.threads < 1:
-            raise ValueError("stats.threads must be >= 1 (or left out for all cores)")
+            raise ConfigError("stats.threads must be >= 1 (or left out for all cores)")
 
 
 def compute_stats(
