@@ -23,6 +23,7 @@ import pyarrow.fs as pafs
 
 from minmo.io.atomic import write_bytes_atomic
 from minmo.io.fs import open_filesystem, to_uri
+from schemas.shards import is_temp_name
 
 BUILD_KEY_PREFIX = "build:"
 """Audio a step writes into the build (synthesized lines, duplex calls) is named
@@ -137,7 +138,7 @@ class StepLedger:
                 step, unit_id = self.table_file_owner(name)
                 if step != self.step:
                     continue
-                if ".tmp-" in name or not self.is_done(unit_id):
+                if is_temp_name(name) or not self.is_done(unit_id):
                     self.build.delete(path)
                     removed += 1
         return removed

@@ -38,6 +38,7 @@ from pipelines.samples import sources
 from pipelines.samples.builders import SampleConfig, StageBuilder
 from pipelines.samples.prompts import PromptBook
 from pipelines.samples.spec import estimated_bytes, span_s
+from schemas.shards import is_temp_name
 
 # Tables whose rows make a stage's samples: a unit is an input of the stage when it has a part
 # file in one of them.
@@ -130,7 +131,7 @@ def list_units(build: BuildDir, stage: str) -> list[Unit]:
     for table in VIEW_TABLES:
         for path in sources.table_files(build, table):
             name = path.rsplit("/", 1)[-1]
-            if ".tmp-" in name:
+            if is_temp_name(name):
                 continue
             views.setdefault(unit_key(name), {}).setdefault(table, []).append(path)
     driving = DRIVING_TABLES[stage]
