@@ -2,7 +2,8 @@
 
 - `schemas` imports nothing of ours: it is the contract every other layer reads.
 - `minmo` (algorithms, model, trainer) never imports `pipelines` (the Ray steps), except the CLI
-  package that dispatches to the steps (`minmo/cli.py`, or `minmo/cli/` once it is a package).
+  package that dispatches to the steps (`minmo/cli/`).
+- The library never imports its test doubles (`minmo.testing`).
 - No import cycles among our modules, counting module-level imports (the graph a reader follows).
 - An import of our own modules inside a function hides a dependency from the reader; it is
   allowed only for a heavy optional dependency, and then the line (or the one above) says why in
@@ -159,11 +160,6 @@ def test_schemas_imports_nothing_of_ours(edges: list[Edge]) -> None:
     assert not bad, "schemas must import only stdlib, pyarrow and numpy:\n" + "\n".join(bad)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="minmo/jobs.py, minmo/plan.py and minmo/train/data.py still import pipelines: the "
-    "CLI, plan and I/O branches move them; the lead removes this marker after the merge",
-)
 def test_minmo_never_imports_pipelines(edges: list[Edge]) -> None:
     bad = [
         _where(e)
@@ -173,6 +169,15 @@ def test_minmo_never_imports_pipelines(edges: list[Edge]) -> None:
     assert not bad, "minmo must not import the steps (only the CLI package may):\n" + "\n".join(bad)
 
 
+def test_the_library_never_imports_its_test_doubles(edges: list[Edge]) -> None:
+    bad = [
+        _where(e)
+        for e in edges
+        if e.target.startswith("minmo.testing") and not e.source.startswith("minmo.testing")
+    ]
+    assert not bad, "minmo.testing is for tests and benches only:\n" + "\n".join(bad)
+
+
 def test_no_import_cycles(edges: list[Edge]) -> None:
     cycles = _cycles(edges)
     assert not cycles, "import cycles among module-level imports:\n" + "\n".join(
@@ -180,12 +185,6 @@ def test_no_import_cycles(edges: list[Edge]) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="minmo/cli.py, minmo/jobs.py, minmo/plan.py, pipelines/diarize.py and "
-    "pipelines/ingest/config.py still defer imports: other branches of issue 16 fix them; the "
-    "lead removes this marker after the merge",
-)
 def test_deferred_imports_are_commented(edges: list[Edge]) -> None:
     bad = [_where(e) for e in edges if e.deferred and not e.commented]
     assert not bad, (
