@@ -135,7 +135,9 @@ class Cluster:
 
     nodes: int
     cores_per_node: int
+    """CPU cores each node gives the steps."""
     gpus_per_node: int = 0
+    """GPUs per node; 0 plans every step on CPUs."""
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.cores_per_node < 1:

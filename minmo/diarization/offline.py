@@ -101,6 +101,7 @@ class OfflineDiarizerConfig:
     """Embedding window and hop. 1.0 s beat Resemblyzer's own 1.6 s partials here: turns in a
     conversation are short, and a window that spans a speaker change is labelled by neither."""
     step_s: Seconds = 0.2
+    """Hop between embedding windows."""
     affinity_keep: float = 0.2
     """Fraction of nearest neighbours kept per affinity row."""
     same_voice_similarity: float = 0.92

@@ -66,6 +66,7 @@ class TrainConfig:
     steps: int = 100
     """Optimizer steps."""
     seed: int = 0
+    """Seeds the initial weights (identical on every rank) and the data order."""
     shards: str | None = None
     """The stage's shard directory; default: DIR/shards/<the stage's shard dir>; a path or URI."""
     storage_options: StorageOptions = storage_options_field()
@@ -82,7 +83,9 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     """The cosine schedule ends at lr * min_lr_ratio."""
     warmup_steps: int = 10
+    """Linear warm-up from 0 to lr over this many steps, then the cosine schedule."""
     weight_decay: float = 0.0
+    """AdamW's decoupled weight decay."""
     betas: tuple[float, float] = (0.9, 0.95)
     """AdamW's betas."""
     grad_accum: int = 1
@@ -94,6 +97,8 @@ class TrainConfig:
     bf16: bool = True
     """Autocast on GPU only; CPU runs in fp32 for exactness."""
     activation_checkpointing: bool = False
+    """Recompute the transformer blocks' activations in the backward pass: less memory, more
+    compute."""
     out: str | None = None
     """Checkpoint directory; default: DIR/checkpoints/<stage>; a path or URI."""
     staging: str | None = None
@@ -109,6 +114,8 @@ class TrainConfig:
     peak_flops: float | None = None
     """Per device, e.g. 989e12 for an H100's dense bf16 (for MFU)."""
     tensorboard: bool = True
+    """Also write the metrics as TensorBoard events (out/tensorboard/) beside metrics.jsonl, when
+    tensorboard is installed."""
 
     def __post_init__(self) -> None:
         if self.stage not in RECIPES:

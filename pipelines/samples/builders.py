@@ -54,6 +54,7 @@ class SampleConfig:
     """Which rows make samples. Durations bound what one training example may hold."""
 
     min_input_s: float = 0.3
+    """Shortest audio a stage-1/3 sample feeds the encoder."""
     max_input_s: float = 60.0
     """Longest audio a stage-1/3 sample feeds the encoder."""
     max_target_s: float = 30.0
@@ -61,6 +62,7 @@ class SampleConfig:
     max_conversation_s: float = 1200.0
     """Longest stage-4 conversation."""
     contextual_min_words: int = 4
+    """Fewest transcript words a contextual-ASR sample needs (bias words are drawn from them)."""
     hotwords: int = 2
     """Bias words drawn from the transcript."""
     distractors: int = 3
