@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -25,26 +25,16 @@ from pipelines.ray_runtime import ensure_ray
 from pipelines.recording_step import RecordingStep, StepTotals
 from schemas import EVENTS, FRAME_LABELS, QUARANTINE, TURNS, EventType, ReasonCode
 from schemas.quarantine import quarantine_row
-from schemas.units import LLM_HOP_S
 
 STEP = "label-turns"
 PERCENTILES = (5, 25, 50, 75, 95)
 
 
-@dataclass
-class LabelTurnsConfig:
-    """Thresholds of the heuristics (see minmo/duplex/labels.py) and the step's batching."""
+@dataclass(frozen=True)
+class LabelTurnsConfig(DuplexLabelConfig):
+    """The heuristics' thresholds (DuplexLabelConfig, minmo/duplex/labels.py: one home for their
+    fields and docs) plus the step's batching and storage."""
 
-    pause_s: float = 0.5
-    """Pauses shorter than this join one turn."""
-    backchannel_max_s: float = 1.0
-    """The longest back-channel."""
-    backchannel_window_s: float = 1.0
-    """The other speaker talks this close before and after a back-channel."""
-    hop_s: float = LLM_HOP_S
-    """Frame hop of the labels (the LLM's input rate)."""
-    seed: int = 0
-    """Seed of the user turn-taking gaps."""
     recordings_per_unit: int = 64
     """Recordings per committed unit of work: the granularity of resume."""
     units_per_wave: int = 16
@@ -52,12 +42,9 @@ class LabelTurnsConfig:
     storage_options: StorageOptions = storage_options_field()
 
     def duplex(self) -> DuplexLabelConfig:
+        """Just the heuristics' thresholds, for the pure labeller."""
         return DuplexLabelConfig(
-            pause_s=self.pause_s,
-            backchannel_max_s=self.backchannel_max_s,
-            backchannel_window_s=self.backchannel_window_s,
-            hop_s=self.hop_s,
-            seed=self.seed,
+            **{f.name: getattr(self, f.name) for f in fields(DuplexLabelConfig)}
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -60,13 +60,21 @@ class DuplexLabelConfig:
     """Thresholds of the turn-taking heuristics; see the module docstring for the defaults."""
 
     pause_s: float = 0.5
+    """Pauses shorter than this join one turn."""
     backchannel_max_s: float = 1.0
+    """The longest back-channel."""
     backchannel_window_s: float = 1.0
+    """The other speaker talks this close before and after a back-channel."""
     hop_s: float = LLM_HOP_S
+    """Frame hop of the labels (the LLM's input rate)."""
     gap_mean_s: float = GAP_MEAN_S
+    """Mean of the drawn gap before a user turn-taking event (seconds, normal distribution)."""
     gap_std_s: float = GAP_STD_S
+    """Standard deviation of that gap."""
     seed: int = 0
+    """Seed of the user turn-taking gaps."""
     immediate_s: float = 0.2
+    """A start this soon after the other speaker's end is latching: its real start is kept."""
 
     def __post_init__(self) -> None:
         if self.hop_s <= 0:
