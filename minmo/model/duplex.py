@@ -29,8 +29,8 @@ class DuplexHeadConfig:
     heads: int = 16
     ffn_size: int = 4096
     n_classes: int = N_CLASSES
-    # Loss weights per class: listen dominates real conversations, the events are rare.
     class_weights: list[float] = field(default_factory=lambda: [1.0, 5.0, 1.0, 5.0])
+    """Loss weights per class: listen dominates real conversations, the events are rare."""
 
     @classmethod
     def tiny(cls, llm_size: int = 64) -> DuplexHeadConfig:

@@ -23,7 +23,8 @@ IGNORE = -100
 class LLMConfig:
     """Qwen2 dimensions (defaults: Qwen2.5-7B-Instruct) and the LoRA recipe."""
 
-    path: str | None = None  # local HF directory; None builds random weights from the fields
+    path: str | None = None
+    """Local HF directory; None builds random weights from the fields."""
     vocab_size: int = 152064
     hidden_size: int = 3584
     intermediate_size: int = 18944
@@ -34,9 +35,9 @@ class LLMConfig:
     rope_theta: float = 1_000_000.0
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = False
-    # Random-init std. Real runs load pretrained weights; a tiny random LLM that stays frozen
-    # (stages 1a/1b, 2, 4) needs a wider init, or its output logits are too flat to be steered.
     initializer_range: float = 0.02
+    """Random-init std. Real runs load pretrained weights; a tiny random LLM that stays frozen
+    (stages 1a/1b, 2, 4) needs a wider init, or its output logits are too flat to be steered."""
     lora_rank: int = 64
     lora_alpha: int = 128
     lora_dropout: float = 0.05

@@ -87,13 +87,16 @@ class VoiceLMConfig:
     rope_theta: float = 1e6
     max_position_embeddings: int = 32768
     rms_norm_eps: float = 1e-6
-    speech_vocab: int = SPEECH_VOCAB  # speech-token codes; the head has speech_vocab + 3 rows
-    text_chunk: int = 5  # semantic vectors per chunk (the paper's 5:15 ratio)
-    speech_chunk: int = 15  # speech tokens generated per text chunk
-    # Std of the random init of the body and the head. Real runs load CosyVoice 2's weights; a
-    # tiny random LM that stays frozen (stage 2a) needs a wider init, or its logits are too flat
-    # for the output projector to steer.
+    speech_vocab: int = SPEECH_VOCAB
+    """Speech-token codes; the head has speech_vocab + 3 rows."""
+    text_chunk: int = 5
+    """Semantic vectors per chunk (the paper's 5:15 ratio)."""
+    speech_chunk: int = 15
+    """Speech tokens generated per text chunk."""
     initializer_range: float = 0.02
+    """Std of the random init of the body and the head. Real runs load CosyVoice 2's weights; a tiny
+    random LM that stays frozen (stage 2a) needs a wider init, or its logits are too flat for the
+    output projector to steer."""
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads:
