@@ -12,13 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from minmo.cli.flags import add_config_flags, nest, parse_json_fields
-from minmo.cli.jobs import expand, run_job, split_section
+from minmo.cli.jobs import expand, read_spec, run_job, split_section
 from minmo.cli.steps import STEPS, StepFailed, StepSpec, resolve
 from minmo.config import ConfigError, merge
 from minmo.io.fs import STORE_SCHEMES, check_scheme
@@ -138,14 +135,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _yaml_section(path: str | None, name: str, build: str | None) -> dict[str, Any]:
-    """`--config`'s mapping: the step's section of a job spec, or the whole file; `{build}` and
-    `{job_dir}` expand as in a job."""
+def _yaml_section(
+    path: str | None, name: str, build: str | None, storage_options: dict[str, Any]
+) -> dict[str, Any]:
+    """`--config`'s mapping: the step's section of a job spec, or the whole file, read like a
+    job spec (a local path or an object-store URI); `{build}` and `{job_dir}` expand as in a job."""
     if path is None:
         return {}
-    data = expand(
-        yaml.safe_load(Path(path).read_text()) or {}, build or "", str(Path(path).resolve().parent)
-    )
+    spec, job_dir = read_spec(path, storage_options)
+    data = expand(spec or {}, build or "", job_dir)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a step's config is a mapping")
     section = data.get(name, {}) if "steps" in data else data
@@ -161,7 +159,9 @@ def section_from_args(args: argparse.Namespace) -> dict[str, Any]:
         if f"alias{i}" in values:
             values[alias.dest] = alias.convert(values.pop(f"alias{i}"))
     parse_json_fields(values, args.json_dests)
-    yaml_section = _yaml_section(args.config, args.command, getattr(args, "build", None))
+    yaml_section = _yaml_section(
+        args.config, args.command, getattr(args, "build", None), values.get("storage_options") or {}
+    )
     return merge(yaml_section, nest(values))
 
 

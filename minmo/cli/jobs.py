@@ -130,7 +130,7 @@ def _check_local_only(where: str, step: JobStep, build: str, section: dict[str, 
             )
 
 
-def _read_spec(path: str | Path, storage_options: dict[str, Any]) -> tuple[Any, str]:
+def read_spec(path: str | Path, storage_options: dict[str, Any]) -> tuple[Any, str]:
     """(the parsed spec, the URI of its folder) from a local path or a URI."""
     where = str(path)
     if uri_scheme(where) in (None, "file"):
@@ -149,7 +149,7 @@ def load_job(
 
     `storage_options` go over the spec's own top-level ones into every step that takes them."""
     build = canonical_build(build)
-    spec, job_dir = _read_spec(path, storage_options or {})
+    spec, job_dir = read_spec(path, storage_options or {})
     spec = spec or {}
     if not isinstance(spec, dict):
         raise ConfigError(f"{path}: a job spec is a mapping with a 'steps' list")
