@@ -1,6 +1,7 @@
 """Arrow contracts between minmo's steps and its trainer: one module per table, each versioned."""
 
 from schemas._table import SchemaError, TableContract
+from schemas.annotations import ANNOTATIONS
 from schemas.dialogues import DIALOGUES, ChatLayout, Role
 from schemas.duplex import EVENTS, FRAME_LABELS, EventType, FrameLabel
 from schemas.quarantine import QUARANTINE, ReasonCode
@@ -10,6 +11,7 @@ from schemas.segments import SEGMENTS, SegmentOrigin, segment_id
 from schemas.turns import TURNS
 
 __all__ = [
+    "ANNOTATIONS",
     "S2S_SAMPLES",
     "S2SRecipe",
     "DIALOGUES",
@@ -33,6 +35,16 @@ __all__ = [
 
 CONTRACTS: dict[str, TableContract] = {
     c.name: c
-    for c in (RECORDINGS, SEGMENTS, QUARANTINE, TURNS, EVENTS, FRAME_LABELS, DIALOGUES, S2S_SAMPLES)
+    for c in (
+        RECORDINGS,
+        SEGMENTS,
+        QUARANTINE,
+        TURNS,
+        EVENTS,
+        FRAME_LABELS,
+        DIALOGUES,
+        S2S_SAMPLES,
+        ANNOTATIONS,
+    )
 }
 """Every table a build directory can hold, by name."""

@@ -40,6 +40,7 @@ class ReasonCode(str, enum.Enum):
     BAD_DIALOGUE = "bad_dialogue"  # a chat row with no turns, unknown roles or empty text
     TTS_FAILED = "tts_failed"  # the TTS engine could not speak a line (after retries)
     SAMPLE_FAILED = "sample_failed"  # a shard sample's audio or tokens could not be made
+    BAD_LABEL = "bad_label"  # a label value maps onto nothing (schemas/labels.py); audio kept
     INTERNAL_ERROR = "internal_error"  # a bug: the step failed on this input; detail has it
 
 

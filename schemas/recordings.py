@@ -1,6 +1,9 @@
 """The recordings table: one row per source audio file (or Kaldi wav.scp entry), measured.
 
 v2 (relocatable builds): `source_key` added; `recording_id` hashes it instead of the URI.
+v3 (labels): the label columns of schemas/labels.py (`emotion`, `gender`, `age`, `audio_events`,
+`translations`, `dialect`), the whole file's labels as its source gave them. Readers of an older
+build see them as null.
 
 Audio stays in its source; this row says where it is, what it is, and how it sounds.
 """
@@ -12,10 +15,11 @@ import hashlib
 import pyarrow as pa
 
 from schemas._table import TableContract
+from schemas.labels import LABEL_ENUMS, LABEL_FIELDS
 
 RECORDINGS = TableContract(
     name="recordings",
-    version=2,
+    version=3,
     schema=pa.schema(
         [
             # sha1(source_key, content): the same wherever the corpus or the build is mounted
@@ -45,6 +49,7 @@ RECORDINGS = TableContract(
             pa.field("speaker", pa.string()),
             pa.field("task", pa.string()),
             pa.field("dup_of", pa.string()),  # earlier recording_id with identical content
+            *LABEL_FIELDS,
         ]
     ),
     required=(
@@ -59,7 +64,15 @@ RECORDINGS = TableContract(
         "bytes",
         "content_sha1",
     ),
-    non_negative=("duration_s", "bytes", "clipping_ratio", "speech_ratio", "sample_rate_hz"),
+    enums=LABEL_ENUMS,
+    non_negative=(
+        "duration_s",
+        "bytes",
+        "clipping_ratio",
+        "speech_ratio",
+        "sample_rate_hz",
+        "age",
+    ),
 )
 
 

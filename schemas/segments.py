@@ -2,6 +2,10 @@
 
 A segment comes from a source supervision (Kaldi `segments`, a Lhotse supervision, a transcribed
 short file) and then carries its text/speaker/language, or from VAD and carries none.
+
+v2 (labels): the label columns of schemas/labels.py, the supervision's own labels, else its
+recording's (a whole-file label covers every segment of the file). Readers of a v1 build see
+them as null.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import enum
 import pyarrow as pa
 
 from schemas._table import TableContract
+from schemas.labels import LABEL_ENUMS, LABEL_FIELDS
 
 
 class SegmentOrigin(str, enum.Enum):
@@ -20,7 +25,7 @@ class SegmentOrigin(str, enum.Enum):
 
 SEGMENTS = TableContract(
     name="segments",
-    version=1,
+    version=2,
     schema=pa.schema(
         [
             pa.field("segment_id", pa.string(), nullable=False),  # recording_id-c<ch>-<ms>-<ms>
@@ -34,11 +39,12 @@ SEGMENTS = TableContract(
             pa.field("text", pa.string()),
             pa.field("speaker", pa.string()),
             pa.field("language", pa.string()),
+            *LABEL_FIELDS,
         ]
     ),
     required=("segment_id", "recording_id", "channel", "start_s", "end_s", "origin"),
-    enums={"origin": SegmentOrigin},
-    non_negative=("start_s", "end_s", "duration_s", "channel"),
+    enums={"origin": SegmentOrigin, **LABEL_ENUMS},
+    non_negative=("start_s", "end_s", "duration_s", "channel", "age"),
 )
 
 

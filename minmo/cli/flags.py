@@ -51,11 +51,17 @@ def _scalar(tp: Any) -> tuple[Callable[[str], Any], bool]:
     return parse, True
 
 
-def _kind(tp: Any) -> str:
-    """bool, list, tuple, dict or scalar, looking through `X | None`."""
+def _unwrap(tp: Any) -> Any:
+    """`X` for `X | None`; any other type as it is."""
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
-        tp = args[0]
+        return args[0]
+    return tp
+
+
+def _kind(tp: Any) -> str:
+    """bool, list, tuple, dict or scalar, looking through `X | None`."""
+    tp = _unwrap(tp)
     if tp is bool:
         return "bool"
     origin = typing.get_origin(tp) or tp
@@ -68,7 +74,7 @@ def _argument(tp: Any, default: Any) -> tuple[dict[str, Any], str]:
     if kind == "bool":
         return {"action": argparse.BooleanOptionalAction}, ""
     if kind == "list":
-        (item,) = typing.get_args(tp) or (str,)
+        (item,) = typing.get_args(_unwrap(tp)) or (str,)
         return {"action": "extend", "nargs": "*", "type": _scalar(item)[0]}, "several values"
     if kind == "tuple":
         items = typing.get_args(tp)

@@ -76,6 +76,11 @@ class SampleConfig:
     seed: int = 0
     """Seed of the prompt and bias-word draws (in the shards step: the step's seed unless the
     `samples` section sets one)."""
+    label_source: dict[str, str] = field(default_factory=dict)
+    """Per stage-1 task, which labels it reads: human, model or human_then_model
+    (schemas.labels.LabelSource; default human). The shards step's `label_source`."""
+    filters: dict[str, Any] = field(default_factory=dict)
+    """QualityFilters' fields (pipelines/samples/filters.py). The shards step's `filters`."""
 
 
 @dataclass

@@ -49,6 +49,7 @@ from pipelines.audio_source import SourceRoots
 from pipelines.build import BuildDir, StepLedger
 from pipelines.ray_runtime import ensure_ray, model_actors
 from pipelines.samples.builders import STAGE_TASKS, STAGES, SampleConfig
+from pipelines.samples.filters import QualityFilters
 from pipelines.shards.plan import (
     SpecParams,
     assign_shards,
@@ -57,8 +58,10 @@ from pipelines.shards.plan import (
     spec_summaries,
     summarize,
 )
+from pipelines.shards.splits import SplitConfig
 from pipelines.shards.tokenize import TokenizeStage, load_audio_batch, tokenizer_info
 from schemas import QUARANTINE, ReasonCode
+from schemas.labels import LabelSource
 from schemas.quarantine import quarantine_row
 from schemas.shards import INDEX_VERSION, index_path, shard_name
 
@@ -104,6 +107,15 @@ class ShardsConfig:
     samples: dict[str, Any] = section_field(SampleConfig)
     """Which rows make samples: SampleConfig's fields (pipelines/samples/builders.py). The seed
     defaults to the step's."""
+    label_source: dict[str, str] = field(default_factory=dict)
+    """Per stage-1 task, which labels it reads: human (the corpus'), model (`annotate`'s) or
+    human_then_model, e.g. {emotion: human_then_model}; default human."""
+    filters: dict[str, Any] = section_field(QualityFilters)
+    """Quality filters (pipelines/samples/filters.py), e.g. {min_snr_db: 10}; a filtered
+    sample is counted per task and reason, not quarantined."""
+    splits: dict[str, Any] = section_field(SplitConfig)
+    """Held-out splits, e.g. {valid: 0.01, test: 0.01, by: speaker}: writes
+    DIR/shards/<stage>/{train,valid,test}/, each with its index.json."""
     batch_size: int = 16
     """Samples per tokenizer batch."""
     actors: int | None = None
@@ -133,9 +145,27 @@ class ShardsConfig:
             raise ConfigError("bucket_edges_s must be increasing")
         if self.max_samples < 1 or self.max_bytes < 1 or self.batch_size < 1:
             raise ConfigError("max_samples, max_bytes and batch_size must be >= 1")
+        sources = {s.value for s in LabelSource}
+        for task, source in self.label_source.items():
+            if task not in STAGE_TASKS["stage1"]:
+                raise ConfigError(
+                    f"label_source: unknown task {task!r}; stage1 has "
+                    f"{', '.join(STAGE_TASKS['stage1'])}"
+                )
+            if source not in sources:
+                raise ConfigError(
+                    f"label_source.{task}: {source!r} is not one of {', '.join(sorted(sources))}"
+                )
 
     def sample_config(self) -> SampleConfig:
-        return SampleConfig(**{"seed": self.seed, **self.samples})
+        return SampleConfig(
+            **{
+                "seed": self.seed,
+                **self.samples,
+                "label_source": dict(self.label_source),
+                "filters": dict(self.filters),
+            }
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -162,6 +192,7 @@ def stage_config(config: ShardsConfig, stage: str) -> dict[str, Any]:
         "batch_size": config.batch_size,
         "mixture": dict(sorted(config.mixture.get(stage, {}).items())),
         "samples": samples,
+        "splits": dict(sorted(config.splits.items())),
         "files": {
             "prompts": _file_digest(samples["prompts"]),
             "audio_events": _file_digest(samples["audio_events"]),
@@ -510,7 +541,7 @@ class ShardStep:
             shuffle=cfg.shuffle,
             bucket_edges_s=list(cfg.bucket_edges_s),
             weights=dict(cfg.mixture.get(stage, {})),
-            samples=dict(cfg.samples),
+            samples=asdict(cfg.sample_config()),
         )
         ds = spec_summaries(self.build, units, params)
         summary = summarize(ds.take_all() if ds is not None else [])

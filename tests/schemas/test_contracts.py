@@ -31,7 +31,7 @@ def test_from_rows_fills_nullable_columns_and_stamps_version():
     table = RECORDINGS.from_rows([_recording()])
     assert table.num_rows == 1
     assert table.column("dup_of").to_pylist() == [None]
-    assert table.schema.metadata[b"minmo.version"] == b"2"
+    assert table.schema.metadata[b"minmo.version"] == b"3"
 
 
 def test_required_column_null_is_rejected():
