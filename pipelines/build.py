@@ -122,6 +122,19 @@ class StepLedger:
         owner, _, rest = name.rpartition("~")
         return (owner or "ingest"), rest.split("_", 1)[0]
 
+    @staticmethod
+    def derived_unit_id(source_step: str, source_unit: str) -> str:
+        """The unit id of a step that adds rows about one unit of another step (`annotate`
+        labels one ingest unit's segments): `<source step>.<source unit>`, so that the shards
+        planner can fold those rows into the source unit's view (`derived_source`)."""
+        return f"{source_step}.{source_unit}"
+
+    @staticmethod
+    def derived_source(unit_id: str) -> tuple[str, str] | None:
+        """(source step, source unit) of a `derived_unit_id`, else None."""
+        step, dot, unit = unit_id.partition(".")
+        return (step, unit) if dot and step and unit else None
+
     def part_name(self, unit_id: str, index: int) -> str:
         prefix = "" if self.step == "ingest" else f"{self.step}~"
         return f"{prefix}{unit_id}_{index:04d}.parquet"

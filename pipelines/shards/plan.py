@@ -49,7 +49,18 @@ DRIVING_TABLES = {
     "stage4": ("frame_labels",),
 }
 # Tables a unit task reads through its view (lookups written by the same unit included).
-VIEW_TABLES = ("recordings", "segments", "dialogues", "s2s_samples", "turns", "frame_labels")
+VIEW_TABLES = (
+    "recordings",
+    "segments",
+    "dialogues",
+    "s2s_samples",
+    "turns",
+    "frame_labels",
+    "annotations",
+)
+# Tables another step adds to a unit after the fact (`annotate`'s labels of one unit's segments,
+# under a StepLedger.derived_unit_id): folded into the view of the unit they describe.
+DERIVED_TABLES = ("annotations",)
 # Rows of these tables name recordings committed by other steps' units: joined, not looked up.
 JOIN_TABLES = ("turns", "frame_labels")
 # A shard is planned at this fraction of max_samples / max_bytes, so that the spread of a
@@ -118,8 +129,12 @@ class Unit:
         return any(self.view.get(t) for t in JOIN_TABLES)
 
 
-def unit_key(file_name: str) -> str:
+def unit_key(file_name: str, table: str = "") -> str:
+    """`<step>~<unit>` of a part file; a derived table's file keys on the unit it describes."""
     step, unit = StepLedger.table_file_owner(file_name)
+    source = StepLedger.derived_source(unit) if table in DERIVED_TABLES else None
+    if source is not None:
+        step, unit = source
     return f"{step}~{unit}"
 
 
@@ -133,7 +148,7 @@ def list_units(build: BuildDir, stage: str) -> list[Unit]:
             name = path.rsplit("/", 1)[-1]
             if is_temp_name(name):
                 continue
-            views.setdefault(unit_key(name), {}).setdefault(table, []).append(path)
+            views.setdefault(unit_key(name, table), {}).setdefault(table, []).append(path)
     driving = DRIVING_TABLES[stage]
     return [
         Unit(key, view) for key, view in sorted(views.items()) if any(view.get(t) for t in driving)
