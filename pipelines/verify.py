@@ -8,7 +8,8 @@ each sample's members are contiguous and its key valid, FLAC decodes, speech tok
 [0, SPEECH_VOCAB), text tokens are >= 0, labels are 1-D integers in 0..MAX_LABEL, and the `.idx` offsets
 (`_index/<tar>.idx`) point at each sample's first member header with a final sentinel equal to
 the tar size. A tar in the stage directory that index.json does not list is reported; writers'
-temp files (a writer still running or killed) are not tars. The format is `schemas/shards.py`;
+temp files (a writer still running or killed) are not tars. A split stage
+(`<stage>/{train,valid,test}/`, pipelines/shards/splits.py) is one stage directory per split. The format is `schemas/shards.py`;
 the files (index.json and its version, the listing, the `.idx` files, the tar members) are read
 through the one shard reader, `minmo/io/shards.py`.
 
@@ -32,6 +33,7 @@ import soundfile as sf
 
 from minmo.io.fs import open_filesystem
 from minmo.io.shards import HashingReader, iter_members, list_shards, read_index, read_offsets
+from pipelines.shards.splits import SPLITS
 from schemas.shards import (
     ALL_MEMBERS,
     INDEX_RELPATH,
@@ -267,25 +269,51 @@ def verify_stage(
     return _verify(fs, path)
 
 
-def verify_shards(
-    root: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
-) -> dict[str, list[str]]:
-    """`verify_stage` for every directory directly under `root` (a path or URI) that holds
-    `_index/index.json`: {stage directory name: problems}. `root` may be one stage directory.
-    An empty result means no stage directory was found."""
-    fs, path = open_filesystem(os.fspath(root), **(storage_options or {}))
-    if fs.get_file_info(stage_index_path(path)).type == pafs.FileType.File:
-        return {posixpath.basename(path.rstrip("/")): _verify(fs, path)}
+def _indexed_subdirs(fs: pafs.FileSystem, path: str) -> list[str]:
+    """The directories directly under `path` that hold `_index/index.json`, sorted."""
     if fs.get_file_info(path).type != pafs.FileType.Directory:
-        return {}
+        return []
     dirs = sorted(
         e.path
         for e in fs.get_file_info(pafs.FileSelector(path, recursive=False))
         if e.type == pafs.FileType.Directory
     )
     infos = fs.get_file_info([stage_index_path(d) for d in dirs])
-    return {
-        posixpath.basename(d): _verify(fs, d)
-        for d, info in zip(dirs, infos, strict=True)
-        if info.type == pafs.FileType.File
-    }
+    return [d for d, info in zip(dirs, infos, strict=True) if info.type == pafs.FileType.File]
+
+
+def _split_dirs(fs: pafs.FileSystem, path: str) -> list[str]:
+    """A split stage's `train`/`valid`/`test` directories (pipelines/shards/splits.py), each a
+    stage directory of its own; empty for an unsplit stage."""
+    return [d for d in _indexed_subdirs(fs, path) if posixpath.basename(d) in SPLITS]
+
+
+def verify_shards(
+    root: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
+) -> dict[str, list[str]]:
+    """`verify_stage` for every stage directory under `root` (a path or URI):
+    {name: problems}. A stage directory holds `_index/index.json`; a split stage holds one per
+    split (`<stage>/train`, `<stage>/valid`, `<stage>/test`), each verified and named so.
+    `root` may be one stage directory, split or not. An empty result means no stage directory
+    was found."""
+    fs, path = open_filesystem(os.fspath(root), **(storage_options or {}))
+    name = posixpath.basename(path.rstrip("/"))
+    if fs.get_file_info(stage_index_path(path)).type == pafs.FileType.File:
+        return {name: _verify(fs, path)}
+    if splits := _split_dirs(fs, path):
+        return {f"{name}/{posixpath.basename(d)}": _verify(fs, d) for d in splits}
+    out: dict[str, list[str]] = {}
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return out
+    for d in sorted(
+        e.path
+        for e in fs.get_file_info(pafs.FileSelector(path, recursive=False))
+        if e.type == pafs.FileType.Directory
+    ):
+        stage = posixpath.basename(d)
+        if fs.get_file_info(stage_index_path(d)).type == pafs.FileType.File:
+            out[stage] = _verify(fs, d)
+        else:
+            for split in _split_dirs(fs, d):
+                out[f"{stage}/{posixpath.basename(split)}"] = _verify(fs, split)
+    return out

@@ -15,6 +15,10 @@ On disk, one stage directory (written by the shards step, read by the trainer, v
                                                   "bytes", "sha256"}, ...], "tasks", "totals"}
     <stage_dir>/.<name>.tmp-<pid>-<token>          a writer's temp file (`temp_name`): not a shard
 
+A stage written with held-out splits (the shards config's `splits:`) has no tars of its own: its
+`train/`, `valid/` and `test/` subdirectories are each a stage directory as above, with an
+index.json that adds "split" (pipelines/shards/splits.py decides each sample's split).
+
 Only tars sit directly in a stage directory: Ray Data (and Spark, Hadoop) skip names starting
 with "_" or ".", so a plain `ray.data.read_webdataset(stage_dir)` or a glob of `*.tar` reads the
 stage with no extra arguments, on local disk and on object stores alike.

@@ -6,14 +6,15 @@
       -> mixture copies, duration bucket, seeded slot and order per sample
       -> the unit's spec file, DIR/_state/shards/<stage>/g<N>-specs/<unit>.parquet (atomic;
          a rerun keeps it), and a few summary rows back to the driver
-      -> layout: shards per bucket; shard = bucket offset + slot mod shards-in-bucket
+      -> layout: shards per (split, bucket); shard = offset + slot mod shards-in-it
 
 Owns which sample goes into which shard of a generation, and the generation's record. The
 driver never holds a row per sample: it holds the unit list, per-task and per-bucket counts, and
 the layout. A sample's key, content, slot and order are functions of its own row and the config
 (distractors come from a fixed lexicon, not a corpus-wide pool), so they do not depend on which
 other data the build holds; which shard a slot lands in depends on how many shards its
-generation has. A generation is the set of units that were new when it was planned: data added
+generation has. A sample's split (pipelines/shards/splits.py) is a function of its speaker or
+recording alone. A generation is the set of units that were new when it was planned: data added
 later becomes a new generation and never moves a committed sample.
 
 Must not: read audio, write shards.
@@ -38,6 +39,7 @@ from pipelines.samples import sources
 from pipelines.samples.builders import SampleConfig, StageBuilder
 from pipelines.samples.prompts import PromptBook
 from pipelines.samples.spec import estimated_bytes, span_s
+from pipelines.shards.splits import SPLITS, SplitConfig, split_of
 from schemas.shards import is_temp_name
 
 # Tables whose rows make a stage's samples: a unit is an input of the stage when it has a part
@@ -69,10 +71,10 @@ FILL = 0.85
 
 SPEC_SCHEMA = pa.schema(
     [
-        # "spec"; "built" (a task's specs before mixture weights, counted per unit) or "skip"
-        # (a counted reason rows made no sample)
+        # "spec"; "built" (a task's specs before mixture weights, counted per unit), "skip"
+        # (a counted reason rows made no sample) or "filter" (samples a quality filter left out)
         ("kind", pa.string()),
-        ("task", pa.string()),  # the task; for skips "<task>: <why>"
+        ("task", pa.string()),  # the task; for skips and filters "<task>: <why>"
         ("n", pa.int64()),  # 1 for a spec; the count for a built or skip row
         ("key", pa.string()),
         ("bucket", pa.int64()),
@@ -80,6 +82,8 @@ SPEC_SCHEMA = pa.schema(
         ("slot", pa.int64()),  # seeded hash of the key: which shard of its bucket
         ("order", pa.int64()),  # seeded hash of the key: position inside its shard
         ("spec", pa.string()),  # the spec as JSON
+        ("split", pa.string()),  # train / valid / test; "" unsplit (and for count rows)
+        ("seconds", pa.float64()),  # a spec's duration; a filter row's seconds left out
     ]
 )
 
@@ -171,6 +175,7 @@ class SpecParams:
     bucket_edges_s: list[float]
     weights: dict[str, float]
     samples: dict[str, Any] = field(default_factory=dict)
+    splits: dict[str, Any] = field(default_factory=dict)  # SplitConfig's fields
 
 
 @functools.lru_cache(maxsize=4)
@@ -183,7 +188,17 @@ def _context(params_json: str) -> tuple[SpecParams, BuildDir, SampleConfig, Any]
     return p, build, sample_config, PromptBook.load(sample_config.prompts, p.seed)
 
 
-SUMMARY_COLUMNS = ["kind", "task", "bucket", "n", "est_bytes"]
+SUMMARY_COLUMNS = ["kind", "task", "bucket", "split", "n", "est_bytes", "seconds"]
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """A spec table as SPEC_SCHEMA: a file an older checkout wrote lacks `split` and `seconds`
+    (it was written unsplit, with no filter rows); they read as "" and 0."""
+    for name, default in (("split", ""), ("seconds", 0.0)):
+        if name not in table.column_names:
+            typ = SPEC_SCHEMA.field(name).type
+            table = table.append_column(name, pa.array([default] * len(table), typ))
+    return table
 
 
 def unit_specs(batch: pa.Table, params: str) -> pa.Table:
@@ -206,7 +221,9 @@ def unit_specs(batch: pa.Table, params: str) -> pa.Table:
     for unit, view_json in sorted({r["unit"]: r["view"] for r in rows}.items()):
         path = f"{p.spec_dir}/{unit}.parquet"
         if build.exists(path):
-            table = pq.read_table(path, filesystem=build.fs, columns=SUMMARY_COLUMNS)
+            present = pq.read_schema(path, filesystem=build.fs).names
+            columns = [c for c in SUMMARY_COLUMNS if c in present]
+            table = conform(pq.read_table(path, filesystem=build.fs, columns=columns))
         else:
             builder = StageBuilder(build, sample_config, json.loads(view_json), recs, book)
             table = pa.Table.from_pylist(_spec_rows(builder, p), schema=SPEC_SCHEMA)
@@ -215,8 +232,8 @@ def unit_specs(batch: pa.Table, params: str) -> pa.Table:
             write_bytes_atomic(build.fs, path, buffer.getvalue().to_pybytes())
         summaries.append(
             table.select(SUMMARY_COLUMNS)
-            .group_by(["kind", "task", "bucket"])
-            .aggregate([("n", "sum"), ("est_bytes", "sum")])
+            .group_by(["kind", "task", "bucket", "split"])
+            .aggregate([("n", "sum"), ("est_bytes", "sum"), ("seconds", "sum")])
         )
     return pa.concat_tables(summaries) if summaries else _EMPTY_SUMMARY
 
@@ -226,34 +243,57 @@ _EMPTY_SUMMARY = pa.table(
         "kind": pa.array([], pa.string()),
         "task": pa.array([], pa.string()),
         "bucket": pa.array([], pa.int64()),
+        "split": pa.array([], pa.string()),
         "n_sum": pa.array([], pa.int64()),
         "est_bytes_sum": pa.array([], pa.int64()),
+        "seconds_sum": pa.array([], pa.float64()),
     }
 )
 
 
 def _spec_rows(builder: StageBuilder, p: SpecParams) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
+    splits = SplitConfig(**p.splits)
     for spec in builder.specs(p.stage):
+        # Before the mixture: a repeat shares its original's speaker, so its split too.
+        split = split_of(spec.get("meta") or {}, splits, spec["key"])
         for copy in mixture_copies(spec, float(p.weights.get(spec["task"], 1.0)), p.seed):
             key = copy["key"]
+            duration = sample_duration_s(copy)
             out.append(
                 {
                     "kind": "spec",
                     "task": copy["task"],
                     "n": 1,
                     "key": key,
-                    "bucket": bucket_of(sample_duration_s(copy), p.bucket_edges_s),
+                    "bucket": bucket_of(duration, p.bucket_edges_s),
                     "est_bytes": estimated_bytes(copy),
                     "slot": hash63(p.seed, "slot", key),
                     # Without shuffle, samples sit in key order inside their shard.
                     "order": hash63(p.seed, "order", key) if p.shuffle else 0,
                     "spec": json.dumps(copy, sort_keys=True, ensure_ascii=False),
+                    "split": split,
+                    "seconds": duration,
                 }
             )
     for kind, counts in (("built", builder.counts.built), ("skip", builder.counts.skipped)):
         for task, n in sorted(counts.items()):
-            out.append({"kind": kind, "task": task, "n": n, "est_bytes": 0})
+            out.append({"kind": kind, "task": task, "n": n, "est_bytes": 0, "split": ""})
+    # The builder's quality-filter counts ("<task>: <reason>" -> samples, and -> seconds); a
+    # builder without filters has none.
+    filtered = getattr(builder.counts, "filtered", None) or {}
+    filtered_s = getattr(builder.counts, "filtered_s", None) or {}
+    for why, n in sorted(filtered.items()):
+        out.append(
+            {
+                "kind": "filter",
+                "task": why,
+                "n": n,
+                "est_bytes": 0,
+                "split": "",
+                "seconds": float(filtered_s.get(why, 0.0)),
+            }
+        )
     return out
 
 
@@ -322,8 +362,22 @@ class SpecSummary:
     built: Counter
     kept: Counter
     skipped: Counter
-    bucket_samples: Counter
-    bucket_bytes: Counter
+    bucket_samples: Counter  # layout key (`layout_key`) -> samples
+    bucket_bytes: Counter  # layout key -> estimated bytes
+    filtered: Counter = field(default_factory=Counter)  # "<task>: <reason>" -> samples
+    filtered_s: Counter = field(default_factory=Counter)  # "<task>: <reason>" -> seconds
+    split_kept: Counter = field(default_factory=Counter)  # split -> samples ("" unsplit)
+
+
+def layout_key(split: str, bucket: int) -> str:
+    """A layout entry's key in the generation record: the bucket alone when unsplit (the
+    record an unsplit stage always had), `<split>/<bucket>` otherwise."""
+    return f"{split}/{bucket}" if split else str(bucket)
+
+
+def _layout_order(key: str) -> tuple[int, int]:
+    split, _, bucket = key.rpartition("/")
+    return (SPLITS.index(split) if split else -1, int(bucket))
 
 
 def summarize(rows: list[dict[str, Any]]) -> SpecSummary:
@@ -331,44 +385,58 @@ def summarize(rows: list[dict[str, Any]]) -> SpecSummary:
     summary = SpecSummary(Counter(), Counter(), Counter(), Counter(), Counter())
     for row in rows:
         n, task = int(row["n_sum"]), row["task"]
+        if row["kind"] == "filter":
+            summary.filtered[task] += n
+            summary.filtered_s[task] += float(row.get("seconds_sum") or 0.0)
+            continue
         if row["kind"] != "spec":
             (summary.skipped if row["kind"] == "skip" else summary.built)[task] += n
             continue
+        split = row.get("split") or ""
+        key = layout_key(split, int(row["bucket"]))
         summary.kept[task] += n
-        summary.bucket_samples[int(row["bucket"])] += n
-        summary.bucket_bytes[int(row["bucket"])] += int(row["est_bytes_sum"])
+        summary.split_kept[split] += n
+        summary.bucket_samples[key] += n
+        summary.bucket_bytes[key] += int(row["est_bytes_sum"])
     return summary
 
 
-def layout(summary: SpecSummary, max_samples: int, max_bytes: int) -> dict[int, list[int]]:
-    """bucket -> [first shard, shards]: enough shards that each is about FILL full."""
-    out: dict[int, list[int]] = {}
+def layout(summary: SpecSummary, max_samples: int, max_bytes: int) -> dict[str, list[int]]:
+    """layout key (split and bucket) -> [first shard, shards]: enough shards that each is about
+    FILL full. Shard numbers run across splits, so that every shard of a generation has its
+    own name and marker."""
+    out: dict[str, list[int]] = {}
     first = 0
-    for bucket in sorted(summary.bucket_samples):
-        n = summary.bucket_samples[bucket]
-        size = summary.bucket_bytes[bucket]
+    for key in sorted(summary.bucket_samples, key=_layout_order):
+        n = summary.bucket_samples[key]
+        size = summary.bucket_bytes[key]
         shards = max(
             1,
             math.ceil(n / (max_samples * FILL)),
             math.ceil(size / (max_bytes * FILL)),
         )
-        out[bucket] = [first, shards]
+        out[key] = [first, shards]
         first += shards
     return out
 
 
 def assign_shards(
-    table: pa.Table, bucket_layout: dict[int, list[int]], done: list[int] | None = None
+    table: pa.Table, bucket_layout: dict[str, list[int]], done: list[int] | None = None
 ) -> pa.Table:
-    """Specs only, each with its shard (its bucket's first shard + slot mod the bucket's
+    """Specs only, each with its shard (its split and bucket's first shard + slot mod their
     shards), leaving out the shards in `done` (committed by an earlier run)."""
     import pyarrow.compute as pc
 
-    table = table.filter(pc.field("kind") == "spec")
-    buckets = table.column("bucket").to_pylist()
+    table = conform(table).filter(pc.field("kind") == "spec")
+    keys = [
+        layout_key(split or "", b)
+        for split, b in zip(
+            table.column("split").to_pylist(), table.column("bucket").to_pylist(), strict=True
+        )
+    ]
     slots = table.column("slot").to_pylist()
     shard = [
-        bucket_layout[b][0] + s % bucket_layout[b][1] for b, s in zip(buckets, slots, strict=True)
+        bucket_layout[k][0] + s % bucket_layout[k][1] for k, s in zip(keys, slots, strict=True)
     ]
     out = table.append_column("shard", pa.array(shard, pa.int64()))
     if done:

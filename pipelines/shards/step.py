@@ -58,7 +58,7 @@ from pipelines.shards.plan import (
     spec_summaries,
     summarize,
 )
-from pipelines.shards.splits import SplitConfig
+from pipelines.shards.splits import SPLITS, SplitConfig, split_dir
 from pipelines.shards.tokenize import TokenizeStage, load_audio_batch, tokenizer_info
 from schemas import QUARANTINE, ReasonCode
 from schemas.labels import LabelSource
@@ -156,6 +156,10 @@ class ShardsConfig:
                 raise ConfigError(
                     f"label_source.{task}: {source!r} is not one of {', '.join(sorted(sources))}"
                 )
+        self.split_config()  # its own checks: fractions and `by`
+
+    def split_config(self) -> SplitConfig:
+        return SplitConfig(**self.splits)
 
     def sample_config(self) -> SampleConfig:
         return SampleConfig(
@@ -273,13 +277,14 @@ class ShardWriter:
     def __call__(self, group: pa.Table) -> pa.Table:
         rows = sorted(group.to_pylist(), key=lambda r: (r["order"], r["key"]))
         shard = int(rows[0]["shard"])
+        split = rows[0].get("split") or ""  # one split per shard: the layout is per split
         unit = f"{self.p.stage}-g{self.p.generation:04d}-{shard:06d}"
         entries: list[dict[str, Any]] = []
         tasks: dict[str, dict[str, Any]] = {}
         quarantine: list[dict[str, Any]] = []
         for part, chunk in enumerate(self._parts(rows)):
             name = shard_name(self.p.stage, shard, self.p.generation, part)
-            entry = self._write_tar(name, chunk, tasks, quarantine)
+            entry = self._write_tar(name, chunk, tasks, quarantine, split)
             if entry is not None:
                 entries.append(entry)
         if quarantine:
@@ -294,6 +299,7 @@ class ShardWriter:
             "shards": entries,
             "tasks": tasks,
             "quarantined": dict(Counter(q["reason_code"] for q in quarantine)),
+            "split": split,
             # Where the bytes were written from: the driver never touches them.
             "written_by": {"node": _node_id(), "pid": os.getpid()},
         }
@@ -320,8 +326,9 @@ class ShardWriter:
         rows: list[dict[str, Any]],
         tasks: dict[str, dict[str, Any]],
         quarantine: list[dict[str, Any]],
+        split: str = "",
     ) -> dict[str, Any] | None:
-        writer = ShardTarWriter(self.stage_dir, name, self.build.fs)
+        writer = ShardTarWriter(split_dir(self.stage_dir, split), name, self.build.fs)
         totals = _zero()
         try:
             for start in range(0, len(rows), self.p.batch_size):
@@ -361,6 +368,8 @@ class ShardWriter:
             "bytes": size,
             "sha256": digest,
         }
+        if split:
+            entry["split"] = split
         if self.p.bucket_edges_s:
             edges = [0.0, *self.p.bucket_edges_s, None]
             bucket = int(rows[0]["bucket"])
@@ -469,6 +478,8 @@ class ShardStep:
             "built": index["built"],
             "kept_after_mixture": {t: v["kept"] for t, v in index["mixture"].items()},
             "skipped": index["skipped"],
+            "filtered": index["filtered"],
+            "splits": index["splits"],
             "wall_s": round(time.perf_counter() - started, 2),
             **{k: index[k] for k in ("totals", "tasks", "quarantined", "tokenizers")},
         }
@@ -542,6 +553,7 @@ class ShardStep:
             bucket_edges_s=list(cfg.bucket_edges_s),
             weights=dict(cfg.mixture.get(stage, {})),
             samples=asdict(cfg.sample_config()),
+            splits=dict(cfg.splits),
         )
         ds = spec_summaries(self.build, units, params)
         summary = summarize(ds.take_all() if ds is not None else [])
@@ -551,12 +563,14 @@ class ShardStep:
             "generation": generation,
             "units": [u.key for u in units],
             "spec_dir": spec_dir,
-            "layout": {str(b): v for b, v in bucket_layout.items()},
+            "layout": bucket_layout,
             "planned_shards": sum(v[1] for v in bucket_layout.values()),
             "samples": sum(summary.kept.values()),
             "built": dict(sorted(summary.built.items())),
             "kept": dict(sorted(summary.kept.items())),
             "skipped": dict(sorted(summary.skipped.items())),
+            "filtered": dict(sorted(summary.filtered.items())),
+            "filtered_s": {k: round(v, 3) for k, v in sorted(summary.filtered_s.items())},
             "complete": False,
         }
         self.build.write_json_atomic(self._record_path(stage, generation), record)
@@ -573,7 +587,7 @@ class ShardStep:
         written: dict[str, dict[str, Any]] = {}
         files = self.build.files(record["spec_dir"], ".parquet")
         if files:
-            bucket_layout = {int(b): v for b, v in record["layout"].items()}
+            bucket_layout = dict(record["layout"])
             done = sorted(int(u.rsplit("-", 1)[1]) for u in done_units)
             planned = int(record["planned_shards"])
             actors, gpus = self._workers()
@@ -619,15 +633,22 @@ class ShardStep:
         )
         tasks: dict[str, dict[str, Any]] = {}
         quarantined: Counter = Counter()
+        # Per split ("" unsplit): its tasks and quarantine counts, for its own index.json.
+        by_split: dict[str, dict[str, Any]] = {}
         for m in markers.values():
+            part = by_split.setdefault(m.get("split", ""), {"tasks": {}, "quarantined": {}})
             for task, t in m["tasks"].items():
                 _merge(tasks.setdefault(task, {}), t)
+                _merge(part["tasks"].setdefault(task, {}), t)
             quarantined.update(m["quarantined"])
+            for reason, n in m["quarantined"].items():
+                part["quarantined"][reason] = part["quarantined"].get(reason, 0) + n
         record.update(
             complete=True,
             shards=entries,
             tasks=dict(sorted(tasks.items())),
             quarantined=dict(sorted(quarantined.items())),
+            by_split=dict(sorted(by_split.items())),
         )
         self.build.write_json_atomic(self._record_path(stage, generation), record)
         return len(written)
@@ -648,19 +669,97 @@ class ShardStep:
         return self._vocab
 
     def _index(self, stage: str, generations: list[dict[str, Any]]) -> dict[str, Any]:
-        shards = [e for g in generations for e in g.get("shards", [])]
+        """Write the stage's index.json (one per split when the stage is split); return the
+        stage's figures over every split, for the summary."""
+        common = self._stage_counts(stage, generations)
+        if not self.config.split_config().enabled:
+            index = self._split_index(stage, generations, "", common)
+            self._write_index(self.stage_dir(stage), index)
+            return {**index, "splits": {}}
+        indexes = {s: self._split_index(stage, generations, s, common) for s in SPLITS}
+        counts = {
+            s: {k: i["totals"][k] for k in ("samples", "shards", "audio_s")}
+            for s, i in indexes.items()
+        }
         tasks: dict[str, dict[str, Any]] = {}
+        quarantined: Counter = Counter()
+        totals = {**_zero(), "shards": 0, "bytes": 0}
+        for split, index in indexes.items():
+            index["splits"] = counts
+            self._write_index(split_dir(self.stage_dir(stage), split), index)
+            for task, t in index["tasks"].items():
+                _merge(tasks.setdefault(task, {}), t)
+            quarantined.update(index["quarantined"])
+            for k in totals:
+                totals[k] = round(totals[k] + index["totals"][k], 3)
+        totals["speech_tokens_per_s"] = (
+            round(totals["speech_tokens"] / totals["speech_s"], 3) if totals["speech_s"] else None
+        )
+        return {
+            **indexes[SPLITS[0]],
+            "tasks": dict(sorted(tasks.items())),
+            "quarantined": dict(sorted(quarantined.items())),
+            "totals": totals,
+            "splits": counts,
+        }
+
+    def _write_index(self, directory: str, index: dict[str, Any]) -> None:
+        write_bytes_atomic(
+            self.build.fs,
+            index_path(directory),
+            (json.dumps(index, indent=2, sort_keys=True) + "\n").encode(),
+        )
+
+    def _stage_counts(self, stage: str, generations: list[dict[str, Any]]) -> dict[str, Any]:
+        """What the plan counted before any sample had a split: built, skipped, filtered and
+        the mixture. Every split's index.json carries them whole (each split directory
+        describes its stage); `minmo stats` counts them once per stage (pipelines/stats)."""
         built: Counter = Counter()
         kept: Counter = Counter()
         skipped: Counter = Counter()
-        quarantined: Counter = Counter()
+        filtered: Counter = Counter()
+        filtered_s: Counter = Counter()
         for g in generations:
-            for task, t in g.get("tasks", {}).items():
-                _merge(tasks.setdefault(task, {}), t)
             built.update(g["built"])
             kept.update(g["kept"])
             skipped.update(g["skipped"])
-            quarantined.update(g.get("quarantined", {}))
+            filtered.update(g.get("filtered", {}))
+            filtered_s.update(g.get("filtered_s", {}))
+        weights = self.config.mixture.get(stage, {})
+        return {
+            "mixture": {
+                task: {
+                    "weight": float(weights.get(task, 1.0)),
+                    "built": built.get(task, 0),
+                    "kept": kept.get(task, 0),
+                }
+                for task in sorted(built)
+            },
+            "built": dict(sorted(built.items())),
+            "skipped": dict(sorted(skipped.items())),
+            "filtered": filtered_by_task(filtered, filtered_s),
+        }
+
+    def _split_index(
+        self, stage: str, generations: list[dict[str, Any]], split: str, common: dict[str, Any]
+    ) -> dict[str, Any]:
+        """One directory's index.json: the shards of `split` ("" = the unsplit stage)."""
+
+        def mine(g: dict[str, Any]) -> list[dict[str, Any]]:
+            return [e for e in g.get("shards", []) if e.get("split", "") == split]
+
+        def part(g: dict[str, Any], key: str) -> dict[str, Any]:
+            if "by_split" in g:
+                return g["by_split"].get(split, {}).get(key, {})
+            return g.get(key, {}) if not split else {}  # a record from before splits
+
+        shards = [e for g in generations for e in mine(g)]
+        tasks: dict[str, dict[str, Any]] = {}
+        quarantined: Counter = Counter()
+        for g in generations:
+            for task, t in part(g, "tasks").items():
+                _merge(tasks.setdefault(task, {}), t)
+            quarantined.update(part(g, "quarantined"))
         totals = {**_zero(), "shards": len(shards), "bytes": 0}
         for e in shards:
             for k in _zero():
@@ -669,7 +768,6 @@ class ShardStep:
         totals["speech_tokens_per_s"] = (
             round(totals["speech_tokens"] / totals["speech_s"], 3) if totals["speech_s"] else None
         )
-        weights = self.config.mixture.get(stage, {})
         index = {
             "version": INDEX_VERSION,
             "stage": stage,
@@ -684,32 +782,34 @@ class ShardStep:
                 {
                     "generation": g["generation"],
                     "units": len(g["units"]),
-                    "shards": len(g.get("shards", [])),
-                    "samples": sum(e["samples"] for e in g.get("shards", [])),
+                    "shards": len(mine(g)),
+                    "samples": sum(e["samples"] for e in mine(g)),
                 }
                 for g in generations
             ],
             "shards": shards,
             "tasks": dict(sorted(tasks.items())),
-            "mixture": {
-                task: {
-                    "weight": float(weights.get(task, 1.0)),
-                    "built": built.get(task, 0),
-                    "kept": kept.get(task, 0),
-                }
-                for task in sorted(built)
-            },
-            "built": dict(sorted(built.items())),
-            "skipped": dict(sorted(skipped.items())),
+            **common,
             "quarantined": dict(sorted(quarantined.items())),
             "totals": totals,
         }
-        write_bytes_atomic(
-            self.build.fs,
-            index_path(self.stage_dir(stage)),
-            (json.dumps(index, indent=2, sort_keys=True) + "\n").encode(),
-        )
+        if split:
+            index["split"] = split
+            index["split_by"] = self.config.split_config().by
         return index
+
+
+def filtered_by_task(samples: Counter, seconds: Counter) -> dict[str, dict[str, Any]]:
+    """ "<task>: <reason>" counters -> {task: {reason: {samples, hours}}}, as index.json and
+    the stats report show what each filter removed."""
+    out: dict[str, dict[str, Any]] = {}
+    for why, n in sorted(samples.items()):
+        task, _, reason = why.partition(": ")
+        out.setdefault(task, {})[reason or "filtered"] = {
+            "samples": int(n),
+            "hours": round(float(seconds.get(why, 0.0)) / 3600, 6),
+        }
+    return out
 
 
 @dataclass
@@ -741,6 +841,21 @@ class ShardsSummary:
                 lines.append(f"    {task}: {v['samples']} samples, {v['audio_s'] / 3600:.4f} h")
             for why, n in s["skipped"].items():
                 lines.append(f"    not built: {why}: {n}")
+            for task, reasons in s.get("filtered", {}).items():
+                for reason, v in reasons.items():
+                    lines.append(
+                        f"    filtered: {task}: {reason}: {v['samples']} samples, "
+                        f"{v['hours']:.4f} h"
+                    )
+            if s.get("splits"):
+                lines.append(
+                    "    splits: "
+                    + ", ".join(
+                        f"{split} {v['samples']} samples ({v['shards']} shards, "
+                        f"{v['audio_s'] / 3600:.4f} h)"
+                        for split, v in s["splits"].items()
+                    )
+                )
         if any(s["tokenizers"].get("warning") for s in self.stages):
             lines.append("  !!! " + self.stages[0]["tokenizers"]["warning"] + " !!!")
         return "\n".join(lines)
