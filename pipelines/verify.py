@@ -33,12 +33,12 @@ import soundfile as sf
 
 from minmo.io.fs import open_filesystem
 from minmo.io.shards import HashingReader, iter_members, list_shards, read_index, read_offsets
-from pipelines.shards.splits import SPLITS
 from schemas.shards import (
     ALL_MEMBERS,
     INDEX_RELPATH,
     MAX_LABEL,
     SPEECH_VOCAB,
+    SPLITS,
     offsets_relpath,
     validate_key,
 )

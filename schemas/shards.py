@@ -65,6 +65,9 @@ KEY_RE = re.compile(r"^[A-Za-z0-9_\-:+=@,]+$")
 # first dot of the base name; a directory part stays in the key.
 MEMBER_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 
+# A split stage's subdirectories (see the module docstring), train first.
+SPLITS = ("train", "valid", "test")
+
 # CosyVoice 2 speech tokenizer codebook (FSQ, 3**8 levels): speech tokens lie in [0, 6561).
 SPEECH_VOCAB = 3**8
 # The largest frame-label class a `labels.npy` may hold.
@@ -97,6 +100,12 @@ def shard_name(stage: str, index: int, generation: int = 0, part: int = 0) -> st
 def shard_path(stage_dir: str, name: str) -> str:
     """Where shard `name` (a tar's file name) lives: directly in the stage directory."""
     return f"{str(stage_dir).rstrip('/')}/{name}"
+
+
+def split_dir(stage_dir: str, split: str) -> str:
+    """Where a split's shards live: `<stage_dir>/<split>`, or the stage directory itself when
+    unsplit (split "")."""
+    return f"{str(stage_dir).rstrip('/')}/{split}" if split else str(stage_dir)
 
 
 def index_path(stage_dir: str) -> str:

@@ -299,6 +299,24 @@ STATS_JSON_SCHEMA: dict[str, Any] = {
                             "required": ["task", "weight", "samples", "target_share", "share"],
                         },
                     },
+                    "filtered": {
+                        "type": "array",
+                        "description": "per task and quality filter: the samples and hours it "
+                        "left out (from index.json; absent in stats.json before filters)",
+                        "items": {
+                            "type": "object",
+                            "required": ["task", "reason", "samples", "hours"],
+                        },
+                    },
+                    "splits": {
+                        "type": "object",
+                        "description": "a split stage's train / valid / test: shards, samples, "
+                        "hours; empty when the stage is one set",
+                        "additionalProperties": {
+                            "type": "object",
+                            "required": ["shards", "samples", "hours"],
+                        },
+                    },
                 },
             },
         },

@@ -68,7 +68,16 @@ class TrainConfig:
     seed: int = 0
     """Seeds the initial weights (identical on every rank) and the data order."""
     shards: str | None = None
-    """The stage's shard directory; default: DIR/shards/<the stage's shard dir>; a path or URI."""
+    """The stage's shard directory; default: DIR/shards/<the stage's shard dir> (its `train/`
+    split when the stage was written with held-out splits); a path or URI."""
+    valid: str | None = None
+    """A held-out shard directory (e.g. "{build}/shards/stage1/valid") whose loss is logged as
+    `valid_loss` every `valid_every` steps; None: no validation."""
+    valid_every: int = 50
+    """Steps between validation losses (and at the last step)."""
+    valid_batches: int = 4
+    """Batches per rank per validation: the same first batches of the valid set every time, so
+    that successive losses compare."""
     storage_options: StorageOptions = storage_options_field()
     max_samples: int = 8
     """Samples per batch per rank."""
@@ -130,7 +139,8 @@ class TrainConfig:
             check_scheme("minmo train", self.staging, LOCAL_SCHEMES)
             self.staging = _path(self.staging)
         self.betas = tuple(self.betas)  # type: ignore[assignment]
-        for name in ("steps", "max_samples", "grad_accum", "save_every", "keep_last", "log_every"):
+        names = ("steps", "max_samples", "grad_accum", "save_every", "keep_last", "log_every")
+        for name in (*names, "valid_every", "valid_batches"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
 
@@ -140,6 +150,9 @@ class TrainConfig:
     def locations(self, build: str) -> tuple[str, str, str | None]:
         """(the stage's shard directory, the checkpoint directory, init_from) for `build`.
 
+        The shard directory is as named; whether a split stage's `train/` is meant is decided
+        where the directory is read (minmo/train/data.py `training_dir`).
+
         Each is a local path (`file://` stripped) or an object-store URI; an object-store `out`
         or `init_from` goes through a local staging directory (minmo/train/store.py), because
         checkpoints, metrics and the export are written with local file I/O. A scheme the
@@ -148,6 +161,8 @@ class TrainConfig:
         base = str(build).rstrip("/")
         shards = self.shards or f"{base}/shards/{SHARDS_OF_STAGE[self.stage]}"
         check_scheme("minmo train", shards)
+        if self.valid:
+            check_scheme("minmo train", self.valid)
         out = _path(self.out or f"{base}/checkpoints/{self.stage}")
         init_from = _path(self.init_from) if self.init_from else None
         return shards, out, init_from

@@ -91,7 +91,7 @@ from minmo.io.fs import is_local, open_filesystem, to_uri
 from minmo.io.paths import Pathlike
 from minmo.io.shards import iter_members, read_index, read_offsets
 from minmo.model.batch import Batch, collate
-from schemas.shards import index_path, offsets_path, shard_path
+from schemas.shards import SPLITS, index_path, offsets_path, shard_path, split_dir
 from schemas.units import SAMPLE_RATE_HZ, Seconds
 
 # .idx arrays kept per process; a rank reads its slice shard by shard, so a few suffice.
@@ -286,6 +286,20 @@ class ShardIndex:
         """The shards' URIs in index order (local: absolute paths)."""
         fs, root = self.filesystem()
         return [to_uri(fs, shard_path(root, name)) for name in self.names]
+
+
+def training_dir(stage_dir: Pathlike, storage_options: dict[str, Any] | None = None) -> str:
+    """The directory a trainer reads for `stage_dir`: the directory itself when it holds an
+    index.json, else its `train/` split when the stage was written with held-out splits (so
+    that a spec naming the stage trains on train only, never on its valid or test samples)."""
+    uri = os.fspath(stage_dir)
+    fs, root = open_filesystem(uri, **(storage_options or {}))
+    if fs.get_file_info(index_path(root)).type == pafs.FileType.File:
+        return uri
+    train = split_dir(root, SPLITS[0])
+    if fs.get_file_info(index_path(train)).type == pafs.FileType.File:
+        return split_dir(uri, SPLITS[0])
+    return uri  # not a stage directory: ShardIndex.load says so
 
 
 def rank_slice(total: int, rank: int, world: int) -> tuple[int, int]:
@@ -516,6 +530,13 @@ class StageLoader:
         """Start the next epoch at its first sample, dropping what is left of this one."""
         self._batches = None
         self.epoch += 1
+        self.position = 0
+
+    def rewind(self) -> None:
+        """Back to the first batch of epoch 0: a validation pass reads the same batches each
+        time, so that its losses compare from one pass to the next."""
+        self._batches = None
+        self.epoch = 0
         self.position = 0
 
     def __iter__(self) -> Iterator[Batch | list[dict[str, Any]]]:

@@ -4,8 +4,9 @@ Ray Train worker (`minmo train --ray`), unchanged.
     build MinMo (tiny or full; real weights from local paths) -> init_from the previous stage's
     export -> apply the stage's recipe -> DDP / FSDP2 -> AdamW over trainable parameters only,
     warmup + cosine -> resume from the newest checkpoint (weights, optimizer, scheduler, data
-    position, RNG) -> steps (gradient accumulation, clipping, bf16 autocast on GPU) -> checkpoint
-    every N steps and on SIGTERM -> export the trained modules.
+    position, RNG) -> steps (gradient accumulation, clipping, bf16 autocast on GPU) -> a
+    validation loss on a held-out shard directory every N steps (no grad, eval mode, the same
+    loss) -> checkpoint every N steps and on SIGTERM -> export the trained modules.
 
 An object-store `out` (the default on an `s3://` build) is written to a local staging directory
 and uploaded by rank 0 after each checkpoint and the export; an object-store `init_from` is
@@ -22,6 +23,7 @@ import contextlib
 import math
 import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +38,7 @@ from minmo.model.voice_lm import VoiceTokenLM
 from minmo.tokens.text import load_text_tokenizer
 from minmo.train.checkpoint import Checkpointer, export, load_export, trained_modules
 from minmo.train.config import ModelSpec, TrainConfig
-from minmo.train.data import StageLoader
+from minmo.train.data import ShardIndex, StageLoader, training_dir
 from minmo.train.distributed import (
     DistInfo,
     all_min,
@@ -80,6 +82,7 @@ class TrainResult:
     steps_run: int
     final_step: int
     losses: list[float] = field(default_factory=list)
+    valid_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
     resumed_from: str | None = None
     export_dir: str | None = None
     trainable: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -95,6 +98,12 @@ class TrainResult:
                 f"{m} {v['trainable']:,}/{v['total']:,}" for m, v in self.trainable.items()
             ),
         ]
+        if self.valid_losses:
+            (s0, v0), (s1, v1) = self.valid_losses[0], self.valid_losses[-1]
+            parts.append(
+                f"  valid loss {v0:.4f} (step {s0}) -> {v1:.4f} (step {s1}), "
+                f"{len(self.valid_losses)} validation(s)"
+            )
         if self.resumed_from:
             parts.append(f"  resumed from {self.resumed_from}")
         if self.export_dir:
@@ -122,6 +131,78 @@ def _next_batch(loader: Any, info: DistInfo) -> Any:
         if all_min(int(batch is not None), info):
             return batch
         loader.next_epoch()
+
+
+def _valid_loader(config: TrainConfig, info: DistInfo) -> StageLoader | None:
+    """The held-out set's loader (no workers: a few batches per validation), or None when the
+    spec names none. A valid directory with too few samples for every rank to get one is said
+    on stderr and skipped, not a failed run: a small build's valid split may be empty."""
+    if not config.valid:
+        return None
+    try:
+        index = ShardIndex.load(config.valid, config.storage_options)
+    except ValueError as exc:  # no shards listed
+        print(f"minmo train: no validation loss: {exc}", file=sys.stderr)
+        return None
+    if index.total < info.world:
+        print(
+            f"minmo train: no validation loss: {config.valid} holds {index.total} samples "
+            f"for {info.world} ranks",
+            file=sys.stderr,
+        )
+        return None
+    return StageLoader(
+        config.valid,
+        rank=info.rank,
+        world=info.world,
+        seed=config.seed,
+        num_workers=0,
+        max_samples=config.max_samples,
+        max_audio_s=config.max_audio_s,
+        max_tokens=config.max_tokens,
+        storage_options=config.storage_options,
+    )
+
+
+def validate(
+    wrapped: torch.nn.Module,
+    loader: StageLoader,
+    batches: int,
+    kind: str,
+    info: DistInfo,
+    autocast: Any,
+) -> dict[str, float]:
+    """The training loss on the first `batches` batches of the held-out set: eval mode (no
+    dropout), no grad, averaged over batches and ranks; {"valid_loss", "valid_<part>", ...}.
+    Every rank runs the same number of batches (they agree on each one, as in training)."""
+    loader.rewind()
+    wrapped.eval()
+    sums: dict[str, float] = {}
+    n = 0
+    try:
+        with torch.no_grad():
+            for _ in range(batches):
+                batch = loader.next_batch()
+                if not all_min(int(batch is not None), info):
+                    break
+                with autocast:
+                    out = wrapped(batch.to(info.device))
+                for key, value in out.items():
+                    if key.endswith("_loss") or key == "loss":
+                        sums[key] = sums.get(key, 0.0) + float(value)
+                n += 1
+    finally:
+        wrapped.train()
+    keys = sorted(sums)
+    reduced = all_sum([sums[k] for k in keys] + [float(n)], info)
+    count = reduced[-1]
+    if not count:
+        return {}
+    means = {k: v / count for k, v in zip(keys, reduced[:-1], strict=True)}
+    out = {f"valid_{k}": v for k, v in means.items() if k != "loss"}
+    out["valid_loss"] = means.get(f"{kind}_loss", means.get("loss", float("nan")))
+    out["valid_batches"] = count / info.world
+    return out
 
 
 def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult:
@@ -163,7 +244,7 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
         lambda s: warmup_cosine(s, config.warmup_steps, config.steps, config.min_lr_ratio),
     )
     loader = StageLoader(
-        shards,
+        training_dir(shards, config.storage_options),
         rank=info.rank,
         world=info.world,
         seed=config.seed,
@@ -173,6 +254,7 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
         max_tokens=config.max_tokens,
         storage_options=config.storage_options,
     )
+    valid_loader = _valid_loader(config, info)
     out_dir = mirror.local if mirror is not None else Path(out)
     ckpt = Checkpointer(out_dir, config.keep_last, info.rank)
     step = 0
@@ -251,7 +333,23 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
                 achieved = step_flops(totals["positions"], forward_params, trainable_params) / dt
                 record["mfu"] = achieved / (config.peak_flops * info.world)
             result.losses.append(record["loss"])
-            if step % config.log_every == 0 or step == config.steps:
+            validating = valid_loader is not None and (
+                step % config.valid_every == 0 or step == config.steps
+            )
+            if validating:
+                record.update(
+                    validate(
+                        wrapped,
+                        valid_loader,
+                        config.valid_batches,
+                        _kind(config.stage),
+                        info,
+                        autocast,
+                    )
+                )
+                if "valid_loss" in record:
+                    result.valid_losses.append((step, record["valid_loss"]))
+            if step % config.log_every == 0 or step == config.steps or validating:
                 metrics.log(step, record)
             leaving = not all_min(int(not stop.requested), info)
             if step % config.save_every == 0 or step == config.steps or leaving:
@@ -269,6 +367,8 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
     finally:
         metrics.close()
         loader.close()
+        if valid_loader is not None:
+            valid_loader.close()
     result.final_step = step
     if step >= config.steps:
         exported = export(

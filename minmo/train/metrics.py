@@ -63,9 +63,13 @@ class MetricsLog:
                     self.writer.add_scalar(key, value, step)
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(
-                loss=f"{values.get('loss', float('nan')):.4f}", lr=f"{values.get('lr', 0):.2e}"
-            )
+            shown = {
+                "loss": f"{values.get('loss', float('nan')):.4f}",
+                "lr": f"{values.get('lr', 0):.2e}",
+            }
+            if "valid_loss" in values:
+                shown["valid_loss"] = f"{values['valid_loss']:.4f}"
+            self.bar.set_postfix(shown)
 
     def flush(self) -> None:
         """Everything logged so far on disk (metrics.jsonl is appended and closed per record)."""

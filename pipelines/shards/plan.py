@@ -39,8 +39,8 @@ from pipelines.samples import sources
 from pipelines.samples.builders import SampleConfig, StageBuilder
 from pipelines.samples.prompts import PromptBook
 from pipelines.samples.spec import estimated_bytes, span_s
-from pipelines.shards.splits import SPLITS, SplitConfig, split_of
-from schemas.shards import is_temp_name
+from pipelines.shards.splits import SplitConfig, split_of
+from schemas.shards import SPLITS, is_temp_name
 
 # Tables whose rows make a stage's samples: a unit is an input of the stage when it has a part
 # file in one of them.

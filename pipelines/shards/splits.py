@@ -16,7 +16,6 @@ from typing import Any
 
 from minmo.config import ConfigError
 
-SPLITS = ("train", "valid", "test")
 # What a split is keyed on (`SplitConfig.by`).
 SPLIT_BY = ("speaker", "recording")
 # Fixed for ever: changing it would move every sample between splits. Not the shards seed, so
@@ -83,8 +82,3 @@ def split_of(meta: dict[str, Any], config: SplitConfig, sample_key: str = "") ->
     if point < config.test + config.valid:
         return "valid"
     return "train"
-
-
-def split_dir(stage_dir: str, split: str) -> str:
-    """Where a split's shards live: the stage directory itself when unsplit (split "")."""
-    return f"{str(stage_dir).rstrip('/')}/{split}" if split else str(stage_dir)

@@ -330,8 +330,9 @@ def _shards(r: Report) -> None:
     r.section(
         "shards",
         "Shards: balance and mixture",
-        "Per stage, from index.json: samples per shard, and each task's share of the samples "
-        "against the share the job's mixture weights ask for (weight x samples built).",
+        "Per stage, from index.json: samples per shard, each task's share of the samples "
+        "against the share the job's mixture weights ask for (weight x samples built), what "
+        "each quality filter left out, and the held-out splits.",
     )
     stages = [st for st in STAGES if _has(r, f"shards.{st}")]
     if not stages:
@@ -373,6 +374,8 @@ def _shards(r: Report) -> None:
         rows,
     )
     for stage in stages:
+        _splits(r, stage)
+        _filtered(r, stage)
         if not _listed(r, stage):  # a build past max_shard_rows: its distributions and worst
             _shard_distributions(r, stage)
             _mixture(r, stage)
@@ -397,6 +400,57 @@ def _shards(r: Report) -> None:
                 f"{stage}: {metric} per shard ({caption}).",
             )
         _mixture(r, stage)
+
+
+def _splits(r: Report, stage: str) -> None:
+    """A split stage's train / valid / test sizes, per build (nothing for an unsplit stage)."""
+    rows = [
+        [*([label] if r.compare else []), split, v["shards"], v["samples"], v["hours"]]
+        for label, s in r.builds
+        for split, v in (value_at(s, f"shards.{stage}.splits") or {}).items()
+    ]
+    if rows:
+        r.note(f"{stage}: held-out splits (no speaker or recording is in two of them).")
+        r.table([*(["build"] if r.compare else []), "split", "shards", "samples", "hours"], rows)
+
+
+def _filtered(r: Report, stage: str) -> None:
+    """What each quality filter removed from a stage, per task: hours as bars, and a table."""
+    per_build = [(label, value_at(s, f"shards.{stage}.filtered") or []) for label, s in r.builds]
+    if not any(rows for _, rows in per_build):
+        return
+    keys = sorted({f"{x['task']}: {x['reason']}" for _, rows in per_build for x in rows})
+    series = [
+        (
+            label,
+            [
+                next((x["hours"] for x in rows if f"{x['task']}: {x['reason']}" == k), 0.0)
+                for k in keys
+            ],
+        )
+        for label, rows in per_build
+    ]
+    anchor = f"filtered-{stage}"
+    total = r.per_build(lambda s, st=stage: _filtered_total(s, st))
+    r.figure(
+        anchor,
+        plots.bars(anchor, keys, series, "removed audio (h)", "task: filter"),
+        f"{stage}: audio hours each quality filter removed, per task ({total}). A filtered "
+        "sample's input is fine: it is counted here, not quarantined.",
+    )
+    r.table(
+        [*(["build"] if r.compare else []), "task", "filter", "samples", "hours"],
+        [
+            [*([label] if r.compare else []), x["task"], x["reason"], x["samples"], x["hours"]]
+            for label, rows in per_build
+            for x in rows
+        ],
+    )
+
+
+def _filtered_total(s: dict[str, Any], stage: str) -> str:
+    rows = value_at(s, f"shards.{stage}.filtered") or []
+    return f"{sum(x['samples'] for x in rows):,} samples, {sum(x['hours'] for x in rows):.4f} h"
 
 
 def _listed(r: Report, stage: str) -> bool:

@@ -37,7 +37,7 @@ from pipelines.ray_runtime import ensure_ray
 from pipelines.stats import dist as d
 from pipelines.stats.sources import Sources
 from pipelines.stats.tables import breakdown
-from schemas.shards import shard_path, split_member
+from schemas.shards import SPLITS, shard_path, split_member
 
 TASKS_PER_CPU = 2  # shard tasks in flight per Ray CPU: one running, one queued behind it
 
@@ -298,11 +298,22 @@ def shard_balance(sources: Sources, max_shard_rows: int = 1000, worst: int = 10)
         tasks: dict[str, dict[str, float]] = {}
         mixture: dict[str, dict[str, float]] = {}
         quarantined: dict[str, int] = {}
+        filtered: dict[tuple[str, str], dict[str, float]] = {}
+        splits: dict[str, dict[str, float]] = {}
         for directory in directories:
             index = sources.read_index(directory)
-            # several builds under the input: name shards by their folder, e.g. "b1/shards/"
+            split = index.get("split")
             relative = directory[len(sources.root) :].strip("/").rpartition("/")[0]
+            if split:  # a split stage's directory: <stage>/<split>; name shards by both
+                relative = relative.rpartition("/")[0]
+                agg = splits.setdefault(split, {"shards": 0, "samples": 0, "hours": 0.0})
+                agg["shards"] += len(index.get("shards", []))
+                agg["samples"] += int(index.get("totals", {}).get("samples", 0))
+                agg["hours"] += float(index.get("totals", {}).get("audio_s", 0.0)) / 3600
+            # several builds under the input: name shards by their folder, e.g. "b1/shards/"
             prefix = f"{relative}/" if len(directories) > 1 and relative else ""
+            if split:
+                prefix = f"{prefix}{split}/"
             for s in index.get("shards", []):
                 columns["name"].append(prefix + s["name"])
                 columns["samples"].append(int(s["samples"]))
@@ -314,7 +325,10 @@ def shard_balance(sources: Sources, max_shard_rows: int = 1000, worst: int = 10)
                 agg = tasks.setdefault(task, {"samples": 0, "hours": 0.0})
                 agg["samples"] += int(t["samples"])
                 agg["hours"] += float(t["audio_s"]) / 3600
-            for task, m in index.get("mixture", {}).items():
+            # Counted before samples had a split: every split's index.json repeats them, so
+            # they are read from the first split's alone (pipelines/shards/step.py).
+            stage_wide = not split or split == SPLITS[0]
+            for task, m in index.get("mixture", {}).items() if stage_wide else ():
                 agg = mixture.setdefault(
                     task, {"weight": float(m["weight"]), "built": 0, "kept": 0}
                 )
@@ -322,6 +336,11 @@ def shard_balance(sources: Sources, max_shard_rows: int = 1000, worst: int = 10)
                 agg["kept"] += int(m["kept"])
             for reason, n in index.get("quarantined", {}).items():
                 quarantined[reason] = quarantined.get(reason, 0) + int(n)
+            for task, reasons in index.get("filtered", {}).items() if stage_wide else ():
+                for reason, v in reasons.items():
+                    agg = filtered.setdefault((task, reason), {"samples": 0, "hours": 0.0})
+                    agg["samples"] += int(v["samples"])
+                    agg["hours"] += float(v["hours"])
         n_shards = len(columns["name"])
         total = sum(t["samples"] for t in tasks.values())
         asked = sum(m["weight"] * m["built"] for m in mixture.values())
@@ -355,6 +374,24 @@ def shard_balance(sources: Sources, max_shard_rows: int = 1000, worst: int = 10)
                 for task, m in sorted(mixture.items())
             ],
             "quarantined": dict(sorted(quarantined.items())),
+            # what each quality filter left out, per task (samples and hours)
+            "filtered": [
+                {
+                    "task": task,
+                    "reason": reason,
+                    "samples": v["samples"],
+                    "hours": round(v["hours"], 6),
+                }
+                for (task, reason), v in sorted(filtered.items())
+            ],
+            # a split stage's samples per split (train / valid / test); empty when unsplit
+            "splits": {
+                split: {**v, "hours": round(v["hours"], 6)}
+                for split, v in sorted(
+                    splits.items(),
+                    key=lambda kv: SPLITS.index(kv[0]) if kv[0] in SPLITS else len(SPLITS),
+                )
+            },
         }
         for row in out[stage]["mixture"]:
             both = row["share"] is not None and row["target_share"] is not None

@@ -18,17 +18,10 @@ import webdataset as wds
 from minmo.config import ConfigError
 from minmo.testing.tiny_models import build_tiny_checkpoint
 from pipelines.shards.plan import SPEC_SCHEMA, assign_shards, layout, summarize
-from pipelines.shards.splits import (
-    SPLITS,
-    SplitConfig,
-    split_dir,
-    split_fraction,
-    split_key,
-    split_of,
-)
+from pipelines.shards.splits import SplitConfig, split_fraction, split_key, split_of
 from pipelines.shards.step import ShardsConfig, filtered_by_task, run_shards
 from pipelines.verify import verify_shards
-from schemas.shards import index_path
+from schemas.shards import SPLITS, index_path, split_dir
 
 # ---- the hash (no Ray) -----------------------------------------------------------------------
 

@@ -168,3 +168,19 @@ def test_a_stage_past_max_shard_rows_renders_and_compares_with_a_listed_one(repo
     result = compare_stats(listed, summarised)
     shard_rows = [r for r in result["deltas"] if r["metric"].startswith("shards.stage2.")]
     assert len(shard_rows) > 10 and result["changed"] == 0
+
+
+def test_the_report_shows_what_each_filter_removed_and_the_splits(tmp_path):
+    from tests.stats.test_stats_shards import write_split_stage
+
+    root = tmp_path / "build"
+    write_build(root)
+    write_split_stage(root)
+    result = run_stats([str(root)], StatsConfig(), progress=False)
+    page = Path(result.report_html).read_text()
+    figures = dict(FIGURE.findall(page))
+    body = figures["fig-filtered-stage2"]
+    assert "tts: min_snr_db" in body and "removed audio (h)" in body
+    assert "5 samples, 0.0100 h" in body  # the caption's total
+    assert "held-out splits" in page and ">valid<" in page
+    validate_stats(json.loads(Path(result.stats_json).read_text()))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -231,3 +232,43 @@ def test_the_header_walk_reads_what_tarfile_reads_and_falls_back_for_other_tars(
     (tmp_path / "bad.tar").write_bytes(bytes(corrupt))
     with pytest.raises(tarfile.HeaderError, match="checksum at byte 0"):
         shard_stats.read_sample_meta(fs, str(tmp_path / "bad.tar"), "bad")
+
+
+def write_split_stage(root: Path) -> Path:
+    """The stage of `write_stage` held out as `train/` and `valid/` (the same two shards in
+    each, renamed apart), each index.json repeating the stage-wide counts as the shards step
+    writes them: the mixture and what the quality filters removed."""
+    write_stage(root / "tmp")
+    source = root / "tmp" / "shards" / "stage2"
+    index = json.loads(Path(index_path(str(source))).read_text())
+    filtered = {"tts": {"min_snr_db": {"samples": 5, "hours": 0.01}}}
+    for n, split in enumerate(("train", "valid")):
+        target = root / "shards" / "stage2" / split
+        (target / META_DIR).mkdir(parents=True)
+        shards = []
+        for entry in index["shards"]:
+            name = entry["name"].replace("-g0000-", f"-g000{n}-")
+            (target / name).write_bytes((source / entry["name"]).read_bytes())
+            shards.append({**entry, "name": name})
+        split_index = {**index, "shards": shards, "split": split, "filtered": filtered}
+        split_index["totals"] = {"samples": 4, "audio_s": 10.0}
+        Path(index_path(str(target))).write_text(json.dumps(split_index))
+    shutil.rmtree(root / "tmp")
+    return root
+
+
+def test_a_split_stage_counts_each_split_and_its_stage_wide_figures_once(tmp_path):
+    root = write_split_stage(tmp_path / "build")
+    stats = compute_stats(str(root), StatsConfig(out=str(tmp_path / "out")), progress=False)
+    st = stats["shards"]["stage2"]
+    assert (st["shards"], st["samples"]) == (4, 8)  # both splits' shards
+    assert st["splits"] == {
+        "train": {"shards": 2, "samples": 4, "hours": pytest.approx(10 / 3600, abs=1e-6)},
+        "valid": {"shards": 2, "samples": 4, "hours": pytest.approx(10 / 3600, abs=1e-6)},
+    }
+    names = [s["name"] for s in st["per_shard"]]
+    assert {n.rpartition("/")[0] for n in names} == {"shards/train", "shards/valid"}
+    # the mixture and the filters, repeated in each split's index.json, are counted once
+    assert {m["task"]: m["built"] for m in st["mixture"]} == {"tts": 3, "instruct_tts": 1}
+    assert st["filtered"] == [{"task": "tts", "reason": "min_snr_db", "samples": 5, "hours": 0.01}]
+    assert stats["samples"]["count"] == 8
