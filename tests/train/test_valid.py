@@ -78,5 +78,5 @@ def test_valid_fields_are_checked() -> None:
 
     with pytest.raises(ConfigError, match="valid_every"):
         TrainConfig(stage="1a", valid_every=0)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ValueError, match="cannot serve ftp://"):
         TrainConfig(stage="1a", valid="ftp://host/valid").locations("/b")
