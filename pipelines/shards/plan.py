@@ -230,12 +230,17 @@ def unit_specs(batch: pa.Table, params: str) -> pa.Table:
             buffer = pa.BufferOutputStream()
             pq.write_table(table, buffer, compression="zstd")
             write_bytes_atomic(build.fs, path, buffer.getvalue().to_pybytes())
-        summaries.append(
-            table.select(SUMMARY_COLUMNS)
-            .group_by(["kind", "task", "bucket", "split"])
-            .aggregate([("n", "sum"), ("est_bytes", "sum"), ("seconds", "sum")])
-        )
+        summaries.append(summary_rows(table))
     return pa.concat_tables(summaries) if summaries else _EMPTY_SUMMARY
+
+
+def summary_rows(table: pa.Table) -> pa.Table:
+    """A unit's spec table -> its sums per (kind, task, bucket, split): what `summarize` reads."""
+    return (
+        table.select(SUMMARY_COLUMNS)
+        .group_by(["kind", "task", "bucket", "split"])
+        .aggregate([("n", "sum"), ("est_bytes", "sum"), ("seconds", "sum")])
+    )
 
 
 _EMPTY_SUMMARY = pa.table(

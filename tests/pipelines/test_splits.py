@@ -9,6 +9,7 @@ import json
 import shutil
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pyarrow as pa
@@ -17,7 +18,15 @@ import webdataset as wds
 
 from minmo.config import ConfigError
 from minmo.testing.tiny_models import build_tiny_checkpoint
-from pipelines.shards.plan import SPEC_SCHEMA, assign_shards, layout, summarize
+from pipelines.shards.plan import (
+    SPEC_SCHEMA,
+    SpecParams,
+    _spec_rows,
+    assign_shards,
+    layout,
+    summarize,
+    summary_rows,
+)
 from pipelines.shards.splits import SplitConfig, split_fraction, split_key, split_of
 from pipelines.shards.step import ShardsConfig, filtered_by_task, run_shards
 from pipelines.verify import verify_shards
@@ -273,3 +282,66 @@ def test_added_data_never_moves_a_sample_between_splits(
     assert verify_shards(copy / "shards") == {f"stage1/{s}": [] for s in SPLITS}
     again = run_shards(str(copy), split_build["config"], progress=False)
     assert again.stages[0]["shards_written_now"] == 0 and again.stages[0]["new_units"] == 0
+
+
+class _Builder:
+    """A StageBuilder double: two speakers' specs and the counters H2's builder keeps
+    (`filtered`: "<task>: <reason>" -> samples, `filtered_s` -> seconds)."""
+
+    def __init__(self) -> None:
+        self.counts = SimpleNamespace(
+            built=Counter({"asr": 6}),
+            skipped=Counter({"asr: no transcript": 1}),
+            filtered=Counter({"asr: min_snr_db": 2, "emotion: chars_per_second": 1}),
+            filtered_s=Counter({"asr: min_snr_db": 7.5, "emotion: chars_per_second": 2.0}),
+        )
+
+    def specs(self, stage: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "key": f"k{i}",
+                "task": "asr",
+                "meta": {"speaker": f"c:s{i % 2}", "recording_id": f"r{i}"},
+                "input_audio": {"uri": "a.wav", "start_s": 0.0, "end_s": 2.0},
+                "target_speech": None,
+                "labels": None,
+                "messages": [{"role": "user", "content": "hi"}],
+            }
+            for i in range(6)
+        ]
+
+
+def test_spec_rows_carry_each_samples_split_and_the_filter_counts() -> None:
+    params = SpecParams(
+        build_uri="/nowhere",
+        storage_options={},
+        stage="stage1",
+        spec_dir="/nowhere/specs",
+        seed=3,
+        shuffle=True,
+        bucket_edges_s=[],
+        weights={"asr": 2.0},
+        splits={"valid": 0.4, "test": 0.4},
+    )
+    rows = _spec_rows(_Builder(), params)  # type: ignore[arg-type]
+    specs = [r for r in rows if r["kind"] == "spec"]
+    assert len(specs) == 12  # weight 2: each sample and its repeat
+    by_speaker: dict[str, set[str]] = {}
+    for r in specs:
+        by_speaker.setdefault(json.loads(r["spec"])["meta"]["speaker"], set()).add(r["split"])
+        assert r["seconds"] == 2.0
+    assert all(len(s) == 1 for s in by_speaker.values())  # repeats keep their speaker's split
+    expected = {s: split_of({"speaker": s}, SplitConfig(valid=0.4, test=0.4)) for s in by_speaker}
+    assert {s: next(iter(v)) for s, v in by_speaker.items()} == expected
+    table = pa.Table.from_pylist(rows, schema=SPEC_SCHEMA)
+    summary = summarize(summary_rows(table).to_pylist())
+    assert summary.filtered == Counter({"asr: min_snr_db": 2, "emotion: chars_per_second": 1})
+    assert summary.filtered_s == Counter({"asr: min_snr_db": 7.5, "emotion: chars_per_second": 2.0})
+    assert summary.built == Counter({"asr": 6}) and summary.kept == Counter({"asr": 12})
+    assert summary.skipped == Counter({"asr: no transcript": 1})
+    assert sum(summary.split_kept.values()) == 12
+    # unsplit: every spec's split is "" and the layout keys are the buckets alone
+    unsplit = _spec_rows(_Builder(), SpecParams(**{**params.__dict__, "splits": {}}))  # type: ignore[arg-type]
+    assert {r["split"] for r in unsplit} == {""}
+    plain = summarize(summary_rows(pa.Table.from_pylist(unsplit, schema=SPEC_SCHEMA)).to_pylist())
+    assert list(layout(plain, 2000, 10**9)) == ["0"]
