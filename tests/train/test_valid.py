@@ -15,7 +15,7 @@ from minmo.train.config import TrainConfig
 from minmo.train.data import training_dir
 from minmo.train.metrics import read_metrics
 from pipelines.shards.writer import write_stage_shards
-from tests.train.test_train import _job, _stage1_samples
+from tests.train.test_train import _job, _run, _stage1_samples
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +80,24 @@ def test_valid_fields_are_checked() -> None:
         TrainConfig(stage="1a", valid_every=0)
     with pytest.raises(ValueError, match="cannot serve ftp://"):
         TrainConfig(stage="1a", valid="ftp://host/valid").locations("/b")
+
+
+def test_two_ranks_validate_in_lockstep(split_build: Path, tmp_path: Path) -> None:
+    """Under DDP every rank runs the same validation batches count (3 valid samples each, so
+    the second batch of one is short) and the logged loss is their mean."""
+    out = tmp_path / "ddp"
+    valid = "{build}/shards/stage1/valid"
+    job = _job(
+        tmp_path,
+        out=str(out),
+        parallel="ddp",
+        steps=2,
+        save_every=100,
+        valid=valid,
+        valid_every=1,
+        valid_batches=3,
+    )
+    _run(job, split_build, nproc=2)
+    logged = [m for m in read_metrics(out) if "valid_loss" in m]
+    assert [m["step"] for m in logged] == [1, 2]
+    assert all(m["valid_loss"] > 0 and m["valid_batches"] == 2 for m in logged)
