@@ -98,6 +98,9 @@ class IngestConfig:
             raise ConfigError(f"ingest.vad_threshold must be in (0, 1), got {self.vad_threshold}")
         self.emotion_map = _emotion_map(self.emotion_map)
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
 
 def _emotion_map(given: Any) -> dict[str, str]:
     """`emotion_map` with lower-cased, stripped keys (schemas.labels.parse_emotion looks values
@@ -114,6 +117,3 @@ def _emotion_map(given: Any) -> dict[str, str]:
             )
         out[str(value).strip().lower()] = word
     return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)

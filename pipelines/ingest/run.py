@@ -6,6 +6,10 @@ Parquet in one process), marking duplicates, and committing each unit atomically
 build directory's ledger as soon as all its rows are staged. A rerun after a crash skips
 committed units and redoes only the rest; nothing is written twice.
 
+The summary (`IngestSummary`, printed by `minmo ingest` and saved as `_state/ingest/summary.json`)
+also lists the manifest columns the listing skipped, with their row counts, tallied on the
+driver as the listing streams (O(columns)), so that no column is dropped silently.
+
 Why units and a window: a unit (`files_per_unit` files) is the granule of resume; the driver
 holds at most `units_per_wave` units in flight, so its memory is bounded whatever the listing's
 size, while the worker pool (and its model load) starts once per run.

@@ -66,7 +66,10 @@ def test_jsonl_emotion_codes_and_words_map_onto_the_vocabulary(tmp_path: Path):
         _write(tmp_path / "clips" / name, AUDIO)
     manifest = _jsonl(
         tmp_path / "ravdess.jsonl",
-        [{"path": f"clips/{n}", "text": "kids are talking by the door", "emotion": e} for n, e in rows],
+        [
+            {"path": f"clips/{n}", "text": "kids are talking by the door", "emotion": e}
+            for n, e in rows
+        ],
     )
     items, refused = _list(manifest)
     assert refused == []
@@ -235,7 +238,10 @@ def test_emotion_map_gives_the_jobs_own_codes(tmp_path: Path):
     config = IngestConfig(emotion_map={" GRR ": "angry", "a": "happy"})
     assert config.emotion_map == {"grr": "angry", "a": "happy"}
     items, _ = _list(manifest, emotion_map=config.emotion_map)
-    assert {n: i.labels["emotion"] for n, i in items.items()} == {"a.wav": "angry", "b.wav": "happy"}
+    assert {n: i.labels["emotion"] for n, i in items.items()} == {
+        "a.wav": "angry",
+        "b.wav": "happy",
+    }
     with pytest.raises(ConfigError, match="emotion_map"):
         IngestConfig(emotion_map={"grr": "cross"})
 
@@ -364,7 +370,10 @@ def test_lhotse_supervision_gender_and_custom(tmp_path: Path):
     }
     (problem,) = items["r1.wav"].label_problems
     assert problem.item_key == "s2"
-    assert problem.detail.startswith("supervisions.jsonl#line 2: age: ") and "'forty'" in problem.detail
+    assert (
+        problem.detail.startswith("supervisions.jsonl#line 2: age: ")
+        and "'forty'" in problem.detail
+    )
     # one supervision spanning the whole file labels the recording too
     assert items["r2.wav"].labels == labels["s3"] and items["r1.wav"].labels == {}
     assert tally.as_dict() == {"custom.snr": 1}
@@ -467,7 +476,9 @@ def test_labels_reach_recordings_and_segments(tmp_path: Path, shared_data: Path)
     origins = {(name_of[s["recording_id"]], s["origin"]) for s in segs}
     assert ("spk1_snt1.wav", "supervision") in origins and ("spk1_snt2.wav", "vad") in origins
 
-    bad = sorted((q["detail"], q["source_uri"]) for q in quarantine if q["reason_code"] == "bad_label")
+    bad = sorted(
+        (q["detail"], q["source_uri"]) for q in quarantine if q["reason_code"] == "bad_label"
+    )
     assert [d.split(": ")[:2] for d, _ in bad] == [
         ["clips.jsonl#line 3", "emotion"],
         ["clips.jsonl#line 4", "age"],
