@@ -109,11 +109,13 @@ RECORDING_COLUMNS = [
     "clipping_ratio",
     "speech_ratio",
     "speaker",
-    "gender",
-    "age",
 ]
-"""The recordings columns `RecordingInfo` reads. `gender` and `age` exist from recordings v3 on:
-read them through `iter_rows` / `open_dataset` (the contract's schema), not a bare Parquet read."""
+"""The recordings columns every build since v2 has (safe for a bare Parquet read, as the shards
+planner's distributed join does)."""
+RECORDING_LABEL_COLUMNS = ["gender", "age"]
+"""The whole-file labels `RecordingInfo` reads too, from recordings v3 on: read them through
+`iter_rows` / `open_dataset` (the contract's schema gives an older file nulls). A row without
+them (the join) still works: segments carry their recording's labels (schemas/segments.py)."""
 
 
 def _float(value: Any) -> float | None:
@@ -143,7 +145,7 @@ def recording_info(row: dict[str, Any]) -> RecordingInfo:
 def recordings(build: BuildDir, view: TableView = None) -> dict[str, RecordingInfo]:
     return {
         r["recording_id"]: recording_info(r)
-        for r in iter_rows(build, "recordings", RECORDING_COLUMNS, view)
+        for r in iter_rows(build, "recordings", RECORDING_COLUMNS + RECORDING_LABEL_COLUMNS, view)
     }
 
 
