@@ -506,7 +506,8 @@ class StageBuilder:
         a segment without its own label takes its recording's (a whole-file label covers every
         segment, as in schemas/segments.py)."""
         if self.label_source("speaker_analysis") is LabelSource.MODEL:
-            return  # annotate gives no gender or age; the turn questions still count theirs
+            self.skip("speaker_analysis", "no model label")  # annotate gives no gender or age
+            return
         gender = seg.row.get("gender") or seg.rec.gender
         age = seg.row.get("age")
         age = seg.rec.age if age is None else age
@@ -553,7 +554,10 @@ class StageBuilder:
     def _speaker_analysis(self) -> Iterator[dict[str, Any]]:
         by_rec: dict[str, list[dict[str, Any]]] = {}
         for t in sources.iter_rows(
-            self.build, "turns", ["recording_id", "speaker", "start_s", "end_s"], self.view
+            self.build,
+            "turns",
+            ["recording_id", "speaker", "start_s", "end_s", "backend"],
+            self.view,
         ):
             by_rec.setdefault(t["recording_id"], []).append(t)
         for rid in sorted(by_rec):
@@ -597,6 +601,9 @@ class StageBuilder:
                     question="speakers",
                     speakers=len(order),
                     turns=len(turns),
+                    # the turns are a diarization backend's output, not a person's labels
+                    label_source=LabelSource.MODEL.value,
+                    label_model=",".join(sorted({t.get("backend") or "unknown" for t in turns})),
                 ),
                 input_audio=audio_ref(rec.source_uri, rec.channels, None, 0.0, rec.duration_s),
             )

@@ -489,3 +489,25 @@ def test_every_label_task_reaches_the_shard_and_reads_back(
     assert "hello world" not in answers[("asr", None)]
     emotion = [m for m in samples if m["task"] == "emotion"]
     assert {m["provenance"]["label_source"] for m in emotion} == {"human", "model"}
+
+
+def test_turn_questions_stay_and_say_their_labels_are_a_backends(build: Path) -> None:
+    from schemas import TURNS
+
+    turns = [
+        {"recording_id": _rid("c"), "speaker": s, "channel": 0, "start_s": a, "end_s": b}
+        | {"backend": "pyannote", "confidence": 0.9}
+        for s, a, b in (("spk0", 0.0, 1.0), ("spk1", 1.2, 2.8), ("spk0", 2.8, 3.0))
+    ]
+    _write(build, "turns", "diarize~u1_0000.parquet", TURNS.from_rows(turns))
+    specs, _ = _specs(build)
+    speakers = _by(specs, "speaker_analysis", question="speakers")
+    assert set(speakers) == {_rid("c")}
+    meta = speakers[_rid("c")]["meta"]
+    assert meta["speakers"] == 2 and meta["turns"] == 3 and meta["recording_id"] == _rid("c")
+    assert meta["label_source"] == "model" and meta["label_model"] == "pyannote"
+    # gender / age questions have no model source: counted, the turn questions still built
+    specs, builder = _specs(build, label_source={"speaker_analysis": "model"})
+    assert set(_by(specs, "speaker_analysis", question="speakers")) == {_rid("c")}
+    assert _by(specs, "speaker_analysis", question="gender") == {}
+    assert builder.counts.skipped["speaker_analysis: no model label"] == len(SEGMENTS_IN)
