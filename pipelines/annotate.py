@@ -235,6 +235,7 @@ class AnnotateStage:
         # MB); only these actors need them, not the driver or the audio tasks.
         import torch
 
+        # torch + funasr: heavy, actor-only (see above)
         from minmo.annotate.sensevoice import MODEL_NAME, SenseVoiceLabeler
 
         self.config = AnnotateConfig(**config)

@@ -251,3 +251,14 @@ def test_rerun_is_a_no_op_and_a_lost_marker_redoes_only_its_unit(build):
     after = read_table(b, "annotations").sort_by("segment_id")
     assert after.equals(before)  # same rows, none twice: the unit's old files were replaced
     assert _annotation_files(build["build"]) == files_before
+
+
+def test_the_command_refuses_a_missing_model_before_any_work(tmp_path, capsys):
+    from minmo.cli import main
+
+    build_dir = str(tmp_path / "build")
+    assert main(["annotate", "--build", build_dir, "--model", str(tmp_path / "none")]) == 2
+    assert "never downloads" in capsys.readouterr().err
+    assert main(["annotate", "--build", build_dir]) == 2
+    assert "--model" in capsys.readouterr().err
+    assert not (tmp_path / "build" / "annotations").exists()
