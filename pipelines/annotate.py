@@ -390,7 +390,9 @@ class _UnitResults:
         return self.received >= self.expected
 
 
-def _commit(build: BuildDir, ledger: StepLedger, unit_id: str, res: _UnitResults) -> None:
+def _commit(
+    build: BuildDir, ledger: StepLedger, unit_id: str, res: _UnitResults, version: str
+) -> None:
     """Stage the unit's tables, then let the ledger move them in and write the marker."""
     staging = ledger.staging_dir(unit_id)
     for name, contract in TABLES.items():
@@ -405,6 +407,7 @@ def _commit(build: BuildDir, ledger: StepLedger, unit_id: str, res: _UnitResults
             "quarantined": dict(quarantined),
             "skipped": dict(res.skipped),
             "stats": dict(res.stats),
+            "model_version": version,
         },
     )
 
@@ -419,6 +422,7 @@ def run_annotate(build_uri: str, config: AnnotateConfig, progress: bool = True) 
     version = model_version(config.model)  # type: ignore[arg-type]
     build = BuildDir(build_uri, **config.storage_options)
     ledger = StepLedger(build, STEP, tuple(TABLES))
+    check_same_model(ledger, version)
     pending = [u for u in source_units(build) if not ledger.is_done(u.unit_id)]
     segments_run = units_run = 0
     run_stats: Counter = Counter()
@@ -455,6 +459,19 @@ def run_annotate(build_uri: str, config: AnnotateConfig, progress: bool = True) 
     _add_totals(summary, ledger)
     build.write_json_atomic(build.path("_state", STEP, "summary.json"), summary.to_dict())
     return summary
+
+
+def check_same_model(ledger: StepLedger, version: str) -> None:
+    """Refuse to mix models in one build: units labelled by another model version would stay
+    as they are while new units got this model's labels. Relabelling is explicit: delete
+    DIR/annotations and DIR/_state/annotate, then run again."""
+    older = sorted({m.get("model_version") or "?" for m in ledger.done_units()} - {version})
+    if older:
+        raise ConfigError(
+            f"the build's annotations come from model version {', '.join(older)}, this model is "
+            f"{version}: to relabel with it, delete {ledger.build.table_dir('annotations')} and "
+            f"{ledger.build.path('_state', STEP)} and run annotate again"
+        )
 
 
 def _add_totals(summary: AnnotateSummary, ledger: StepLedger) -> None:
@@ -498,7 +515,7 @@ def _run_wave(
         unit_items_, skipped = unit_items(build, unit, config)
         res = _UnitResults(len(unit_items_), skipped)
         if res.complete:  # nothing to label: committed at once, so a rerun skips it
-            _commit(build, ledger, unit.unit_id, res)
+            _commit(build, ledger, unit.unit_id, res, version)
             bar.update(1)
             continue
         in_flight[unit.unit_id] = res
@@ -532,7 +549,7 @@ def _run_wave(
         counts["segments_run"] += 1
         counts.update(result.get("stats", {}))
         if res.complete:
-            _commit(build, ledger, unit_id, in_flight.pop(unit_id))
+            _commit(build, ledger, unit_id, in_flight.pop(unit_id), version)
             bar.update(1)
             bar.set_postfix(audio_h=f"{counts['audio_s'] / 3600:.2f}")
     if in_flight:

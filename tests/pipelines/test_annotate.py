@@ -152,6 +152,7 @@ def test_model_dir_is_checked_before_funasr_could_download(tiny_dir, tmp_path):
     assert model_version(broken) != version
 
 
+@pytest.mark.slow
 def test_tiny_model_loads_and_decodes_through_automodel(tiny_dir, jfk):
     labeler = SenseVoiceLabeler(tiny_dir, device="cpu")
     assert sorted(labeler.tag_ids.values()) == sorted(ALL_TAGS)  # each tag: one piece
@@ -163,6 +164,7 @@ def test_tiny_model_loads_and_decodes_through_automodel(tiny_dir, jfk):
         assert 0.0 < labels.transcript_confidence <= 1.0
 
 
+@pytest.mark.slow
 def test_a_head_that_favours_a_tag_labels_it_with_high_confidence(tiny_dir, tmp_path, jfk):
     """The tag path end to end: a CTC bias toward <|HAPPY|> makes every frame emit it."""
     biased = tmp_path / "biased"
@@ -202,6 +204,7 @@ def _annotation_files(build_dir: str) -> list[str]:
     return [p.rsplit("/", 1)[-1] for p in b.files(b.table_dir("annotations"), ".parquet")]
 
 
+@pytest.mark.slow
 def test_every_segment_is_labelled_or_quarantined_once(build):
     b = BuildDir(build["build"])
     segments = SEGMENTS.validate(read_table(b, "segments")).to_pylist()
@@ -228,6 +231,7 @@ def test_every_segment_is_labelled_or_quarantined_once(build):
     assert first.hours_per_core_hour > 0 and "per core-h" in first.render()
 
 
+@pytest.mark.slow
 def test_part_files_fold_into_the_segments_unit_they_label(build):
     b = BuildDir(build["build"])
     segment_units = {unit_key(p.rsplit("/", 1)[-1]) for p in b.files(b.table_dir("segments"))}
@@ -237,6 +241,7 @@ def test_part_files_fold_into_the_segments_unit_they_label(build):
     assert build["first"].units == len(segment_units) >= 2
 
 
+@pytest.mark.slow
 def test_rerun_is_a_no_op_and_a_lost_marker_redoes_only_its_unit(build):
     b = BuildDir(build["build"])
     before = read_table(b, "annotations").sort_by("segment_id")
@@ -262,3 +267,13 @@ def test_the_command_refuses_a_missing_model_before_any_work(tmp_path, capsys):
     assert main(["annotate", "--build", build_dir]) == 2
     assert "--model" in capsys.readouterr().err
     assert not (tmp_path / "build" / "annotations").exists()
+
+
+@pytest.mark.slow
+def test_another_model_version_is_refused_not_mixed_in(build, tiny_dir, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_dir, other)
+    (other / "am.mvn").write_text((tiny_dir / "am.mvn").read_text() + "\n")
+    config = AnnotateConfig(model=str(other), actors=1)
+    with pytest.raises(ConfigError, match="delete .*annotations"):
+        run_annotate(build["build"], config, progress=False)
