@@ -28,7 +28,7 @@ import time
 import traceback
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow.dataset as pads
@@ -43,6 +43,9 @@ from schemas import QUARANTINE, ReasonCode
 from schemas.annotations import ANNOTATIONS
 from schemas.quarantine import Rejected, quarantine_row
 from schemas.units import SAMPLE_RATE_HZ
+
+if TYPE_CHECKING:  # the labeller module imports torch and funasr; only actors load it
+    from minmo.annotate.sensevoice import ClipLabels
 
 STEP = "annotate"
 TABLES = {"annotations": ANNOTATIONS, "quarantine": QUARANTINE}
@@ -208,7 +211,9 @@ def load_segment_audio(
     return out
 
 
-def annotation_row(item: dict[str, Any], labels: Any, version: str, model: str) -> dict[str, Any]:
+def annotation_row(
+    item: dict[str, Any], labels: ClipLabels, version: str, model: str
+) -> dict[str, Any]:
     """The annotations row of one labelled segment (schemas/annotations.py)."""
     return {
         "segment_id": item["segment_id"],
