@@ -1,5 +1,6 @@
 """Benchmark: SenseVoiceSmall pseudo-labelling speed, in audio-hours per core-hour (and per
-GPU-hour when a GPU is used), the rate `minmo plan` needs for the `annotate` step.
+GPU-hour when a GPU is used): what sizing `minmo annotate` for a corpus needs (`minmo plan`
+has no annotate row yet; bench/rates.json is where one would go).
 
     .venv/bin/python bench/annotate.py                        # tiny random-init model, CPU
     .venv/bin/python bench/annotate.py --model DIR            # a real SenseVoiceSmall directory
@@ -102,7 +103,8 @@ def bench_step(args: argparse.Namespace, model_dir: str, work: Path) -> None:
     run_ingest(str(src), build, IngestConfig(), progress=False)
     config = AnnotateConfig(model=model_dir, batch_size=args.batch_size, device=args.device)
     summary = run_annotate(build, config, progress=False)
-    print("step:", summary.render().replace("\n", "\n  "))
+    print("step (wall includes Ray start-up and each actor's model load):")
+    print(summary.render())
 
 
 def main() -> None:
