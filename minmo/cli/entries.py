@@ -20,6 +20,7 @@ from minmo.cli.steps import (
 )
 from minmo.demo import build_demo_corpus
 from minmo.plan import PlanConfig, PlanError, render, run_plan
+from pipelines.annotate import AnnotateConfig, run_annotate
 from pipelines.build import BuildDir, StepLedger
 from pipelines.diarize import DiarizeConfig, run_diarize
 from pipelines.ingest.commit_index import CommitIndexError, reindex
@@ -75,6 +76,15 @@ def diarize(build: str, _: NoInputs, config: DiarizeConfig, progress: bool) -> A
     if config.num_speakers == 0:  # the command line's historic spelling of "estimate"
         config.num_speakers = None
     summary = run_diarize(build, config, progress=progress)
+    print(summary.render())
+    return summary
+
+
+def annotate(build: str, _: NoInputs, config: AnnotateConfig, progress: bool) -> Any:
+    try:
+        summary = run_annotate(build, config, progress=progress)
+    except FileNotFoundError as exc:  # the model directory (never a download): the message says
+        raise StepFailed(2, str(exc)) from exc
     print(summary.render())
     return summary
 

@@ -214,6 +214,14 @@ STEPS: dict[str, StepSpec] = {
         choices={"backend": "pipelines.diarize:BACKENDS"},
         flag_aliases={"tasks": ("--task",)},
     ),
+    "annotate": StepSpec(
+        config="pipelines.annotate:AnnotateConfig",
+        run=f"{LIGHT}:annotate",
+        help="segments -> annotations table: SenseVoice pseudo-labels (text, language, emotion, "
+        "events)",
+        paths={"build": STORE_SCHEMES, "model": LOCAL_SCHEMES},
+        source_root=True,
+    ),
     "label-turns": StepSpec(
         config="pipelines.label_turns:LabelTurnsConfig",
         run=f"{LIGHT}:label_turns",
