@@ -42,6 +42,17 @@ def demo_data(build: str | None, _: NoInputs, config: DemoDataConfig, progress: 
     )
     if not progress:  # with progress on, the builder prints its own closing line
         print(summary.describe())
+    if config.annotator:
+        # Deferred: the tiny-model builder imports torch and funasr, which no other light
+        # command needs (this module is what `minmo <any step>` imports first).
+        from minmo.demo.annotator import write_demo_annotator
+
+        model = write_demo_annotator(out)
+        print(
+            f"demo-data: tiny random-init SenseVoiceSmall for annotate -> {model}"
+            if model
+            else "demo-data: no annotator model written (OUT is not local; funasr loads local dirs)"
+        )
     return summary
 
 

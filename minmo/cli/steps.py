@@ -37,6 +37,9 @@ class DemoDataConfig:
     """Output directory, local or a URI; in a job spec the default is {build}/demo-src."""
     seed: int = 0
     """The same seed gives byte-identical files."""
+    annotator: bool = True
+    """Also write a tiny random-init SenseVoiceSmall directory at OUT/models/sensevoice-tiny for
+    the demo's `annotate` step (local OUT only; its labels are noise)."""
     storage_options: StorageOptions = storage_options_field()
 
 
