@@ -13,6 +13,7 @@ OLD to NEW here. Nothing is rewritten: the tables, specs and shards stay byte-id
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from pipelines.build import BuildDir, is_build_key
 from schemas.units import SAMPLE_RATE_HZ
 
 ROOTS_FILE = ("_state", "source_roots.json")
+DECODE_CACHE = 4  # whole recordings kept per batch (segments of one recording arrive together)
 
 
 @dataclass(frozen=True)
@@ -109,3 +111,37 @@ def load_audio_16k(
     if channels == 1 and samples.shape[0] > 1:
         samples = samples.mean(axis=0, keepdims=True)
     return resample(samples, audio.sample_rate_hz, SAMPLE_RATE_HZ)
+
+
+class RecordingCache:
+    """Spans of recordings, each recording decoded once while it stays among the last
+    DECODE_CACHE used (a batch's segments of one recording arrive together)."""
+
+    def __init__(self, storage_options: dict[str, Any], roots: SourceRoots | None = None) -> None:
+        self.storage_options = storage_options
+        self.roots = roots
+        self.items: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+
+    def span(self, ref: dict[str, Any]) -> np.ndarray:
+        """(channels, samples) float32 of the span; one channel picked unless channel is None."""
+        key = (ref["uri"], int(ref["channels"]))
+        if key not in self.items:
+            self.items[key] = load_audio_16k(ref["uri"], key[1], self.storage_options, self.roots)
+            while len(self.items) > DECODE_CACHE:
+                self.items.popitem(last=False)
+        audio = self.items[key]
+        start = round(ref["start_s"] * SAMPLE_RATE_HZ)
+        end = min(round(ref["end_s"] * SAMPLE_RATE_HZ), audio.shape[1])
+        if end - start <= 0:
+            raise ValueError(
+                f"span {ref['start_s']}-{ref['end_s']} s is empty in {ref['uri']} "
+                f"({audio.shape[1] / SAMPLE_RATE_HZ:.3f} s long)"
+            )
+        if ref["channel"] is not None:
+            if ref["channel"] >= audio.shape[0]:
+                raise ValueError(f"channel {ref['channel']} missing in {ref['uri']}")
+            audio = audio[ref["channel"] : ref["channel"] + 1]
+        out = np.ascontiguousarray(audio[:, start:end], dtype=np.float32)
+        if not np.isfinite(out).all():
+            raise ValueError(f"non-finite samples in {ref['uri']}")
+        return out

@@ -24,6 +24,7 @@ def test_help_lists_the_commands(capsys):
         "ingest",
         "synthesize",
         "diarize",
+        "annotate",
         "label-turns",
         "shards",
         "verify",
@@ -53,6 +54,8 @@ UNSERVED = [
     ("synthesize", ["synthesize", "--build", "b", "--dialogues", "d", "--responses", BAD]),
     ("diarize", ["diarize", "--build", BAD]),
     ("diarize", ["diarize", "--build", "b", "--diarization-model", "s3://m/pyannote"]),
+    ("annotate", ["annotate", "--build", BAD, "--model", "m"]),
+    ("annotate", ["annotate", "--build", "b", "--model", "s3://m/sensevoice"]),
     ("label-turns", ["label-turns", "--build", BAD]),
     ("shards", ["shards", "--build", BAD]),
     ("shards", ["shards", "--build", "b", "--speech-tokenizer", "s3://m/s3.pt"]),
@@ -85,7 +88,7 @@ def test_every_command_taking_a_path_checks_it():
     from minmo.cli import PATH_ARGS
 
     assert {c for c, _ in UNSERVED} == set(PATH_ARGS) == {
-        "demo-data", "ingest", "synthesize", "diarize", "label-turns",
+        "demo-data", "ingest", "synthesize", "diarize", "annotate", "label-turns",
         "shards", "verify", "stats", "train", "run", "plan",
     }  # fmt: skip
     # every entry names a real argument (a typo would silently go unchecked)

@@ -20,6 +20,7 @@ from minmo.cli.steps import (
 )
 from minmo.demo import build_demo_corpus
 from minmo.plan import PlanConfig, PlanError, render, run_plan
+from pipelines.annotate import AnnotateConfig, run_annotate
 from pipelines.build import BuildDir, StepLedger
 from pipelines.diarize import DiarizeConfig, run_diarize
 from pipelines.ingest.commit_index import CommitIndexError, reindex
@@ -41,6 +42,17 @@ def demo_data(build: str | None, _: NoInputs, config: DemoDataConfig, progress: 
     )
     if not progress:  # with progress on, the builder prints its own closing line
         print(summary.describe())
+    if config.annotator:
+        # Deferred: the tiny-model builder imports torch and funasr, which no other light
+        # command needs (this module is what `minmo <any step>` imports first).
+        from minmo.demo.annotator import write_demo_annotator
+
+        model = write_demo_annotator(out)
+        print(
+            f"demo-data: tiny random-init SenseVoiceSmall for annotate -> {model}"
+            if model
+            else "demo-data: no annotator model written (OUT is not local; funasr loads local dirs)"
+        )
     return summary
 
 
@@ -75,6 +87,15 @@ def diarize(build: str, _: NoInputs, config: DiarizeConfig, progress: bool) -> A
     if config.num_speakers == 0:  # the command line's historic spelling of "estimate"
         config.num_speakers = None
     summary = run_diarize(build, config, progress=progress)
+    print(summary.render())
+    return summary
+
+
+def annotate(build: str, _: NoInputs, config: AnnotateConfig, progress: bool) -> Any:
+    try:
+        summary = run_annotate(build, config, progress=progress)
+    except FileNotFoundError as exc:  # the model directory (never a download): the message says
+        raise StepFailed(2, str(exc)) from exc
     print(summary.render())
     return summary
 

@@ -37,6 +37,9 @@ class DemoDataConfig:
     """Output directory, local or a URI; in a job spec the default is {build}/demo-src."""
     seed: int = 0
     """The same seed gives byte-identical files."""
+    annotator: bool = True
+    """Also write a tiny random-init SenseVoiceSmall directory at OUT/models/sensevoice-tiny for
+    the demo's `annotate` step (local OUT only; its labels are noise)."""
     storage_options: StorageOptions = storage_options_field()
 
 
@@ -213,6 +216,14 @@ STEPS: dict[str, StepSpec] = {
         source_root=True,
         choices={"backend": "pipelines.diarize:BACKENDS"},
         flag_aliases={"tasks": ("--task",)},
+    ),
+    "annotate": StepSpec(
+        config="pipelines.annotate:AnnotateConfig",
+        run=f"{LIGHT}:annotate",
+        help="segments -> annotations table: SenseVoice pseudo-labels (text, language, emotion, "
+        "events)",
+        paths={"build": STORE_SCHEMES, "model": LOCAL_SCHEMES},
+        source_root=True,
     ),
     "label-turns": StepSpec(
         config="pipelines.label_turns:LabelTurnsConfig",

@@ -28,7 +28,7 @@ import posixpath
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,19 @@ UTT_NOISE_DBFS = (-80.0, -66.0)
 CONV_PEAK_DBFS = (-8.0, -4.0)
 CONV_NOISE_DBFS = (-66.0, -58.0)
 
+# Labelled variety (issue 17): some utterances are spoken in an emotional style (espeak-ng rate
+# and pitch moved the way the emotion moves them), some get a sound event mixed into their
+# leading or trailing silence; the manifest labels both. index % period -> label.
+EMOTION_SLOTS: dict[int, str] = {2: "happy", 5: "sad"}
+EMOTION_PERIOD = 6
+EMOTION_STYLE: dict[str, tuple[float, int]] = {"happy": (1.25, 18), "sad": (0.78, -14)}
+"""emotion -> (rate factor, pitch offset) applied to the voice."""
+EVENT_SLOTS: dict[int, str] = {3: "beep", 6: "noise"}
+EVENT_PERIOD = 7
+EVENT_S = 0.3  # length of a mixed-in event
+EVENT_DBFS = {"beep": -14.0, "noise": -20.0}
+BEEP_HZ = 1000.0
+
 # Separate seed streams per item: a change to one file's draws cannot shift another's.
 _STREAM_UTTERANCE, _STREAM_CONVERSATION = 1, 2
 
@@ -121,10 +134,24 @@ class UtterancePlan:
     phrase: Phrase
     rate_hz: int
     container: str
+    emotion: str | None = None  # spoken in this style (EMOTION_STYLE), and labelled so
+    event: str | None = None  # a sound event mixed in (EVENT_SLOTS), and labelled so
 
     @property
     def path(self) -> str:
         return f"utterances/{self.voice.language}/{self.voice.id}_{self.index:03d}.{self.container}"
+
+    @property
+    def speaking_voice(self) -> Voice:
+        """The voice as espeak-ng is asked to speak: its emotion's rate and pitch applied."""
+        if self.emotion is None:
+            return self.voice
+        rate, pitch = EMOTION_STYLE[self.emotion]
+        return replace(
+            self.voice,
+            rate_wpm=round(self.voice.rate_wpm * rate),
+            pitch=min(99, max(0, self.voice.pitch + pitch)),
+        )
 
 
 def plan_utterances() -> list[UtterancePlan]:
@@ -137,7 +164,17 @@ def plan_utterances() -> list[UtterancePlan]:
         for k, phrase in enumerate(phrases):
             index = len(plans)
             rate, container = FORMAT_SLOTS.get(index % 10, DEFAULT_FORMAT)
-            plans.append(UtterancePlan(index, voices[k % len(voices)], phrase, rate, container))
+            plans.append(
+                UtterancePlan(
+                    index,
+                    voices[k % len(voices)],
+                    phrase,
+                    rate,
+                    container,
+                    emotion=EMOTION_SLOTS.get(index % EMOTION_PERIOD),
+                    event=EVENT_SLOTS.get(index % EVENT_PERIOD),
+                )
+            )
     return plans
 
 
@@ -164,10 +201,10 @@ def build_demo_corpus(
     audio_s = 0.0
     records: list[dict[str, Any]] = []
     for plan in utterances:
-        audio = _render_utterance(plan, clips[(plan.phrase.spoken, plan.voice)], seed)
+        audio = _render_utterance(plan, clips[(plan.phrase.spoken, plan.speaking_voice)], seed)
         written += out.write(plan.path, pcm16_bytes(audio, plan.rate_hz, plan.container))
         audio_s += len(audio) / plan.rate_hz
-        records.append(_record(plan.path, plan.phrase.text, plan.voice.language, plan.voice.id))
+        records.append(_utterance_record(plan))
 
     for index, script in enumerate(CONVERSATIONS):
         files, duration_s = _build_conversation(script, index, clips, seed)
@@ -203,7 +240,7 @@ def _synthesize_all(
     progress: bool,
 ) -> dict[SpeakRequest, tuple[np.ndarray, int]]:
     """One espeak-ng call per distinct (text, voice) the whole corpus needs."""
-    requests: list[SpeakRequest] = [(p.phrase.spoken, p.voice) for p in utterances]
+    requests: list[SpeakRequest] = [(p.phrase.spoken, p.speaking_voice) for p in utterances]
     for script in scripts:
         voices = {"A": voice(script.voice_a), "B": voice(script.voice_b)}
         for i, line in enumerate(script.lines):
@@ -232,7 +269,29 @@ def _render_utterance(plan: UtterancePlan, native: tuple[np.ndarray, int], seed:
     tail = np.zeros(round(rng.uniform(*UTT_TAIL_S) * plan.rate_hz), np.float32)
     out = np.concatenate([lead, speech, tail])
     noise = 10 ** (rng.uniform(*UTT_NOISE_DBFS) / 20) * rng.standard_normal(len(out))
-    return np.clip(out + noise.astype(np.float32), -1.0, 1.0)
+    out = out + noise.astype(np.float32)
+    if plan.event is not None:
+        out = _mix_event(out, plan.event, plan.rate_hz, rng)
+    return np.clip(out, -1.0, 1.0)
+
+
+def _mix_event(audio: np.ndarray, event: str, rate_hz: int, rng: np.random.Generator) -> np.ndarray:
+    """A beep (1 kHz tone) or a white-noise burst, EVENT_S long with 10 ms ramps, appended after
+    a short pause: the clip's `audio_events` label says it is there."""
+    n = round(EVENT_S * rate_hz)
+    t = np.arange(n) / rate_hz
+    if event == "beep":
+        burst = np.sin(2 * np.pi * BEEP_HZ * t)
+    else:
+        burst = rng.standard_normal(n)
+        burst /= np.abs(burst).max()
+    ramp = min(n // 2, round(0.01 * rate_hz))
+    envelope = np.ones(n)
+    envelope[:ramp] = np.linspace(0.0, 1.0, ramp)
+    envelope[n - ramp :] = np.linspace(1.0, 0.0, ramp)
+    burst = (10 ** (EVENT_DBFS[event] / 20) * burst * envelope).astype(np.float32)
+    gap = np.zeros(round(0.15 * rate_hz), np.float32)
+    return np.concatenate([audio, gap, burst, gap])
 
 
 def _to_work_rate(native: tuple[np.ndarray, int]) -> np.ndarray:
@@ -304,6 +363,20 @@ class _Out:
         return len(data)
 
 
+def _utterance_record(plan: UtterancePlan) -> dict[str, Any]:
+    """A manifest row with the utterance's labels: gender always (the espeak voice's), emotion
+    and audio events where the plan gave some, and the espeak voice, a column ingest does not
+    know (its summary lists it as ignored)."""
+    record = _record(plan.path, plan.phrase.text, plan.voice.language, plan.voice.id)
+    record["gender"] = plan.voice.gender
+    if plan.emotion is not None:
+        record["emotion"] = plan.emotion
+    if plan.event is not None:
+        record["audio_events"] = [plan.event]
+    record["espeak_voice"] = plan.speaking_voice.espeak_voice
+    return record
+
+
 def _record(path: str, text: str | None, language: str, speaker: str | None) -> dict[str, Any]:
     return {
         "path": path,
@@ -328,7 +401,13 @@ regenerated byte for byte from the same seed.
 
 ```
 manifest.jsonl                        one JSON object per audio file:
-                                      {"path", "text", "language", "speaker", "task", "corpus"}
+                                      {"path", "text", "language", "speaker", "task", "corpus"},
+                                      on utterances also "gender" (the voice's), on some
+                                      "emotion" (happy / sad: spoken faster and higher / slower
+                                      and lower), "audio_events" (["beep"] or ["noise"]: a
+                                      0.3 s tone or noise burst after the speech), and
+                                      "espeak_voice" (not a minmo column: ingest lists it as
+                                      ignored)
 utterances/<lang>/<voice>_<nnn>.wav   single-speaker read sentences (task "asr"), mostly
 utterances/<lang>/<voice>_<nnn>.flac  16 kHz PCM16 WAV, some 22.05/44.1 kHz FLAC, a few 8 kHz
 conversations/<stem>.wav              two-party dialogues, 16 kHz PCM16 (task "conversation"):

@@ -27,6 +27,15 @@ class Voice:
     rate_wpm: int
     pitch: int  # espeak-ng pitch, 0..99
 
+    @property
+    def gender(self) -> str:
+        """`female` or `male`, from the espeak-ng variant (`+f3`, `+m2`): the gender label the
+        manifest gives this voice's utterances."""
+        variant = self.espeak_voice.rpartition("+")[2]
+        if variant[:1] not in ("f", "m"):
+            raise ValueError(f"voice {self.id!r}: variant {variant!r} names no gender")
+        return "female" if variant.startswith("f") else "male"
+
 
 @dataclass(frozen=True)
 class Phrase:

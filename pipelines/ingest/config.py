@@ -5,11 +5,12 @@ The `ingest:` section of a job spec maps onto `IngestConfig` one to one (see min
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from minmo.config import ConfigError, StorageOptions, storage_options_field
 from pipelines.ingest.sources import FORMATS
+from schemas.labels import EMOTIONS
 
 
 @dataclass
@@ -62,6 +63,12 @@ class IngestConfig:
     """Size of the ingest worker pool (one CPU each; each worker decodes, resamples, measures
     and runs the VAD in one process, so PCM never crosses the object store). Default: every
     CPU of the Ray cluster."""
+    emotion_map: dict[str, str] = field(default_factory=dict)
+    """The corpus' own emotion codes: {value: vocabulary word}, e.g. {"joy+": happy, "7": sad}.
+    Keys match case-insensitively and are consulted before the built-in mappings
+    (schemas/labels.py: RAVDESS / CREMA-D / IEMOCAP / ESD / MELD); each word must be one of
+    neutral, calm, happy, sad, angry, fearful, disgusted, surprised, excited, frustrated, other.
+    A value neither maps is quarantined as bad_label and the recording kept without it."""
     storage_options: StorageOptions = storage_options_field()
 
     def __post_init__(self) -> None:
@@ -89,6 +96,24 @@ class IngestConfig:
             raise ConfigError("ingest.min_duration_s must be below ingest.max_duration_s")
         if not 0.0 < self.vad_threshold < 1.0:
             raise ConfigError(f"ingest.vad_threshold must be in (0, 1), got {self.vad_threshold}")
+        self.emotion_map = _emotion_map(self.emotion_map)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _emotion_map(given: Any) -> dict[str, str]:
+    """`emotion_map` with lower-cased, stripped keys (schemas.labels.parse_emotion looks values
+    up that way), every word checked against the vocabulary."""
+    if given is None:
+        return {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"ingest.emotion_map must map values to words, got {given!r}")
+    out: dict[str, str] = {}
+    for value, word in given.items():
+        if word not in EMOTIONS:
+            raise ConfigError(
+                f"ingest.emotion_map[{value!r}] = {word!r}: choose one of {', '.join(EMOTIONS)}"
+            )
+        out[str(value).strip().lower()] = word
+    return out

@@ -2,7 +2,9 @@
 
 Owns: everything about one item that needs only its own bytes. `decode_or_quarantine` gives,
 per item, either its measurements plus 16 kHz float32 PCM for the VAD stage, or quarantine
-rows; it never raises for a bad item: the reason goes into the row. The ingest worker
+rows; it never raises for a bad item: the reason goes into the row. It also turns the item's
+refused labels (items.LabelProblem, found by the layout reader) into `bad_label` rows, whatever
+becomes of the audio: the recording is ingested without those labels. The ingest worker
 (pipelines/ingest/worker.py) calls it in the same process as the VAD, so PCM never leaves that
 process; `decode_batch` is the same stage on a pyarrow batch, for tests and Ray Data callers.
 """
@@ -107,13 +109,18 @@ def decode_item(item: SourceItem, config: IngestConfig) -> Decoded:
 def decode_or_quarantine(
     item: SourceItem, config: IngestConfig
 ) -> tuple[Decoded | None, list[dict[str, Any]]]:
-    """`decode_item`, with every failure turned into a quarantine row instead of an exception."""
+    """`decode_item`, with every failure turned into a quarantine row instead of an exception.
+    The rows always include the item's `bad_label` rows, decoded or not."""
+    labels = [
+        _reject_row(item, ReasonCode.BAD_LABEL, p.detail, p.item_key) for p in item.label_problems
+    ]
     try:
-        return decode_item(item, config), []
+        return decode_item(item, config), labels
     except Rejected as rejected:
-        return None, [_reject_row(item, rejected.reason, rejected.detail)]
+        return None, [_reject_row(item, rejected.reason, rejected.detail), *labels]
     except Exception as exc:  # a bug must not kill the job; it is quarantined and counted
-        return None, [_reject_row(item, ReasonCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")]
+        detail = f"{type(exc).__name__}: {exc}"
+        return None, [_reject_row(item, ReasonCode.INTERNAL_ERROR, detail), *labels]
 
 
 def decode_batch(batch: pa.Table, config: dict[str, Any]) -> pa.Table:
@@ -143,5 +150,13 @@ def decode_batch(batch: pa.Table, config: dict[str, Any]) -> pa.Table:
     return pa.Table.from_pydict(out, schema=STAGE_SCHEMA)
 
 
-def _reject_row(item: SourceItem, reason: ReasonCode, detail: str) -> dict[str, Any]:
-    return quarantine_row(item.source_uri, reason.value, detail, item_key=item.item_key)
+def _reject_row(
+    item: SourceItem, reason: ReasonCode, detail: str, item_key: str | None = None
+) -> dict[str, Any]:
+    return quarantine_row(
+        item.source_uri,
+        reason.value,
+        detail,
+        item_key=item_key or item.item_key,
+        source_key=item.source_key,
+    )

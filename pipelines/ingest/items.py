@@ -1,14 +1,23 @@
 """What a source layout reader hands to ingest: one `SourceItem` per audio file to decode.
 
 Owns: the plain-data types passed from the layout readers (sources.py) into the Ray Data
-stages, and their conversion to/from Ray rows (dicts of Python scalars and lists).
-Must not: read audio or touch the filesystem.
+stages, and their conversion to/from Ray rows (dicts of Python scalars and lists), and how a
+segment's label cells are layered from its supervision and its recording (`label_cells`).
+Must not: read audio or touch the filesystem, or parse label values (the readers do, through
+schemas.labels, before anything reaches these types).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from schemas.labels import LABEL_NAMES
+
+Labels = dict[str, Any]
+"""Normalised label values by schemas.labels LABEL_NAMES (absent: no label). JSON-safe: str,
+int, list of str, list of {language, text}, exactly as the parsers return them."""
 
 
 @dataclass
@@ -24,6 +33,19 @@ class Supervision:
     speaker: str | None = None
     language: str | None = None
     item_key: str | None = None  # utterance id in the source, for quarantine rows
+    labels: Labels = field(default_factory=dict)  # this stretch's own labels
+
+
+@dataclass
+class LabelProblem:
+    """A label value the source gave that its parser refused. The reader records it on the
+    item instead of yielding a quarantine row of its own, so the `bad_label` row is written by
+    the same unit (and under the same source key) as the recording, which is still ingested
+    without that label: a separate listing row could land in an earlier unit and make resume
+    take the recording for already committed."""
+
+    item_key: str | None
+    detail: str  # `<file>#line N: <column>: <why>`, naming the value
 
 
 @dataclass
@@ -45,6 +67,9 @@ class SourceItem:
     task: str | None = None
     supervisions: list[Supervision] = field(default_factory=list)
     source_key: str | None = None
+    labels: Labels = field(default_factory=dict)
+    """The whole file's labels: every segment of the file inherits them (see `label_cells`)."""
+    label_problems: list[LabelProblem] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -59,7 +84,23 @@ class SourceItem:
         data = dict(row)
         sups = data.pop("supervisions", None) or []
         supervisions = [s if isinstance(s, Supervision) else Supervision(**dict(s)) for s in sups]
-        return cls(**data, supervisions=supervisions)
+        problems = [
+            p if isinstance(p, LabelProblem) else LabelProblem(**dict(p))
+            for p in data.pop("label_problems", None) or []
+        ]
+        return cls(**data, supervisions=supervisions, label_problems=problems)
+
+
+def label_cells(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The label columns of a table row: per column, the first layer that has a value (a
+    segment passes its supervision's labels, then its recording's: a whole-file label covers
+    every segment of the file unless the segment says otherwise). Every column is present."""
+    cells: dict[str, Any] = dict.fromkeys(LABEL_NAMES)
+    for layer in layers:
+        for name in LABEL_NAMES:
+            if cells[name] is None and layer and layer.get(name) is not None:
+                cells[name] = layer[name]
+    return cells
 
 
 def source_key(corpus: str, root: str | None, uri: str) -> str:

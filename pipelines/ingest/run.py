@@ -6,6 +6,10 @@ Parquet in one process), marking duplicates, and committing each unit atomically
 build directory's ledger as soon as all its rows are staged. A rerun after a crash skips
 committed units and redoes only the rest; nothing is written twice.
 
+The summary (`IngestSummary`, printed by `minmo ingest` and saved as `_state/ingest/summary.json`)
+also lists the manifest columns the listing skipped, with their row counts, tallied on the
+driver as the listing streams (O(columns)), so that no column is dropped silently.
+
 Why units and a window: a unit (`files_per_unit` files) is the granule of resume; the driver
 holds at most `units_per_wave` units in flight, so its memory is bounded whatever the listing's
 size, while the worker pool (and its model load) starts once per run.
@@ -38,7 +42,7 @@ from pipelines.ingest.commit import (
 from pipelines.ingest.commit_index import CommitIndex
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.items import SourceItem
-from pipelines.ingest.sources import list_sources
+from pipelines.ingest.sources import ColumnTally, list_sources
 from pipelines.ingest.worker import WorkerPool
 from pipelines.ray_runtime import ensure_ray
 from schemas import CONTRACTS, QUARANTINE
@@ -102,6 +106,9 @@ class IngestSummary:
     duplicates: int = 0
     already_ingested: int = 0
     quarantined: Counter = field(default_factory=Counter)
+    ignored_columns: dict[str, int] = field(default_factory=dict)
+    """Manifest columns (and Lhotse `custom.<key>`s) this run's listing carried and ingest does
+    not read, with the rows that gave each a value: listed so none is dropped silently."""
 
     @property
     def audio_hours_per_wall_hour(self) -> float:
@@ -118,6 +125,11 @@ class IngestSummary:
             f"  quarantined: {sum(self.quarantined.values())}"
             + "".join(f"\n    {reason}: {n}" for reason, n in sorted(self.quarantined.items())),
         ]
+        if self.ignored_columns:
+            listed = ", ".join(
+                f"{c} ({n} row{'' if n == 1 else 's'})" for c, n in self.ignored_columns.items()
+            )
+            lines.append(f"  ignored manifest columns: {listed}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -142,6 +154,10 @@ def run_ingest(
     index = CommitIndex.open(build, ledger)
     roots = SourceRoots.load(build)  # moved sources keep the keys they were ingested under
     summary = IngestSummary()
+    # The listing streams on the driver, so its skipped columns are tallied here (O(columns));
+    # a rerun lists everything again, committed units included, so the tally is the whole
+    # listing's every time.
+    ignored = ColumnTally()
     listing = itertools.chain.from_iterable(
         list_sources(
             s,
@@ -149,6 +165,8 @@ def run_ingest(
             corpus=config.corpus,
             task=config.task,
             original_uri=roots.unresolve,
+            emotion_map=config.emotion_map,
+            ignored=ignored,
             **config.storage_options,
         )
         for s in sources
@@ -169,6 +187,7 @@ def run_ingest(
         if runner:
             runner.close()
     bar.close()
+    summary.ignored_columns = ignored.as_dict()
     for done in ledger.done_units():
         summary.recordings += done["recordings"]
         summary.segments += done["segments"]

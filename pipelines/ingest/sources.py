@@ -27,6 +27,10 @@ row per audio file; layouts/manifest.py), `kaldi` (a data dir with wav.scp; layo
 Every item and refusal carries a `source_key` (`corpus:path relative to the source's root`,
 see `source_root`): the relocatable identity that recording ids and resume key on.
 
+Labels (schemas/labels.py) are read by every layout that can carry them and parsed there: an
+item carries its normalised `labels` and the `label_problems` that become `bad_label` rows
+beside its recording. Columns a reader skipped are tallied in the caller's `ignored`.
+
 Every audio location is checked to exist (batched; `check_exists=False` skips it, e.g. when the
 listing is known good and the store is slow): a missing file is a `missing_file` row, never an
 exception. What raises is only what no row can describe: an unknown `fmt`, a source that does
@@ -36,7 +40,7 @@ not exist or whose layout cannot be told.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,10 +49,18 @@ import pyarrow.fs as pafs
 from minmo.io.fs import Location
 from pipelines.ingest.items import SourceItem
 from pipelines.ingest.layouts import directory, kaldi, lhotse, manifest
-from pipelines.ingest.layouts.common import Keyer, Pending, ReadContext, Row, settle
+from pipelines.ingest.layouts.common import ColumnTally, Keyer, Pending, ReadContext, Row, settle
 from pipelines.ingest.layouts.directory import AUDIO_EXTENSIONS, is_audio_name, is_glob, split_glob
 
-__all__ = ["AUDIO_EXTENSIONS", "FORMATS", "LAYOUTS", "Layout", "detect_format", "list_sources"]
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "FORMATS",
+    "LAYOUTS",
+    "ColumnTally",
+    "Layout",
+    "detect_format",
+    "list_sources",
+]
 
 JSON_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
 CSV_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz")
@@ -163,6 +175,8 @@ def list_sources(
     task: str | None = None,
     check_exists: bool = True,
     original_uri: Callable[[str], str] | None = None,
+    emotion_map: Mapping[str, str] | None = None,
+    ignored: ColumnTally | None = None,
     **fs_options: Any,
 ) -> Iterator[SourceItem | dict[str, Any]]:
     """Stream what `src` holds: a `SourceItem` per audio file, a quarantine row per refusal.
@@ -171,14 +185,21 @@ def list_sources(
     `task` (default: a manifest row's `task`) given here override what the source says.
     `fs_options` go to the filesystem (e.g. `endpoint_override=` for S3). `original_uri` maps
     a URI outside the source's root back to where it was first ingested (the build's
-    `SourceRoots.unresolve`), so that its key survives a move.
+    `SourceRoots.unresolve`), so that its key survives a move. `emotion_map` (lower-cased value
+    -> schemas.labels vocabulary word) is the job's own emotion codes. `ignored`, when given,
+    tallies the manifest columns (and Lhotse custom keys) the readers skip, as the listing is
+    consumed.
 
     Not a generator itself: a bad `fmt` or an unreadable `src` raises here, at the call, and
     only the listing is lazy."""
     concrete = detect_format(src, **fs_options) if fmt == "auto" else fmt
     layout = _layout(concrete)
     ctx = ReadContext(
-        default_corpus=default_corpus(src, concrete, **fs_options), corpus=corpus, task=task
+        default_corpus=default_corpus(src, concrete, **fs_options),
+        corpus=corpus,
+        task=task,
+        emotion_map=emotion_map,
+        ignored=ignored if ignored is not None else ColumnTally(),
     )
     keyer = Keyer(
         root=source_root(src, concrete, **fs_options),

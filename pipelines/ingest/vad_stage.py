@@ -1,7 +1,9 @@
 """Ingest stage 2: speech detection, speech ratio, SNR, segmentation.
 
 Owns: turning decoded 16 kHz PCM into the final recording row, its segments and any
-supervision-level quarantine rows. The model is loaded once per worker (`__init__`) and
+supervision-level quarantine rows. Labels: the recording row carries the item's whole-file
+labels; a supervised segment its supervision's, else the recording's, per column; a VAD
+segment the recording's (items.label_cells). The model is loaded once per worker (`__init__`) and
 `segment` scores every channel of every recording it is given in one batched call. Emits no
 audio. `__call__` is the same stage on a pyarrow batch (decode_stage.decode_batch's output),
 for tests and Ray Data callers.
@@ -18,7 +20,7 @@ import pyarrow as pa
 from minmo.audio import measure
 from minmo.audio.vad import FRAME_SAMPLES, BatchedSileroVad, speech_timestamps
 from pipelines.ingest.config import IngestConfig
-from pipelines.ingest.items import SourceItem, Supervision
+from pipelines.ingest.items import SourceItem, Supervision, label_cells
 from pipelines.ingest.layouts.common import with_transcript
 from schemas import ReasonCode, SegmentOrigin, segment_id
 from schemas.quarantine import quarantine_row
@@ -116,7 +118,8 @@ class VadSegmenter:
             recording, segments, rejected = next(outcomes)
             out["recording_json"].append(json.dumps(recording) if recording else "")
             out["segments_json"].append(json.dumps(segments))
-            out["quarantine_json"].append(json.dumps(rejected))
+            # the decode stage's rows of a decoded item (its refused labels) come first
+            out["quarantine_json"].append(json.dumps(json.loads(row["quarantine_json"]) + rejected))
         return pa.Table.from_pydict(out, schema=OUTPUT_SCHEMA)
 
     def finish(
@@ -145,6 +148,7 @@ class VadSegmenter:
             "speaker": item.speaker,
             "task": cfg.task or item.task,
             "dup_of": None,
+            **label_cells(item.labels),
         }
         supervisions = list(with_transcript(item).supervisions)
         if info["duration_s"] > cfg.max_segment_s:
@@ -155,6 +159,8 @@ class VadSegmenter:
             segments, rejected = self.supervised_segments(item, info, supervisions, channel_probs)
         else:
             segments, rejected = self.vad_segments(info, channel_probs), []
+            for segment in segments:  # a whole-file label covers every segment of the file
+                segment.update(label_cells(item.labels))
         return recording, segments, rejected
 
     def vad_segments(
@@ -242,6 +248,7 @@ class VadSegmenter:
                 text=sup.text,
                 speaker=sup.speaker or item.speaker,
                 language=sup.language or item.language,
+                **label_cells(sup.labels, item.labels),
             )
             segments.append(segment)
         return segments, rejected
@@ -267,4 +274,5 @@ def _segment(
         "text": None,
         "speaker": None,
         "language": None,
+        **label_cells(),
     }

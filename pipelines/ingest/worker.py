@@ -61,6 +61,7 @@ class IngestWorker:
         outcomes: list[Outcome | None] = []
         pending: list[tuple[int, SourceItem, dict[str, Any], np.ndarray]] = []
         pending_s = 0.0
+        label_rejects: list[dict[str, Any]] = []
         for _, item_json in batch:
             item = SourceItem.from_row(json.loads(item_json))
             decoded, rejects = decode_or_quarantine(item, cfg)
@@ -69,6 +70,7 @@ class IngestWorker:
                 continue
             pending.append((len(outcomes), item, decoded.info, decoded.pcm_16k))
             outcomes.append(None)  # filled when its VAD batch runs
+            label_rejects += rejects  # a decoded item's rows: its refused labels
             pending_s += decoded.pcm_16k.shape[1] / SAMPLE_RATE_HZ
             if len(pending) >= cfg.vad_batch_size or pending_s >= cfg.vad_batch_audio_s:
                 self._segment(pending, outcomes)
@@ -80,6 +82,7 @@ class IngestWorker:
                 rows.recordings.append(recording)
             rows.segments += segments
             rows.quarantine += rejects
+        rows.quarantine += label_rejects
         # The first listing position names the batch: unique in its unit, and the same when a
         # batch is retried, which then overwrites its own files.
         write_staged(self.fs, f"{self.staging_root}/{unit_id}", f"{batch[0][0]:012d}", rows)

@@ -2,15 +2,30 @@
 
 Owns which tasks each stage gets from which rows (DESIGN.md §1 taxonomy):
 
-  stage1  asr, contextual_asr, language_id, speech_translation, emotion, audio_event
-          (segments with a transcript / language / side-input labels), speaker_analysis
-          (diarized conversations), s2t_chat (s2s_samples: user audio -> assistant text)
+  stage1  asr, contextual_asr, language_id (segments with a transcript / language),
+          speech_translation (inline `translations`, side-input JSONL), emotion (the `emotion`
+          column, synthesized lines' styles), audio_event (the `audio_events` column, side-input
+          JSONL), speaker_analysis (a segment's gender / age; diarized conversations' turns),
+          s2t_chat (s2s_samples: user audio -> assistant text)
   stage2  tts (transcribed segments), instruct_tts (synthesized lines with a style)
   stage3  s2s_chat, s2s_style_chat (s2s_samples: user audio -> assistant text + speech)
   stage4  duplex (frame_labels: conversation audio + per-frame labels)
 
 A task is only built where the data carries its label; what was not built, and why, is counted
 in `BuildCounts.skipped` so that nothing disappears without a trace. Must not read audio.
+
+Labels: `SampleConfig.label_source` says per stage-1 task whether it reads the corpus' (human)
+labels, the `annotations` table's (model) ones, or the human one where present else the model's
+(`pick_label`); a human label is never replaced by a model one under human_then_model. Every
+labelled sample's meta says which it used (`label_source`, and `label_model` /
+`label_model_version` for a model label).
+
+Quality filters (`SampleConfig.filters`, pipelines/samples/filters.py) decide per segment (and
+per recording for whole-recording samples); a filtered sample is not built and is counted in
+`BuildCounts.filtered` / `filtered_s` as "<task>: <reason>" -> samples / seconds.
+
+Split keys: every spec's meta names its `recording_id` (or a `source_key`) and, where a speaker
+label exists, `speaker` as `<corpus>:<speaker>`, which the held-out splits group by.
 
 Stage-1 tasks are a registry, `STAGE1_TASKS` (name -> `Stage1Task`, at the bottom): a new task
 is one function `(builder, segment) -> specs` (or `(builder) -> specs` over other tables), in
@@ -31,8 +46,10 @@ from typing import Any
 
 from pipelines.build import BuildDir
 from pipelines.samples import sources
+from pipelines.samples.filters import QualityFilters, recording_reason, segment_reason
 from pipelines.samples.prompts import PromptBook, language_name
-from pipelines.samples.spec import audio_ref, make_spec, user_with_audio
+from pipelines.samples.spec import audio_ref, make_spec, span_s, user_with_audio
+from schemas.labels import AGE_DECADES, LABEL_NAMES, LabelSource
 from schemas.tasks import STAGE_TASKS, STAGES
 
 # STAGES and STAGE_TASKS live in schemas/tasks.py; importable from here too for the shards step.
@@ -85,8 +102,14 @@ class SampleConfig:
 
 @dataclass
 class BuildCounts:
+    """What one builder made, and what it did not make and why (nothing vanishes untraced)."""
+
     built: Counter = field(default_factory=Counter)  # task -> specs
     skipped: Counter = field(default_factory=Counter)  # "<task>: <why>" -> rows
+    filtered: Counter = field(default_factory=Counter)
+    """"<task>: <reason>" -> samples a quality filter removed (filters.REASONS)."""
+    filtered_s: Counter = field(default_factory=Counter)
+    """Same keys -> seconds of audio those samples held."""
 
 
 def _hash_int(*parts: Any) -> int:
@@ -149,6 +172,8 @@ class Segment:
     row: dict[str, Any]
     rec: sources.RecordingInfo
     inputs: Stage1Inputs
+    model: sources.ModelLabels | None = None
+    """The segment's pseudo-labels (`annotations`), where the builder reads them."""
 
 
 class StageBuilder:
@@ -170,6 +195,24 @@ class StageBuilder:
         self.book = book or PromptBook.load(config.prompts, config.seed)
         self.counts = BuildCounts()
         self._recs = recs
+        self.filters = QualityFilters.from_config(config.filters)
+        self.label_sources = {
+            task: LabelSource(value) for task, value in config.label_source.items()
+        }
+        self._model_labels: dict[str, sources.ModelLabels] | None = None
+
+    @property
+    def model_labels(self) -> dict[str, sources.ModelLabels]:
+        """segment_id -> pseudo-labels; read only when a task or a filter uses them."""
+        if self._model_labels is None:
+            wanted = self.filters.needs_model or any(
+                s is not LabelSource.HUMAN for s in self.label_sources.values()
+            )
+            self._model_labels = sources.model_labels(self.build, self.view) if wanted else {}
+        return self._model_labels
+
+    def label_source(self, task: str) -> LabelSource:
+        return self.label_sources.get(task, LabelSource.HUMAN)
 
     @property
     def recs(self) -> dict[str, sources.RecordingInfo]:
@@ -193,21 +236,89 @@ class StageBuilder:
     # ---- shared -------------------------------------------------------------------------------
 
     def _segments(self) -> Iterator[tuple[dict[str, Any], sources.RecordingInfo]]:
-        """Transcribed or language-tagged segments of non-duplicate recordings."""
+        """Segments of non-duplicate recordings, with their labels (null on a v1 build)."""
         cols = ["segment_id", "recording_id", "channel", "start_s", "end_s", "text", "language"]
+        cols += ["speaker", *LABEL_NAMES]
         for seg in sources.iter_rows(self.build, "segments", cols, self.view):
             rec = self.recs.get(seg["recording_id"])
             if rec is None or rec.duplicate:
                 continue
             yield seg, rec
 
-    def _meta(self, rec: sources.RecordingInfo, **extra: Any) -> dict[str, Any]:
-        # the relocatable key, never the URI: shards must not depend on where sources live
-        return {"source_key": rec.source_key, "corpus": rec.corpus, **extra}
+    def _meta(
+        self, rec: sources.RecordingInfo, speaker: str | None = None, **extra: Any
+    ) -> dict[str, Any]:
+        """Provenance: the relocatable key, never the URI (shards must not depend on where
+        sources live), and the speaker qualified by corpus (speaker ids are only unique within
+        a corpus), the key the held-out splits group by."""
+        meta = {"source_key": rec.source_key, "corpus": rec.corpus, **extra}
+        if speaker := speaker or rec.speaker:
+            meta["speaker"] = f"{rec.corpus}:{speaker}"
+        return meta
 
     def skip(self, task: str, why: str) -> None:
         """Count a row that made no `task` sample, and why (BuildCounts.skipped)."""
         self.counts.skipped[f"{task}: {why}"] += 1
+
+    def pick_label(self, seg: Segment, task: str, human: Any, model_field: str | None) -> Any:
+        """(label, provenance) that `task` reads for `seg` under its label_source, or None.
+
+        human: the corpus' label (None / empty: none); model_field: the ModelLabels attribute
+        of the same label (None: the model gives none). A human label always wins under
+        human_then_model. A model-reading task that finds no label counts a skip; a missing
+        human label under `human` is the normal case and is not counted."""
+        source = self.label_source(task)
+        if source is not LabelSource.MODEL and human:
+            return human, {"label_source": LabelSource.HUMAN.value}
+        if source is LabelSource.HUMAN:
+            return None
+        model = seg.model
+        value = getattr(model, model_field) if model is not None and model_field else None
+        if not value:
+            self.skip(task, f"no {source.value} label")
+            return None
+        provenance = {
+            "label_source": LabelSource.MODEL.value,
+            "label_model": model.model,
+            "label_model_version": model.model_version,
+        }
+        confidence = model.confidence.get(model_field)
+        if confidence is not None:
+            provenance["label_confidence"] = round(confidence, 4)
+        return (list(value) if isinstance(value, tuple) else value), provenance
+
+    def _segment_reason(self, seg: dict[str, Any], rec: sources.RecordingInfo) -> str | None:
+        """Which quality filter removes this segment's samples, if any (filters.py)."""
+        if not self.filters.active:
+            return None
+        return segment_reason(
+            self.filters,
+            rec,
+            duration_s=seg["end_s"] - seg["start_s"],
+            text=(seg.get("text") or "").strip() or None,
+            language=seg.get("language"),
+            model=self.model_labels.get(seg["segment_id"]),
+        )
+
+    def filtered(self, spec: Spec, segment_why: str | None = None) -> bool:
+        """Whether a quality filter removes `spec`; counts it (and its seconds) when so.
+
+        A spec over one segment (meta.segment_id) takes its segment's decision; a spec over a
+        whole recording (meta.recording_id only) its recording's measures."""
+        if not self.filters.active:
+            return False
+        meta = spec["meta"]
+        if "segment_id" in meta:
+            why = segment_why
+        else:
+            rec = self.recs.get(meta.get("recording_id", ""))
+            why = None if rec is None else recording_reason(self.filters, rec)
+        if why is None:
+            return False
+        key = f"{spec['task']}: {why}"
+        self.counts.filtered[key] += 1
+        self.counts.filtered_s[key] += span_s(spec["input_audio"] or spec["target_speech"])
+        return True
 
     # ---- stage 1 ------------------------------------------------------------------------------
 
@@ -227,6 +338,7 @@ class StageBuilder:
             if not cfg.min_input_s <= span <= cfg.max_input_s:
                 self.skip("stage1", "segment outside min/max input duration")
                 continue
+            why = self._segment_reason(seg, rec)
             segment = Segment(
                 sid=seg["segment_id"],
                 lang=seg.get("language"),
@@ -235,77 +347,140 @@ class StageBuilder:
                     rec.source_uri, rec.channels, seg["channel"], seg["start_s"], seg["end_s"]
                 ),
                 meta=self._meta(
-                    rec, recording_id=seg["recording_id"], segment_id=seg["segment_id"]
+                    rec,
+                    speaker=seg.get("speaker"),
+                    recording_id=seg["recording_id"],
+                    segment_id=seg["segment_id"],
                 ),
                 row=seg,
                 rec=rec,
                 inputs=inputs,
+                model=self.model_labels.get(seg["segment_id"]),
             )
             for build_task in per_segment:
-                yield from build_task(self, segment)
+                for spec in build_task(self, segment):
+                    if not self.filtered(spec, why):
+                        yield spec
         for task in tasks:
             if task.over_build is not None:
-                yield from task.over_build(self)
+                for spec in task.over_build(self):
+                    if not self.filtered(spec):
+                        yield spec
 
-    def segment_spec(self, seg: Segment, task: str, prompt: str, answer: str, **extra: Any) -> Spec:
-        """A stage-1 sample over one segment's audio; `extra` fields join its meta and its key."""
+    def segment_spec(
+        self,
+        seg: Segment,
+        task: str,
+        prompt: str,
+        answer: str,
+        provenance: dict[str, Any] | None = None,
+        language: str | None = None,
+        **extra: Any,
+    ) -> Spec:
+        """A stage-1 sample over one segment's audio; `extra` fields join its meta and its key,
+        `provenance` (where the label came from) its meta only: the same question about the
+        same audio keeps its key whichever source answered it. `language` defaults to the
+        segment's."""
         return make_spec(
             stage="stage1",
             task=task,
             source_id=seg.sid + "".join(f":{v}" for v in extra.values()),
-            language=seg.lang,
+            language=language or seg.lang,
             messages=[
                 {"role": "user", "content": user_with_audio(prompt)},
                 {"role": "assistant", "content": answer},
             ],
-            meta={**seg.meta, **extra},
+            meta={**seg.meta, **(provenance or {}), **extra},
             input_audio=seg.ref,
         )
 
+    def _language_of(self, seg: Segment) -> str | None:
+        """The segment's human language, else the model's (to name a model transcript's)."""
+        return seg.lang or (seg.model.language if seg.model else None)
+
     def _asr(self, seg: Segment) -> Iterator[Spec]:
-        if seg.text:
-            yield self.segment_spec(seg, "asr", self.book.choose("asr", seg.sid), seg.text)
+        picked = self.pick_label(seg, "asr", seg.text, "transcript")
+        if picked:
+            text, provenance = picked
+            prompt = self.book.choose("asr", seg.sid)
+            yield self.segment_spec(
+                seg, "asr", prompt, text, provenance, language=self._language_of(seg)
+            )
 
     def _contextual_asr(self, seg: Segment) -> Iterator[Spec]:
-        if not seg.text:
+        picked = self.pick_label(seg, "contextual_asr", seg.text, "transcript")
+        if not picked:
             return
-        bias = self._bias_words(seg.sid, seg.text, seg.lang)
+        text, provenance = picked
+        lang = self._language_of(seg)
+        bias = self._bias_words(seg.sid, text, lang)
         if bias:
             prompt = self.book.choose("contextual_asr", seg.sid, hotwords=", ".join(bias))
-            yield self.segment_spec(seg, "contextual_asr", prompt, seg.text, hotwords=bias)
-        elif not distractor_lexicon(seg.lang or ""):
-            self.skip("contextual_asr", f"no distractor lexicon for language {seg.lang!r}")
+            yield self.segment_spec(
+                seg, "contextual_asr", prompt, text, provenance, language=lang, hotwords=bias
+            )
+        elif not distractor_lexicon(lang or ""):
+            self.skip("contextual_asr", f"no distractor lexicon for language {lang!r}")
         else:
             self.skip("contextual_asr", "transcript too short for bias words")
 
     def _speech_translation(self, seg: Segment) -> Iterator[Spec]:
-        if not seg.text:
+        """Inline targets (the segment's `translations`) first, then side-input ones whose
+        (language, transcript) match; one sample per target language."""
+        if self.label_source("speech_translation") is LabelSource.MODEL:
+            self.skip("speech_translation", "no model label")  # annotate gives no translations
             return
-        key = (seg.lang or "", sources.normalise_text(seg.text))
-        for target, translated in seg.inputs.translations.get(key, []):
+        targets: dict[str, str] = {}
+        for entry in seg.row.get("translations") or []:
+            targets.setdefault(entry["language"], entry["text"])
+        if seg.text:
+            key = (seg.lang or "", sources.normalise_text(seg.text))
+            for target, translated in seg.inputs.translations.get(key, []):
+                targets.setdefault(target, translated)
+        for target, translated in targets.items():
             prompt = self.book.choose(
                 "speech_translation", seg.sid, target_language=language_name(target)
             )
             yield self.segment_spec(
-                seg, "speech_translation", prompt, translated, target_language=target
+                seg,
+                "speech_translation",
+                prompt,
+                translated,
+                {"label_source": LabelSource.HUMAN.value},
+                target_language=target,
             )
 
     def _language_id(self, seg: Segment) -> Iterator[Spec]:
-        if seg.lang:
+        picked = self.pick_label(seg, "language_id", seg.lang, "language")
+        if picked:
+            lang, provenance = picked
             prompt = self.book.choose("language_id", seg.sid)
-            yield self.segment_spec(seg, "language_id", prompt, language_name(seg.lang))
+            yield self.segment_spec(
+                seg, "language_id", prompt, language_name(lang), provenance, language=lang
+            )
 
     def _emotion(self, seg: Segment) -> Iterator[Spec]:
+        """The segment's `emotion` label, else the style its synthesized line was spoken in
+        (the synthesis instruction is the build's own label: `human`, not a model's guess)."""
         style = seg.inputs.styles.get(seg.rec.source_uri)
-        if style and style.emotion:
+        human = seg.row.get("emotion") or (style.emotion if style else None)
+        picked = self.pick_label(seg, "emotion", human, "emotion")
+        if picked:
+            emotion, provenance = picked
             prompt = self.book.choose("emotion", seg.sid)
-            yield self.segment_spec(seg, "emotion", prompt, style.emotion)
+            yield self.segment_spec(seg, "emotion", prompt, emotion, provenance)
 
     def _audio_event(self, seg: Segment) -> Iterator[Spec]:
-        """Once per recording named in the audio-events side input, over its whole audio."""
-        rec, events = seg.rec, seg.inputs.events
+        """The segment's `audio_events` label over the segment; and once per recording named
+        in the audio-events side input, over its whole audio."""
+        picked = self.pick_label(seg, "audio_event", seg.row.get("audio_events"), "audio_events")
+        if picked:
+            events, provenance = picked
+            prompt = self.book.choose("audio_event", seg.sid)
+            yield self.segment_spec(seg, "audio_event", prompt, ", ".join(events), provenance)
+        rec, side = seg.rec, seg.inputs.events
         uri = sources.normalise_uri(rec.source_uri)
-        if uri not in events or uri in seg.inputs.events_done:
+        if uri not in side or uri in seg.inputs.events_done:
             return
         seg.inputs.events_done.add(uri)
         yield make_spec(
@@ -318,11 +493,35 @@ class StageBuilder:
                     "role": "user",
                     "content": user_with_audio(self.book.choose("audio_event", seg.sid)),
                 },
-                {"role": "assistant", "content": ", ".join(events[uri])},
+                {"role": "assistant", "content": ", ".join(side[uri])},
             ],
-            meta=self._meta(rec, recording_id=seg.row["recording_id"]),
+            meta=self._meta(
+                rec, recording_id=seg.row["recording_id"], label_source=LabelSource.HUMAN.value
+            ),
             input_audio=audio_ref(rec.source_uri, rec.channels, None, 0.0, rec.duration_s),
         )
+
+    def _speaker_traits(self, seg: Segment) -> Iterator[Spec]:
+        """speaker_analysis per labelled segment: a gender and an age question (meta.question);
+        a segment without its own label takes its recording's (a whole-file label covers every
+        segment, as in schemas/segments.py)."""
+        if self.label_source("speaker_analysis") is LabelSource.MODEL:
+            self.skip("speaker_analysis", "no model label")  # annotate gives no gender or age
+            return
+        gender = seg.row.get("gender") or seg.rec.gender
+        age = seg.row.get("age")
+        age = seg.rec.age if age is None else age
+        human = {"label_source": LabelSource.HUMAN.value}
+        if gender:
+            prompt = self.book.choose("speaker_analysis.gender", seg.sid)
+            yield self.segment_spec(
+                seg, "speaker_analysis", prompt, gender, human, question="gender"
+            )
+        if age is not None:
+            prompt = self.book.choose("speaker_analysis.age", seg.sid)
+            yield self.segment_spec(
+                seg, "speaker_analysis", prompt, age_answer(int(age)), human, question="age"
+            )
 
     def _bias_words(self, sid: str, text: str, lang: str | None) -> list[str]:
         """Hotwords from the transcript plus distractors from a fixed lexicon of the language.
@@ -355,7 +554,10 @@ class StageBuilder:
     def _speaker_analysis(self) -> Iterator[dict[str, Any]]:
         by_rec: dict[str, list[dict[str, Any]]] = {}
         for t in sources.iter_rows(
-            self.build, "turns", ["recording_id", "speaker", "start_s", "end_s"], self.view
+            self.build,
+            "turns",
+            ["recording_id", "speaker", "start_s", "end_s", "backend"],
+            self.view,
         ):
             by_rec.setdefault(t["recording_id"], []).append(t)
         for rid in sorted(by_rec):
@@ -393,7 +595,16 @@ class StageBuilder:
                     },
                     {"role": "assistant", "content": answer},
                 ],
-                meta=self._meta(rec, recording_id=rid, speakers=len(order), turns=len(turns)),
+                meta=self._meta(
+                    rec,
+                    recording_id=rid,
+                    question="speakers",
+                    speakers=len(order),
+                    turns=len(turns),
+                    # the turns are a diarization backend's output, not a person's labels
+                    label_source=LabelSource.MODEL.value,
+                    label_model=",".join(sorted({t.get("backend") or "unknown" for t in turns})),
+                ),
                 input_audio=audio_ref(rec.source_uri, rec.channels, None, 0.0, rec.duration_s),
             )
 
@@ -472,11 +683,18 @@ class StageBuilder:
                 self.skip("tts", "segment outside min input / max target duration")
                 continue
             sid, lang = seg["segment_id"], seg.get("language")
+            why = self._segment_reason(seg, rec)
             target = audio_ref(
                 rec.source_uri, rec.channels, seg["channel"], seg["start_s"], seg["end_s"]
             )
-            meta = self._meta(rec, recording_id=seg["recording_id"], segment_id=sid)
-            yield make_spec(
+            meta = self._meta(
+                rec,
+                speaker=seg.get("speaker"),
+                recording_id=seg["recording_id"],
+                segment_id=sid,
+                label_source=LabelSource.HUMAN.value,
+            )
+            tts = make_spec(
                 stage="stage2",
                 task="tts",
                 source_id=sid,
@@ -488,11 +706,13 @@ class StageBuilder:
                 meta=meta,
                 target_speech=target,
             )
+            if not self.filtered(tts, why):
+                yield tts
             style = styles.get(rec.source_uri)
             if style:
                 instruction = style.instruction or f"in a {style.emotion} voice"
                 prompt = self.book.choose("instruct_tts", sid, text=text, instruction=instruction)
-                yield make_spec(
+                instruct = make_spec(
                     stage="stage2",
                     task="instruct_tts",
                     source_id=sid,
@@ -504,6 +724,8 @@ class StageBuilder:
                     meta={**meta, "instruction": instruction, "emotion": style.emotion},
                     target_speech=target,
                 )
+                if not self.filtered(instruct, why):
+                    yield instruct
 
     # ---- stage 3 ------------------------------------------------------------------------------
 
@@ -585,6 +807,20 @@ class StageBuilder:
             )
 
 
+# Age -> the decade word of schemas.labels.AGE_DECADES ("thirties" for 30..39).
+_DECADE_WORDS = {middle // 10: word for word, middle in AGE_DECADES.items()}
+
+
+def age_answer(age: int) -> str:
+    """Years -> the answer to an age question: the number and the decade, the way people say
+    it ("about 34 years old, in their thirties"); children and the very old get no decade."""
+    if age < 13:
+        return f"a child, about {age} years old"
+    if age >= 100:
+        return f"about {age} years old"
+    return f"about {age} years old, in their {_DECADE_WORDS[age // 10]}"
+
+
 @dataclass(frozen=True)
 class Stage1Task:
     """How one stage-1 task is built: `per_segment(builder, segment)` runs for every segment
@@ -602,7 +838,9 @@ STAGE1_TASKS: dict[str, Stage1Task] = {
     "language_id": Stage1Task(per_segment=StageBuilder._language_id),
     "emotion": Stage1Task(per_segment=StageBuilder._emotion),
     "audio_event": Stage1Task(per_segment=StageBuilder._audio_event),
-    "speaker_analysis": Stage1Task(over_build=StageBuilder._speaker_analysis),
+    "speaker_analysis": Stage1Task(
+        per_segment=StageBuilder._speaker_traits, over_build=StageBuilder._speaker_analysis
+    ),
     "s2t_chat": Stage1Task(over_build=StageBuilder._s2t_chat),
 }
 """Every stage-1 task by name (a name of schemas.tasks.STAGE_TASKS["stage1"]), in the order its

@@ -1,8 +1,13 @@
 """Read the build's tables for the sample builders, one column set at a time.
 
 Owns table access for the builders: small lookups keyed by id (recordings, synthesized turns,
-side-input labels; cached per process, since every unit task of a worker uses the same ones) and streaming iteration over the big tables (segments, frame labels) in
-record batches.
+model labels, side-input labels; cached per process, since every unit task of a worker uses the
+same ones) and streaming iteration over the big tables (segments, frame labels) in record
+batches. A known table (schemas.CONTRACTS) is read with its current contract's schema, so a build
+written by an older version (segments v1 without the label columns) or a mix of versions reads
+with the newer columns null instead of failing or losing them. Must not: decide what a label
+means for a task (pipelines/samples/builders.py) or whether a sample is good enough
+(pipelines/samples/filters.py).
 
 `TableView` restricts every read to the part files of one work unit (`<step>~<unit>_<n>.parquet`
 across the tables that one committed unit wrote). The shard planner builds specs unit by unit in
@@ -24,6 +29,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from pipelines.build import BuildDir
+from schemas import CONTRACTS
 
 BATCH_ROWS = 8192
 
@@ -38,6 +44,15 @@ def table_files(build: BuildDir, table: str, view: TableView = None) -> list[str
     return build.files(build.table_dir(table), ".parquet")
 
 
+def open_dataset(build: BuildDir, table: str, files: list[str]) -> pads.Dataset:
+    """The part files as one dataset, under the table's current contract where it has one: a
+    column an older file lacks reads as null (a v1 segments file has no label columns), and
+    files of several versions read together. Unknown tables keep the first file's schema."""
+    contract = CONTRACTS.get(table)
+    schema = None if contract is None else contract.schema
+    return pads.dataset(files, schema=schema, filesystem=build.fs, format="parquet")
+
+
 def iter_rows(
     build: BuildDir, table: str, columns: list[str] | None = None, view: TableView = None
 ) -> Iterator[dict[str, Any]]:
@@ -45,7 +60,7 @@ def iter_rows(
     files = table_files(build, table, view)
     if not files:
         return
-    dataset = pads.dataset(files, filesystem=build.fs, format="parquet")
+    dataset = open_dataset(build, table, files)
     wanted = None if columns is None else [c for c in columns if c in dataset.schema.names]
     for batch in dataset.to_batches(columns=wanted, batch_size=BATCH_ROWS):
         yield from batch.to_pylist()
@@ -57,11 +72,15 @@ def read_table(
     files = table_files(build, table, view)
     if not files:
         return None
-    return pads.dataset(files, filesystem=build.fs, format="parquet").to_table(columns=columns)
+    return open_dataset(build, table, files).to_table(columns=columns)
 
 
 @dataclass(frozen=True)
 class RecordingInfo:
+    """What the builders need of one recording: where its audio is, and the whole-file measures
+    and labels that the quality filters and the speaker questions read (None: not measured /
+    no label, as in a build from before the column existed)."""
+
     source_uri: str
     source_key: str  # relocatable (pipelines/ingest/items.py); the URI for rows without one
     channels: int
@@ -69,6 +88,12 @@ class RecordingInfo:
     duration_s: float
     task: str | None
     duplicate: bool
+    snr_db: float | None = None
+    clipping_ratio: float | None = None
+    speech_ratio: float | None = None
+    speaker: str | None = None
+    gender: str | None = None
+    age: int | None = None
 
 
 RECORDING_COLUMNS = [
@@ -80,10 +105,26 @@ RECORDING_COLUMNS = [
     "duration_s",
     "task",
     "dup_of",
+    "snr_db",
+    "clipping_ratio",
+    "speech_ratio",
+    "speaker",
 ]
+"""The recordings columns every build since v2 has (safe for a bare Parquet read, as the shards
+planner's distributed join does)."""
+RECORDING_LABEL_COLUMNS = ["gender", "age"]
+"""The whole-file labels `RecordingInfo` reads too, from recordings v3 on: read them through
+`iter_rows` / `open_dataset` (the contract's schema gives an older file nulls). A row without
+them (the join) still works: segments carry their recording's labels (schemas/segments.py)."""
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def recording_info(row: dict[str, Any]) -> RecordingInfo:
+    """A recordings row (any version: a missing column reads as None) -> RecordingInfo."""
+    age = row.get("age")
     return RecordingInfo(
         source_uri=row["source_uri"],
         source_key=row.get("source_key") or row["source_uri"],
@@ -92,13 +133,19 @@ def recording_info(row: dict[str, Any]) -> RecordingInfo:
         duration_s=float(row["duration_s"]),
         task=row.get("task"),
         duplicate=row.get("dup_of") is not None,
+        snr_db=_float(row.get("snr_db")),
+        clipping_ratio=_float(row.get("clipping_ratio")),
+        speech_ratio=_float(row.get("speech_ratio")),
+        speaker=row.get("speaker"),
+        gender=row.get("gender"),
+        age=None if age is None else int(age),
     )
 
 
 def recordings(build: BuildDir, view: TableView = None) -> dict[str, RecordingInfo]:
     return {
         r["recording_id"]: recording_info(r)
-        for r in iter_rows(build, "recordings", RECORDING_COLUMNS, view)
+        for r in iter_rows(build, "recordings", RECORDING_COLUMNS + RECORDING_LABEL_COLUMNS, view)
     }
 
 
@@ -141,6 +188,51 @@ def styles_by_audio(build: BuildDir, view: TableView = None) -> dict[str, TurnSt
             row = dialogue_rows.get((s["dialogue_id"], index))
             if row and (row.get("style_instruction") or row.get("emotion")):
                 out[uri] = TurnStyle(row.get("style_instruction"), row.get("emotion"))
+    return out
+
+
+@dataclass(frozen=True)
+class ModelLabels:
+    """One segment's pseudo-labels from the `annotations` table (schemas/annotations.py)."""
+
+    model: str
+    model_version: str
+    transcript: str | None
+    language: str | None
+    emotion: str | None
+    audio_events: tuple[str, ...]
+    confidence: dict[str, float | None]
+    """Label name (transcript, language, emotion, audio_events) -> the model's confidence."""
+
+
+ANNOTATION_LABELS = ("transcript", "language", "emotion", "audio_events")
+
+
+def model_labels(build: BuildDir, view: TableView = None) -> dict[str, ModelLabels]:
+    """segment_id -> its pseudo-labels. Where several model versions labelled a segment, the
+    greatest (model, model_version) wins: an arbitrary but fixed choice, so that a sample does
+    not depend on the order files were written in."""
+    cols = ["segment_id", "model", "model_version"]
+    cols += [c for name in ANNOTATION_LABELS for c in (name, f"{name}_confidence")]
+    out: dict[str, ModelLabels] = {}
+    for row in iter_rows(build, "annotations", cols, view):
+        sid = row["segment_id"]
+        old = out.get(sid)
+        if old is not None and (old.model, old.model_version) >= (
+            row["model"],
+            row["model_version"],
+        ):
+            continue
+        text = (row.get("transcript") or "").strip()
+        out[sid] = ModelLabels(
+            model=row["model"],
+            model_version=row["model_version"],
+            transcript=text or None,
+            language=row.get("language") or None,
+            emotion=row.get("emotion") or None,
+            audio_events=tuple(row.get("audio_events") or ()),
+            confidence={name: _float(row.get(f"{name}_confidence")) for name in ANNOTATION_LABELS},
+        )
     return out
 
 

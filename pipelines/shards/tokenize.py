@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -27,43 +26,11 @@ import soundfile as sf
 from minmo.audio.encode import flac_bytes
 from minmo.io.shards import npy_bytes
 from minmo.tokens.speech import SpeechTokenizer, n_speech_tokens
-from pipelines.audio_source import SourceRoots, load_audio_16k
+from pipelines.audio_source import RecordingCache, SourceRoots
 from pipelines.samples.spec import span_s
 from schemas.units import SAMPLE_RATE_HZ
 
 SPEECH_TOKENS_PER_S = 25
-DECODE_CACHE = 4  # whole recordings kept per batch (segments of one recording arrive together)
-
-
-class _RecordingCache:
-    def __init__(self, storage_options: dict[str, Any], roots: SourceRoots | None = None) -> None:
-        self.storage_options = storage_options
-        self.roots = roots
-        self.items: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
-
-    def span(self, ref: dict[str, Any]) -> np.ndarray:
-        """(channels, samples) float32 of the span; one channel picked unless channel is None."""
-        key = (ref["uri"], int(ref["channels"]))
-        if key not in self.items:
-            self.items[key] = load_audio_16k(ref["uri"], key[1], self.storage_options, self.roots)
-            while len(self.items) > DECODE_CACHE:
-                self.items.popitem(last=False)
-        audio = self.items[key]
-        start = round(ref["start_s"] * SAMPLE_RATE_HZ)
-        end = min(round(ref["end_s"] * SAMPLE_RATE_HZ), audio.shape[1])
-        if end - start <= 0:
-            raise ValueError(
-                f"span {ref['start_s']}-{ref['end_s']} s is empty in {ref['uri']} "
-                f"({audio.shape[1] / SAMPLE_RATE_HZ:.3f} s long)"
-            )
-        if ref["channel"] is not None:
-            if ref["channel"] >= audio.shape[0]:
-                raise ValueError(f"channel {ref['channel']} missing in {ref['uri']}")
-            audio = audio[ref["channel"] : ref["channel"] + 1]
-        out = np.ascontiguousarray(audio[:, start:end], dtype=np.float32)
-        if not np.isfinite(out).all():
-            raise ValueError(f"non-finite samples in {ref['uri']}")
-        return out
 
 
 def load_audio_batch(
@@ -73,7 +40,7 @@ def load_audio_batch(
 ) -> dict[str, list[Any]]:
     """specs -> {spec, flac (bytes|b""), target_pcm (float32 bytes|b""), error}. `roots`: the
     build's moved sources (specs keep the URIs ingest saw)."""
-    cache = _RecordingCache(storage_options or {}, roots)
+    cache = RecordingCache(storage_options or {}, roots)
     out: dict[str, list[Any]] = {
         "key": [],
         "shard": [],

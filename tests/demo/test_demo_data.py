@@ -20,7 +20,7 @@ import soundfile as sf
 from minmo.audio.trim import pauses, trim_silence
 from minmo.demo import DemoSummary, EspeakError, build_demo_corpus
 from minmo.demo import conversation as conv
-from minmo.demo.script import CONVERSATIONS, ConversationScript, Line, Phrase
+from minmo.demo.script import CONVERSATIONS, ConversationScript, Line, Phrase, voice
 from minmo.demo.speak import decode_streamed_wav
 from schemas.units import SAMPLE_RATE_HZ
 
@@ -28,6 +28,7 @@ needs_espeak = pytest.mark.skipif(
     shutil.which("espeak-ng") is None, reason="espeak-ng not installed: apt-get install espeak-ng"
 )
 MANIFEST_KEYS = {"path", "text", "language", "speaker", "task", "corpus"}
+UTTERANCE_LABEL_KEYS = {"gender", "emotion", "audio_events", "espeak_voice"}
 
 
 # ---------------------------------------------------------------- pure parts (no espeak-ng)
@@ -153,7 +154,14 @@ def test_manifest_rows_are_complete_and_paths_exist(corpus: tuple[Path, DemoSumm
     out, summary = corpus
     total_s = 0.0
     for rec in _manifest(out):
-        assert set(rec) == MANIFEST_KEYS
+        labels = set(rec) - MANIFEST_KEYS
+        assert labels <= UTTERANCE_LABEL_KEYS, labels
+        if rec["task"] == "asr":
+            assert rec["gender"] == voice(rec["speaker"]).gender
+            assert rec.get("emotion") in (None, "happy", "sad")
+            assert rec.get("audio_events") in (None, ["beep"], ["noise"])
+        else:
+            assert not labels
         assert rec["corpus"] == "minmo-demo"
         path = out / rec["path"]
         assert path.is_file(), rec["path"]
@@ -168,6 +176,37 @@ def test_manifest_rows_are_complete_and_paths_exist(corpus: tuple[Path, DemoSumm
     assert total_s == pytest.approx(summary.audio_s, abs=0.01)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     assert size < 15.5e6
+
+
+@needs_espeak
+def test_some_utterances_carry_emotion_and_event_labels(
+    corpus: tuple[Path, DemoSummary],
+) -> None:
+    utts = [r for r in _manifest(corpus[0]) if r["task"] == "asr"]
+    emotions = Counter(r.get("emotion") for r in utts)
+    events = Counter(tuple(r.get("audio_events") or ()) for r in utts)
+    assert emotions["happy"] >= 3 and emotions["sad"] >= 3 and emotions[None] >= len(utts) // 2
+    assert events[("beep",)] >= 3 and events[("noise",)] >= 3
+    assert {r["gender"] for r in utts} == {"female", "male"}
+
+
+@needs_espeak
+def test_a_mixed_in_beep_is_in_the_audio(corpus: tuple[Path, DemoSummary]) -> None:
+    """The label is true: most of the energy in the last 0.45 s of a beep-labelled clip is a
+    1 kHz tone, and in an unlabelled clip's tail it is not."""
+    utts = [r for r in _manifest(corpus[0]) if r["task"] == "asr"]
+
+    def tail_tone_ratio(rec: dict) -> float:
+        audio, rate = sf.read(corpus[0] / rec["path"], dtype="float32")
+        tail = audio[-round(0.45 * rate) :]
+        power = np.abs(np.fft.rfft(tail)) ** 2
+        freqs = np.fft.rfftfreq(len(tail), 1 / rate)
+        return float(power[(freqs > 950) & (freqs < 1050)].sum() / power.sum())
+
+    beeps = [r for r in utts if r.get("audio_events") == ["beep"]]
+    plain = [r for r in utts if not r.get("audio_events")]
+    assert min(tail_tone_ratio(r) for r in beeps) > 0.5
+    assert max(tail_tone_ratio(r) for r in plain[:8]) < 0.2
 
 
 @needs_espeak

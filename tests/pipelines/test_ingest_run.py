@@ -116,7 +116,8 @@ def _hostile_corpus(root: Path) -> Path:
     (root / "empty.wav").write_bytes(b"")
     (root / "corrupt.flac").write_bytes(b"fLaC" + bytes(rng.integers(0, 255, 3000, dtype=np.uint8)))
     lines = [
-        {"path": "good.wav", "text": "a fine utterance", "language": "en"},
+        # an age that is no number: quarantined as bad_label, the recording kept without it
+        {"path": "good.wav", "text": "a fine utterance", "language": "en", "age": "old"},
         {"path": "good.wav", "text": "the same file listed again"},
         {"path": "nan.wav"},
         {"path": "short.wav"},
@@ -175,6 +176,9 @@ def test_hostile_input_never_crashes_and_every_reason_is_counted(tmp_path):
     assert len(dup) == 1, "the same audio under another URI is marked as a duplicate"
     assert dup[0]["source_uri"].endswith("copy_of_good.wav")
     assert summary.already_ingested == 1  # good.wav's second manifest row
+    (bad_label,) = [q for q in quarantine.to_pylist() if q["reason_code"] == "bad_label"]
+    assert bad_label["detail"].startswith("manifest.jsonl#line 1: age: ")
+    assert bad_label["source_uri"].endswith("good.wav")
     again = run_ingest(str(manifest), build, config, progress=False)
     assert again.units_run == 0 and again.recordings == 2
     kaldi_segments = _tables(build)["segments"].to_pylist()

@@ -7,7 +7,7 @@ import pytest
 
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.decode_stage import decode_batch
-from pipelines.ingest.items import SourceItem, Supervision
+from pipelines.ingest.items import LabelProblem, SourceItem, Supervision
 from pipelines.ingest.vad_stage import VadSegmenter, merge_regions
 
 
@@ -93,3 +93,29 @@ def test_supervision_outside_the_audio_is_quarantined(segmenter, shared_data):
         ("bad_segment", "u2"),
         ("bad_segment", "u3"),
     ]
+
+
+def test_labels_layer_onto_segments_and_refusals_are_kept(segmenter, shared_data):
+    path = shared_data / "asr_whisper_jfk" / "jfk.flac"
+    sups = [
+        Supervision(1.0, 3.0, text="fine", item_key="u1", labels={"emotion": "sad"}),
+        Supervision(4.0, 6.0, text="more", item_key="u2"),
+    ]
+    file_labels = {"emotion": "neutral", "gender": "male", "audio_events": ["applause"]}
+    problem = LabelProblem("u2", "m.jsonl#line 2: age: age 'old' is not a number")
+    labelled = SourceItem(
+        str(path), corpus="c", supervisions=sups, labels=file_labels, label_problems=[problem]
+    )
+    unsupervised = SourceItem(str(path), corpus="d", labels={"age": 43})
+    (rec, segments, rejected), (_, vad_segments, vad_rejected) = _run(
+        segmenter, [labelled, unsupervised]
+    )
+    assert (rec["emotion"], rec["gender"], rec["age"]) == ("neutral", "male", None)
+    cells = [(s["emotion"], s["gender"], s["audio_events"]) for s in segments]
+    assert cells == [("sad", "male", ["applause"]), ("neutral", "male", ["applause"])]
+    # the decoded item's refused label is still a bad_label row, beside its recording
+    assert [(q["reason_code"], q["item_key"], q["detail"]) for q in rejected] == [
+        ("bad_label", "u2", problem.detail)
+    ]
+    assert vad_segments and vad_rejected == []
+    assert all((s["origin"], s["age"], s["emotion"]) == ("vad", 43, None) for s in vad_segments)

@@ -1,9 +1,11 @@
 """What every layout reader shares: the read context, pending items, rejects and keyed lookups.
 
-Owns: `ReadContext` (corpus/task policy), `Pending` (an item whose audio location may still need
-an existence check), `reject` (a quarantine row with a closed reason code), `settle` (the batched
-existence check that turns pendings into `SourceItem`s or `missing_file` rows), and
-`KeyedLookup` (joining a keyed side file to a driver stream without loading it when sorted).
+Owns: `ReadContext` (corpus/task/emotion-map policy and the tally of ignored columns),
+`Pending` (an item whose audio location may still need an existence check), `reject` (a
+quarantine row with a closed reason code), `settle` (the batched existence check that turns
+pendings into `SourceItem`s or `missing_file` rows), `KeyedLookup` (joining a keyed side file to
+a driver stream without loading it when sorted), `read_labels` (a source's raw label values
+through the schemas.labels parsers, with the location of every refusal) and `ColumnTally`.
 
 Must not: know any particular layout's file names or columns.
 """
@@ -11,12 +13,14 @@ Must not: know any particular layout's file names or columns.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from minmo.io.fs import Location, existing
-from pipelines.ingest.items import SourceItem, Supervision, source_key
+from pipelines.ingest.items import LabelProblem, Labels, SourceItem, Supervision, source_key
+from schemas.labels import LABEL_NAMES, PARSERS, LabelError, parse_emotion
 from schemas.quarantine import ReasonCode, quarantine_row
 
 log = logging.getLogger(__name__)
@@ -26,6 +30,35 @@ V = TypeVar("V")
 
 SETTLE_BATCH = 256
 
+LABEL_ALIASES: dict[str, tuple[str, ...]] = {
+    name: ("audio_events", "events") if name == "audio_events" else (name,) for name in LABEL_NAMES
+}
+"""Label column -> the names a source may give it (first present wins), for every layout."""
+LABEL_KEYS = frozenset(alias for aliases in LABEL_ALIASES.values() for alias in aliases)
+MAX_TALLIED_COLUMNS = 256
+"""Distinct ignored column names a tally keeps; any further name counts under `OTHER_COLUMNS`,
+so a manifest whose every row invents a key costs O(this), not O(rows)."""
+OTHER_COLUMNS = "(other columns)"
+
+
+@dataclass
+class ColumnTally:
+    """Rows per column a reader saw but does not use: what the ingest summary lists as ignored,
+    so that no column is dropped silently. Holds one counter per distinct name (capped)."""
+
+    counts: Counter = field(default_factory=Counter)
+
+    def add(self, names: Iterable[str]) -> None:
+        for name in names:
+            if name in self.counts or len(self.counts) < MAX_TALLIED_COLUMNS:
+                self.counts[name] += 1
+            else:
+                self.counts[OTHER_COLUMNS] += 1
+
+    def as_dict(self) -> dict[str, int]:
+        """Most rows first, then by name: the order the summary prints."""
+        return dict(sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
 
 @dataclass(frozen=True)
 class ReadContext:
@@ -33,11 +66,15 @@ class ReadContext:
 
     `corpus` / `task` given by the caller override whatever the source says; otherwise a
     manifest's per-row `corpus` wins over `default_corpus` (the source directory's name), and a
-    row's `task` is kept as is."""
+    row's `task` is kept as is. `emotion_map` (lower-cased value -> vocabulary word) is the
+    job's own emotion codes, consulted before the built-in ones. `ignored` collects the columns
+    a reader skipped (the caller reads it once the listing is consumed)."""
 
     default_corpus: str
     corpus: str | None = None
     task: str | None = None
+    emotion_map: Mapping[str, str] | None = None
+    ignored: ColumnTally = field(default_factory=ColumnTally)
 
     def corpus_for(self, row_corpus: str | None = None) -> str:
         return self.corpus or row_corpus or self.default_corpus
@@ -79,6 +116,42 @@ def reject(
     )
 
 
+def parse_label(name: str, value: Any, emotion_map: Mapping[str, str] | None = None) -> Any:
+    """One raw value of label column `name`, normalised (None: no label); LabelError if the
+    parser refuses it. Anything else a parser raises is a bug in this value's handling, and is
+    reported as a refusal too: a manifest cell must never crash the listing."""
+    try:
+        if name == "emotion":
+            return parse_emotion(value, emotion_map)
+        return PARSERS[name](value)
+    except LabelError:
+        raise
+    except (TypeError, ValueError, AttributeError) as err:
+        raise LabelError(f"{name} {value!r}: {type(err).__name__}: {err}") from err
+
+
+def read_labels(
+    raw: Mapping[str, Any], where: str, ctx: ReadContext, item_key: str | None = None
+) -> tuple[Labels, list[LabelProblem]]:
+    """The labels among `raw`'s keys (LABEL_ALIASES), parsed; every refused value becomes a
+    LabelProblem whose detail names `where` (`file.jsonl#line 3`), the column and the value,
+    and the item keeps its other labels."""
+    labels: Labels = {}
+    problems: list[LabelProblem] = []
+    for name, aliases in LABEL_ALIASES.items():
+        column = next((a for a in aliases if raw.get(a) is not None), None)
+        if column is None:
+            continue
+        try:
+            value = parse_label(name, raw[column], ctx.emotion_map)
+        except LabelError as err:
+            problems.append(LabelProblem(item_key, f"{where}: {column}: {err}"))
+            continue
+        if value is not None:
+            labels[name] = value
+    return labels, problems
+
+
 def decode_utf8(raw: bytes) -> str | None:
     """`raw` as text, or None when it is not UTF-8 (a leading byte-order mark is dropped: it is
     an encoding marker, not part of the transcript)."""
@@ -109,6 +182,7 @@ def with_transcript(item: SourceItem) -> SourceItem:
                 speaker=item.speaker,
                 language=item.language,
                 item_key=item.item_key,
+                labels=dict(item.labels),
             )
         )
     return item
@@ -207,6 +281,9 @@ def _settle_batch(
         else:
             tried = ", ".join(dict.fromkeys(c.uri for c in entry.candidates))
             detail = f"no audio file at {tried}"
+            if entry.item.label_problems:  # the labels of audio that is not there go with it
+                bad = "; ".join(p.detail for p in entry.item.label_problems)
+                detail += f" (its labels were refused too: {bad})"
             row = reject(
                 entry.candidates[0].uri, ReasonCode.MISSING_FILE, detail, entry.item.item_key
             )

@@ -1,5 +1,6 @@
 """The `kaldi` layout: a Kaldi data directory (`wav.scp`, optional `segments`, `text`,
-`utt2spk`, `utt2lang`).
+`utt2spk`, `utt2lang`, and the label files `utt2gender`, `spk2gender`, `utt2emotion`,
+`utt2age`, `utt2dialect`).
 
 Owns: joining those files into one item per `wav.scp` recording.
 
@@ -21,10 +22,18 @@ twice in `wav.scp` is `bad_manifest_row` (the first listing wins).
 Without `segments`: utterance id = recording id; the text becomes the item's text and a
 whole-file supervision, and a `text` line that is not UTF-8 or blank quarantines the recording.
 
+Labels: `utt2<label> <utt> <value>` labels an utterance (a segment, or the whole recording
+without `segments`); `spk2gender <speaker> <m|f>` labels every utterance of a speaker (through
+`utt2spk`) that `utt2gender` does not. Each value goes through its schemas.labels parser; one
+it refuses is a `bad_label` row (detail `utt2emotion#line N: emotion: <why>`) and the utterance
+is ingested without it. A label line whose utterance is nowhere labels nothing and is dropped,
+like a speaker or language line.
+
 Memory: Kaldi sorts every file of a data directory by its key (`LC_ALL=C sort`; `utils/
 validate_data_dir.sh` insists on it). A first cheap pass checks each file's order; sorted
 files are then read side by side, holding a few lines at a time, and an unsorted one is indexed
-in memory instead (with a warning).
+in memory instead (with a warning). `spk2gender` is keyed by speaker, which utterances do not
+come sorted by: it is indexed whole (one line per speaker).
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from minmo.io.fs import Location, existing
-from pipelines.ingest.items import SourceItem, Supervision
+from pipelines.ingest.items import LabelProblem, SourceItem, Supervision
 from pipelines.ingest.layouts.common import (
     KeyedLookup,
     Pending,
@@ -45,16 +54,28 @@ from pipelines.ingest.layouts.common import (
     decode_utf8,
     in_time_order,
     is_sorted,
+    parse_label,
     reject,
     with_transcript,
 )
 from pipelines.ingest.layouts.transcripts import Entry, TextProblem, kaldi_text_entries, split_keyed
+from schemas.labels import LabelError
 from schemas.quarantine import ReasonCode
 
 log = logging.getLogger(__name__)
 
 WAV_SCP = "wav.scp"
-SIDE_FILES = ("segments", "text", "utt2spk", "utt2lang")
+UTT_LABEL_FILES = {
+    "utt2gender": "gender",
+    "utt2emotion": "emotion",
+    "utt2age": "age",
+    "utt2dialect": "dialect",
+}
+"""Per-utterance label file -> the label column it fills."""
+SPK_LABEL_FILES = {"spk2gender": "gender"}
+"""Per-speaker label file -> the label column it fills (where the utterance's own file does not)."""
+UTT_SIDE_FILES = ("text", "utt2spk", "utt2lang", *UTT_LABEL_FILES)
+SIDE_FILES = ("segments", *UTT_SIDE_FILES, *SPK_LABEL_FILES)
 _ARCHIVE_OFFSET = re.compile(r"\.ark:\d+$")
 
 
@@ -86,11 +107,14 @@ def read(src: str, ctx: ReadContext, **fs_options: Any) -> Iterator[Pending | Ro
         utt_order_sorted = wav_sorted
     sides = {
         name: _side_lookup(data_dir.child(name), utt_order_sorted)
-        for name in ("text", "utt2spk", "utt2lang")
+        for name in UTT_SIDE_FILES
         if present[name]
     }
+    speakers = _SpeakerLabels(
+        {name: _speaker_index(data_dir.child(name)) for name in SPK_LABEL_FILES if present[name]}
+    )
     _log_fallbacks(data_dir, segments, sides)
-    yield from _join(data_dir, wav_scp, wav_sorted, segments, sides, ctx)
+    yield from _join(data_dir, wav_scp, wav_sorted, segments, sides, speakers, ctx)
 
 
 def _wav_lines(wav_scp: Location) -> Iterator[tuple[str, tuple[int, bytes]]]:
@@ -136,10 +160,38 @@ def _side_records(loc: Location) -> Iterator[tuple[str | None, Any]]:
     if loc.name == "text":
         yield from kaldi_text_entries(loc)
         return
-    for raw in loc.iter_lines():
+    labels = loc.name in UTT_LABEL_FILES or loc.name in SPK_LABEL_FILES
+    for number, raw in enumerate(loc.iter_lines(), start=1):
         split = split_keyed(raw)
         if split is not None:
-            yield split[0], split[1].strip().decode("utf-8", "replace") or None
+            value = split[1].strip().decode("utf-8", "replace") or None
+            yield split[0], (number, value) if labels else value
+
+
+def _speaker_index(loc: Location) -> dict[str, tuple[int, str | None]]:
+    """speaker -> (line, value) of a per-speaker file (the first line of a speaker wins)."""
+    index: dict[str, tuple[int, str | None]] = {}
+    for key, value in _side_records(loc):
+        if key is not None:
+            index.setdefault(key, value)
+    return index
+
+
+@dataclass(frozen=True)
+class _SpeakerLabels:
+    """The per-speaker label files, indexed (see SPK_LABEL_FILES)."""
+
+    files: dict[str, dict[str, tuple[int, str | None]]]
+
+    def of(self, speaker: str | None) -> dict[str, tuple[str, int, str | None]]:
+        """label column -> (file name, line, raw value) for `speaker`."""
+        found: dict[str, tuple[str, int, str | None]] = {}
+        if speaker is None:
+            return found
+        for name, index in self.files.items():
+            if speaker in index:
+                found.setdefault(SPK_LABEL_FILES[name], (name, *index[speaker]))
+        return found
 
 
 def _side_lookup(loc: Location, queries_sorted: bool) -> KeyedLookup[Any]:
@@ -167,6 +219,7 @@ def _join(
     wav_sorted: bool,
     segments: KeyedLookup[Any] | None,
     sides: dict[str, KeyedLookup[Any]],
+    speakers: _SpeakerLabels,
     ctx: ReadContext,
 ) -> Iterator[Pending | Row]:
     seen: set[str] = set()  # only when unsorted: sorted, a repeat is the line just before
@@ -184,7 +237,7 @@ def _join(
         per_utt = {u: {name: lookup.get(u) for name, lookup in sides.items()} for u in utts}
         audio = _audio_location(data_dir, wav_scp, rec, number, raw_path)
         if isinstance(audio, Location):
-            yield from _recording(audio, rec, segs, per_utt, ctx)
+            yield from _recording(audio, rec, segs, per_utt, speakers, ctx)
         else:
             yield audio
         yield from _orphans(data_dir, segments, sides)
@@ -210,6 +263,7 @@ def _recording(
     rec: str,
     segs: list[Any] | None,
     per_utt: dict[str, dict[str, list[Any]]],
+    speakers: _SpeakerLabels,
     ctx: ReadContext,
 ) -> Iterator[Pending | Row]:
     if segs is None:
@@ -219,6 +273,7 @@ def _recording(
             return
         text, speaker, language = fields
         item = _item(audio, rec, ctx, text=text, speaker=speaker, language=language)
+        item.labels = _utterance_labels(rec, per_utt[rec], speakers.of(speaker), ctx, item)
         yield Pending(with_transcript(item), [audio])
         return
     item = _item(audio, rec, ctx)
@@ -228,10 +283,38 @@ def _recording(
             continue
         sup = _supervision(seg, per_utt[seg.utt], audio)
         if isinstance(sup, Supervision):
+            found = speakers.of(sup.speaker)
+            sup.labels = _utterance_labels(seg.utt, per_utt[seg.utt], found, ctx, item)
             item.supervisions.append(sup)
         else:
             yield sup
     yield Pending(in_time_order(item), [audio])
+
+
+def _utterance_labels(
+    utt: str,
+    values: dict[str, list[Any]],
+    by_speaker: dict[str, tuple[str, int, str | None]],
+    ctx: ReadContext,
+    item: SourceItem,
+) -> dict[str, Any]:
+    """An utterance's labels from its `utt2<label>` lines (first line wins), else its
+    speaker's; a value its parser refuses is recorded on `item` as a LabelProblem."""
+    raw = dict(by_speaker)
+    for name, column in UTT_LABEL_FILES.items():
+        lines = [(line, value) for line, value in values.get(name) or [] if value is not None]
+        if lines:
+            raw[column] = (name, *lines[0])
+    labels: dict[str, Any] = {}
+    for column, (name, line, value) in raw.items():
+        try:
+            parsed = parse_label(column, value, ctx.emotion_map)
+        except LabelError as err:
+            item.label_problems.append(LabelProblem(utt, f"{name}#line {line}: {column}: {err}"))
+            continue
+        if parsed is not None:
+            labels[column] = parsed
+    return labels
 
 
 def _item(audio: Location, rec: str, ctx: ReadContext, **fields: Any) -> SourceItem:

@@ -31,6 +31,13 @@ Per recording:
   `missing_file` (one row per recording id).
 - a recording referenced by several cuts becomes one item; its supervisions are kept once
   each (by supervision id).
+- labels: a supervision's `gender` field and its `custom` keys `emotion`, `gender`, `age`,
+  `audio_events` (or `events`), `translations`, `dialect`, each through its schemas.labels
+  parser (the `gender` field wins over a custom one). A value the parser refuses is a
+  `bad_label` row (detail `<manifest name>#line N: <key>: <why>`, item_key = supervision id)
+  and the supervision keeps its other labels. Other custom keys are tallied as ignored
+  (`custom.<key>`) for the ingest summary. A supervision spanning the whole recording gives
+  its labels to the recording too.
 
 Memory: recordings and supervisions are joined in one pass when both are sorted by recording
 id (Lhotse's own lazy `create_cut_set_lazy` needs the same), and cuts are grouped in one pass
@@ -50,8 +57,9 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from minmo.io.fs import Location, uri_scheme
-from pipelines.ingest.items import SourceItem, Supervision
+from pipelines.ingest.items import LabelProblem, Labels, SourceItem, Supervision
 from pipelines.ingest.layouts.common import (
+    LABEL_KEYS,
     KeyedLookup,
     Pending,
     ReadContext,
@@ -60,6 +68,7 @@ from pipelines.ingest.layouts.common import (
     decode_utf8,
     in_time_order,
     is_sorted,
+    read_labels,
     reject,
     utf8_error,
 )
@@ -243,14 +252,18 @@ def _deserialize(record: Any, where: str, loc: Location) -> Any:
 
 # --- cuts ------------------------------------------------------------------------------------
 
+_Sup = tuple[Any, float, str]
+"""(Lhotse supervision, offset of its times in the recording, `<manifest name>#line N`)."""
+
 
 @dataclass
 class _Open:
-    """A recording seen in cuts, with its supervisions so far (by id) in recording time."""
+    """A recording seen in cuts, with its supervisions so far (by id): each with its cut's
+    start in the recording and where in the manifest it was read."""
 
     recording: Any
     manifest: Location
-    supervisions: dict[str, tuple[Any, float]] = field(default_factory=dict)
+    supervisions: dict[str, _Sup] = field(default_factory=dict)
 
 
 def _from_cuts(files: list[Location], ctx: ReadContext, seen: set[str]) -> Iterator[Pending | Row]:
@@ -282,7 +295,7 @@ def _from_cuts(files: list[Location], ctx: ReadContext, seen: set[str]) -> Itera
                     continue
                 entry = open_.setdefault(recording.id, _Open(recording, loc))
                 for sup in sups:
-                    entry.supervisions.setdefault(sup.id, (sup, offset))
+                    entry.supervisions.setdefault(sup.id, (sup, offset, f"{loc.name}#{where}"))
             if contiguous:
                 for rec_id in [r for r in open_ if r not in refs]:
                     yield from _close(open_.pop(rec_id), ctx, seen)
@@ -367,7 +380,8 @@ def _from_recordings(
         if recording.id in seen:
             continue
         seen.add(recording.id)
-        yield from _recording_items(recording, [(s, 0.0) for _, s in sups], rec_loc, ctx)
+        located = [(s, 0.0, f"{loc.name}#{at}") for loc, s, at in sups]
+        yield from _recording_items(recording, located, rec_loc, ctx)
     yield from _unattached(lookup.finish())
 
 
@@ -377,7 +391,8 @@ def _raw_field(record: Any, name: str) -> str | None:
 
 
 def _sup_records(sup_locs: list[Location]) -> Iterator[tuple[str | None, Any]]:
-    """(recording id, (manifest, supervision)) per supervision; (None, row) for a bad record."""
+    """(recording id, (manifest, supervision, where)) per supervision; (None, row) for a bad
+    record."""
     for loc in sup_locs:
         for where, record in _records(loc):
             sup = _deserialize(record, where, loc)
@@ -389,7 +404,7 @@ def _sup_records(sup_locs: list[Location]) -> Iterator[tuple[str | None, Any]]:
                     reject(loc.uri, ReasonCode.BAD_MANIFEST_ROW, f"{where}: not a supervision"),
                 )
             else:
-                yield sup.recording_id, (loc, sup)
+                yield sup.recording_id, (loc, sup, where)
 
 
 def _unattached(orphans: Iterable[tuple[str | None, Any]]) -> Iterator[Row]:
@@ -399,7 +414,7 @@ def _unattached(orphans: Iterable[tuple[str | None, Any]]) -> Iterator[Row]:
         if rec_id is None:
             yield value
         else:
-            loc, _ = value
+            loc = value[0]
             counts[(loc.uri, rec_id)] = counts.get((loc.uri, rec_id), 0) + 1
     for (uri, rec_id), n in counts.items():
         detail = f"{n} supervision(s) refer to recording {rec_id!r}, which no recordings or cuts manifest here defines"
@@ -423,7 +438,7 @@ def _transform_names(recording: Any) -> list[str]:
 
 
 def _recording_items(
-    recording: Any, sups: list[tuple[Any, float]], manifest: Location, ctx: ReadContext
+    recording: Any, sups: list[_Sup], manifest: Location, ctx: ReadContext
 ) -> Iterator[Pending | Row]:
     """One pending item per audio source of `recording`, or the reason it cannot be read."""
     changing = [t for t in _transform_names(recording) if t in TIME_CHANGING_TRANSFORMS]
@@ -442,12 +457,14 @@ def _recording_items(
         item = SourceItem(
             source_uri=candidates[0].uri, corpus=ctx.corpus_for(), item_key=key, task=ctx.task_for()
         )
-        for sup, offset in sups:
+        for sup, offset, where in sups:
             channel, applies = _channel_in(sup.channel, list(source.channels or []), multi)
             if not applies:
                 continue
             converted = _supervision(sup, offset, channel, candidates[0].uri)
             if isinstance(converted, Supervision):
+                converted.labels, problems = _labels(sup, where, ctx)
+                item.label_problems += problems
                 item.supervisions.append(converted)
             else:
                 yield converted
@@ -509,9 +526,23 @@ def _supervision(sup: Any, offset: float, channel: int | None, audio_uri: str) -
     )
 
 
+def _labels(sup: Any, where: str, ctx: ReadContext) -> tuple[Labels, list[LabelProblem]]:
+    """A supervision's labels: its `gender` field and its label `custom` keys (the others are
+    tallied as ignored)."""
+    custom = sup.custom if isinstance(sup.custom, dict) else {}
+    ctx.ignored.add(
+        f"custom.{k}" for k, v in custom.items() if k not in LABEL_KEYS and v is not None
+    )
+    raw = {k: v for k, v in custom.items() if k in LABEL_KEYS}
+    if sup.gender is not None:
+        raw["gender"] = sup.gender
+    return read_labels(raw, where, ctx, sup.id)
+
+
 def _lift_whole_file(item: SourceItem, duration_s: float) -> None:
-    """A recording transcribed by one supervision spanning all of it is a transcribed file:
-    give the item that text too, as the other layouts do."""
+    """A recording transcribed (or labelled) by one supervision spanning all of it is a
+    transcribed (labelled) file: give the item that text and those labels too, as the other
+    layouts do."""
     if len(item.supervisions) != 1:
         return
     sup = item.supervisions[0]
@@ -519,5 +550,7 @@ def _lift_whole_file(item: SourceItem, duration_s: float) -> None:
         abs(sup.start_s) <= WHOLE_FILE_TOLERANCE_S
         and abs((sup.end_s or 0.0) - duration_s) <= WHOLE_FILE_TOLERANCE_S
     )
+    if spans:
+        item.labels = dict(sup.labels)
     if spans and sup.text is not None:
         item.text, item.speaker, item.language = sup.text, sup.speaker, sup.language

@@ -7,18 +7,24 @@ Must not: hold a manifest in memory (a `.json` file holding one JSON array or ob
 exception: JSON has no record boundaries to stream by), or check that audio exists (`settle`
 does, in batches).
 
-Columns (first present alias wins; unknown columns are ignored):
+Columns (first present alias wins; a column not named here is ignored, and counted: the rows
+that give it a value are tallied in `ReadContext.ignored`, which the ingest summary lists):
   path      `path`, `audio_filepath` (NeMo), `audio`, `wav`, `audio_path`; `audio` may also be
             a `{"path": ...}` object (Hugging Face style). Relative paths resolve against the
             manifest's directory, on the manifest's filesystem.
   text      `text`, `txt`, `transcript`, `transcription`, `sentence`
   language  `language`, `lang`, `locale`    speaker `speaker`, `speaker_id`, `spk`
   task, corpus, id (`id`, `key`, `utt_id`)
-  `duration`/`duration_s` are ignored (ingest measures audio itself). A row with a non-zero
+  labels    `emotion`, `gender`, `age`, `audio_events` (or `events`), `translations`, `dialect`
+            (schemas/labels.py says what each accepts; `audio_events` and `translations` may be
+            a JSON list in a CSV cell). They label the whole file.
+  `duration`/`duration_s` are read and unused (ingest measures audio itself). A row with a non-zero
   `offset`/`offset_s` describes a stretch of a file, which a per-file manifest cannot carry:
   it is quarantined as `unsupported_source` rather than silently taken as the whole file.
 
-Refusals: no path → `bad_manifest_row`; JSON that does not parse, or a row that is not an
+Refusals: a label value its parser refuses → `bad_label` (detail `<manifest name>#line N:
+<column>: <why>`, the value included), written beside the recording, which is still ingested
+without that label (see items.LabelProblem); no path → `bad_manifest_row`; JSON that does not parse, or a row that is not an
 object → `bad_manifest_row`; a line that is not UTF-8 → `bad_transcript_encoding`; text that is
 not a string → `bad_manifest_row`; blank text (an empty CSV cell included) → `empty_transcript`.
 Each detail names the line (JSONL, CSV) or row (Parquet, JSON) number.
@@ -37,11 +43,13 @@ import pyarrow.parquet as pq
 from minmo.io.fs import Location
 from pipelines.ingest.items import SourceItem
 from pipelines.ingest.layouts.common import (
+    LABEL_KEYS,
     Pending,
     ReadContext,
     Refused,
     Row,
     decode_utf8,
+    read_labels,
     reject,
     utf8_error,
     with_transcript,
@@ -54,6 +62,22 @@ LANGUAGE_COLUMNS = ("language", "lang", "locale")
 SPEAKER_COLUMNS = ("speaker", "speaker_id", "spk")
 ID_COLUMNS = ("id", "key", "utt_id")
 OFFSET_COLUMNS = ("offset", "offset_s")
+DURATION_COLUMNS = ("duration", "duration_s")
+KNOWN_COLUMNS = frozenset(
+    (
+        *PATH_COLUMNS,
+        *TEXT_COLUMNS,
+        *LANGUAGE_COLUMNS,
+        *SPEAKER_COLUMNS,
+        *ID_COLUMNS,
+        *OFFSET_COLUMNS,
+        *DURATION_COLUMNS,
+        "task",
+        "corpus",
+        *LABEL_KEYS,
+    )
+)
+"""Every column a manifest row may carry that ingest reads; any other is tallied as ignored."""
 PARQUET_BATCH_ROWS = 4096
 
 
@@ -226,9 +250,16 @@ def _is_zero(offset: Any) -> bool:
         return False
 
 
+def _has_value(value: Any) -> bool:
+    return value is not None and not (isinstance(value, str) and not value.strip())
+
+
 def _row_item(
     row: dict[str, Any], where: str, manifest: Location, ctx: ReadContext
 ) -> Pending | Row:
+    ctx.ignored.add(
+        str(name) for name, value in row.items() if name not in KNOWN_COLUMNS and _has_value(value)
+    )
     key = _as_str(_first(row, ID_COLUMNS))
     path = _first(row, PATH_COLUMNS)
     if isinstance(path, dict):
@@ -271,4 +302,5 @@ def _row_item(
         speaker=_as_str(_first(row, SPEAKER_COLUMNS)),
         task=ctx.task_for(_as_str(row.get("task"))),
     )
+    item.labels, item.label_problems = read_labels(row, f"{manifest.name}#{where}", ctx, key)
     return Pending(with_transcript(item), [audio])
