@@ -19,8 +19,12 @@ event tags'. Dimensions: B clips, T encoder frames (60 ms, 4 query frames first)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,6 +153,22 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """funasr prints its version and logs every loading step at INFO on the root logger (its
+    `log_level` applies only afterwards): a dozen lines per actor that say nothing a user
+    needs (and a warning that remote code is not trusted, which is what minmo wants).
+    Failures still raise; errors still show."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
 class SenseVoiceLabeler:
     """A SenseVoiceSmall loaded once (funasr `AutoModel`), labelling batches of clips."""
 
@@ -158,15 +178,16 @@ class SenseVoiceLabeler:
 
         path = check_model_dir(model_dir)
         self.device = device or default_device()
-        auto = AutoModel(
-            model=str(path),
-            disable_update=True,  # no version check over the network
-            device=self.device,
-            ncpu=threads,
-            log_level="ERROR",
-            disable_pbar=True,
-            ignore_init_mismatch=False,  # a tokenizer / head mismatch is an error, not random rows
-        )
+        with _quiet_loading():
+            auto = AutoModel(
+                model=str(path),
+                disable_update=True,  # no version check over the network
+                device=self.device,
+                ncpu=threads,
+                log_level="ERROR",
+                disable_pbar=True,
+                ignore_init_mismatch=False,  # a tokenizer / head mismatch is an error
+            )
         self.model = auto.model
         self.tokenizer = auto.kwargs["tokenizer"]
         self.frontend = auto.kwargs["frontend"]
