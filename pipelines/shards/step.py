@@ -10,6 +10,13 @@ Owns running a stage's generations, the writers, each shard's commit (tar + .idx
 in DIR/_state/shards/done/ holding its index entries), quarantining samples whose audio or tokens
 fail, and the stage's index.json and summary.
 
+Splits: with `splits:` fractions set, each shard holds one split (the plan lays shards out per
+split and bucket) and is written to DIR/shards/<stage>/<split>/; each split directory gets its
+own index.json (its shards, tasks, totals and quarantine; plus the stage-wide built, skipped,
+filtered and mixture counts, which precede any split). Without splits the layout is the one
+stage directory. Filtered samples (quality filters) are counted per task and reason, with their
+hours, in the generation record, index.json and the summary; never quarantined.
+
 Append, don't rewrite. Each run plans one new generation from the units no earlier generation
 consumed; committed shards are never touched. A changed config (tokenizers, sizes, seed,
 mixture, sample options, prompt or side-input files) rebuilds the stage, and says so on stderr

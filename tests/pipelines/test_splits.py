@@ -345,3 +345,32 @@ def test_spec_rows_carry_each_samples_split_and_the_filter_counts() -> None:
     assert {r["split"] for r in unsplit} == {""}
     plain = summarize(summary_rows(pa.Table.from_pylist(unsplit, schema=SPEC_SCHEMA)).to_pylist())
     assert list(layout(plain, 2000, 10**9)) == ["0"]
+
+
+def test_filter_counts_reach_the_index_and_the_summary(split_build: dict, tmp_path: Path) -> None:
+    """A quality filter's removals, per task and reason with their hours, in every split's
+    index.json (stage-wide) and the summary; the removed samples are in no shard."""
+    copy = tmp_path / "build"
+    shutil.copytree(split_build["build"], copy)
+    # LJ002-0020 says 33 characters in about 1.5 s (over 20 per second): filtered; the
+    # speakers' clips say 23 characters in 2 to 3 s: kept.
+    config = ShardsConfig(
+        **{**split_build["config"].to_dict(), "filters": {"chars_per_second": [2, 18]}}
+    )
+    summary = run_shards(str(copy), config, progress=False)
+    result = summary.stages[0]
+    assert result["rebuilt"]  # a new filter is a new config
+    asr = result["filtered"]["asr"]["chars_per_second"]
+    assert asr["samples"] >= 1 and asr["hours"] > 0
+    stage = copy / "shards/stage1"
+    for split in SPLITS:
+        index = json.loads(Path(index_path(str(stage / split))).read_text())
+        assert index["filtered"] == result["filtered"]
+    assert f"filtered: asr: chars_per_second: {asr['samples']} samples" in summary.render()
+    kept = [r for rows in _by_split(stage).values() for r in rows if r["task"] == "asr"]
+    assert any(r["provenance"].get("source_key", "").endswith("_snt1.wav") for r in kept)
+    assert kept and not any(
+        r["provenance"].get("source_key", "").endswith("LJ002-0020.wav") for r in kept
+    )
+    record = json.loads((copy / "_state/shards/stage1/g0000.json").read_text())
+    assert record["filtered"]["asr: chars_per_second"] == asr["samples"]
