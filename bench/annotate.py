@@ -125,7 +125,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model
         if model_dir is None:
-            from minmo.testing.tiny_models import build_tiny_sensevoice_dir
+            from minmo.demo.annotator import build_tiny_sensevoice_dir
 
             model_dir = str(build_tiny_sensevoice_dir(Path(tmp) / "SenseVoiceSmall-tiny"))
             print("model: tiny random-init SenseVoiceSmall (plumbing speed, not the real net)")

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 import soundfile as sf
 
 from schemas import RECORDINGS, SEGMENTS
+from schemas.labels import LABEL_FIELDS
 from schemas.units import SAMPLE_RATE_HZ
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,9 +85,15 @@ def recordings_table(
             "speaker": speaker,
             "task": np.full(n, "asr"),
             "dup_of": pa.nulls(n, pa.string()),
+            **_no_labels(n),
         }
     )
     return RECORDINGS.conform(table)
+
+
+def _no_labels(n: int) -> dict[str, pa.Array]:
+    """The label columns, all null: synthetic rows carry no corpus labels."""
+    return {f.name: pa.nulls(n, f.type) for f in LABEL_FIELDS}
 
 
 def segment_ids(recording_ids: np.ndarray, start_s: np.ndarray, end_s: np.ndarray) -> np.ndarray:
@@ -123,6 +130,7 @@ def segments_table(
             "text": pa.nulls(n, pa.string()) if text is None else text,
             "speaker": pa.nulls(n, pa.string()) if speaker is None else speaker,
             "language": language,
+            **_no_labels(n),
         }
     )
     return SEGMENTS.conform(table)

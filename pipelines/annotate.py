@@ -36,6 +36,7 @@ import pyarrow.dataset as pads
 from minmo.audio.decode import DecodeError
 from minmo.config import ConfigError, StorageOptions, storage_options_field
 from minmo.io.parquet import write_table
+from minmo.io.trees import local_dir
 from pipelines.audio_source import RecordingCache, SourceRoots
 from pipelines.build import BuildDir, StepLedger
 from pipelines.ray_runtime import ensure_ray, model_actors
@@ -59,8 +60,10 @@ class AnnotateConfig:
     """How segments are pseudo-labelled; the `annotate:` section of a job spec maps onto it."""
 
     model: str | None = None
-    """Local SenseVoiceSmall directory (config.yaml, model.pt, am.mvn, the .bpe.model and, as
-    released, configuration.json). Required; minmo never downloads it."""
+    """SenseVoiceSmall directory (config.yaml, model.pt, am.mvn, the .bpe.model and, as
+    released, configuration.json): a local path, or a URI on the build's store, which each node
+    copies once into its cache ($MINMO_CACHE, default ~/.cache/minmo). Required; minmo never
+    downloads it from a model hub."""
     batch_size: int = 16
     """Segments per model call (padded to the longest; SenseVoice's forward is one pass)."""
     actors: int | None = None
@@ -245,7 +248,9 @@ class AnnotateStage:
 
         self.config = AnnotateConfig(**config)
         torch.set_num_threads(1)  # one CPU per actor: more threads only contend
-        self.labeler = SenseVoiceLabeler(self.config.model, self.config.device)  # type: ignore[arg-type]
+        # A model directory on a store is copied once per node into minmo's cache.
+        model_dir = local_dir(self.config.model, self.config.storage_options)  # type: ignore[arg-type]
+        self.labeler = SenseVoiceLabeler(model_dir, self.config.device)
         self.version = version
         self.model_name = MODEL_NAME
 
@@ -423,8 +428,9 @@ def run_annotate(build_uri: str, config: AnnotateConfig, progress: bool = True) 
     from minmo.annotate.sensevoice import MODEL_NAME, check_model_dir, model_version
 
     started = time.perf_counter()
-    check_model_dir(config.model)  # type: ignore[arg-type]  # fail before Ray starts
-    version = model_version(config.model)  # type: ignore[arg-type]
+    model_dir = local_dir(config.model, config.storage_options)  # type: ignore[arg-type]
+    check_model_dir(model_dir)  # fail before Ray starts
+    version = model_version(model_dir)
     build = BuildDir(build_uri, **config.storage_options)
     ledger = StepLedger(build, STEP, tuple(TABLES))
     check_same_model(ledger, version)

@@ -141,10 +141,13 @@ def test_demo_job_end_to_end(tmp_path):
     assert read_table(b, "events").num_rows > 12
     for line in ("synthesize:", "diarize:", "label-turns:", "events: assistant_turn_taking"):
         assert line in result.stdout
-    # shards + verify: four stages written from everything above, each verified.
+    # shards + verify: four stages written from everything above, each split verified.
     for stage in ("stage1", "stage2", "stage3", "stage4"):
-        assert f"verify {stage}: ok" in result.stdout
-        assert (build / "shards" / stage / "_index" / "index.json").is_file()
+        for split in ("train", "valid", "test"):
+            if (build / "shards" / stage / split).is_dir():
+                assert f"verify {stage}/{split}: ok" in result.stdout
+                assert (build / "shards" / stage / split / "_index" / "index.json").is_file()
+        assert f"verify {stage}/train: ok" in result.stdout
     assert "RANDOM-INIT S3TokenizerV2" in result.stdout
     # train: a tiny MinMo through all seven stages, each exporting its modules.
     for stage in ("1a", "1b", "1c", "2a", "2b", "3", "4"):

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from minmo.annotate.rich_tags import ALL_TAGS, parse_rich, tag_piece
+from minmo.io.trees import FETCHED_MARKER
 
 MODEL_NAME = "SenseVoiceSmall"
 """The `model` column of the rows this labeller gives (schemas/annotations.py)."""
@@ -80,7 +81,9 @@ def model_version(model_dir: str | Path, chunk: int = 1 << 22) -> str:
     are told apart from the old ones. Reads the files once (~1 GB for the real model)."""
     root = check_model_dir(model_dir)
     digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    # A cached copy of a store's directory (minmo.io.trees.local_dir) digests like the original.
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != FETCHED_MARKER)
+    for path in files:
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
         with path.open("rb") as f:
             while block := f.read(chunk):

@@ -47,12 +47,8 @@ def demo_data(build: str | None, _: NoInputs, config: DemoDataConfig, progress: 
         # command needs (this module is what `minmo <any step>` imports first).
         from minmo.demo.annotator import write_demo_annotator
 
-        model = write_demo_annotator(out)
-        print(
-            f"demo-data: tiny random-init SenseVoiceSmall for annotate -> {model}"
-            if model
-            else "demo-data: no annotator model written (OUT is not local; funasr loads local dirs)"
-        )
+        model = write_demo_annotator(out, config.storage_options)
+        print(f"demo-data: tiny random-init SenseVoiceSmall for annotate -> {model}")
     return summary
 
 

@@ -36,6 +36,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from minmo.io.fs import open_filesystem, uri_scheme
+from minmo.io.trees import download_tree, local_fs, upload_tree
 
 LATEST = "latest"  # the pointer file Checkpointer writes (checkpoint.LATEST)
 EXPORT_MARKER = "export.json"
@@ -55,38 +56,17 @@ def staging_dir(uri: str, root: str | None = None) -> Path:
     return Path(root or tempfile.gettempdir()) / f"minmo-train-{key}"
 
 
-def _local_fs() -> pafs.FileSystem:
-    return pafs.LocalFileSystem()
-
-
 def _exists(fs: pafs.FileSystem, path: str) -> pafs.FileType:
     return fs.get_file_info(path).type
 
 
 def _upload_file(local: Path, fs: pafs.FileSystem, path: str) -> None:
-    pafs.copy_files(str(local), path, source_filesystem=_local_fs(), destination_filesystem=fs)
-
-
-def _upload_tree(local: Path, fs: pafs.FileSystem, path: str, last: str | None = None) -> None:
-    """Every file under `local` to `path/<relative>`; the file named `last` (at the top) after
-    all the others, so its presence means the rest is there."""
-    files = sorted(p for p in local.rglob("*") if p.is_file())
-    tail = [p for p in files if last is not None and p == local / last]
-    for file in [p for p in files if p not in tail] + tail:
-        _upload_file(file, fs, f"{path}/{file.relative_to(local).as_posix()}")
+    pafs.copy_files(str(local), path, source_filesystem=local_fs(), destination_filesystem=fs)
 
 
 def _delete_dir(fs: pafs.FileSystem, path: str) -> None:
     if _exists(fs, path) == pafs.FileType.Directory:
         fs.delete_dir(path)
-
-
-def _download(fs: pafs.FileSystem, path: str, local: Path) -> None:
-    """`path` (a file or a directory tree) on `fs` to `local`."""
-    # copy_files makes the folders it lists, but not the top one of a tree.
-    is_dir = _exists(fs, path) == pafs.FileType.Directory
-    (local if is_dir else local.parent).mkdir(parents=True, exist_ok=True)
-    pafs.copy_files(path, str(local), source_filesystem=fs, destination_filesystem=_local_fs())
 
 
 class StoreMirror:
@@ -109,7 +89,7 @@ class StoreMirror:
         shutil.rmtree(self.local, ignore_errors=True)
         self.local.mkdir(parents=True)
         if _exists(self.fs, f"{self.path}/{METRICS}") == pafs.FileType.File:
-            _download(self.fs, f"{self.path}/{METRICS}", self.local / METRICS)
+            download_tree(self.fs, f"{self.path}/{METRICS}", self.local / METRICS)
         if _exists(self.fs, f"{self.path}/{LATEST}") != pafs.FileType.File:
             return None
         with self.fs.open_input_stream(f"{self.path}/{LATEST}") as f:
@@ -119,7 +99,7 @@ class StoreMirror:
             or _exists(self.fs, f"{self.path}/{name}") == pafs.FileType.NotFound
         ):
             return None  # as Checkpointer.latest: a pointer to nothing is no checkpoint
-        _download(self.fs, f"{self.path}/{name}", self.local / name)
+        download_tree(self.fs, f"{self.path}/{name}", self.local / name)
         (self.local / LATEST).write_text(name + "\n")
         return name
 
@@ -128,7 +108,7 @@ class StoreMirror:
         as Checkpointer prunes the staging directory; the logs go up with it."""
         name = step_dir.name
         _delete_dir(self.fs, f"{self.path}/{name}")  # a partial upload from a crashed run
-        _upload_tree(step_dir, self.fs, f"{self.path}/{name}")
+        upload_tree(step_dir, self.fs, f"{self.path}/{name}")
         with self.fs.open_output_stream(f"{self.path}/{LATEST}") as f:
             f.write((name + "\n").encode())
         self._prune(name, keep_last)
@@ -153,13 +133,13 @@ class StoreMirror:
             _upload_file(self.local / METRICS, self.fs, f"{self.path}/{METRICS}")
         if (self.local / TENSORBOARD).is_dir():
             # TensorBoard names each run's event file uniquely: earlier runs' files stay.
-            _upload_tree(self.local / TENSORBOARD, self.fs, f"{self.path}/{TENSORBOARD}")
+            upload_tree(self.local / TENSORBOARD, self.fs, f"{self.path}/{TENSORBOARD}")
 
     def push_export(self, final: Path) -> str:
         """Upload `final/` with `export.json` last; its URI."""
         remote = f"{self.path}/{final.name}"
         _delete_dir(self.fs, remote)
-        _upload_tree(final, self.fs, remote, last=EXPORT_MARKER)
+        upload_tree(final, self.fs, remote, last=EXPORT_MARKER)
         self.push_logs()
         return f"{self.uri}/{final.name}"
 
@@ -178,5 +158,5 @@ def fetch_export(uri: str, local: Path, storage_options: dict[str, Any] | None =
             "dir (the previous stage has not finished, or its upload was cut)"
         )
     shutil.rmtree(local, ignore_errors=True)
-    _download(fs, path, local)
+    download_tree(fs, path, local)
     return local

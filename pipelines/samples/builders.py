@@ -46,7 +46,13 @@ from typing import Any
 
 from pipelines.build import BuildDir
 from pipelines.samples import sources
-from pipelines.samples.filters import QualityFilters, recording_reason, segment_reason
+from pipelines.samples.filters import (
+    NOISE_IS_THE_LABEL,
+    QualityFilters,
+    for_task,
+    recording_reason,
+    segment_reason,
+)
 from pipelines.samples.prompts import PromptBook, language_name
 from pipelines.samples.spec import audio_ref, make_spec, span_s, user_with_audio
 from schemas.labels import AGE_DECADES, LABEL_NAMES, LabelSource
@@ -287,12 +293,14 @@ class StageBuilder:
             provenance["label_confidence"] = round(confidence, 4)
         return (list(value) if isinstance(value, tuple) else value), provenance
 
-    def _segment_reason(self, seg: dict[str, Any], rec: sources.RecordingInfo) -> str | None:
-        """Which quality filter removes this segment's samples, if any (filters.py)."""
+    def _segment_reason(
+        self, seg: dict[str, Any], rec: sources.RecordingInfo, task: str = ""
+    ) -> str | None:
+        """Which quality filter removes this segment's `task` samples, if any (filters.py)."""
         if not self.filters.active:
             return None
         return segment_reason(
-            self.filters,
+            for_task(self.filters, task),
             rec,
             duration_s=seg["end_s"] - seg["start_s"],
             text=(seg.get("text") or "").strip() or None,
@@ -312,7 +320,8 @@ class StageBuilder:
             why = segment_why
         else:
             rec = self.recs.get(meta.get("recording_id", ""))
-            why = None if rec is None else recording_reason(self.filters, rec)
+            filters = for_task(self.filters, spec["task"])
+            why = None if rec is None else recording_reason(filters, rec)
         if why is None:
             return False
         key = f"{spec['task']}: {why}"
@@ -359,7 +368,10 @@ class StageBuilder:
             )
             for build_task in per_segment:
                 for spec in build_task(self, segment):
-                    if not self.filtered(spec, why):
+                    task_why = why
+                    if why is not None and spec["task"] in NOISE_IS_THE_LABEL:
+                        task_why = self._segment_reason(seg, rec, spec["task"])
+                    if not self.filtered(spec, task_why):
                         yield spec
         for task in tasks:
             if task.over_build is not None:

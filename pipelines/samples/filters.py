@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from pipelines.samples.sources import ModelLabels, RecordingInfo
@@ -68,6 +68,19 @@ class QualityFilters:
     @property
     def active(self) -> bool:
         return any(getattr(self, f.name) not in (None, False) for f in fields(self))
+
+
+NOISE_IS_THE_LABEL = frozenset({"audio_event"})
+"""Stage-1 tasks whose label is the sound besides the speech: a mixed-in event lowers the
+recording's SNR and speech ratio by design, so `min_snr_db` and `min_speech_ratio` do not apply
+to their samples (`for_task`); clipping, transcript and model checks still do."""
+
+
+def for_task(filters: QualityFilters, task: str) -> QualityFilters:
+    """The filters that apply to `task`'s samples (NOISE_IS_THE_LABEL)."""
+    if task in NOISE_IS_THE_LABEL:
+        return replace(filters, min_snr_db=None, min_speech_ratio=None)
+    return filters
 
 
 REASONS = (

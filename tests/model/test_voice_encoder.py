@@ -11,12 +11,12 @@ import pytest
 import soundfile as sf
 import torch
 
+from minmo.demo.annotator import build_tiny_sensevoice_dir
 from minmo.model.voice_encoder import (
     VoiceEncoder,
     VoiceEncoderConfig,
     load_am_mvn,
 )
-from minmo.testing.tiny_models import build_tiny_sensevoice_dir
 from schemas.units import SAMPLE_RATE_HZ
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "asr_speechbrain_en"

@@ -21,7 +21,7 @@ from minmo.annotate.sensevoice import (
     model_version,
 )
 from minmo.config import ConfigError
-from minmo.testing.tiny_models import SENSEVOICE_BPE_FILE, build_tiny_sensevoice_dir
+from minmo.demo.annotator import SENSEVOICE_BPE_FILE, build_tiny_sensevoice_dir
 from pipelines.annotate import AnnotateConfig, run_annotate
 from pipelines.audio_source import load_audio_16k
 from pipelines.build import BuildDir

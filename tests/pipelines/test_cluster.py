@@ -36,6 +36,7 @@ import yaml
 from minmo.cli.jobs import run_job
 from pipelines.build import StepLedger
 from pipelines.verify import verify_shards
+from schemas.shards import split_dir
 
 pytestmark = pytest.mark.slow
 
@@ -272,7 +273,8 @@ def test_a_node_lost_mid_step_loses_no_committed_work(
     for name, marker in committed.items():
         assert (done / name).read_bytes() == marker, name
         for shard in json.loads(marker)["shards"]:
-            tar = build / "shards" / json.loads(marker)["stage"] / shard["name"]
+            stage_dir = str(build / "shards" / json.loads(marker)["stage"])
+            tar = Path(split_dir(stage_dir, shard.get("split", ""))) / shard["name"]
             assert hashlib.sha256(tar.read_bytes()).hexdigest() == shard["sha256"], tar
 
     run_job(shards_only, str(build), progress=False)

@@ -34,6 +34,7 @@ STAGE_TASKS = {
         "speech_translation",
         "emotion",
         "speaker_analysis",
+        "audio_event",
         "s2t_chat",
     },
     "stage2": {"tts", "instruct_tts"},

@@ -21,7 +21,13 @@ import webdataset as wds
 from pipelines.build import BuildDir
 from pipelines.samples import sources
 from pipelines.samples.builders import SampleConfig, StageBuilder, age_answer
-from pipelines.samples.filters import REASONS, QualityFilters, cer, edit_distance
+from pipelines.samples.filters import (
+    NOISE_IS_THE_LABEL,
+    REASONS,
+    QualityFilters,
+    cer,
+    edit_distance,
+)
 from pipelines.samples.spec import span_s
 from schemas import ANNOTATIONS, RECORDINGS, SEGMENTS, segment_id
 from schemas.labels import LABEL_NAMES
@@ -364,6 +370,9 @@ def test_an_unknown_label_source_is_refused(build: Path) -> None:
 # ---- quality filters ------------------------------------------------------------------------
 
 
+NOISE_FILTERS = ("min_snr_db", "min_speech_ratio")
+
+
 @pytest.mark.parametrize(
     "filters, reason, removed",
     [
@@ -387,6 +396,8 @@ def test_each_filter_removes_what_it_should_and_counts_samples_and_seconds(
     def gone(spec: dict) -> bool:
         """A segment's sample goes with its segment or its recording; a whole-recording
         sample (no segment_id) only with its recording."""
+        if spec["task"] in NOISE_IS_THE_LABEL and reason in NOISE_FILTERS:
+            return False  # the event is the noise: SNR and speech ratio do not apply
         meta = spec["meta"]
         names = {n for n in SEGMENTS_IN if _sid(n) == meta.get("segment_id")}
         names |= {n for n in RECORDINGS_IN if _rid(n) == meta.get("recording_id")}
@@ -404,7 +415,12 @@ def test_each_filter_removes_what_it_should_and_counts_samples_and_seconds(
         want_s[key] = want_s.get(key, 0.0) + span_s(s["input_audio"])
     assert dict(builder.counts.filtered) == want_n
     assert dict(builder.counts.filtered_s) == pytest.approx(want_s)
-    if removed == {"b"}:  # the side-input audio event over all of b goes too
+    if removed == {"b"} and reason in NOISE_FILTERS:  # b's audio event is kept
+        assert f"audio_event: {reason}" not in builder.counts.filtered
+        assert any(
+            s["task"] == "audio_event" and s["meta"]["recording_id"] == _rid("b") for s in kept
+        )
+    elif removed == {"b"}:  # the side-input audio event over all of b goes too
         assert builder.counts.filtered_s[f"audio_event: {reason}"] == pytest.approx(SECONDS)
     else:  # a segment's filter leaves the whole-recording sample alone
         assert any(s["task"] == "audio_event" and "segment_id" not in s["meta"] for s in kept)
