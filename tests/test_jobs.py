@@ -293,7 +293,7 @@ def test_demo_job_on_s3(tmp_path, moto_s3_options):
     for stage in ("stage1", "stage2", "stage3", "stage4"):
         assert f"verify {stage}/train: ok" in result.stdout  # the demo splits every stage
     verified = verify_shards(f"{build}/shards", moto_s3_options)
-    assert sorted(verified) == ["stage1", "stage2", "stage3", "stage4"]
+    assert sorted({k.split("/")[0] for k in verified}) == ["stage1", "stage2", "stage3", "stage4"]
     assert all(problems == [] for problems in verified.values()), verified
 
     for spec in demo["train"]["stages"]:
