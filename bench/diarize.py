@@ -64,6 +64,8 @@ def demo_sets(work: Path) -> tuple[list[Item], list[Item]]:
     stereo, mono = [], []
     for wav in sorted((work / "conversations").glob("*.wav")):
         (ref,) = read_rttm(wav.with_suffix(".rttm")).values()
+        if len({speaker for speaker, _, _ in ref}) > 2:
+            continue  # the demo meetings: not a two-party set (diarized with num_speakers = 2)
         audio = load(wav)
         if audio.shape[0] == 2:
             stereo.append((wav.stem, audio, ref))

@@ -50,11 +50,15 @@ class DiarizeConfig:
     diarization_model: str | None = None
     """pyannote pipeline: a local directory with config.yaml, or a repo id in the HF cache."""
     num_speakers: int | None = 2
-    """Speakers per conversation; two-party conversations default to 2. None: estimate."""
+    """Speakers per conversation, an exact count that overrides the bounds; two-party
+    conversations default to 2. None (command line: 0): estimate between the bounds."""
     min_speakers: int | None = None
-    """Lower bound when the number of speakers is estimated."""
+    """Lower bound when the number of speakers is estimated (num_speakers: null)."""
     max_speakers: int | None = None
-    """Upper bound when the number of speakers is estimated."""
+    """Upper bound when the number of speakers is estimated: 4 for meetings (AliMeeting has 2-4
+    speakers), with num_speakers: null. A two-party call diarized under these bounds still gets
+    2 speakers (the offline backend's estimate, minmo/diarization/offline.py; `channels` takes
+    its speakers from the channels)."""
     tasks: list[str] = field(default_factory=lambda: ["conversation"])
     """Recordings whose `task` is one of these are diarized."""
     device: str | None = None
@@ -88,8 +92,33 @@ class DiarizeConfig:
             name: registry.parse_settings(name, section)
             for name, section in self.backend_options.items()
         }
+        self._check_speaker_counts()
         if self.recordings_per_unit < 1 or self.units_per_wave < 1:
             raise ConfigError("recordings_per_unit and units_per_wave must be >= 1")
+
+    def _check_speaker_counts(self) -> None:
+        """Counts are >= 1, min <= max, and an exact count is not mixed with bounds: with the
+        default num_speakers: 2 a `max_speakers: 4` would be silently ignored, and a meeting
+        diarized as two speakers."""
+        if self.num_speakers == 0:  # the command line's spelling of "estimate"
+            self.num_speakers = None
+        for name in ("num_speakers", "min_speakers", "max_speakers"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"diarize {name} must be >= 1 (or null), got {value}")
+        bounds = {"min_speakers": self.min_speakers, "max_speakers": self.max_speakers}
+        given = {k: v for k, v in bounds.items() if v is not None}
+        if self.num_speakers is not None and given:
+            raise ConfigError(
+                f"diarize num_speakers={self.num_speakers} is an exact count and would override "
+                f"{', '.join(f'{k}={v}' for k, v in given.items())}: set num_speakers: null "
+                "(command line: --num-speakers 0) to estimate the count between the bounds"
+            )
+        if len(given) == 2 and self.min_speakers > self.max_speakers:  # type: ignore[operator]
+            raise ConfigError(
+                f"diarize min_speakers ({self.min_speakers}) is above max_speakers "
+                f"({self.max_speakers})"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,9 +1,11 @@
-"""The label-turns step: speaker turns -> duplex events and frame labels, two samples per
-two-party conversation (each speaker plays the user once).
+"""The label-turns step: speaker turns -> duplex events and frame labels, one sample per speaker
+of each conversation (each speaker plays the user once; in a meeting every other speaker stands
+for the assistant side, minmo/duplex/labels.py rule 5).
 
-Owns: reading each diarized conversation's turns, quarantining conversations that are not two
-party, running minmo/duplex/labels.py per role assignment in a Ray Data stage, and the summary
-(events per type, back-channels, gap/overlap percentiles at floor transfers).
+Owns: reading each diarized conversation's turns, quarantining conversations with one voice
+(`not_two_party`), running minmo/duplex/labels.py per role assignment in a Ray Data stage, and the
+summary (events per type, back-channels, gap/overlap percentiles at floor transfers, counted over
+each conversation as a whole).
 Resumable and idempotent through `RecordingStep`, like diarize.
 """
 
@@ -19,7 +21,15 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from minmo.config import StorageOptions, storage_options_field
-from minmo.duplex.labels import DuplexLabelConfig, Span, analyse, events_for, frame_labels
+from minmo.duplex.labels import (
+    DuplexLabelConfig,
+    Span,
+    analyse,
+    assistant_side_name,
+    events_for,
+    frame_labels,
+    role_conversation,
+)
 from pipelines.build import BuildDir
 from pipelines.ray_runtime import ensure_ray
 from pipelines.recording_step import RecordingStep, StepTotals
@@ -56,26 +66,28 @@ def sample_id(recording_id: str, user: str) -> str:
 
 
 def label_conversation(item: dict[str, Any], config: DuplexLabelConfig) -> dict[str, Any]:
-    """One conversation's turns -> events and frame-label rows for both role assignments."""
+    """One conversation's turns -> events and frame-label rows, one sample per speaker."""
     rid = item["recording_id"]
     turns = item["turns"]
     speakers = sorted({t["speaker"] for t in turns})
     stats: dict[str, float] = {"audio_s": item["duration_s"]}
-    if len(speakers) != 2:
+    if len(speakers) < 2:
         row = quarantine_row(
             item["source_uri"],
             ReasonCode.NOT_TWO_PARTY.value,
-            f"{len(speakers)} speaker(s) {speakers}; duplex labels need exactly 2",
+            f"{len(speakers)} speaker(s) {speakers}; duplex labels need at least 2 voices",
             step=STEP,
         )
         row["item_key"] = rid
         return {"tables": {"quarantine": [row]}, "stats": stats}
-    conversation = analyse([Span(t["speaker"], t["start_s"], t["end_s"]) for t in turns], config)
+    ipus = [Span(t["speaker"], t["start_s"], t["end_s"]) for t in turns]
+    conversation = analyse(ipus, config)  # the whole conversation: the summary's figures
     channel_of = {t["speaker"]: t["channel"] for t in turns}
     events_rows: list[dict[str, Any]] = []
     label_rows: list[dict[str, Any]] = []
     for user in speakers:
-        assistant = next(s for s in speakers if s != user)
+        assistant = assistant_side_name(speakers, user)
+        view = role_conversation(ipus, user, config)
         sid = sample_id(rid, user)
         # Event times are stored to the millisecond; frames are placed from those same times,
         # so a frame's label and the event table agree even at a frame boundary.
@@ -83,9 +95,9 @@ def label_conversation(item: dict[str, Any], config: DuplexLabelConfig) -> dict[
             replace(
                 e, time_s=round(e.time_s, 3), gap_s=None if e.gap_s is None else round(e.gap_s, 3)
             )
-            for e in events_for(conversation, user, rid, config)
+            for e in events_for(view, user, rid, config)
         ]
-        labels = frame_labels(conversation, user, events, item["duration_s"], config.hop_s)
+        labels = frame_labels(view, user, events, item["duration_s"], config.hop_s)
         events_rows += [
             {
                 "sample_id": sid,
@@ -115,7 +127,8 @@ def label_conversation(item: dict[str, Any], config: DuplexLabelConfig) -> dict[
     offsets = [t.start_s - t.previous_end_s for t in conversation.transfers]
     stats |= {
         "conversations": 1,
-        "samples": 2,
+        "samples": len(speakers),
+        "meetings": int(len(speakers) > 2),
         "turns": len(conversation.turns),
         "floor_transfers": len(conversation.transfers),
         "backchannels": len(conversation.backchannels),
@@ -157,6 +170,7 @@ class LabelTurnsSummary:
             "recordings_run": self.recordings_run,
             "wall_s": self.wall_s,
             "conversations": int(t.stats.get("conversations", 0)),
+            "meetings": int(t.stats.get("meetings", 0)),  # conversations of 3+ speakers
             "samples": int(t.stats.get("samples", 0)),
             "hours": t.stats.get("audio_s", 0.0) / 3600,
             "turns": int(t.stats.get("turns", 0)),
@@ -178,7 +192,8 @@ class LabelTurnsSummary:
 
         lines = [
             f"label-turns: {self.recordings_run} conversation(s) this run in {self.wall_s:.1f} s",
-            f"  build: {d['conversations']} conversations ({d['hours']:.3f} h) -> {d['samples']} "
+            f"  build: {d['conversations']} conversations ({d['meetings']} meetings of 3+ "
+            f"speakers, {d['hours']:.3f} h) -> {d['samples']} "
             f"samples, {d['turns']} turns, {d['floor_transfers']} floor transfers, "
             f"{d['backchannels']} back-channels",
             f"  events: {events}",

@@ -1,7 +1,10 @@
 """Full-duplex training labels: turn-taking events and per-frame labels, per role assignment.
 
-Every two-party conversation yields two samples, one per choice of which speaker plays the
-user; the other plays the assistant. `sample_id` = `<recording_id>-u<user speaker>`.
+Every conversation of N >= 2 speakers yields N samples, one per choice of which speaker plays
+the user; every other speaker stands for the assistant side (one speaker in a two-party call,
+N - 1 in a meeting). `sample_id` = `<recording_id>-u<user speaker>`. `assistant_speaker` names
+the assistant side: the other speaker in a two-party call, and in a meeting the other speakers'
+names sorted and joined with "+" (e.g. "spk0+spk2"). Rules: minmo/duplex/labels.py.
 
 Frame classes (`FrameLabel`), from the assistant's point of view at each frame:
 

@@ -1,7 +1,8 @@
 """The embedded demo corpus: synthetic multilingual speech with exact references.
 
-`build_demo_corpus(OUT)` writes transcribed single-speaker utterances and scripted two-party
-conversations (pauses, overlaps, interruptions, back-channels) made with espeak-ng, plus RTTM and
+`build_demo_corpus(OUT)` writes transcribed single-speaker utterances, scripted two-party
+conversations and 3-4 party meetings (pauses, overlaps, interruptions, back-channels) made with
+espeak-ng, plus RTTM and
 turns.json references and a manifest, so every pipeline step can run offline. Content lives in
 `script.py`, synthesis in `speak.py`, timing and references in `conversation.py`, files in
 `build.py`.

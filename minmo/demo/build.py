@@ -12,7 +12,8 @@ Layout (`OUT/README.md` repeats it for users):
 
     OUT/manifest.jsonl                    one JSON object per audio file
     OUT/utterances/<lang>/<voice>_<nnn>.{wav,flac}
-    OUT/conversations/<stem>.wav          16 kHz, stereo (A = ch 0, B = ch 1) or mono mix
+    OUT/conversations/<stem>.wav          16 kHz, stereo (A = ch 0, B = ch 1) or mono mix;
+                                          the meetings (3-4 speakers) are mono mixes
     OUT/conversations/<stem>.rttm         exact speaker turns
     OUT/conversations/<stem>.turns.json   turns with text, kind and channel
 
@@ -43,6 +44,7 @@ from minmo.demo import conversation as conv
 from minmo.demo.script import (
     BACKCHANNELS,
     CONVERSATIONS,
+    MEETINGS,
     SENTENCES,
     VOICES,
     ConversationScript,
@@ -101,7 +103,8 @@ class DemoSummary:
     out_dir: str  # OUT as a canonical URI: an absolute local path, or scheme://bucket/key
     manifest: str  # OUT/manifest.jsonl, likewise
     utterances: int  # single-speaker files (task "asr")
-    conversations: int  # two-party recordings (task "conversation")
+    conversations: int  # recordings of task "conversation": two-party ones and meetings
+    meetings: int  # of those, the 3-4 party meetings
     languages: tuple[str, ...]  # ISO 639-1 codes, sorted
     voices: tuple[str, ...]  # synthetic speaker ids, sorted
     audio_s: float  # total audio duration over all files
@@ -118,7 +121,8 @@ class DemoSummary:
 
     def describe(self) -> str:
         return (
-            f"demo-data: {self.utterances} utterances + {self.conversations} conversations, "
+            f"demo-data: {self.utterances} utterances + {self.conversations} conversations "
+            f"({self.meetings} meetings), "
             f"{self.n_languages} languages ({', '.join(self.languages)}), {self.n_voices} voices, "
             f"{self.audio_s:.1f} s audio, {self.bytes_written / 1e6:.1f} MB in "
             f"{self.elapsed_s:.1f} s -> {self.manifest}"
@@ -195,7 +199,8 @@ def build_demo_corpus(
     fs, root = open_filesystem(str(out_dir), **(storage_options or {}))
     out = _Out(fs, root)
     utterances = plan_utterances()
-    clips = _synthesize_all(utterances, CONVERSATIONS, progress)
+    scripts = (*CONVERSATIONS, *MEETINGS)  # meetings last: the conversations' seeds stay put
+    clips = _synthesize_all(utterances, scripts, progress)
 
     written = 0
     audio_s = 0.0
@@ -206,7 +211,7 @@ def build_demo_corpus(
         audio_s += len(audio) / plan.rate_hz
         records.append(_utterance_record(plan))
 
-    for index, script in enumerate(CONVERSATIONS):
+    for index, script in enumerate(scripts):
         files, duration_s = _build_conversation(script, index, clips, seed)
         for rel, data in files.items():
             written += out.write(rel, data)
@@ -217,12 +222,13 @@ def build_demo_corpus(
     written += out.write("README.md", README.encode("utf-8"))
 
     used_voices = {p.voice.id for p in utterances}
-    used_voices |= {v for s in CONVERSATIONS for v in (s.voice_a, s.voice_b)}
+    used_voices |= {v for s in scripts for v in s.voice_ids.values()}
     summary = DemoSummary(
         out_dir=to_uri(fs, root),
         manifest=to_uri(fs, posixpath.join(root, MANIFEST)),
         utterances=len(utterances),
-        conversations=len(CONVERSATIONS),
+        conversations=len(scripts),
+        meetings=len(MEETINGS),
         languages=tuple(sorted({r["language"] for r in records})),
         voices=tuple(sorted(used_voices)),
         audio_s=round(audio_s, 3),
@@ -242,7 +248,7 @@ def _synthesize_all(
     """One espeak-ng call per distinct (text, voice) the whole corpus needs."""
     requests: list[SpeakRequest] = [(p.phrase.spoken, p.speaking_voice) for p in utterances]
     for script in scripts:
-        voices = {"A": voice(script.voice_a), "B": voice(script.voice_b)}
+        voices = {label: voice(v) for label, v in script.voice_ids.items()}
         for i, line in enumerate(script.lines):
             requests.append((line.phrase.spoken, voices[line.speaker]))
             if i + 1 < len(script.lines) and script.lines[i + 1].entry == "interrupt":
@@ -309,7 +315,7 @@ def _build_conversation(
     """Audio plus both references for one scripted conversation, as {relative path: bytes},
     and the recording's duration in seconds."""
     rng = _rng(_STREAM_CONVERSATION, index, seed)
-    voices: dict[SpeakerLabel, Voice] = {"A": voice(script.voice_a), "B": voice(script.voice_b)}
+    voices: dict[SpeakerLabel, Voice] = {label: voice(v) for label, v in script.voice_ids.items()}
     line_clips: list[conv.LineClips] = []
     for i, line in enumerate(script.lines):
         v = voices[line.speaker]
@@ -325,7 +331,7 @@ def _build_conversation(
     turns = conv.plan_conversation(script, line_clips, backchannels, rng)
     length_ms = conv.conversation_length_ms(turns, rng)
     gains: dict[SpeakerLabel, float] = {
-        label: 10 ** (rng.uniform(*CONV_PEAK_DBFS) / 20) for label in ("A", "B")
+        label: 10 ** (rng.uniform(*CONV_PEAK_DBFS) / 20) for label in voices
     }
     audio = conv.render(turns, length_ms, script.stereo, gains, rng.uniform(*CONV_NOISE_DBFS), rng)
     doc = conv.turns_document(script, turns, length_ms, {k: v.id for k, v in voices.items()})
@@ -411,7 +417,9 @@ manifest.jsonl                        one JSON object per audio file:
 utterances/<lang>/<voice>_<nnn>.wav   single-speaker read sentences (task "asr"), mostly
 utterances/<lang>/<voice>_<nnn>.flac  16 kHz PCM16 WAV, some 22.05/44.1 kHz FLAC, a few 8 kHz
 conversations/<stem>.wav              two-party dialogues, 16 kHz PCM16 (task "conversation"):
-                                      stereo = speaker A on channel 0, B on channel 1; or mono mix
+                                      stereo = speaker A on channel 0, B on channel 1; or mono
+                                      mix; and two meetings (en_team_standup: 4 speakers A-D,
+                                      en_book_club: 3 speakers A-C), mono mixes, same task
 conversations/<stem>.rttm             exact speaker turns (RTTM, seconds, 3 decimals)
 conversations/<stem>.turns.json       the same turns with text, channel and kind:
                                       "turn", "interruption" (cuts the other speaker off; the

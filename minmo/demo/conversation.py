@@ -1,4 +1,5 @@
-"""Two-party conversations for the demo corpus: timing, rendering and exact references.
+"""Conversations (two-party) and meetings (3-4 speakers) for the demo corpus: timing, rendering
+and exact references.
 
 Owns where each trimmed clip goes on the timeline (pauses, overlaps, interruptions,
 back-channels), the mixing into stereo or mono, and the RTTM / turns.json references derived
@@ -70,7 +71,10 @@ def _ms(seconds: float) -> int:
     return int(round(seconds * 1000))
 
 
-def _other(speaker: SpeakerLabel) -> SpeakerLabel:
+def _listener(line: Line, speaker: SpeakerLabel) -> SpeakerLabel:
+    """Who says a line's back-channel: the script's `listener`, else (two-party) the other one."""
+    if line.listener is not None:
+        return line.listener
     return "B" if speaker == "A" else "A"
 
 
@@ -166,7 +170,7 @@ def _place_backchannels(
     for line, turn in zip(script.lines, main, strict=True):
         if not line.backchannel:
             continue
-        listener = _other(turn.speaker)
+        listener = _listener(line, turn.speaker)
         options = backchannels[listener]
         phrase, audio = options[int(rng.integers(len(options)))]
         dur = len(audio) // SAMPLES_PER_MS
@@ -191,7 +195,7 @@ def _place_backchannels(
 
 def _check(stem: str, turns: Sequence[PlacedTurn]) -> None:
     """Invariants the references promise: no self-overlap, every turn has speech."""
-    for speaker in ("A", "B"):
+    for speaker in sorted({t.speaker for t in turns}):
         own = [t for t in turns if t.speaker == speaker]
         for a, b in pairwise(own):
             if b.start_ms < a.end_ms:
@@ -215,11 +219,14 @@ def render(
     """Mix placed clips into (frames, channels) float32 at 16 kHz.
 
     Stereo keeps one speaker per channel (A = 0, B = 1), as telephone corpora like Fisher do;
-    mono sums both and scales down only if the sum would clip. Low Gaussian noise keeps SNR
-    finite so ingest's level and SNR measurements have something real to measure.
+    mono sums every speaker (two, or a meeting's 3-4) and scales down only if the sum would
+    clip. Low Gaussian noise keeps SNR finite so ingest's level and SNR measurements have
+    something real to measure. `gains` names every speaker.
     """
     n = length_ms * SAMPLES_PER_MS
-    tracks = {"A": np.zeros(n, np.float32), "B": np.zeros(n, np.float32)}
+    tracks = {label: np.zeros(n, np.float32) for label in gains}
+    if stereo and set(tracks) != {"A", "B"}:
+        raise ValueError(f"stereo is one channel per speaker of two, got {sorted(tracks)}")
     for t in turns:
         s = t.start_ms * SAMPLES_PER_MS
         gain = gains[t.speaker] * (BACKCHANNEL_GAIN if t.kind == "backchannel" else 1.0)
@@ -227,7 +234,7 @@ def render(
     if stereo:
         out = np.stack([tracks["A"], tracks["B"]], axis=1)
     else:
-        mix = tracks["A"] + tracks["B"]
+        mix = np.sum(list(tracks.values()), axis=0, dtype=np.float32)
         peak = float(np.abs(mix).max())
         if peak > 0.89:
             mix *= 0.89 / peak

@@ -1,4 +1,5 @@
-"""What the demo corpus says and who says it: voices, sentences, back-channels, dialogue scripts.
+"""What the demo corpus says and who says it: voices, sentences, back-channels, dialogue scripts
+(two-party conversations and 3-4 party meetings).
 
 Owns the content only (all text written for this project, free to redistribute). It must not
 synthesise, place or write audio: `speak.py` turns text into clips, `conversation.py` places them.
@@ -13,7 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-SpeakerLabel = Literal["A", "B"]
+SpeakerLabel = Literal["A", "B", "C", "D"]
+SPEAKER_LABELS: tuple[SpeakerLabel, ...] = ("A", "B", "C", "D")
+"""Script speakers in order: A and B in every conversation, C and D in meetings."""
 Entry = Literal["gap", "overlap", "interrupt"]
 
 
@@ -32,6 +35,8 @@ class Voice:
         """`female` or `male`, from the espeak-ng variant (`+f3`, `+m2`): the gender label the
         manifest gives this voice's utterances."""
         variant = self.espeak_voice.rpartition("+")[2]
+        if variant in _NAMED_VARIANT_GENDER:
+            return _NAMED_VARIANT_GENDER[variant]
         if variant[:1] not in ("f", "m"):
             raise ValueError(f"voice {self.id!r}: variant {variant!r} names no gender")
         return "female" if variant.startswith("f") else "male"
@@ -57,18 +62,22 @@ class Line:
     before the previous turn has finished ("overlap"), or by cutting the previous speaker off
     ("interrupt"; the previous line must then hold exactly one comma, and its speaker stops at
     that comma's pause). `backchannel` asks for the listener to say "mm-hm" (or the language's
-    equivalent) while this turn is going on.
+    equivalent) while this turn is going on; `listener` says who (in a two-party conversation the
+    other speaker, its default; a meeting's script must name one).
     """
 
     speaker: SpeakerLabel
     phrase: Phrase
     entry: Entry = "gap"
     backchannel: bool = False
+    listener: SpeakerLabel | None = None
 
 
 @dataclass(frozen=True)
 class ConversationScript:
-    """A scripted two-party conversation and how its recording is laid out."""
+    """A scripted conversation and how its recording is laid out: two-party, or a meeting when
+    `more_voices` adds speakers C (and D). Meetings are mono mixes, as far-field meeting
+    corpora (AliMeeting) are once their array is beamformed or one channel is taken."""
 
     stem: str
     language: str
@@ -76,6 +85,33 @@ class ConversationScript:
     voice_b: str
     stereo: bool  # True: one speaker per channel (A = 0, B = 1); False: mono mix
     lines: tuple[Line, ...]
+    more_voices: tuple[str, ...] = ()  # voices of speakers C, D: a meeting
+
+    def __post_init__(self) -> None:
+        labels = set(self.voice_ids)
+        if len(labels) > len(SPEAKER_LABELS):
+            raise ValueError(f"{self.stem}: at most {len(SPEAKER_LABELS)} speakers")
+        if self.is_meeting and self.stereo:
+            raise ValueError(f"{self.stem}: a meeting is a mono mix")
+        for i, line in enumerate(self.lines):
+            if line.speaker not in labels or (line.listener or "A") not in labels:
+                raise ValueError(f"{self.stem} line {i}: a speaker outside {sorted(labels)}")
+            if line.listener == line.speaker:
+                raise ValueError(f"{self.stem} line {i}: the listener is the speaker")
+            if line.backchannel and self.is_meeting and line.listener is None:
+                raise ValueError(f"{self.stem} line {i}: a meeting's back-channel needs a listener")
+        if {line.speaker for line in self.lines} != labels:
+            raise ValueError(f"{self.stem}: every speaker must have a line")
+
+    @property
+    def voice_ids(self) -> dict[SpeakerLabel, str]:
+        """Speaker label -> voice id, in label order."""
+        ids = (self.voice_a, self.voice_b, *self.more_voices)
+        return dict(zip(SPEAKER_LABELS, ids, strict=False))
+
+    @property
+    def is_meeting(self) -> bool:
+        return len(self.more_voices) > 0
 
 
 VOICES: tuple[Voice, ...] = (
@@ -92,12 +128,31 @@ VOICES: tuple[Voice, ...] = (
 )
 
 
+MEETING_VOICES: tuple[Voice, ...] = (
+    Voice("en_ca_f4", "en", "en-029+f4", 170, 72),
+    Voice("en_rp_f3", "en", "en-gb-x-rp+f3", 168, 58),
+    Voice("en_ny_m1", "en", "en-us-nyc+m1", 175, 48),
+    Voice("en_andy", "en", "en-us+Andy", 160, 45),
+    Voice("en_grandma", "en", "en-us+grandma", 150, 55),
+)
+"""Extra voices the meetings need (a meeting has 3-4 speakers of one language). They speak no
+utterances: `plan_utterances` alternates VOICES only, so adding these left the utterance files
+unchanged. Chosen by measurement: the mean Resemblyzer d-vectors of every pair in one meeting
+are at most 0.77 cosine-similar, below the offline backend's new_speaker_similarity (0.83), so a
+count estimate can find them all. Accent and pitch variants of one base voice are not enough
+(en-us+m3, en-gb+f2, en-us-nyc+m1, en-gb-scotland+m6 measured 0.89-0.94 alike); the named
+variants (Andy, grandma) and other base voices (en-029, en-gb-x-rp) are."""
+
+_NAMED_VARIANT_GENDER = {"Andy": "male", "grandma": "female"}
+"""Gender of espeak-ng variants whose name is not f<n> / m<n>."""
+
+
 def voice(voice_id: str) -> Voice:
     """Look a voice up by id; a typo in a script should fail loudly, not pick a default."""
-    for v in VOICES:
+    for v in (*VOICES, *MEETING_VOICES):
         if v.id == voice_id:
             return v
-    known = ", ".join(v.id for v in VOICES)
+    known = ", ".join(v.id for v in (*VOICES, *MEETING_VOICES))
     raise KeyError(f"unknown demo voice {voice_id!r}; known voices: {known}")
 
 
@@ -196,8 +251,9 @@ def _line(
     say: str | None = None,
     entry: Entry = "gap",
     backchannel: bool = False,
+    listener: SpeakerLabel | None = None,
 ) -> Line:
-    return Line(speaker, Phrase(text, say), entry, backchannel)
+    return Line(speaker, Phrase(text, say), entry, backchannel or listener is not None, listener)
 
 
 CONVERSATIONS: tuple[ConversationScript, ...] = (
@@ -446,3 +502,87 @@ CONVERSATIONS: tuple[ConversationScript, ...] = (
         ),
     ),
 )
+
+
+MEETINGS: tuple[ConversationScript, ...] = (
+    ConversationScript(
+        stem="en_team_standup",
+        language="en",
+        voice_a="en_m3",
+        voice_b="en_ca_f4",
+        stereo=False,
+        more_voices=("en_andy", "en_grandma"),
+        lines=(
+            _line("A", "Good morning everyone, let's keep this short. Who wants to start?"),
+            _line(
+                "B",
+                "I can go first. Yesterday I finished the login page, and today I am writing "
+                "the tests for the password reset form.",
+                listener="A",
+            ),
+            _line("C", "Did you also fix the bug with the empty email field?", entry="overlap"),
+            _line("B", "Yes, that one is done. It was a missing check on the server."),
+            _line(
+                "D",
+                "Great. On my side the database migration ran overnight, but two of the old "
+                "tables still need to be copied by hand",
+                listener="C",
+            ),
+            _line(
+                "A",
+                "Let's talk about the tables after the meeting. Anything blocking you?",
+                entry="interrupt",
+            ),
+            _line("D", "No, nothing blocking. I just need a second pair of eyes later."),
+            _line(
+                "C",
+                "I can help with that this afternoon. I am mostly reviewing code today, so my "
+                "calendar is quite free after lunch.",
+                listener="B",
+            ),
+            _line("A", "Perfect, then we are done. Thanks, everyone.", entry="overlap"),
+            _line("B", "Thanks, see you tomorrow."),
+        ),
+    ),
+    ConversationScript(
+        stem="en_book_club",
+        language="en",
+        voice_a="en_rp_f3",
+        voice_b="en_ny_m1",
+        stereo=False,
+        more_voices=("en_grandma",),
+        lines=(
+            _line("A", "So, what did you all think of the ending of the novel?"),
+            _line(
+                "B",
+                "Honestly, I did not see it coming. I was sure the brother had taken the "
+                "letters, right until the very last chapter.",
+                listener="C",
+            ),
+            _line("C", "Same here! The clues were there the whole time though.", entry="overlap"),
+            _line(
+                "A",
+                "That is what I loved about it, the author hides everything in plain sight",
+            ),
+            _line(
+                "B",
+                "But the lighthouse scene still felt rushed to me. It needed another chapter.",
+                entry="interrupt",
+                listener="A",
+            ),
+            _line("C", "Maybe, but a longer scene would have given the secret away."),
+            _line(
+                "A",
+                "Good point. Shall we pick the next book now? I brought three suggestions "
+                "from the library, all of them quite short.",
+                listener="B",
+            ),
+            _line("B", "Let's take the shortest one, please.", entry="overlap"),
+            _line("C", "Agreed. See you both next month."),
+        ),
+    ),
+)
+"""Mono 3-4 party meetings: several voices, overlapping hand-overs, an interruption and
+back-channels from a named listener; their RTTM / turns.json references are exact, like the
+conversations'. Built after CONVERSATIONS, so adding them left every conversation file as it
+was (each recording draws from its own seed stream)."""

@@ -15,9 +15,12 @@ Pipeline, for float32 audio (channels, samples) at 16 kHz, downmixed to mono by 
 3. Clustering: the recording's mean embedding is subtracted (it is mostly channel and language,
    shared by both voices: subtracting it took window-level 2-way clustering on the real telephone
    call from 52 % to 98 % correct), then spectral clustering on the cosine affinity, each row
-   pruned to its `affinity_keep` nearest neighbours. The count is `hints.num_speakers`; else it
-   starts at max(min_speakers, 2) and grows, up to max_speakers (default 8), while each extra
-   cluster is clearly a new voice (less than `new_speaker_similarity` alike to every other).
+   pruned to its `affinity_keep` nearest neighbours. The count is `hints.num_speakers` (an exact
+   override); else it is estimated between max(min_speakers, 2) and max_speakers (default 8) by
+   `cluster_speakers`: each k whose clusters are all clearly distinct voices (no two less than
+   `new_speaker_similarity` apart; the first k that fails ends the search) is a candidate, and
+   the best mean silhouette among them wins. So a meeting (`--max-speakers 4`) gets 3 or 4
+   voices where it has them, and a two-party call given the same bounds still gets 2.
 4. One voice or several: clusters whose mean embeddings are more than `same_voice_similarity`
    cosine-similar are merged (a forced split of one voice gives such a pair, even when
    num_speakers=2 is hinted); a voice labelled on less than `min_speaker_s` of speech is folded
@@ -358,55 +361,12 @@ class OfflineDiarizer:
         return full[::stride]
 
     def _cluster(self, points: np.ndarray, low: int, high: int) -> tuple[np.ndarray, np.ndarray]:
-        """-> (centre (E,), centroids (K, E) unit, in mean-subtracted space); K may be 1.
-
-        Split into max(low, 2) clusters and merge those that are one voice. Without a fixed
-        count, k then grows while the extra cluster is clearly a new voice (every pair less
-        than new_speaker_similarity alike); the first split that is not stops the growth.
-        """
-        config = self.config
+        """-> (centre (E,), centroids (K, E) unit, in mean-subtracted space); K may be 1."""
         centre = points.mean(0)
         centred = _unit(points - centre)
-        high = min(high, len(points) // _MIN_CLUSTER_SIZE)
-        if high < 2:
-            return centre, _unit(centred.mean(0, keepdims=True))
-        spectral = _SpectralEmbedding(centred, high, config.affinity_keep)
-        first = min(max(low, 2), high)
-        labels = self._merge_same_voice(points, _drop_small(centred, spectral.labels(first)))
-        if len(np.unique(labels)) == first:
-            for k in range(first + 1, high + 1):
-                candidate = _drop_small(centred, spectral.labels(k))
-                if self._most_similar_pair(points, candidate) > config.new_speaker_similarity:
-                    break
-                labels = candidate
+        labels = cluster_speakers(points, low, high, self.config)
         groups = np.unique(labels)
         return centre, _unit(np.stack([centred[labels == k].mean(0) for k in groups]))
-
-    @staticmethod
-    def _most_similar_pair(points: np.ndarray, labels: np.ndarray) -> float:
-        """Highest cosine similarity between two clusters' mean raw d-vectors (-1 if < 2)."""
-        groups = np.unique(labels)
-        if len(groups) < 2:
-            return -1.0
-        means = _unit(np.stack([points[labels == k].mean(0) for k in groups]))
-        sims = means @ means.T
-        np.fill_diagonal(sims, -np.inf)
-        return float(sims.max())
-
-    def _merge_same_voice(self, points: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """Merge the most similar pair of clusters (raw mean d-vectors) while it is above
-        same_voice_similarity: a forced split of one voice gives such a pair."""
-        labels = labels.copy()
-        while len(np.unique(labels)) > 1:
-            groups = np.unique(labels)
-            means = _unit(np.stack([points[labels == k].mean(0) for k in groups]))
-            sims = means @ means.T
-            np.fill_diagonal(sims, -np.inf)
-            i, j = np.unravel_index(np.argmax(sims), sims.shape)
-            if sims[i, j] <= self.config.same_voice_similarity:
-                break
-            labels[labels == groups[j]] = groups[i]
-        return labels
 
     def _label(
         self,
@@ -479,6 +439,95 @@ class OfflineDiarizer:
             for a, b in region_frames
         ]
         return merge_close(segments, self.config.max_gap_s)
+
+
+# ---------------------------------------------------------------------- speaker count
+
+
+def cluster_speakers(
+    points: np.ndarray, low: int, high: int, config: OfflineDiarizerConfig
+) -> np.ndarray:
+    """Speaker label per embedding window (raw unit d-vectors, (N, E)); the count is estimated
+    between `low` and `high` unless they are equal (an exact `num_speakers`).
+
+    The points are mean-subtracted and cut by spectral clustering into k = max(low, 2) clusters;
+    clusters that are one voice (raw centroids more than same_voice_similarity alike) merge, and
+    what is left is the answer, possibly one voice. Otherwise every k up to `high` whose clusters
+    are all clearly distinct voices (no two raw centroids more than new_speaker_similarity alike;
+    the first k that fails ends the search, as a split of one voice only gets worse with k) is a
+    candidate, and the count is the candidate with the best mean silhouette (cosine, in
+    mean-subtracted space). Why both: the similarity bound alone takes the largest admissible k,
+    which over-splits a meeting whose voices differ a lot (a voice's own two halves can then be
+    0.80 alike); the silhouette alone has no notion of "one voice" and always prefers some split.
+    Deterministic: the same points give the same labels.
+    """
+    centred = _unit(points - points.mean(0))
+    high = min(high, len(points) // _MIN_CLUSTER_SIZE)
+    if high < 2:
+        return np.zeros(len(points), dtype=int)
+    spectral = _SpectralEmbedding(centred, high, config.affinity_keep)
+    first = min(max(low, 2), high)
+    labels = _merge_same_voice(
+        points, _drop_small(centred, spectral.labels(first)), config.same_voice_similarity
+    )
+    if len(np.unique(labels)) < first or first == high:
+        return labels
+    best, best_score = labels, silhouette(centred, labels)
+    for k in range(first + 1, high + 1):
+        candidate = _drop_small(centred, spectral.labels(k))
+        if _most_similar_pair(points, candidate) > config.new_speaker_similarity:
+            break
+        candidate_score = silhouette(centred, candidate)
+        if candidate_score > best_score:
+            best, best_score = candidate, candidate_score
+    return best
+
+
+def silhouette(points: np.ndarray, labels: np.ndarray) -> float:
+    """Mean silhouette of unit `points` under `labels`, cosine distance (1 - similarity); a point
+    alone in its cluster scores 0; fewer than two clusters score -1."""
+    groups, index = np.unique(labels, return_inverse=True)
+    if len(groups) < 2:
+        return -1.0
+    distance = 1.0 - points @ points.T
+    members = np.eye(len(groups))[index]  # (N, K) one-hot
+    sizes = members.sum(0)
+    totals = distance @ members  # (N, K): summed distance to each cluster
+    own_size = sizes[index] - 1
+    own = totals[np.arange(len(points)), index] / np.maximum(own_size, 1)
+    mean_to = totals / sizes[None, :]
+    mean_to[np.arange(len(points)), index] = np.inf
+    nearest = mean_to.min(1)
+    score = (nearest - own) / np.maximum(np.maximum(nearest, own), 1e-12)
+    score[own_size == 0] = 0.0
+    return float(score.mean())
+
+
+def _most_similar_pair(points: np.ndarray, labels: np.ndarray) -> float:
+    """Highest cosine similarity between two clusters' mean raw d-vectors (-1 if < 2)."""
+    groups = np.unique(labels)
+    if len(groups) < 2:
+        return -1.0
+    means = _unit(np.stack([points[labels == k].mean(0) for k in groups]))
+    sims = means @ means.T
+    np.fill_diagonal(sims, -np.inf)
+    return float(sims.max())
+
+
+def _merge_same_voice(points: np.ndarray, labels: np.ndarray, threshold: float) -> np.ndarray:
+    """Merge the most similar pair of clusters (raw mean d-vectors) while it is above
+    `threshold` (same_voice_similarity): a forced split of one voice gives such a pair."""
+    labels = labels.copy()
+    while len(np.unique(labels)) > 1:
+        groups = np.unique(labels)
+        means = _unit(np.stack([points[labels == k].mean(0) for k in groups]))
+        sims = means @ means.T
+        np.fill_diagonal(sims, -np.inf)
+        i, j = np.unravel_index(np.argmax(sims), sims.shape)
+        if sims[i, j] <= threshold:
+            break
+        labels[labels == groups[j]] = groups[i]
+    return labels
 
 
 # ---------------------------------------------------------------------- helpers

@@ -21,7 +21,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minmo.duplex.labels import DuplexLabelConfig, Span, analyse, events_for, frame_labels
+from minmo.duplex.labels import (
+    DuplexLabelConfig,
+    Span,
+    analyse,
+    events_for,
+    frame_labels,
+    role_conversation,
+)
 from schemas.duplex import EventType, FrameLabel
 
 DEFAULT_KS = (1, 5, 10)
@@ -181,10 +188,11 @@ def map_speakers(hypothesis: Sequence[Span], reference: Sequence[Span]) -> dict[
 def label_sample_set(
     turns: Sequence[Span], recording_id: str, duration_s: float, config: DuplexLabelConfig
 ) -> dict[str, tuple[list[tuple[EventType, float]], np.ndarray]]:
-    """Both role assignments of one conversation: {user speaker: (events, frame labels)}."""
-    conversation = analyse(turns, config)
+    """Every role assignment of one conversation (two-party or a meeting, each speaker the user
+    once): {user speaker: (events, frame labels)}."""
     out = {}
-    for user in conversation.speakers:
+    for user in analyse(turns, config).speakers:
+        conversation = role_conversation(turns, user, config)
         events = events_for(conversation, user, recording_id, config)
         labels = frame_labels(conversation, user, events, duration_s, config.hop_s)
         out[user] = ([(e.event_type, e.time_s) for e in events], labels)
@@ -211,7 +219,7 @@ def label_agreement(
             reference[f"{rid}-u{user}"] = sample
         try:
             hyp_samples = label_sample_set(renamed, rid, duration_s, config)
-        except ValueError:  # not two speakers: every reference event of it is missed
+        except ValueError:  # one speaker only: every reference event of it is missed
             hyp_samples = {}
         for user, sample in hyp_samples.items():
             predicted[f"{rid}-u{user}"] = sample

@@ -1,4 +1,5 @@
-"""Speaker turns of a two-party conversation -> full-duplex events and frame labels.
+"""Speaker turns of a conversation (two parties or a meeting) -> full-duplex events and frame
+labels.
 
 The rules are the MinMo paper's heuristics (arXiv 2501.06282, stage 4), made precise here:
 
@@ -19,7 +20,19 @@ The rules are the MinMo paper's heuristics (arXiv 2501.06282, stage 4), made pre
      draw per hand-over to the user in order (also for those that keep the real start, so a
      hand-over changing kind does not shift later draws): reruns are identical;
    * user back-channel: at the start of each user back-channel inside the assistant's floor.
-5. **Frame labels** (`schemas.duplex.FrameLabel`): keep_speaking while the assistant holds the
+5. **Meetings** (N > 2 speakers). Each speaker plays the user once; every other speaker stands
+   for the assistant side. `role_conversation` relabels the other speakers' IPUs as one
+   assistant-side speaker named by `assistant_side_name` (their names sorted, joined with "+",
+   e.g. "spk1+spk2"; with two speakers it is just the other speaker's name) and unions their
+   overlapping speech into one track; rules 1-4 then run unchanged on that two-party view. So a
+   hand-over between two assistant-side speakers is no event (the assistant side keeps the
+   floor); another speaker's "mm-hm" inside the user's turn is the assistant side's own
+   back-channel; the user's back-channel needs *any* other speaker talking around it. With two
+   speakers the view is the conversation itself, so two-party labels are unchanged.
+   `analyse` on all N speakers (the floor passes between any two of them, a back-channel needs
+   any other speaker around it) describes the conversation as a whole: its turns, back-channels
+   and transfers are the step's summary figures, never a sample's labels.
+6. **Frame labels** (`schemas.duplex.FrameLabel`): keep_speaking while the assistant holds the
    floor and until its speech in that floor ends, speak_now on the frame of each assistant
    turn-taking event, stop_now on the frame of each user turn-taking event, listen elsewhere.
 
@@ -122,7 +135,7 @@ class Event:
 class Conversation:
     """A conversation analysed once (turns, back-channels, floor), labelled per role choice."""
 
-    speakers: tuple[str, str]
+    speakers: tuple[str, ...]  # two in a role view (user, assistant side); N >= 2 as a whole
     turns: list[Span]
     backchannels: list[Span]
     floor_turns: list[Span]  # turns that hold or take the floor, back-channels removed
@@ -149,7 +162,8 @@ def join_turns(ipus: Iterable[Span], pause_s: float) -> list[Span]:
 
 
 def is_backchannel(turn: Span, other: Sequence[Span], config: DuplexLabelConfig) -> bool:
-    """A short turn with the other speaker talking just before it starts and on past its end."""
+    """A short turn with the other speaker(s) talking just before it starts and on past its end
+    (`other`: every other speaker's turns; in a meeting, any of them may be the one talking)."""
     if turn.duration_s > config.backchannel_max_s:
         return False
     window = config.backchannel_window_s
@@ -159,11 +173,14 @@ def is_backchannel(turn: Span, other: Sequence[Span], config: DuplexLabelConfig)
 
 
 def analyse(ipus: Iterable[Span], config: DuplexLabelConfig) -> Conversation:
-    """Turns, back-channels and floor transfers of a two-party conversation."""
+    """Turns, back-channels and floor transfers of a conversation of 2 or more speakers.
+
+    With two speakers (a call, or a meeting's role view from `role_conversation`) this is what
+    `events_for` labels; with more it describes the meeting as a whole (rule 5)."""
     ipus = [s for s in ipus if s.end_s > s.start_s]
     speakers = tuple(sorted({s.speaker for s in ipus}))
-    if len(speakers) != 2:
-        raise ValueError(f"a two-party conversation needs 2 speakers, got {list(speakers)}")
+    if len(speakers) < 2:
+        raise ValueError(f"a conversation needs at least 2 speakers, got {list(speakers)}")
     turns = join_turns(ipus, config.pause_s)
     backchannels = [
         t for t in turns if is_backchannel(t, [o for o in turns if o.speaker != t.speaker], config)
@@ -185,6 +202,36 @@ def analyse(ipus: Iterable[Span], config: DuplexLabelConfig) -> Conversation:
     return Conversation(speakers, turns, backchannels, floor_turns, transfers, kept)  # type: ignore[arg-type]
 
 
+def assistant_side_name(speakers: Iterable[str], user: str) -> str:
+    """The name of everyone but `user`: the other speakers sorted and joined with "+" (with two
+    speakers, the other one's own name). Label rows carry it as `assistant_speaker`."""
+    others = sorted(set(speakers) - {user})
+    if not others or user not in set(speakers):
+        raise ValueError(f"{user!r} is not one of at least 2 speakers {sorted(set(speakers))}")
+    return "+".join(others)
+
+
+def assistant_side(ipus: Iterable[Span], user: str) -> list[Span]:
+    """`user`'s IPUs as they are, every other speaker's relabelled as one assistant-side speaker
+    (`assistant_side_name`), overlapping or abutting stretches of theirs unioned into one."""
+    ipus = [s for s in ipus if s.end_s > s.start_s]
+    name = assistant_side_name({s.speaker for s in ipus}, user)
+    own = [s for s in ipus if s.speaker == user]
+    merged: list[Span] = []
+    for s in sorted((s for s in ipus if s.speaker != user), key=lambda s: (s.start_s, s.end_s)):
+        if merged and s.start_s <= merged[-1].end_s:
+            merged[-1] = Span(name, merged[-1].start_s, max(merged[-1].end_s, s.end_s))
+        else:
+            merged.append(Span(name, s.start_s, s.end_s))
+    return sorted(own + merged, key=lambda s: (s.start_s, s.speaker))
+
+
+def role_conversation(ipus: Iterable[Span], user: str, config: DuplexLabelConfig) -> Conversation:
+    """The two-party view in which `user` plays the user and everyone else the assistant side
+    (rule 5): what `events_for` and `frame_labels` label for that sample."""
+    return analyse(assistant_side(ipus, user), config)
+
+
 def gap_generator(recording_id: str, user: str, seed: int) -> np.random.Generator:
     """The stream of one sample's user turn-taking gaps: same inputs, same draws, every rerun."""
     digest = hashlib.sha256(f"{recording_id}|{user}|{seed}".encode()).digest()
@@ -199,9 +246,17 @@ def draw_gap(rng: np.random.Generator, config: DuplexLabelConfig) -> float:
 def events_for(
     conversation: Conversation, user: str, recording_id: str, config: DuplexLabelConfig
 ) -> list[Event]:
-    """The duplex events when `user` plays the user and the other speaker the assistant."""
+    """The duplex events when `user` plays the user and the other speaker the assistant.
+
+    `conversation` must be two-party: a call, or a meeting's `role_conversation` for `user` (on
+    a whole meeting a hand-over between two others would read as the assistant's)."""
     if user not in conversation.speakers:
         raise ValueError(f"{user!r} is not a speaker of this conversation")
+    if len(conversation.speakers) != 2:
+        raise ValueError(
+            f"events need a two-party view, got speakers {list(conversation.speakers)}: "
+            "label a meeting through role_conversation(ipus, user, config)"
+        )
     assistant = next(s for s in conversation.speakers if s != user)
     rng = gap_generator(recording_id, user, config.seed)
     events: list[Event] = []

@@ -20,7 +20,7 @@ import soundfile as sf
 from minmo.audio.trim import pauses, trim_silence
 from minmo.demo import DemoSummary, EspeakError, build_demo_corpus
 from minmo.demo import conversation as conv
-from minmo.demo.script import CONVERSATIONS, ConversationScript, Line, Phrase, voice
+from minmo.demo.script import CONVERSATIONS, MEETINGS, ConversationScript, Line, Phrase, voice
 from minmo.demo.speak import decode_streamed_wav
 from schemas.units import SAMPLE_RATE_HZ
 
@@ -175,7 +175,7 @@ def test_manifest_rows_are_complete_and_paths_exist(corpus: tuple[Path, DemoSumm
         total_s += info.frames / info.samplerate
     assert total_s == pytest.approx(summary.audio_s, abs=0.01)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    assert size < 15.5e6
+    assert size < 18e6  # 15 MB of utterances and conversations, 2.4 MB of meetings
 
 
 @needs_espeak
@@ -247,7 +247,8 @@ def test_turns_are_well_formed(corpus: tuple[Path, DemoSummary]) -> None:
             assert t["kind"] in {"turn", "backchannel", "interruption"} and t["text"]
             expected = doc["channels"][t["speaker"]] if doc["channels"] else None
             assert t["channel"] == expected
-        for speaker in ("A", "B"):
+        assert {t["speaker"] for t in turns} == set(doc["speakers"])
+        for speaker in doc["speakers"]:
             own = [t for t in turns if t["speaker"] == speaker]
             assert all(a["end_s"] <= b["start_s"] for a, b in pairwise(own))
 
@@ -263,7 +264,7 @@ def test_every_conversation_has_overlap_interruption_and_backchannel(
     out, _ = corpus
     clauses = {  # first clause -> full line, for every line the script has interrupted
         conv.first_clause(line.phrase).text: line.phrase.text
-        for script in CONVERSATIONS
+        for script in (*CONVERSATIONS, *MEETINGS)
         for line, nxt in pairwise(script.lines)
         if nxt.entry == "interrupt"
     }
@@ -329,7 +330,75 @@ def test_mono_mixes_hold_both_speakers_without_clipping(
         for t in doc["turns"]:
             speech[round(t["start_s"] * rate) : round(t["end_s"] * rate)] = True
         assert _rms(audio[speech, 0]) > 30 * _rms(audio[~speech, 0]) > 0
-        assert {t["speaker"] for t in doc["turns"]} == {"A", "B"}
+        assert {t["speaker"] for t in doc["turns"]} == set(doc["speakers"])
+        assert len(doc["speakers"]) in (2, 3, 4)
+
+
+@needs_espeak
+def test_meetings_are_mono_3_to_4_party_with_overlap_and_exact_references(
+    corpus: tuple[Path, DemoSummary],
+) -> None:
+    """Two meetings: mono, 3-4 distinct voices, overlapping hand-overs, and references whose
+    turns are where the speech is (RTTM and turns.json agreement is checked above for all)."""
+    out, summary = corpus
+    meetings = {c[0]["recording"]: c for c in _conversations(out) if len(c[0]["speakers"]) > 2}
+    assert sorted(meetings) == sorted(m.stem for m in MEETINGS) and summary.meetings == 2
+    assert sorted(len(c[0]["speakers"]) for c in meetings.values()) == [3, 4]
+    for doc, audio, rate, rttm in meetings.values():
+        assert doc["channels"] is None and audio.shape[1] == 1
+        assert len(set(doc["speakers"].values())) == len(doc["speakers"])  # distinct voices
+        assert {line.split()[7] for line in rttm.splitlines()} == set(doc["speakers"])
+        main = [t for t in doc["turns"] if t["kind"] != "backchannel"]
+        overlapped = [
+            (a, b) for a, b in pairwise(main) if a["speaker"] != b["speaker"] and _overlaps(a, b)
+        ]
+        assert len(overlapped) >= 2
+        speech = np.zeros(len(audio), bool)
+        for t in doc["turns"]:
+            speech[round(t["start_s"] * rate) : round(t["end_s"] * rate)] = True
+        noise = _rms(audio[~speech, 0])
+        edge = rate // 20  # 50 ms
+        for t in doc["turns"]:  # each reference turn is speech from its start to its end
+            a, b = round(t["start_s"] * rate), round(t["end_s"] * rate)
+            assert (
+                _rms(audio[a : a + edge, 0]) > 2 * noise
+                and _rms(audio[b - edge : b, 0]) > 2 * noise
+            )
+
+
+@needs_espeak
+def test_meeting_references_label_one_sample_per_speaker(
+    corpus: tuple[Path, DemoSummary],
+) -> None:
+    """label-turns on a meeting's exact reference: each speaker plays the user once, the others
+    are one assistant side; speak-now falls only where the user's own turn ends."""
+    from minmo.duplex.labels import DuplexLabelConfig
+    from pipelines.label_turns import label_conversation
+
+    out, _ = corpus
+    for doc, _audio, _rate, _rttm in _conversations(out):
+        if len(doc["speakers"]) < 3:
+            continue
+        item = {
+            "recording_id": doc["recording"],
+            "source_uri": doc["recording"],
+            "duration_s": doc["duration_s"],
+            "turns": [{**t, "channel": 0} for t in doc["turns"]],
+        }
+        result = label_conversation(item, DuplexLabelConfig())
+        rows = result["tables"]["frame_labels"]
+        assert [r["user_speaker"] for r in rows] == sorted(doc["speakers"])
+        for row in rows:
+            others = sorted(set(doc["speakers"]) - {row["user_speaker"]})
+            assert row["assistant_speaker"] == "+".join(others)
+            own_ends = {t["end_s"] for t in doc["turns"] if t["speaker"] == row["user_speaker"]}
+            events = [e for e in result["tables"]["events"] if e["sample_id"] == row["sample_id"]]
+            kinds = Counter(e["event_type"] for e in events)
+            assert kinds["assistant_turn_taking"] >= 1 and kinds["user_turn_taking"] >= 1
+            for e in events:
+                if e["event_type"] == "assistant_turn_taking":
+                    assert e["time_s"] in own_ends
+        assert sum(e["event_type"] == "user_backchannel" for e in result["tables"]["events"]) >= 2
 
 
 def _hashes(root: Path) -> dict[str, str]:

@@ -13,11 +13,14 @@ from minmo.duplex.labels import (
     DuplexLabelConfig,
     Span,
     analyse,
+    assistant_side,
+    assistant_side_name,
     draw_gap,
     events_for,
     frame_labels,
     gap_generator,
     join_turns,
+    role_conversation,
 )
 from schemas.duplex import EventType
 
@@ -135,10 +138,81 @@ def test_a_start_abutting_the_others_end_counts_as_a_cut_in() -> None:
 
 
 def test_needs_two_speakers() -> None:
-    with pytest.raises(ValueError, match="2 speakers"):
+    with pytest.raises(ValueError, match="at least 2 speakers"):
         analyse(spans(("A", 0.0, 1.0)), FIXED)
-    with pytest.raises(ValueError, match="2 speakers"):
-        analyse(spans(("A", 0.0, 1.0), ("B", 1.0, 2.0), ("C", 2.0, 3.0)), FIXED)
+    meeting = analyse(spans(("A", 0.0, 1.0), ("B", 1.5, 2.0), ("C", 2.5, 3.0)), FIXED)
+    assert meeting.speakers == ("A", "B", "C")
+    with pytest.raises(ValueError, match="role_conversation"):  # a whole meeting is no role view
+        events_for(meeting, "A", "rec", FIXED)
+
+
+# A hand-written 3-speaker meeting (hop 0.5 s, T = 0.6 s exactly):
+#   A 0.0-2.0 | B 2.8-5.0 | C 4.6-7.0 cuts in on B | A 7.8-9.0 with C's "mm-hm" 8.0-8.4 |
+#   B 9.9-11.0 with A's "mm-hm" 10.0-10.3.
+MEETING = spans(
+    ("A", 0.0, 2.0),
+    ("B", 2.8, 5.0),
+    ("C", 4.6, 7.0),
+    ("A", 7.8, 9.0),
+    ("C", 8.0, 8.4),
+    ("B", 9.9, 11.0),
+    ("A", 10.0, 10.3),
+)
+
+
+def meeting_labels(user: str) -> tuple[list[tuple[EventType, float]], list[int]]:
+    view = role_conversation(MEETING, user, FIXED)
+    events = events_for(view, user, "rec", FIXED)
+    labels = frame_labels(view, user, events, 11.5, FIXED.hop_s)
+    return [(e.event_type, round(e.time_s, 3)) for e in events], labels.tolist()
+
+
+def test_meeting_user_a_others_merge_into_one_assistant_side() -> None:
+    # Assistant side = B u C: 2.8-7.0 (B hands over to C inside it: no event), C's 8.0-8.4 is
+    # the assistant side's own back-channel, B 9.9-11.0. A's 10.0-10.3 is the user's
+    # back-channel; A's return at 7.8 is 0.8 s after the side's 7.0: drawn start 7.0 + 0.6.
+    events, labels = meeting_labels("A")
+    assert events == [(ATT, 2.0), (UTT, 7.6), (ATT, 9.0), (UBC, 10.0)]
+    assert labels == [0] * 4 + [1] + [2] * 9 + [0, 3, 0, 0, 1, 2, 2, 2, 0]
+
+
+def test_meeting_user_b_and_c() -> None:
+    # B: side = A u C; B's turn is taken by C (an overlapped hand-over to the assistant side,
+    # speak-now at B's end 5.0); A 7.8-9.0 absorbs C's back-channel; A's 10.0-10.3 is the side's.
+    events, _ = meeting_labels("B")
+    assert events == [(UTT, 2.6), (ATT, 5.0), (UTT, 9.6)]
+    # C: side = A u B; C cuts in on B at 4.6 (a barge-in at its real start), hands the floor
+    # back at 7.0, and says "mm-hm" at 8.0 inside A's turn.
+    view = role_conversation(MEETING, "C", FIXED)
+    events_c = events_for(view, "C", "rec", FIXED)
+    assert [(e.event_type, e.time_s) for e in events_c] == [(UTT, 4.6), (ATT, 7.0), (UBC, 8.0)]
+    assert events_c[0].barge_in and events_c[0].gap_s is None
+    assert view.speakers == ("A+B", "C")
+
+
+def test_meeting_as_a_whole_and_the_assistant_side_name() -> None:
+    whole = analyse(MEETING, FIXED)
+    assert [(t.previous, t.speaker) for t in whole.transfers] == [
+        ("A", "B"),
+        ("B", "C"),
+        ("C", "A"),
+        ("A", "B"),
+    ]
+    assert whole.backchannels == spans(("C", 8.0, 8.4), ("A", 10.0, 10.3))
+    assert assistant_side_name("CAB", "B") == "A+C"
+    assert assistant_side_name(["x", "y"], "x") == "y"  # two-party: the other's own name
+    with pytest.raises(ValueError):
+        assistant_side_name(["x"], "x")
+    assert assistant_side(MEETING, "A")[1:3] == spans(("B+C", 2.8, 7.0), ("A", 7.8, 9.0))
+
+
+def test_two_party_role_view_is_the_conversation() -> None:
+    ipus = spans(("A", 0.0, 5.0), ("B", 4.0, 8.0), ("A", 8.7, 9.0), ("B", 9.5, 12.0))
+    for user in "AB":
+        direct = analyse(ipus, FIXED)
+        view = role_conversation(ipus, user, FIXED)
+        assert view == direct
+        assert events_for(view, user, "r", FIXED) == events_for(direct, user, "r", FIXED)
 
 
 def test_seeded_gaps_are_reproducible_and_follow_the_distribution() -> None:

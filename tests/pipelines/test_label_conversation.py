@@ -1,5 +1,5 @@
-"""label-turns' per-conversation function, without Ray: rows of both role assignments, and the
-quarantine of conversations that are not two-party."""
+"""label-turns' per-conversation function, without Ray: one sample per speaker (two-party calls
+and meetings), and the quarantine of conversations with one voice."""
 
 from __future__ import annotations
 
@@ -31,13 +31,35 @@ def test_two_samples_with_valid_rows() -> None:
     assert result["stats"]["floor_transfers"] == 2
 
 
-def test_not_two_party_is_quarantined() -> None:
-    for turns in (
-        [("spk0", 0, 0.0, 3.0)],
-        [("spk0", 0, 0.0, 3.0), ("spk1", 0, 3.5, 5.0), ("spk2", 0, 5.5, 7.0)],
-    ):
-        result = label_conversation(_item(*turns), DuplexLabelConfig())
-        (row,) = QUARANTINE.from_rows(result["tables"]["quarantine"]).to_pylist()
-        assert row["reason_code"] == "not_two_party" and row["item_key"] == "rec"
-        assert row["step"] == "label-turns"
-        assert "events" not in result["tables"]
+def test_one_voice_is_quarantined() -> None:
+    result = label_conversation(_item(("spk0", 0, 0.0, 3.0)), DuplexLabelConfig())
+    (row,) = QUARANTINE.from_rows(result["tables"]["quarantine"]).to_pylist()
+    assert row["reason_code"] == "not_two_party" and row["item_key"] == "rec"
+    assert row["step"] == "label-turns"
+    assert "events" not in result["tables"]
+
+
+def test_a_meeting_gives_one_sample_per_speaker() -> None:
+    """Three speakers are no longer quarantined: each plays the user once, the other two stand
+    for the assistant side (named "+"-joined in assistant_speaker)."""
+    turns = [("spk0", 0, 0.0, 3.0), ("spk1", 0, 3.5, 5.0), ("spk2", 0, 5.6, 7.0)]
+    result = label_conversation(_item(*turns), DuplexLabelConfig(gap_std_s=0.0))
+    assert "quarantine" not in result["tables"]
+    events = EVENTS.from_rows(result["tables"]["events"]).to_pylist()
+    labels = FRAME_LABELS.from_rows(result["tables"]["frame_labels"]).to_pylist()
+    assert [(r["sample_id"], r["assistant_speaker"]) for r in labels] == [
+        ("rec-uspk0", "spk1+spk2"),
+        ("rec-uspk1", "spk0+spk2"),
+        ("rec-uspk2", "spk0+spk1"),
+    ]
+    assert all(r["n_frames"] == 84 for r in labels)
+    by_sample = {
+        sid: [(e["event_type"], e["time_s"]) for e in events if e["sample_id"] == sid]
+        for sid in ("rec-uspk0", "rec-uspk1", "rec-uspk2")
+    }
+    # spk1 hands over to spk2 inside spk0's assistant side: only spk0's own turn end counts.
+    assert by_sample["rec-uspk0"] == [("assistant_turn_taking", 3.0)]
+    assert by_sample["rec-uspk1"] == [("user_turn_taking", 3.6), ("assistant_turn_taking", 5.0)]
+    assert by_sample["rec-uspk2"] == [("user_turn_taking", 5.6)]  # 0.6 s after spk1: T = 0.6
+    assert result["stats"]["samples"] == 3 and result["stats"]["meetings"] == 1
+    assert result["stats"]["floor_transfers"] == 2  # spk0 -> spk1 -> spk2, the meeting as a whole
