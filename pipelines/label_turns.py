@@ -1,5 +1,6 @@
 """The label-turns step: speaker turns -> duplex events and frame labels, two samples per
-two-party conversation (each speaker plays the user once).
+two-party conversation (each speaker plays the user once), each with its assistant-activity
+track (schemas/duplex.py: what a stage-4 sample's input is).
 
 Owns: reading each diarized conversation's turns, quarantining conversations that are not two
 party, running minmo/duplex/labels.py per role assignment in a Ray Data stage, and the summary
@@ -19,7 +20,14 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from minmo.config import StorageOptions, storage_options_field
-from minmo.duplex.labels import DuplexLabelConfig, Span, analyse, events_for, frame_labels
+from minmo.duplex.labels import (
+    DuplexLabelConfig,
+    Span,
+    analyse,
+    assistant_activity,
+    events_for,
+    frame_labels,
+)
 from pipelines.build import BuildDir
 from pipelines.ray_runtime import ensure_ray
 from pipelines.recording_step import RecordingStep, StepTotals
@@ -70,7 +78,8 @@ def label_conversation(item: dict[str, Any], config: DuplexLabelConfig) -> dict[
         )
         row["item_key"] = rid
         return {"tables": {"quarantine": [row]}, "stats": stats}
-    conversation = analyse([Span(t["speaker"], t["start_s"], t["end_s"]) for t in turns], config)
+    ipus = [Span(t["speaker"], t["start_s"], t["end_s"]) for t in turns]
+    conversation = analyse(ipus, config)
     channel_of = {t["speaker"]: t["channel"] for t in turns}
     events_rows: list[dict[str, Any]] = []
     label_rows: list[dict[str, Any]] = []
@@ -86,6 +95,7 @@ def label_conversation(item: dict[str, Any], config: DuplexLabelConfig) -> dict[
             for e in events_for(conversation, user, rid, config)
         ]
         labels = frame_labels(conversation, user, events, item["duration_s"], config.hop_s)
+        activity = assistant_activity(ipus, user, item["duration_s"], config.hop_s)
         events_rows += [
             {
                 "sample_id": sid,
@@ -110,6 +120,7 @@ def label_conversation(item: dict[str, Any], config: DuplexLabelConfig) -> dict[
                 "n_frames": len(labels),
                 "duration_s": item["duration_s"],
                 "labels": labels.tolist(),
+                "assistant_activity": activity.tolist(),
             }
         )
     offsets = [t.start_s - t.previous_end_s for t in conversation.transfers]

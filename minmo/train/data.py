@@ -108,7 +108,8 @@ def decode_sample(key: str, members: dict[str, bytes]) -> dict[str, Any]:
     """Raw member bytes of one sample -> the decoded sample `minmo.model.batch.collate` takes.
 
     Keys: key, json (dict), audio (float32 (channels, samples) at 16 kHz, or None), audio_s
-    (seconds, 0.0 without audio), text_tokens / speech_tokens / labels (numpy arrays, or None).
+    (seconds, 0.0 without audio), text_tokens / speech_tokens / labels / assistant_activity (numpy
+    arrays, or None).
     """
     if "json" not in members:
         raise ValueError(f"sample {key}: no json member (members: {sorted(members)})")
@@ -121,7 +122,7 @@ def decode_sample(key: str, members: dict[str, bytes]) -> dict[str, Any]:
             raise ValueError(f"sample {key}: audio at {rate} Hz, expected {SAMPLE_RATE_HZ}")
         sample["audio"] = np.ascontiguousarray(data.T)
         sample["audio_s"] = data.shape[0] / rate
-    for name in ("text_tokens", "speech_tokens", "labels"):
+    for name in ("text_tokens", "speech_tokens", "labels", "assistant_activity"):
         raw = members.get(f"{name}.npy")
         sample[name] = None if raw is None else np.load(io.BytesIO(raw), allow_pickle=False)
     return sample
