@@ -28,18 +28,13 @@ from minmo.io.shards import npy_bytes
 from minmo.tokens.speech import SpeechTokenizer, n_speech_tokens
 from pipelines.audio_source import RecordingCache, SourceRoots
 from pipelines.samples.spec import span_s
+from schemas.shards import ALL_MEMBERS
 from schemas.units import SAMPLE_RATE_HZ
 
 SPEECH_TOKENS_PER_S = 25
-# The members a tokenized sample may have, as result columns (".npy" added for the arrays).
-MEMBER_COLUMNS = (
-    "json",
-    "flac",
-    "speech_tokens",
-    "text_tokens",
-    "labels",
-    "assistant_activity",
-)
+# The members a tokenized sample may have (schemas/shards.py), as result columns: the arrays'
+# ".npy" is added back when the sample is written.
+MEMBER_COLUMNS = tuple(m.removesuffix(".npy") for m in ALL_MEMBERS)
 
 
 def load_audio_batch(
