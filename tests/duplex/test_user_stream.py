@@ -41,7 +41,7 @@ MONO = "diar_pyannote_sample/sample"
 STEREO = "stereo_aws_lca_autorepairs40/Auto_Repairs_40_UTC_stereo"
 CROP_S = 24.0  # the mono call's turn-taking lies in 6.7..30 s; 24 s keeps the test fast
 TARGET = 0.9
-STEPS = 300
+STEPS = 60
 
 
 def _conversation(
@@ -130,12 +130,16 @@ def _overfit(model: MinMo, batch: Batch) -> list[tuple[float, float]]:
     """Train the stage-4 predictor on the pair; the frozen front runs once (its frames are the
     same every step), the predictor as MinMo.forward calls it. Accuracies from a full forward."""
     captured: dict[str, tuple] = {}
-    hook = model.duplex.register_forward_hook(lambda m, args, out: captured.setdefault("a", args))
+
+    def keep_inputs(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        captured["args"] = args
+
+    hook = model.duplex.register_forward_hook(keep_inputs)
     model.apply_recipe("4")
     with torch.no_grad():
         model(batch)
     hook.remove()
-    frames, activity, padding = captured["a"]
+    frames, activity, padding = captured["args"]
     n = min(frames.shape[1], batch.labels.shape[1])
     labels = batch.labels[:, :n].masked_fill(padding[:, :n], IGNORE)
     optimizer = torch.optim.AdamW(model.duplex.parameters(), lr=1e-2, weight_decay=0.0)
