@@ -8,7 +8,10 @@ assistant-activity track tells them apart. Without it (the old behaviour: the sa
 activity) the two samples are the same input with opposite labels on every frame where someone
 talks, so no predictor can get both right: `test_mono_pair_overfits_only_with_the_activity_track`
 trains the same predictor with the track zeroed and shows it failing (both roles cannot pass),
-then with the track and shows both roles passing.
+then with the track and shows both roles passing. Measured (24 s of the pyannote sample, 60
+steps, accuracy on non-listen / listen frames per role, speaker90 / speaker91 as the user):
+without the track 0.52 / 0.78 and 0.38 / 0.76 (fails); with it 1.00 / 0.99 and 0.99 / 0.99.
+On today's main the test cannot even build its batch: no activity column, member or input.
 """
 
 from __future__ import annotations
