@@ -1,6 +1,7 @@
 """The label-turns step: speaker turns -> duplex events and frame labels, one sample per speaker
 of each conversation (each speaker plays the user once; in a meeting every other speaker stands
-for the assistant side, minmo/duplex/labels.py rule 5).
+for the assistant side, minmo/duplex/labels.py rule 5), each with its assistant-activity track
+(schemas/duplex.py: what a stage-4 sample's input is).
 
 Owns: reading each diarized conversation's turns, quarantining conversations with one voice
 (`not_two_party`), running minmo/duplex/labels.py per role assignment in a Ray Data stage, and the
@@ -25,6 +26,7 @@ from minmo.duplex.labels import (
     DuplexLabelConfig,
     Span,
     analyse,
+    assistant_activity,
     assistant_side_name,
     events_for,
     frame_labels,
@@ -98,6 +100,7 @@ def label_conversation(item: dict[str, Any], config: DuplexLabelConfig) -> dict[
             for e in events_for(view, user, rid, config)
         ]
         labels = frame_labels(view, user, events, item["duration_s"], config.hop_s)
+        activity = assistant_activity(ipus, user, item["duration_s"], config.hop_s)
         events_rows += [
             {
                 "sample_id": sid,
@@ -122,6 +125,7 @@ def label_conversation(item: dict[str, Any], config: DuplexLabelConfig) -> dict[
                 "n_frames": len(labels),
                 "duration_s": item["duration_s"],
                 "labels": labels.tolist(),
+                "assistant_activity": activity.tolist(),
             }
         )
     offsets = [t.start_s - t.previous_end_s for t in conversation.transfers]

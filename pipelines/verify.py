@@ -5,7 +5,8 @@ Owns reading shards back and reporting problems as strings ("<shard>: <key>: <wh
 list means the stage is sound. Checks, per shard listed in `_index/index.json`: file exists, size
 and sha256 match, sample count matches, every sample has a `json` member and only known members,
 each sample's members are contiguous and its key valid, FLAC decodes, speech tokens lie in
-[0, SPEECH_VOCAB), text tokens are >= 0, labels are 1-D integers in 0..MAX_LABEL, and the `.idx` offsets
+[0, SPEECH_VOCAB), text tokens are >= 0, labels are 1-D integers in 0..MAX_LABEL, an assistant
+activity track is 1-D 0/1 with one value per label (stage 4 needs both), and the `.idx` offsets
 (`_index/<tar>.idx`) point at each sample's first member header with a final sentinel equal to
 the tar size. A tar in the stage directory that index.json does not list is reported; writers'
 temp files (a writer still running or killed) are not tars. A split stage
@@ -36,6 +37,7 @@ from minmo.io.shards import HashingReader, iter_members, list_shards, read_index
 from schemas.shards import (
     ALL_MEMBERS,
     INDEX_RELPATH,
+    MAX_ACTIVITY,
     MAX_LABEL,
     SPEECH_VOCAB,
     SPLITS,
@@ -73,6 +75,11 @@ def _check_member(ext: str, data: bytes) -> str | None:
                     return f"labels must be 1-D, got shape {arr.shape}"
                 if arr.size and (arr.min() < 0 or arr.max() > MAX_LABEL):
                     return f"labels outside 0..{MAX_LABEL}: {arr.min()}..{arr.max()}"
+            if ext == "assistant_activity.npy":
+                if arr.ndim != 1:
+                    return f"assistant_activity must be 1-D, got shape {arr.shape}"
+                if arr.size and (arr.min() < 0 or arr.max() > MAX_ACTIVITY):
+                    return f"assistant_activity outside 0..{MAX_ACTIVITY}: {arr.min()}..{arr.max()}"
     except Exception as exc:  # noqa: BLE001 - any decode failure is a problem to report
         return f"{ext} does not decode: {type(exc).__name__}: {exc}"
     return None
@@ -157,7 +164,7 @@ STAGE_MEMBERS = {
     "stage1": {"json", "flac", "text_tokens.npy"},
     "stage2": {"json", "text_tokens.npy", "speech_tokens.npy"},
     "stage3": {"json", "flac", "text_tokens.npy", "speech_tokens.npy"},
-    "stage4": {"json", "flac", "text_tokens.npy", "labels.npy"},
+    "stage4": {"json", "flac", "text_tokens.npy", "labels.npy", "assistant_activity.npy"},
 }
 
 
@@ -188,6 +195,10 @@ def _check_consistency(index: dict[str, Any], members: dict[str, bytes]) -> list
         got = _array_len(members.get(member))
         if field in meta and got is not None and got != meta[field]:
             problems.append(f"{member} has {got} entries, json says {field}={meta[field]}")
+    n_labels = _array_len(members.get("labels.npy"))
+    n_activity = _array_len(members.get("assistant_activity.npy"))
+    if n_activity is not None and n_activity != n_labels:
+        problems.append(f"assistant_activity.npy has {n_activity} entries, labels.npy {n_labels}")
     vocab = (index.get("tokenizers") or {}).get("text_vocab_size")
     if vocab and "text_tokens.npy" in members:
         arr = np.load(io.BytesIO(members["text_tokens.npy"]), allow_pickle=False)

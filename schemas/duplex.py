@@ -6,6 +6,23 @@ N - 1 in a meeting). `sample_id` = `<recording_id>-u<user speaker>`. `assistant_
 the assistant side: the other speaker in a two-party call, and in a meeting the other speakers'
 names sorted and joined with "+" (e.g. "spk0+spk2"). Rules: minmo/duplex/labels.py.
 
+What a stage-4 sample's input is (so that the two role samples of one conversation never give
+the model the same input with contradictory labels):
+
+* **Audio: the user's stream.** On a multi-channel recording (a stereo call, a simulated
+  two-channel call) the speech input is the user's channel alone (`user_channel`); the
+  assistant's own voice is not in it. On a mono recording the speech input is the mix, the only
+  stream there is: both role samples then hear the same audio.
+* **Assistant activity** (`assistant_activity`, int8 0/1 per label frame, same hop and length as
+  `labels`): 1 where any assistant-side speaker (every speaker but the user) has a diarized turn
+  overlapping the frame. A deployed system knows when it is itself talking, so the track is an
+  input, not a target. It is what tells the two role samples of a mono conversation apart, and
+  on a multi-channel call it carries the assistant's side that the user's channel lacks.
+
+A frame_labels row of version 1 (a build from before the column) has no activity: the stage-4
+builder skips such rows and counts them ("rerun label-turns"), rather than build samples whose
+roles contradict each other.
+
 Frame classes (`FrameLabel`), from the assistant's point of view at each frame:
 
 * listen (0): the assistant does not hold the floor; it stays silent.
@@ -61,9 +78,10 @@ EVENTS = TableContract(
     non_negative=("time_s", "gap_s"),
 )
 
+# Version 2: assistant_activity (null in a version-1 file, see the module docstring).
 FRAME_LABELS = TableContract(
     name="frame_labels",
-    version=1,
+    version=2,
     schema=pa.schema(
         [
             pa.field("sample_id", pa.string(), nullable=False),
@@ -75,6 +93,8 @@ FRAME_LABELS = TableContract(
             pa.field("n_frames", pa.int32(), nullable=False),
             pa.field("duration_s", pa.float64(), nullable=False),
             pa.field("labels", pa.list_(pa.int8()), nullable=False),  # FrameLabel values
+            # 0/1 per frame of `labels`: an assistant-side speaker is talking (an input)
+            pa.field("assistant_activity", pa.list_(pa.int8())),
         ]
     ),
     required=("sample_id", "recording_id", "user_speaker", "assistant_speaker", "labels"),

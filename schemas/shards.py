@@ -5,7 +5,8 @@ On disk, one stage directory (written by the shards step, read by the trainer, v
     <stage_dir>/<stage>-g0000-000000.tar          webdataset tar (generation 0, shard 0); each
                                                   sample's members are contiguous, named
                                                   <key>.json, <key>.flac, <key>.speech_tokens.npy,
-                                                  <key>.text_tokens.npy, <key>.labels.npy
+                                                  <key>.text_tokens.npy, <key>.labels.npy,
+                                                  <key>.assistant_activity.npy
     <stage_dir>/_index/<stage>-g0000-000000.tar.idx  little-endian uint64 (OFFSETS_DTYPE): byte
                                                   offset of each sample's first member header,
                                                   then a sentinel = the tar's size in bytes
@@ -25,7 +26,8 @@ stage with no extra arguments, on local disk and on object stores alike.
 
 Member values: json is a UTF-8 object; flac is 16-bit FLAC; the `.npy` members are integer
 arrays: speech tokens in [0, SPEECH_VOCAB), text tokens >= 0, labels 1-D frame classes
-(`schemas.duplex.FrameLabel`, 0..MAX_LABEL).
+(`schemas.duplex.FrameLabel`, 0..MAX_LABEL), assistant_activity 1-D 0/1 (0..MAX_ACTIVITY), one
+per label frame (stage 4: the assistant side is talking; schemas/duplex.py).
 
 Must not: import anything of ours outside `schemas`, or do I/O (the reader and writer are
 `minmo/io/shards.py`).
@@ -56,7 +58,12 @@ OFFSETS_DTYPE = np.dtype("<u8")
 TEMP_MARKER = ".tmp-"
 
 # Members a sample may carry besides "json" (required); the tar member name is "<key>.<member>".
-ARRAY_MEMBERS = ("speech_tokens.npy", "text_tokens.npy", "labels.npy")
+ARRAY_MEMBERS = (
+    "speech_tokens.npy",
+    "text_tokens.npy",
+    "labels.npy",
+    "assistant_activity.npy",
+)
 OPTIONAL_MEMBERS = ("flac", *ARRAY_MEMBERS)
 ALL_MEMBERS = ("json", *OPTIONAL_MEMBERS)
 # webdataset splits "<key>.<ext>" at the first dot, so keys may not contain dots or slashes.
@@ -72,6 +79,8 @@ SPLITS = ("train", "valid", "test")
 SPEECH_VOCAB = 3**8
 # The largest frame-label class a `labels.npy` may hold.
 MAX_LABEL = int(max(FrameLabel))
+# The largest value an `assistant_activity.npy` may hold (0 silent, 1 talking).
+MAX_ACTIVITY = 1
 
 
 def validate_key(key: Any) -> str | None:

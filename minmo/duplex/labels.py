@@ -328,3 +328,30 @@ def frame_labels(
 
 def _frame(time_s: float, hop_s: float, n: int) -> int:
     return min(n - 1, max(0, math.floor(time_s / hop_s + 1e-9)))
+
+
+# ---- assistant activity (an input of the stage-4 sample, schemas/duplex.py) -----------------
+
+
+def n_frames(duration_s: float, hop_s: float) -> int:
+    """Frames of a conversation's label track: frame i covers [i*hop, (i+1)*hop), at least one."""
+    return max(1, math.ceil(duration_s / hop_s - 1e-9))
+
+
+def assistant_activity(
+    ipus: Iterable[Span], user: str, duration_s: float, hop_s: float
+) -> np.ndarray:
+    """Per-frame 0/1 (int8, as long as `frame_labels`' track): 1 where any speaker other than
+    `user` (the assistant side) has speech overlapping the frame.
+
+    From the diarized segments as they are, not the joined turns: a deployed system knows exactly
+    when it itself is talking, pauses included, so the track marks its sound, not its floor."""
+    n = n_frames(duration_s, hop_s)
+    activity = np.zeros(n, dtype=np.int8)
+    for span in ipus:
+        if span.speaker == user or span.end_s <= span.start_s:
+            continue
+        first = min(n, max(0, math.floor(span.start_s / hop_s + 1e-9)))
+        last = min(n, max(0, math.ceil(span.end_s / hop_s - 1e-9)))
+        activity[first:last] = 1
+    return activity

@@ -6,6 +6,11 @@ The LLM's 3584-wide states are first projected to a narrower width (the paper gi
 parameters for the predictor and not its width): full size 3584 -> 1024, one pre-norm layer with
 16 heads and a 4096-wide feed-forward, then 1024 -> 4: 3.7 M + 12.6 M + norms = 16.3 M (paper:
 18 M, within 10 %). A causal mask keeps each frame's decision on the past only, as in streaming.
+
+Besides the hidden states the predictor takes the assistant-activity track (0/1 per frame: the
+system is talking; schemas/duplex.py): a learned embedding of it is added to each projected frame.
+The speech input is the user's stream, so without the track the predictor could not tell, on a
+mono call, which side it plays (2 x 1024 parameters at full size).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class DuplexPredictor(nn.Module):
         super().__init__()
         self.config = config
         self.down = nn.Linear(config.llm_size, config.width)
+        self.activity = nn.Embedding(2, config.width)  # 0 silent, 1 the assistant talks
         self.layer = nn.TransformerEncoderLayer(
             config.width,
             config.heads,
@@ -62,9 +68,20 @@ class DuplexPredictor(nn.Module):
             persistent=False,
         )
 
-    def forward(self, hidden: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T, llm) hidden states -> (B, T, n_classes) logits; `padding` True = ignore."""
-        x = self.down(hidden)
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        activity: torch.Tensor,
+        padding: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, T, llm) hidden states + (B, T) 0/1 assistant activity -> (B, T, n_classes)
+        logits; `padding` True = ignore."""
+        if activity.shape != hidden.shape[:2]:
+            raise ValueError(
+                f"assistant activity {tuple(activity.shape)} does not match the frames "
+                f"{tuple(hidden.shape[:2])}"
+            )
+        x = self.down(hidden) + self.activity(activity.long().clamp(0, 1))
         causal = nn.Transformer.generate_square_subsequent_mask(x.shape[1], device=x.device)
         x = self.layer(x, src_mask=causal, src_key_padding_mask=padding, is_causal=True)
         return self.head(x)

@@ -221,9 +221,15 @@ class MinMo(nn.Module):
         if kind == "duplex":
             if batch.labels is None:
                 raise ValueError("stage 4 needs duplex labels in the batch")
+            if batch.assistant_activity is None:
+                raise ValueError(
+                    "stage 4 needs the assistant-activity track in the batch (shard member "
+                    "assistant_activity.npy; shards built before it: rebuild stage 4)"
+                )
             hidden = result.hidden_states[-1]
             frames, padding = self._at_speech(hidden, sp.speech_positions)
-            logits = self.duplex(frames, padding)
+            activity = _fit(batch.assistant_activity, frames.shape[1])
+            logits = self.duplex(frames, activity, padding)
             n = min(logits.shape[1], batch.labels.shape[1])
             labels = batch.labels[:, :n].masked_fill(padding[:, :n], IGNORE)
             out["duplex_loss"] = self.duplex.loss(logits[:, :n], labels)
@@ -280,6 +286,14 @@ class MinMo(nn.Module):
         padding = positions < 0
         index = positions.clamp(min=0)[..., None].expand(-1, -1, hidden.shape[-1])
         return torch.gather(hidden, 1, index).detach(), padding
+
+
+def _fit(track: torch.Tensor, n: int) -> torch.Tensor:
+    """A (B, F) per-frame track cut or 0-padded to the predictor's n frames (both start at the
+    first speech frame with the same hop, like the labels)."""
+    if track.shape[1] >= n:
+        return track[:, :n]
+    return F.pad(track, (0, n - track.shape[1]), value=0)
 
 
 def parameter_table(config: MinMoConfig, text_vocab_size: int | None = None) -> dict[str, int]:

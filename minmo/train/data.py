@@ -91,7 +91,14 @@ from minmo.io.fs import is_local, open_filesystem, to_uri
 from minmo.io.paths import Pathlike
 from minmo.io.shards import iter_members, read_index, read_offsets
 from minmo.model.batch import Batch, collate
-from schemas.shards import SPLITS, index_path, offsets_path, shard_path, split_dir
+from schemas.shards import (
+    ARRAY_MEMBERS,
+    SPLITS,
+    index_path,
+    offsets_path,
+    shard_path,
+    split_dir,
+)
 from schemas.units import SAMPLE_RATE_HZ, Seconds
 
 # .idx arrays kept per process; a rank reads its slice shard by shard, so a few suffice.
@@ -108,7 +115,8 @@ def decode_sample(key: str, members: dict[str, bytes]) -> dict[str, Any]:
     """Raw member bytes of one sample -> the decoded sample `minmo.model.batch.collate` takes.
 
     Keys: key, json (dict), audio (float32 (channels, samples) at 16 kHz, or None), audio_s
-    (seconds, 0.0 without audio), text_tokens / speech_tokens / labels (numpy arrays, or None).
+    (seconds, 0.0 without audio), text_tokens / speech_tokens / labels / assistant_activity (numpy
+    arrays, or None).
     """
     if "json" not in members:
         raise ValueError(f"sample {key}: no json member (members: {sorted(members)})")
@@ -121,8 +129,9 @@ def decode_sample(key: str, members: dict[str, bytes]) -> dict[str, Any]:
             raise ValueError(f"sample {key}: audio at {rate} Hz, expected {SAMPLE_RATE_HZ}")
         sample["audio"] = np.ascontiguousarray(data.T)
         sample["audio_s"] = data.shape[0] / rate
-    for name in ("text_tokens", "speech_tokens", "labels"):
-        raw = members.get(f"{name}.npy")
+    for member in ARRAY_MEMBERS:
+        raw = members.get(member)
+        name = member.removesuffix(".npy")
         sample[name] = None if raw is None else np.load(io.BytesIO(raw), allow_pickle=False)
     return sample
 

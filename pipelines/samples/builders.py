@@ -785,6 +785,8 @@ class StageBuilder:
     # ---- stage 4 ------------------------------------------------------------------------------
 
     def _stage4(self) -> Iterator[dict[str, Any]]:
+        """One duplex sample per frame_labels row: the user's stream as input (schemas/duplex.py
+        says what that is), the frame labels as target, the assistant activity as a member."""
         for row in sources.iter_rows(self.build, "frame_labels", None, self.view):
             rec = self.recs.get(row["recording_id"])
             if rec is None:
@@ -792,6 +794,19 @@ class StageBuilder:
                 continue
             if rec.duration_s > self.config.max_conversation_s:
                 self.skip("duplex", "conversation longer than max_conversation_s")
+                continue
+            activity = row.get("assistant_activity")
+            if activity is None:
+                # A frame_labels v1 build: without the track both role samples of a mono call
+                # would contradict each other, so none is built until label-turns reruns.
+                self.skip("duplex", "no assistant_activity (frame_labels v1): rerun label-turns")
+                continue
+            if len(activity) != len(row["labels"]):
+                self.skip("duplex", "assistant_activity and labels differ in length")
+                continue
+            user_channel = int(row["user_channel"])
+            if rec.channels > 1 and not 0 <= user_channel < rec.channels:
+                self.skip("duplex", "user channel outside the recording's channels")
                 continue
             sid = row["sample_id"]
             yield make_spec(
@@ -809,13 +824,19 @@ class StageBuilder:
                     sample_id=sid,
                     user_speaker=row["user_speaker"],
                     assistant_speaker=row["assistant_speaker"],
-                    user_channel=int(row["user_channel"]),
+                    user_channel=user_channel,
                     label_hop_s=float(row["hop_s"]),
                 ),
-                # All channels as recorded: on a two-channel call the trainer can feed the user's
-                # channel (meta.user_channel) and still see when the assistant side talks.
-                input_audio=audio_ref(rec.source_uri, rec.channels, None, 0.0, rec.duration_s),
+                # The user's channel of a multi-channel call; the whole file of a mono one.
+                input_audio=audio_ref(
+                    rec.source_uri,
+                    rec.channels,
+                    user_channel if rec.channels > 1 else None,
+                    0.0,
+                    rec.duration_s,
+                ),
                 labels=[int(v) for v in row["labels"]],
+                assistant_activity=[int(v) for v in activity],
             )
 
 

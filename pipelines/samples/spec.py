@@ -9,6 +9,8 @@ through Ray Data as one string column:
     input_audio    AudioRef or None: the audio the model hears (-> <key>.flac)
     target_speech  AudioRef or None: the speech the model says (-> <key>.speech_tokens.npy)
     labels         list[int] or None: duplex frame labels (-> <key>.labels.npy)
+    assistant_activity  list[int] (0/1) or None: per label frame, the assistant side talks
+                   (-> <key>.assistant_activity.npy; stage 4, schemas/duplex.py)
     meta           provenance (recording / segment / sample ids, source keys, corpus) and
                    task fields (hotwords, translation language, instruction, label hop)
 """
@@ -66,6 +68,7 @@ def make_spec(
     input_audio: AudioRef | None = None,
     target_speech: AudioRef | None = None,
     labels: list[int] | None = None,
+    assistant_activity: list[int] | None = None,
 ) -> dict[str, Any]:
     return {
         "key": sample_key(task, source_id),
@@ -76,6 +79,7 @@ def make_spec(
         "input_audio": input_audio,
         "target_speech": target_speech,
         "labels": labels,
+        "assistant_activity": assistant_activity,
         "meta": meta,
     }
 
@@ -91,7 +95,8 @@ def estimated_bytes(spec: dict[str, Any]) -> int:
     """
     audio = span_s(spec["input_audio"]) * SAMPLE_RATE_HZ * 2 * 0.6
     speech_tokens = span_s(spec["target_speech"]) * 25 * 4
-    labels = len(spec["labels"] or [])
+    labels = len(spec["labels"] or []) + len(spec.get("assistant_activity") or [])
     text = sum(len(m["content"]) for m in spec["messages"]) * 2
     members = 2 + (spec["input_audio"] is not None) + (spec["target_speech"] is not None)
+    members += spec.get("assistant_activity") is not None
     return int(audio + speech_tokens + labels + text + 1024 * members)

@@ -66,14 +66,18 @@ from pipelines.shards.plan import (
     summarize,
 )
 from pipelines.shards.splits import SplitConfig
-from pipelines.shards.tokenize import TokenizeStage, load_audio_batch, tokenizer_info
+from pipelines.shards.tokenize import (
+    MEMBER_COLUMNS,
+    TokenizeStage,
+    load_audio_batch,
+    tokenizer_info,
+)
 from schemas import QUARANTINE, ReasonCode
 from schemas.labels import LabelSource
 from schemas.quarantine import quarantine_row
 from schemas.shards import INDEX_VERSION, SPLITS, index_path, shard_name, split_dir
 
 STEP = "shards"
-MEMBER_COLUMNS = ("json", "flac", "speech_tokens", "text_tokens", "labels")
 
 
 @dataclass

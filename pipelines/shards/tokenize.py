@@ -28,9 +28,13 @@ from minmo.io.shards import npy_bytes
 from minmo.tokens.speech import SpeechTokenizer, n_speech_tokens
 from pipelines.audio_source import RecordingCache, SourceRoots
 from pipelines.samples.spec import span_s
+from schemas.shards import ALL_MEMBERS
 from schemas.units import SAMPLE_RATE_HZ
 
 SPEECH_TOKENS_PER_S = 25
+# The members a tokenized sample may have (schemas/shards.py), as result columns: the arrays'
+# ".npy" is added back when the sample is written.
+MEMBER_COLUMNS = tuple(m.removesuffix(".npy") for m in ALL_MEMBERS)
 
 
 def load_audio_batch(
@@ -120,19 +124,7 @@ class TokenizeStage:
                         codes[i] = self.speech.tokenize([clips[i]])[0]
                     except Exception as one:  # noqa: BLE001
                         errors[i] = f"speech tokenizer: {type(one).__name__}: {one} (batch: {exc})"
-        out: dict[str, list[Any]] = {
-            k: []
-            for k in (
-                "key",
-                "shard",
-                "error",
-                "json",
-                "flac",
-                "speech_tokens",
-                "text_tokens",
-                "labels",
-            )
-        }
+        out: dict[str, list[Any]] = {k: [] for k in ("key", "shard", "error", *MEMBER_COLUMNS)}
         for i, spec in enumerate(specs):
             members: dict[str, bytes] = {}
             if not errors[i]:
@@ -148,7 +140,7 @@ class TokenizeStage:
             out["key"].append(batch["key"][i])
             out["shard"].append(int(batch["shard"][i]))
             out["error"].append(errors[i])
-            for name in ("json", "flac", "speech_tokens", "text_tokens", "labels"):
+            for name in MEMBER_COLUMNS:
                 out[name].append(members.get(name, b""))
         return out
 
@@ -193,6 +185,8 @@ class TokenizeStage:
         if spec["labels"] is not None:
             members["labels"] = npy_bytes(np.asarray(spec["labels"], dtype=np.int8))
             meta["label_hop_s"] = spec["meta"].get("label_hop_s")
+        if (activity := spec.get("assistant_activity")) is not None:
+            members["assistant_activity"] = npy_bytes(np.asarray(activity, dtype=np.int8))
         members["json"] = json.dumps(
             meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False
         ).encode("utf-8")

@@ -72,6 +72,7 @@ def _sample(tokenizer, stage: str, answer: str, seconds: float, seed: int) -> di
         sample["speech_tokens"] = rng.integers(0, 6561, size=12)
     if stage == "4":
         sample["labels"] = rng.integers(0, 4, size=int(seconds / 0.12))
+        sample["assistant_activity"] = rng.integers(0, 2, size=sample["labels"].size)
     return sample
 
 
@@ -152,6 +153,27 @@ def test_each_stage_overfits_a_fixed_batch(tokenizer, stage: str) -> None:
         optimizer.step()
     last = float(model(batch)["loss"].detach())
     assert last <= 0.1 * first, f"stage {stage}: loss {first:.3f} -> {last:.3f}"
+
+
+def test_stage4_refuses_a_batch_without_the_activity_track(tokenizer) -> None:
+    model = _model(tokenizer)
+    model.apply_recipe("4")
+    batch = dataclasses.replace(_batch(tokenizer, "4"), assistant_activity=None)
+    with pytest.raises(ValueError, match="assistant-activity"):
+        model(batch)
+
+
+def test_stage4_audio_is_one_channel_never_mixed(tokenizer) -> None:
+    sample = _sample(tokenizer, "4", "", SECONDS, 1)
+    sample["json"]["stage"] = "stage4"
+    assert torch.equal(collate([sample]).waves[0], torch.as_tensor(sample["audio"][0]))
+    sample["audio"] = np.concatenate([sample["audio"], sample["audio"]])
+    with pytest.raises(ValueError, match="user's channel only"):
+        collate([sample])
+    # Other stages' multi-channel audio falls back to a mixdown.
+    other = _sample(tokenizer, "1a", "x", SECONDS, 1)
+    other["audio"] = np.stack([other["audio"][0], np.zeros_like(other["audio"][0])])
+    assert torch.allclose(collate([other]).waves[0], torch.as_tensor(other["audio"][0] / 2))
 
 
 def test_save_and_load_round_trip(tokenizer, tmp_path: Path) -> None:

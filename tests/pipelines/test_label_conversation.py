@@ -29,6 +29,18 @@ def test_two_samples_with_valid_rows() -> None:
     assert events.num_rows == 4  # two hand-overs, seen from each side
     assert result["lists"]["transfer_offsets_s"] == [0.5, 0.1]
     assert result["stats"]["floor_transfers"] == 2
+    # Each role's assistant activity is the other speaker's speech, frame by frame.
+    activity = dict(
+        zip(
+            labels.column("user_speaker").to_pylist(),
+            labels.column("assistant_activity").to_pylist(),
+            strict=True,
+        )
+    )
+    assert len(activity["ch0"]) == len(activity["ch1"]) == 84
+    assert [i for i, v in enumerate(activity["ch0"]) if v] == list(range(29, 50))  # 3.5..6.0 s
+    talks_ch0 = [i for i, v in enumerate(activity["ch1"]) if v]
+    assert talks_ch0 == list(range(0, 25)) + list(range(50, 75))  # 0..3.0 s, 6.1..9.0 s
 
 
 def test_one_voice_is_quarantined() -> None:

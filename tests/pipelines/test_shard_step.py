@@ -162,8 +162,13 @@ def test_stage3_and_stage4_samples_match_their_tables(demo: dict[str, Any]) -> N
         meta = json.loads(sample["json"])
         row = labels[meta["provenance"]["sample_id"]]
         assert np.load(io.BytesIO(sample["labels.npy"])).tolist() == row["labels"]
+        activity = np.load(io.BytesIO(sample["assistant_activity.npy"])).tolist()
+        assert activity == row["assistant_activity"]
+        # The user's stream: one channel, the user's on a multi-channel call.
         info = sf.info(io.BytesIO(sample["flac"]))
-        assert info.channels == recordings[row["recording_id"]]["channels"]
+        assert info.channels == 1
+        if recordings[row["recording_id"]]["channels"] > 1:
+            assert meta["provenance"]["user_channel"] == row["user_channel"]
         assert abs(info.duration - row["duration_s"]) < 0.01
 
 
@@ -275,7 +280,7 @@ def test_ray_data_reads_the_shards(demo: dict[str, Any]) -> None:
     assert len(rows) == _index(demo, "stage4")["totals"]["samples"]
     keys = {r["__key__"] for r in rows}
     assert all(k.startswith("duplex-") for k in keys)
-    assert all("labels.npy" in r and "flac" in r for r in rows)
+    assert all("labels.npy" in r and "assistant_activity.npy" in r and "flac" in r for r in rows)
 
 
 def test_minmo_verify_names_the_first_bad_shard_and_sample(

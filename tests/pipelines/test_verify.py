@@ -134,3 +134,26 @@ def test_verify_on_s3(stage: tuple[Path, dict], moto_s3_options: dict) -> None:
         out.write(bytes(data))
     problems = verify_shards(root, moto_s3_options)["s1"]
     assert problems and NAMES[1] in problems[0]
+
+
+def test_stage4_needs_an_activity_track_as_long_as_its_labels() -> None:
+    from minmo.io.shards import npy_bytes
+    from pipelines.verify import _check_consistency, _check_member
+
+    labels = npy_bytes(np.zeros(5, dtype=np.int8))
+    members = {
+        "json": json.dumps({"n_labels": 5}).encode(),
+        "flac": b"",
+        "text_tokens.npy": npy_bytes(np.arange(3)),
+        "labels.npy": labels,
+    }
+    index = {"stage": "stage4"}
+    assert any("assistant_activity.npy" in p for p in _check_consistency(index, members))
+    members["assistant_activity.npy"] = npy_bytes(np.ones(4, dtype=np.int8))
+    assert _check_consistency(index, members) == [
+        "assistant_activity.npy has 4 entries, labels.npy 5"
+    ]
+    members["assistant_activity.npy"] = npy_bytes(np.ones(5, dtype=np.int8))
+    assert _check_consistency(index, members) == []
+    bad = npy_bytes(np.full(5, 2, dtype=np.int8))
+    assert "outside 0..1" in (_check_member("assistant_activity.npy", bad) or "")

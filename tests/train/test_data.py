@@ -59,6 +59,7 @@ def make_samples(n: int, prefix: str, seed: int) -> list[dict[str, Any]]:
             "flac": flac_bytes(audio),
             "text_tokens.npy": rng.integers(0, 1000, size=int(rng.integers(3, 40)), dtype=np.int64),
             "labels.npy": rng.integers(0, 4, size=6, dtype=np.int8),
+            "assistant_activity.npy": rng.integers(0, 2, size=6, dtype=np.int8),
         }
         if i % 3:
             sample["speech_tokens.npy"] = rng.integers(
@@ -119,7 +120,7 @@ def test_idx_reads_equal_webdataset(stage_dir: Path) -> None:
             assert rate == 16000 and sample["audio"].dtype == np.float32
             np.testing.assert_array_equal(sample["audio"], audio.T)
             assert sample["audio_s"] == pytest.approx(audio.shape[0] / 16000)
-            for m in ("text_tokens", "speech_tokens", "labels"):
+            for m in ("text_tokens", "speech_tokens", "labels", "assistant_activity"):
                 if f"{m}.npy" in ref:
                     np.testing.assert_array_equal(sample[m], np.load(io.BytesIO(ref[f"{m}.npy"])))
                 else:
@@ -237,7 +238,14 @@ def test_resume_with_workers_and_collate(stage_dir: Path) -> None:
         got = resumed.next_batch()
         assert isinstance(got, Batch)
         assert got.waves is not None and got.wave_lengths is not None
-        for name in ("input_ids", "input_lengths", "waves", "wave_lengths", "labels"):
+        for name in (
+            "input_ids",
+            "input_lengths",
+            "waves",
+            "wave_lengths",
+            "labels",
+            "assistant_activity",
+        ):
             assert bool((getattr(got, name) == getattr(expected, name)).all()), name
 
 
