@@ -36,6 +36,7 @@ class ReasonCode(str, enum.Enum):
     )
     NO_SPEECH = "no_speech"  # diarization found no speech at all
     SINGLE_SPEAKER = "single_speaker"  # a conversation in which only one speaker talks
+    INDISTINCT_SPEAKERS = "indistinct_speakers"  # fewer distinct voices than the hints require
     NOT_TWO_PARTY = "not_two_party"  # duplex labels need two or more voices; one was found
     BAD_DIALOGUE = "bad_dialogue"  # a chat row with no turns, unknown roles or empty text
     TTS_FAILED = "tts_failed"  # the TTS engine could not speak a line (after retries)

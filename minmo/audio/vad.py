@@ -7,6 +7,8 @@ Owns two things:
   (within 1e-4: only float summation order differs).
 * `speech_timestamps`: the stock post-processing (thresholds with hysteresis, minimum durations,
   max-duration splitting, padding, rounding to seconds) applied to those probabilities.
+* `level_normalized`: the gain every caller applies before scoring, so that one threshold holds
+  from loud close-talk audio to quiet far-field audio (see `vad_gain`).
 
 Must not: decode, resample (callers bring 16 kHz), read files, or pick thresholds for a corpus.
 
@@ -39,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_sequence, pad_packed_sequence
 
+from minmo.audio.measure import frame_powers
 from schemas.units import SAMPLE_RATE_HZ
 
 FRAME_SAMPLES = 512  # one probability per 512 samples at 16 kHz (32 ms)
@@ -50,6 +53,12 @@ _FFT_HOP = 128
 _ENCODER_STRIDES = (1, 2, 2, 1)
 _HIDDEN = 128
 _ENCODE_CHUNK = 256  # windows per encoder call: intermediates stay in L2/L3 cache
+# Level normalisation before VAD (`vad_gain`).
+VAD_LEVEL_DBFS = -20.0
+"""Level the loud frames of a recording are brought to before VAD: close-talk speech's own."""
+_LEVEL_PERCENTILE = 97.0  # the "loud frames": speech peaks even when speech is 5 % of a file
+_MAX_VAD_GAIN_DB = 40.0  # never lift a recording by more (-60 dBFS speech is the limit)
+_SILENT_DBFS = -90.0  # below this the loud frames are dither or digital silence: no gain
 # Stock get_speech_timestamps defaults that our signature does not expose.
 _MIN_SILENCE_AT_MAX_SPEECH_MS = 98
 _DEFAULT_NEG_THRESHOLD_GAP = 0.15
@@ -288,6 +297,37 @@ class BatchedSileroVad:
                 pieces[s].append(probs[s, :n])
             first += span
         return [torch.cat(p).numpy() for p in pieces]
+
+
+def vad_gain(streams: list[np.ndarray]) -> float:
+    """Linear gain that brings one recording's loud frames to VAD_LEVEL_DBFS.
+
+    Why: silero-vad's probabilities depend on the input level. Far-field meeting audio (RMS near
+    -40 dBFS) scores below the stock threshold where close-talk speech scores near 1, so a 30 s
+    clip with 6 s of speech at -39 dBFS came out as "no speech". The level is the 97th percentile
+    of the 32 ms frame powers over all channels together (speech peaks, even when speech fills
+    only a few percent of the file; background noise in the pauses does not move it), and all
+    channels get the same gain, so one channel's crosstalk stays as far below the other's speech
+    as it was recorded. The gain is capped at +40 dB, and a recording whose loud frames are
+    below -90 dBFS (digital silence, dither) keeps gain 1. Attenuation is allowed: a loud
+    recording is brought down to the same level. Only the VAD's input is scaled: levels, SNR and
+    the audio that later steps read stay as recorded.
+    """
+    powers = [frame_powers(np.asarray(s), FRAME_SAMPLES) for s in streams if len(s)]
+    if not powers:
+        return 1.0
+    loud = float(np.percentile(np.concatenate(powers), _LEVEL_PERCENTILE))
+    loud_dbfs = 10 * math.log10(max(loud, 1e-20))
+    if loud_dbfs < _SILENT_DBFS:
+        return 1.0
+    return 10 ** (min(VAD_LEVEL_DBFS - loud_dbfs, _MAX_VAD_GAIN_DB) / 20)
+
+
+def level_normalized(streams: list[np.ndarray]) -> list[np.ndarray]:
+    """The channels of one recording scaled by their common `vad_gain`, as float32: what
+    every caller of `BatchedSileroVad.speech_probs` scores."""
+    gain = np.float32(vad_gain(streams))
+    return [np.asarray(stream, dtype=np.float32) * gain for stream in streams]
 
 
 @dataclass(frozen=True)

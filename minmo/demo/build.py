@@ -29,7 +29,7 @@ import posixpath
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +38,14 @@ import pyarrow.fs as pafs
 from tqdm import tqdm
 
 from minmo.audio.encode import pcm16_bytes
+from minmo.audio.farfield import FarFieldSpec, far_field_mix
 from minmo.audio.resample import resample
 from minmo.audio.trim import trim_silence
 from minmo.demo import conversation as conv
 from minmo.demo.script import (
     BACKCHANNELS,
     CONVERSATIONS,
+    FAR_FIELD_CALLS,
     MEETINGS,
     SENTENCES,
     VOICES,
@@ -199,7 +201,8 @@ def build_demo_corpus(
     fs, root = open_filesystem(str(out_dir), **(storage_options or {}))
     out = _Out(fs, root)
     utterances = plan_utterances()
-    scripts = (*CONVERSATIONS, *MEETINGS)  # meetings last: the conversations' seeds stay put
+    # Later groups last: each recording draws from its own seed stream, so earlier files stay put.
+    scripts = (*CONVERSATIONS, *MEETINGS, *FAR_FIELD_CALLS)
     clips = _synthesize_all(utterances, scripts, progress)
 
     written = 0
@@ -333,8 +336,15 @@ def _build_conversation(
     gains: dict[SpeakerLabel, float] = {
         label: 10 ** (rng.uniform(*CONV_PEAK_DBFS) / 20) for label in voices
     }
-    audio = conv.render(turns, length_ms, script.stereo, gains, rng.uniform(*CONV_NOISE_DBFS), rng)
     doc = conv.turns_document(script, turns, length_ms, {k: v.id for k, v in voices.items()})
+    if script.far_field:
+        spec = FarFieldSpec.draw(rng)
+        tracks = conv.speaker_tracks(turns, length_ms, gains)
+        audio = far_field_mix(tracks, spec, rng)[:, None]
+        doc["far_field"] = {k: round(v, 3) for k, v in asdict(spec).items()}
+    else:
+        noise_dbfs = rng.uniform(*CONV_NOISE_DBFS)
+        audio = conv.render(turns, length_ms, script.stereo, gains, noise_dbfs, rng)
     base = f"conversations/{script.stem}"
     files = {
         f"{base}.wav": pcm16_bytes(audio, SAMPLE_RATE_HZ, "wav"),
@@ -419,7 +429,10 @@ utterances/<lang>/<voice>_<nnn>.flac  16 kHz PCM16 WAV, some 22.05/44.1 kHz FLAC
 conversations/<stem>.wav              two-party dialogues, 16 kHz PCM16 (task "conversation"):
                                       stereo = speaker A on channel 0, B on channel 1; or mono
                                       mix; and two meetings (en_team_standup: 4 speakers A-D,
-                                      en_book_club: 3 speakers A-C), mono mixes, same task
+                                      en_book_club: 3 speakers A-C), mono mixes, same task;
+                                      and one far-field call (en_missing_parcel_far: mono,
+                                      reverberant, -40 to -25 dBFS, pink noise 10-20 dB below;
+                                      its turns.json gives the room under "far_field")
 conversations/<stem>.rttm             exact speaker turns (RTTM, seconds, 3 decimals)
 conversations/<stem>.turns.json       the same turns with text, channel and kind:
                                       "turn", "interruption" (cuts the other speaker off; the

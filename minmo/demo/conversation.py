@@ -208,6 +208,19 @@ def conversation_length_ms(turns: Sequence[PlacedTurn], rng: np.random.Generator
     return max(t.end_ms for t in turns) + _ms(rng.uniform(*TAIL_S))
 
 
+def speaker_tracks(
+    turns: Sequence[PlacedTurn], length_ms: int, gains: Mapping[SpeakerLabel, float]
+) -> dict[SpeakerLabel, np.ndarray]:
+    """One close-talk float32 track per speaker (every key of `gains`), length_ms long."""
+    n = length_ms * SAMPLES_PER_MS
+    tracks = {label: np.zeros(n, np.float32) for label in gains}
+    for t in turns:
+        s = t.start_ms * SAMPLES_PER_MS
+        gain = gains[t.speaker] * (BACKCHANNEL_GAIN if t.kind == "backchannel" else 1.0)
+        tracks[t.speaker][s : s + len(t.audio)] += gain * t.audio
+    return tracks
+
+
 def render(
     turns: Sequence[PlacedTurn],
     length_ms: int,
@@ -223,14 +236,9 @@ def render(
     clip. Low Gaussian noise keeps SNR finite so ingest's level and SNR measurements have
     something real to measure. `gains` names every speaker.
     """
-    n = length_ms * SAMPLES_PER_MS
-    tracks = {label: np.zeros(n, np.float32) for label in gains}
+    tracks = speaker_tracks(turns, length_ms, gains)
     if stereo and set(tracks) != {"A", "B"}:
         raise ValueError(f"stereo is one channel per speaker of two, got {sorted(tracks)}")
-    for t in turns:
-        s = t.start_ms * SAMPLES_PER_MS
-        gain = gains[t.speaker] * (BACKCHANNEL_GAIN if t.kind == "backchannel" else 1.0)
-        tracks[t.speaker][s : s + len(t.audio)] += gain * t.audio
     if stereo:
         out = np.stack([tracks["A"], tracks["B"]], axis=1)
     else:

@@ -11,7 +11,7 @@ the transcript (`text`) stays in Chinese characters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 SpeakerLabel = Literal["A", "B", "C", "D"]
@@ -86,6 +86,7 @@ class ConversationScript:
     stereo: bool  # True: one speaker per channel (A = 0, B = 1); False: mono mix
     lines: tuple[Line, ...]
     more_voices: tuple[str, ...] = ()  # voices of speakers C, D: a meeting
+    far_field: bool = False  # mono, heard from across a room (`minmo.audio.farfield`)
 
     def __post_init__(self) -> None:
         labels = set(self.voice_ids)
@@ -93,6 +94,8 @@ class ConversationScript:
             raise ValueError(f"{self.stem}: at most {len(SPEAKER_LABELS)} speakers")
         if self.is_meeting and self.stereo:
             raise ValueError(f"{self.stem}: a meeting is a mono mix")
+        if self.far_field and self.stereo:
+            raise ValueError(f"{self.stem}: a far-field recording is one distant microphone")
         for i, line in enumerate(self.lines):
             if line.speaker not in labels or (line.listener or "A") not in labels:
                 raise ValueError(f"{self.stem} line {i}: a speaker outside {sorted(labels)}")
@@ -586,3 +589,18 @@ MEETINGS: tuple[ConversationScript, ...] = (
 back-channels from a named listener; their RTTM / turns.json references are exact, like the
 conversations'. Built after CONVERSATIONS, so adding them left every conversation file as it
 was (each recording draws from its own seed stream)."""
+
+
+FAR_FIELD_CALLS: tuple[ConversationScript, ...] = (
+    replace(
+        next(c for c in CONVERSATIONS if c.stem == "en_missing_parcel"),
+        stem="en_missing_parcel_far",
+        voice_a="en_ny_m1",
+        voice_b="en_rp_f3",
+        far_field=True,
+    ),
+)
+"""A two-party call recorded by one distant microphone: each voice through its own synthetic
+room impulse response, mixed quiet (-40 to -25 dBFS) with pink noise 10-20 dB below, as
+AliMeeting-style far-field audio is. The script is en_missing_parcel's, spoken by other voices.
+Built after the meetings, so every earlier recording stays as it was."""

@@ -31,7 +31,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from minmo.audio.measure import frame_powers
-from minmo.audio.vad import FRAME_SAMPLES, BatchedSileroVad, speech_timestamps
+from minmo.audio.vad import (
+    FRAME_SAMPLES,
+    BatchedSileroVad,
+    level_normalized,
+    speech_timestamps,
+)
 from minmo.config import ConfigError
 from minmo.diarization.types import (
     DiarizationRejected,
@@ -129,7 +134,8 @@ class ChannelDiarizer:
             )
         cfg = self.config
         num_samples = audio.shape[1]
-        probs = np.stack(self.vad.speech_probs(list(audio)))  # (C, T)
+        # one gain for all channels: crosstalk stays as far below speech as recorded
+        probs = np.stack(self.vad.speech_probs(level_normalized(list(audio))))  # (C, T)
         if not (probs >= cfg.threshold).any():
             raise DiarizationRejected(
                 ReasonCode.NO_SPEECH.value,

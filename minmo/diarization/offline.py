@@ -7,7 +7,8 @@ silero-vad and resemblyzer wheels.
 
 Pipeline, for float32 audio (channels, samples) at 16 kHz, downmixed to mono by the mean:
 
-1. Speech regions: `BatchedSileroVad` probabilities -> `speech_timestamps` (ms resolution).
+1. Speech regions: `BatchedSileroVad` probabilities of the level-normalised mix (`level_normalized`:
+   quiet far-field audio is scored at close-talk level) -> `speech_timestamps` (ms resolution).
 2. Embeddings: Resemblyzer's pretrained d-vector network (3-layer LSTM over 40 mel bands, 10 ms
    frames). Windows of `window_s` slide by `step_s` *inside* each speech region, so no window
    straddles a pause between turns; a region shorter than a window is one shorter window, so no
@@ -66,7 +67,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_sequence
 from torchaudio.functional import melscale_fbanks
 
-from minmo.audio.vad import BatchedSileroVad, speech_timestamps
+from minmo.audio.vad import BatchedSileroVad, level_normalized, speech_timestamps
 from minmo.config import ConfigError
 from minmo.diarization.types import (
     DiarizationRejected,
@@ -74,6 +75,7 @@ from minmo.diarization.types import (
     SpeakerSegment,
     merge_close,
 )
+from schemas.quarantine import ReasonCode
 from schemas.units import SAMPLE_RATE_HZ, Seconds
 
 # Resemblyzer's front end (resemblyzer/hparams.py): 25 ms windows, 10 ms hop, 40 mel bands.
@@ -116,6 +118,13 @@ class OfflineDiarizerConfig:
     min_speaker_s: Seconds = 2.0
     """A voice labelled on less speech than this is folded into the others (and with two, the
     recording is refused): a second "speaker" of 1-1.5 s in a 3 s clip is one voice split."""
+    min_brief_speaker_s: Seconds = 1.0
+    """A voice with less than min_speaker_s but at least this much speech is kept when it is
+    clearly different (distinct_voice_similarity): a quiet or brief second speaker."""
+    distinct_voice_similarity: float = 0.80
+    """Below this raw-centroid cosine similarity a brief voice is a different person. Measured:
+    the brief second clusters that a forced split of one voice gives were 0.82-0.90 alike to
+    the main one (14 real single-speaker clips); a real 1.5 s second voice was 0.50-0.52."""
     new_speaker_similarity: float = 0.83
     """Estimating the count (no num_speakers hint): one more cluster is one more speaker only if it
     is less alike than this to every other. Stricter than same_voice_similarity because a third
@@ -145,7 +154,11 @@ class OfflineDiarizerConfig:
             )
         if not 0 < self.affinity_keep <= 1:
             raise ConfigError(f"affinity_keep must be in (0, 1], got {self.affinity_keep}")
-        for name in ("same_voice_similarity", "new_speaker_similarity"):
+        for name in (
+            "same_voice_similarity",
+            "new_speaker_similarity",
+            "distinct_voice_similarity",
+        ):
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         if self.margin_scale == 0:
@@ -264,7 +277,9 @@ class OfflineDiarizer:
 
     Callable as `(audio, hints) -> list[SpeakerSegment]`: audio float32 (channels, samples) at
     16 kHz; speakers "spk0", "spk1", ... numbered by first appearance, all on channel 0.
-    Raises DiarizationRejected("no_speech" | "single_speaker", detail).
+    Raises DiarizationRejected("no_speech" | "single_speaker" | "indistinct_speakers", detail):
+    the last when the hints ask for more voices (min_speakers, num_speakers) than can be told
+    apart, e.g. a meeting whose speakers all sound alike to the embedding.
     """
 
     def __init__(
@@ -305,14 +320,22 @@ class OfflineDiarizer:
                 "single_speaker",
                 f"{len(reliable)} embedding window(s) of speech: too little to find two voices",
             )
-        centre, centroids = self._cluster(embeddings[reliable], low, high)
+        centre, centroids, voices = self._cluster(embeddings[reliable], low, high)
         if len(centroids) < 2:
             raise DiarizationRejected(
                 "single_speaker",
                 f"one voice: its speaker clusters are more than "
                 f"{self.config.same_voice_similarity:.2f} cosine-similar",
             )
-        segments = self._label(embeddings, centre, centroids, windows, region_frames)
+        if len(centroids) < low:
+            raise DiarizationRejected(
+                ReasonCode.INDISTINCT_SPEAKERS.value,
+                f"the hints ask for at least {low} speakers but only {len(centroids)} voices are "
+                f"distinct: split {low} ways, some clusters were more than "
+                f"{self.config.same_voice_similarity:.2f} cosine-similar (one voice) and merged; "
+                f"the closest distinct pair is {_closest_pair(voices):.2f} alike",
+            )
+        segments = self._label(embeddings, centre, centroids, voices, windows, region_frames, low)
         changes = _speaker_changes(segments)
         if changes < self.config.min_speaker_changes:
             raise DiarizationRejected(
@@ -325,7 +348,7 @@ class OfflineDiarizer:
     # ------------------------------------------------------------------ stages
 
     def _speech_regions(self, mono: np.ndarray) -> list[tuple[Seconds, Seconds]]:
-        (probs,) = self._vad.speech_probs([mono])
+        (probs,) = self._vad.speech_probs(level_normalized([mono]))
         regions = speech_timestamps(
             probs,
             mono.shape[0],
@@ -360,24 +383,35 @@ class OfflineDiarizer:
         stride = math.ceil(len(full) / _MAX_CLUSTER_WINDOWS)
         return full[::stride]
 
-    def _cluster(self, points: np.ndarray, low: int, high: int) -> tuple[np.ndarray, np.ndarray]:
-        """-> (centre (E,), centroids (K, E) unit, in mean-subtracted space); K may be 1."""
+    def _cluster(
+        self, points: np.ndarray, low: int, high: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """-> (centre (E,), centroids (K, E) unit, in mean-subtracted space, voices (K, E): the
+        same clusters' unit mean raw d-vectors, which the similarity thresholds are in); K may
+        be 1."""
         centre = points.mean(0)
         centred = _unit(points - centre)
         labels = cluster_speakers(points, low, high, self.config)
         groups = np.unique(labels)
-        return centre, _unit(np.stack([centred[labels == k].mean(0) for k in groups]))
+        centroids = _unit(np.stack([centred[labels == k].mean(0) for k in groups]))
+        voices = _unit(np.stack([points[labels == k].mean(0) for k in groups]))
+        return centre, centroids, voices
 
     def _label(
         self,
         embeddings: np.ndarray,
         centre: np.ndarray,
         centroids: np.ndarray,
+        voices: np.ndarray,
         windows: _Windows,
         region_frames: list[tuple[int, int]],
+        low: int,
     ) -> list[SpeakerSegment]:
         """Segments from >= 2 centroids, dropping the centroid of any voice labelled on less
-        than min_speaker_s of speech (a refusal when only one would be left)."""
+        than min_speaker_s of speech (a refusal when only one would be left), unless that voice
+        has at least min_brief_speaker_s and is a clearly different voice (its raw mean
+        d-vector less than distinct_voice_similarity alike to every other): a quiet or brief
+        second speaker is kept, a fragment of one voice is not."""
         while True:
             segments, names = self._segments(embeddings, centre, centroids, windows, region_frames)
             speech = dict.fromkeys(names.values(), 0.0)
@@ -387,13 +421,27 @@ class OfflineDiarizer:
             weakest = int(np.argmin(totals))
             if totals[weakest] >= self.config.min_speaker_s:
                 return segments
+            others = np.delete(voices, weakest, axis=0) @ voices[weakest]
+            if (
+                totals[weakest] >= self.config.min_brief_speaker_s
+                and float(others.max()) < self.config.distinct_voice_similarity
+            ):
+                return segments
             if len(centroids) == 2:
                 raise DiarizationRejected(
                     "single_speaker",
                     f"a second voice is heard for {totals[weakest]:.1f} s only "
                     f"(< min_speaker_s = {self.config.min_speaker_s} s)",
                 )
+            if len(centroids) <= low:
+                raise DiarizationRejected(
+                    ReasonCode.INDISTINCT_SPEAKERS.value,
+                    f"the hints ask for at least {low} speakers but one of the {len(centroids)} "
+                    f"voices is heard for {totals[weakest]:.1f} s only (< min_speaker_s = "
+                    f"{self.config.min_speaker_s} s) and is not clearly a different voice",
+                )
             centroids = np.delete(centroids, weakest, axis=0)
+            voices = np.delete(voices, weakest, axis=0)
 
     def _segments(
         self,
@@ -501,6 +549,13 @@ def silhouette(points: np.ndarray, labels: np.ndarray) -> float:
     score = (nearest - own) / np.maximum(np.maximum(nearest, own), 1e-12)
     score[own_size == 0] = 0.0
     return float(score.mean())
+
+
+def _closest_pair(voices: np.ndarray) -> float:
+    """Highest cosine similarity between two of the unit rows of `voices` (K >= 2)."""
+    sims = voices @ voices.T
+    np.fill_diagonal(sims, -np.inf)
+    return float(sims.max())
 
 
 def _most_similar_pair(points: np.ndarray, labels: np.ndarray) -> float:

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from minmo.audio import measure
-from minmo.audio.vad import FRAME_SAMPLES, BatchedSileroVad, speech_timestamps
+from minmo.audio.vad import FRAME_SAMPLES, BatchedSileroVad, level_normalized, speech_timestamps
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.items import SourceItem, Supervision, label_cells
 from pipelines.ingest.layouts.common import with_transcript
@@ -76,7 +76,8 @@ class VadSegmenter:
     ) -> list[Outcome]:
         """(item, measured info, (channels, frames) 16 kHz PCM) per recording -> outcomes in
         the same order; every channel of every recording is scored in one batched VAD call."""
-        streams = [channel for _, _, pcm in decoded for channel in pcm]
+        # The VAD scores level-normalised copies; measurements below read the recorded pcm.
+        streams = [s for _, _, pcm in decoded for s in level_normalized(list(pcm))]
         probs = iter(self.vad.speech_probs(streams)) if streams else iter(())
         outcomes: list[Outcome] = []
         for item, info, pcm in decoded:

@@ -175,7 +175,8 @@ def test_manifest_rows_are_complete_and_paths_exist(corpus: tuple[Path, DemoSumm
         total_s += info.frames / info.samplerate
     assert total_s == pytest.approx(summary.audio_s, abs=0.01)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    assert size < 18e6  # 15 MB of utterances and conversations, 2.4 MB of meetings
+    # 15 MB of utterances and conversations, 2.4 MB of meetings, 1.3 MB of far-field call
+    assert size < 20e6
 
 
 @needs_espeak
@@ -322,7 +323,8 @@ def test_mono_mixes_hold_both_speakers_without_clipping(
     corpus: tuple[Path, DemoSummary],
 ) -> None:
     out, _ = corpus
-    mono = [c for c in _conversations(out) if c[0]["channels"] is None]
+    # The far-field call is noisy by design (10-20 dB SNR): tests/audio/test_far_field.py.
+    mono = [c for c in _conversations(out) if c[0]["channels"] is None and "far_field" not in c[0]]
     assert len(mono) >= 3
     for doc, audio, rate, _rttm in mono:
         assert audio.shape[1] == 1 and float(np.abs(audio).max()) < 0.99

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from minmo.audio.decode import decode_audio
+from minmo.audio.farfield import FarFieldSpec, far_field_mix
 from minmo.audio.resample import resample
 from minmo.diarization.metrics import DiarizationScore, Turn, read_rttm, score
 from minmo.diarization.offline import OfflineDiarizer, OfflineDiarizerConfig, mel_filterbank
@@ -27,6 +28,7 @@ MONO_DEMOS = ("en_missing_parcel", "es_restaurante", "fr_vacances")
 STEREO_DEMOS = ("en_weekend_hike", "de_umzug", "zh_zhoumo")
 MEETINGS = {"en_team_standup": 4, "en_book_club": 3}  # the demo's mono meetings: stem -> voices
 MEETING_BOUNDS = SpeakerHints(min_speakers=2, max_speakers=4)  # as jobs/demo.yaml diarizes
+FAR_FIELD_CALL = "en_missing_parcel_far"  # the demo's far-field call (mono, reverberant, quiet)
 
 
 # ---------------------------------------------------------------- fixtures and helpers
@@ -55,7 +57,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[np.ndarray
     out = tmp_path_factory.mktemp("demo")
     build_demo_corpus(out, seed=0, progress=False)
     conversations = {}
-    for stem in (*MONO_DEMOS, *STEREO_DEMOS, *MEETINGS):
+    for stem in (*MONO_DEMOS, *STEREO_DEMOS, *MEETINGS, FAR_FIELD_CALL):
         path = out / "conversations" / f"{stem}.wav"
         conversations[stem] = (_load(path), read_rttm(path.with_suffix(".rttm"))[stem])
     conversations["one_utterance"] = (_load(out / "utterances" / "en" / "en_m3_000.wav"), [])
@@ -146,6 +148,66 @@ def test_two_party_demos_stay_two_under_meeting_bounds(
     for stem in (*MONO_DEMOS, *STEREO_DEMOS):
         audio, _ = demo[stem]
         assert len({s.speaker for s in diarizer(audio, MEETING_BOUNDS)}) == 2, stem
+
+
+def test_far_field_variants_keep_the_clean_der(
+    diarizer: OfflineDiarizer, demo: dict[str, tuple[np.ndarray, list[Turn]]]
+) -> None:
+    """Each two-party demo conversation made far-field (each speaker through a synthetic room of
+    their own where the channels give the speakers apart, -40 to -25 dBFS, pink noise 10-20 dB
+    below): pooled DER within 5 points of the clean figure, and the demo's own far-field call
+    diarized as accurately. Measured when written: clean 3.5 %, far-field 3.9 %, the call 6.4 %."""
+    clean, far = [], []
+    for index, stem in enumerate((*MONO_DEMOS, *STEREO_DEMOS)):
+        audio, reference = demo[stem]
+        clean.append(score(reference, diarizer(audio, MEETING_BOUNDS), collar=0.25))
+        rng = np.random.default_rng(100 + index)
+        tracks = {str(c): channel for c, channel in enumerate(audio)}
+        distant = far_field_mix(tracks, FarFieldSpec.draw(rng), rng)[None]
+        segments = diarizer(distant, MEETING_BOUNDS)
+        assert len({s.speaker for s in segments}) == 2, stem
+        far.append(score(reference, segments, collar=0.25))
+    clean_der, far_der = (DiarizationScore.combine(s).der for s in (clean, far))
+    assert far_der <= clean_der + 0.05, (clean_der, far_der)
+    audio, reference = demo[FAR_FIELD_CALL]
+    segments = diarizer(audio, MEETING_BOUNDS)
+    assert len({s.speaker for s in segments}) == 2
+    assert score(reference, segments, collar=0.25).der <= 0.15
+
+
+def test_a_quiet_brief_second_voice_is_not_refused(
+    diarizer: OfflineDiarizer, shared_data: Path
+) -> None:
+    """Real speech of two people: LJSpeech's reader, 1.5 s of a LibriSpeech reader 15 dB
+    quieter, the LJSpeech reader again. Before `min_brief_speaker_s`, any voice under 2 s was
+    refused as `single_speaker`; now a clearly different one (raw centroids 0.52 alike, where
+    one voice split in two measured 0.82-0.90) is kept. Known limit: a 1.0 s second voice, or one
+    heard only at the very end, is still refused (too few embedding windows to cluster)."""
+    first = _load(shared_data / "asr_lhotse_libri_lj/LJ002-0020.wav")[0]
+    second = _load(shared_data / "asr_lhotse_libri_lj/LJ002-0035.wav")[0]
+    other = _load(shared_data / "asr_wenet_zh_en/librispeech-1995-1837-0001.wav")[0]
+    brief = other[16_000:40_000] * np.float32(10 ** (-15 / 20)) * (first.max() / other.max())
+    gap = np.zeros(8_000, np.float32)
+    audio = np.concatenate([first, gap, brief, gap, second])[None]
+    segments = diarizer(audio, SpeakerHints())
+    assert len({s.speaker for s in segments}) == 2
+    start_s = (first.size + gap.size) / 16_000
+    middle = [s for s in segments if s.start_s < start_s + 1.5 and s.end_s > start_s]
+    assert {s.speaker for s in middle} == {"spk1"}, segments
+
+
+@pytest.mark.parametrize("stem", ["en_missing_parcel", "en_weekend_hike"])
+def test_too_few_distinct_voices_for_the_hints_is_refused(
+    diarizer: OfflineDiarizer, demo: dict[str, tuple[np.ndarray, list[Turn]]], stem: str
+) -> None:
+    """A "meeting" (at least three speakers asked for) in which only two voices can be told
+    apart is quarantined, with what failed, instead of diarized with a phantom speaker."""
+    audio, _ = demo[stem]
+    for hints in (SpeakerHints(min_speakers=3, max_speakers=4), SpeakerHints(num_speakers=3)):
+        with pytest.raises(DiarizationRejected) as refused:
+            diarizer(audio, hints)
+        assert refused.value.reason == "indistinct_speakers"
+        assert "only 2 voices are distinct" in refused.value.detail
 
 
 def test_short_speech_regions_are_labelled(

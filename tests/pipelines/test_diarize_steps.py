@@ -25,11 +25,11 @@ from pipelines.label_turns import LabelTurnsConfig, run_label_turns
 from schemas import EventType, FrameLabel
 
 STEREO = ("en_weekend_hike", "de_umzug", "zh_zhoumo")
-MONO = ("en_missing_parcel", "es_restaurante", "fr_vacances")
+MONO = ("en_missing_parcel", "es_restaurante", "fr_vacances", "en_missing_parcel_far")
 
 
 def _write_sources(demo: Path) -> Path:
-    """The six two-party demo conversations plus input no diarizer can use, all marked
+    """The seven two-party demo conversations (one of them far-field) plus input no diarizer can use, all marked
     conversation. The demo's meetings are left out: this build diarizes with num_speakers = 2."""
     meetings = {f"conversations/{m.stem}.wav" for m in MEETINGS}
     rows: list[dict[str, Any]] = [
@@ -139,7 +139,7 @@ def test_bad_conversations_are_quarantined_and_counted(built: dict[str, Any]) ->
     assert sorted(reasons.values()) == ["no_speech", "single_speaker"]
     summary = built["diarize"].to_dict()
     assert summary["quarantined"] == {"no_speech": 1, "single_speaker": 1}
-    assert summary["conversations"] == 6
+    assert summary["conversations"] == 7
     assert "quarantined: 2" in built["diarize"].render()
 
 
@@ -171,7 +171,7 @@ def test_labels_from_diarized_turns_agree_with_reference_labels(built: dict[str,
 
 def test_events_and_frame_labels_tables(built: dict[str, Any]) -> None:
     tables = _tables(built["build"])
-    assert len(tables["frame_labels"]) == 12  # two role assignments per conversation
+    assert len(tables["frame_labels"]) == 14  # two role assignments per conversation
     events: dict[str, list[dict[str, Any]]] = {}
     for e in tables["events"]:
         events.setdefault(e["sample_id"], []).append(e)
@@ -188,7 +188,7 @@ def test_events_and_frame_labels_tables(built: dict[str, Any]) -> None:
             assert labels[int(e["time_s"] / 0.12 + 1e-9)] == FrameLabel.STOP_NOW
         assert (labels == FrameLabel.KEEP_SPEAKING).mean() > 0.2
     summary = built["labels"].to_dict()
-    assert summary["samples"] == 12 and summary["conversations"] == 6
+    assert summary["samples"] == 14 and summary["conversations"] == 7
     assert summary["events"]["user_backchannel"] >= 5
     assert set(summary["gap_s_percentiles"]) == {"5", "25", "50", "75", "95"}
 
@@ -223,8 +223,8 @@ def test_channels_backend_refuses_mono_recordings(built: dict[str, Any], tmp_pat
     _copy_ingest(built, build)
     summary = run_diarize(str(build), DiarizeConfig(backend="channels"), progress=False)
     quarantined = summary.to_dict()["quarantined"]
-    # The three mono conversations, the mono single voice and the mono room tone.
-    assert quarantined == {"not_multichannel": 5}
+    # The four mono conversations, the mono single voice and the mono room tone.
+    assert quarantined == {"not_multichannel": 6}
     assert summary.to_dict()["conversations"] == 3
 
 
@@ -248,8 +248,8 @@ def test_auto_uses_pyannote_for_mono_when_a_model_is_given(
     summary = run_diarize(
         str(build), DiarizeConfig(diarization_model=str(model)), progress=False
     ).to_dict()
-    assert summary["backends"] == {"channels": 3, "pyannote": 5}
-    assert summary["conversations"] + sum(summary["quarantined"].values()) == 8
+    assert summary["backends"] == {"channels": 3, "pyannote": 6}
+    assert summary["conversations"] + sum(summary["quarantined"].values()) == 9
     turns = read_table(BuildDir(str(build)), "turns").to_pylist()
     stems = {
         r["recording_id"]: Path(r["source_uri"]).stem for r in _tables(built["build"])["recordings"]
