@@ -6,30 +6,40 @@ Data sets:
 
 * demo stereo: the three stereo demo conversations (espeak-ng voices, exact RTTMs);
 * demo mono: the three mono demo conversations, plus the stereo ones downmixed to mono;
+* demo far-field: the same six made far-field (`minmo.audio.farfield`: each speaker through a
+  synthetic room of their own where the channels keep them apart, -40 to -25 dBFS, pink noise
+  10-20 dB below), plus the demo's own far-field call;
+* demo meetings: the two mono meetings (3 and 4 speakers), count estimated between 2 and 4;
+  and the same made far-field;
 * pyannote sample: ../shared/data/diar_pyannote_sample (a real 30 s two-speaker telephone call,
   mono, pyannote's own reference);
+* pyannote sample far-field: that call made far-field as above (one room: it is a mono mix);
 * aws call: ../shared/data/stereo_aws_lca_autorepairs40 (a real 245 s stereo 8 kHz call; its RTTM
   is a weak per-channel energy VAD, not a human reference).
 
 Backends run in this process on `--threads` torch threads, as the diarize step's actors do, with
 the model load excluded; real-time factor = compute seconds / audio seconds. DER uses a 0.25 s
-collar (pyannote.metrics). Two-party data sets are diarized with num_speakers = 2. Without
+collar (pyannote.metrics). Two-party data sets are diarized with num_speakers = 2, meetings
+with 2 <= speakers <= 4. Without
 `--pyannote-model` the pyannote row times a tiny random-init pipeline (plumbing cost only; its
 DER is meaningless and is not printed).
 
 Also printed: agreement of the duplex labels derived from diarized turns with those derived from
-the reference turns (F1 at K = 5 frames of 120 ms, per event type).
+the reference turns (positive F1 at K = 1, 5 and 10 frames of 120 ms, per event type; in a
+meeting each speaker plays the user once, as the label-turns step does).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +51,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
 
 from minmo.audio.decode import decode_audio  # noqa: E402
+from minmo.audio.farfield import FarFieldSpec, far_field_mix  # noqa: E402
 from minmo.audio.resample import resample  # noqa: E402
 from minmo.diarization.metrics import DiarizationScore, read_rttm, score  # noqa: E402
 from minmo.diarization.types import SpeakerHints, SpeakerSegment  # noqa: E402
@@ -50,6 +61,8 @@ from schemas import EventType  # noqa: E402
 from schemas.units import SAMPLE_RATE_HZ  # noqa: E402
 
 Item = tuple[str, np.ndarray, list[tuple[str, float, float]]]
+TWO = SpeakerHints(num_speakers=2)
+MEETING = SpeakerHints(min_speakers=2, max_speakers=4)
 
 
 def load(path: Path) -> np.ndarray:
@@ -57,22 +70,46 @@ def load(path: Path) -> np.ndarray:
     return resample(audio.samples, audio.sample_rate_hz)
 
 
-def demo_sets(work: Path) -> tuple[list[Item], list[Item]]:
+@dataclass
+class DemoSets:
+    stereo: list[Item]
+    mono: list[Item]
+    far_field: list[Item]
+    meetings: list[Item]
+    far_meetings: list[Item]
+
+
+def far_field(item: Item, seed: int) -> Item:
+    """The item heard from across a room: one room per channel (a channel is one speaker in the
+    stereo calls), levels and noise drawn within the far-field ranges."""
+    stem, audio, ref = item
+    rng = np.random.default_rng(seed)
+    tracks = {str(c): channel for c, channel in enumerate(audio)}
+    return (f"{stem} (far-field)", far_field_mix(tracks, FarFieldSpec.draw(rng), rng)[None], ref)
+
+
+def demo_sets(work: Path) -> DemoSets:
     from minmo.demo import build_demo_corpus
 
     build_demo_corpus(work, seed=0, progress=False)
-    stereo, mono = [], []
-    for wav in sorted((work / "conversations").glob("*.wav")):
+    sets = DemoSets([], [], [], [], [])
+    for index, wav in enumerate(sorted((work / "conversations").glob("*.wav"))):
         (ref,) = read_rttm(wav.with_suffix(".rttm")).values()
-        if len({speaker for speaker, _, _ in ref}) > 2:
-            continue  # the demo meetings: not a two-party set (diarized with num_speakers = 2)
         audio = load(wav)
-        if audio.shape[0] == 2:
-            stereo.append((wav.stem, audio, ref))
-            mono.append((f"{wav.stem} (downmix)", audio.mean(axis=0, keepdims=True), ref))
+        item = (wav.stem, audio, ref)
+        if json.loads(wav.with_suffix(".turns.json").read_text()).get("far_field"):
+            sets.far_field.append(item)  # the demo's own far-field call
+        elif len({speaker for speaker, _, _ in ref}) > 2:
+            sets.meetings.append(item)
+            sets.far_meetings.append(far_field(item, 100 + index))
         else:
-            mono.append((wav.stem, audio, ref))
-    return stereo, mono
+            if audio.shape[0] == 2:
+                sets.stereo.append(item)
+                sets.mono.append((f"{wav.stem} (downmix)", audio.mean(axis=0, keepdims=True), ref))
+            else:
+                sets.mono.append(item)
+            sets.far_field.append(far_field(item, 100 + index))
+    return sets
 
 
 def shared_item(stem: str, rttm_suffix: str = ".rttm") -> Item:
@@ -86,8 +123,8 @@ def run(
     backend: Callable[[np.ndarray, SpeakerHints], list[SpeakerSegment]],
     items: list[Item],
     show_der: bool = True,
+    hints: SpeakerHints = TWO,
 ) -> None:
-    hints = SpeakerHints(num_speakers=2)
     scores: list[DiarizationScore] = []
     compute = audio_s = 0.0
     conversations = []
@@ -119,13 +156,16 @@ def run(
     pooled = DiarizationScore.combine(scores)
     line = f"  {name}: pooled "
     if show_der:
-        agreement = label_agreement(conversations, DuplexLabelConfig())
-        f1 = ", ".join(f"{e.value} {agreement.f1(e, 5):.2f}" for e in EventType)
         line += f"DER {100 * pooled.der:.1f}%  JER {100 * pooled.jer:.1f}%  "
-        line += f"RTF {compute / audio_s:.4f}  labels F1@5: {f1}"
+        line += f"RTF {compute / audio_s:.4f}"
     else:
         line += f"RTF {compute / audio_s:.4f}"
     print(line)
+    if show_der:
+        agreement = label_agreement(conversations, DuplexLabelConfig())
+        for event in EventType:
+            f1 = " / ".join(f"{agreement.f1(event, k):.2f}" for k in (1, 5, 10))
+            print(f"      labels F1@1/5/10 {event.value:<22} {f1}")
 
 
 def main() -> None:
@@ -144,8 +184,9 @@ def main() -> None:
     from minmo.diarization.pyannote_backend import PyannoteDiarizer
 
     with tempfile.TemporaryDirectory() as tmp:
-        stereo, mono = demo_sets(Path(tmp) / "demo")
+        demo = demo_sets(Path(tmp) / "demo")
         sample = [shared_item("diar_pyannote_sample/sample")]
+        far_sample = [far_field(sample[0], 7)]
         aws = [
             shared_item(
                 "stereo_aws_lca_autorepairs40/Auto_Repairs_40_UTC_stereo", ".energyvad.rttm"
@@ -153,17 +194,20 @@ def main() -> None:
         ]
         channels, offline = ChannelDiarizer(), OfflineDiarizer()
         print("channels")
-        run("demo stereo", channels, stereo)
+        run("demo stereo", channels, demo.stereo)
         run("aws call (weak ref)", channels, aws)
-        print("offline")
-        run("demo mono", offline, mono)
-        run("pyannote sample", offline, sample)
-        print("pyannote")
-        if args.pyannote_model:
-            pyannote = PyannoteDiarizer(args.pyannote_model)
-            run("demo mono", pyannote, mono)
-            run("pyannote sample", pyannote, sample)
-        else:
+        for name, backend in [("offline", offline)] + (
+            [("pyannote", PyannoteDiarizer(args.pyannote_model))] if args.pyannote_model else []
+        ):
+            print(name)
+            run("demo mono", backend, demo.mono)
+            run("demo far-field", backend, demo.far_field)
+            run("demo meetings", backend, demo.meetings, hints=MEETING)
+            run("demo meetings far-field", backend, demo.far_meetings, hints=MEETING)
+            run("pyannote sample", backend, sample)
+            run("pyannote sample far-field", backend, far_sample)
+        if not args.pyannote_model:
+            print("pyannote")
             from minmo.testing.pyannote_tiny import build_tiny_pyannote_pipeline
 
             model = build_tiny_pyannote_pipeline(Path(tmp) / "tiny-pipeline")

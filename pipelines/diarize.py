@@ -7,8 +7,8 @@ and the step's summary. The algorithms live in minmo/diarization/; the backends,
 settings (`backend_options` here), are named by minmo/diarization/registry.py.
 
 Resumable and idempotent through `RecordingStep`: a recording is diarized once per build;
-bad input (no speech, one speaker, a one-channel recording forced onto `channels`, unreadable
-audio) is quarantined with a reason, never a crash.
+bad input (no speech, one speaker, fewer distinct voices than the hints ask for, a one-channel
+recording forced onto `channels`, unreadable audio) is quarantined with a reason, never a crash.
 """
 
 from __future__ import annotations
@@ -212,6 +212,15 @@ class DiarizeStage:
             detail = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"
             return reject(ReasonCode.INTERNAL_ERROR.value, detail)
         stats["compute_s"] = time.perf_counter() - started
+        found = len({s.speaker for s in segments})
+        wanted = hints.num_speakers or hints.min_speakers or 1
+        if found < wanted:  # backends that do not refuse it themselves (pyannote, channels)
+            reason = ReasonCode.SINGLE_SPEAKER if found <= 1 else ReasonCode.INDISTINCT_SPEAKERS
+            return reject(
+                reason.value,
+                f"the {backend} backend told {found} voice(s) apart; the hints ask for at least "
+                f"{wanted} (num_speakers / min_speakers)",
+            )
         rows = [
             {
                 "recording_id": item["recording_id"],

@@ -133,12 +133,12 @@ def test_demo_job_end_to_end(tmp_path):
     ]
     assert all(q["source_uri"].endswith("demo_dialogues_unusable.jsonl") for q in refused)
     # synthesize: 8 bundled dialogues -> stage-3 samples and 8 simulated duplex calls, which
-    # diarize + label-turns take with the 6 demo conversations (two labelled samples each) and
-    # the 2 demo meetings (4 and 3 voices found: one sample per speaker).
+    # diarize + label-turns take with the 7 demo conversations (one far-field; two labelled
+    # samples each) and the 2 demo meetings (4 and 3 voices found: one sample per speaker).
     assert read_table(b, "s2s_samples").num_rows > 8
     turns = read_table(b, "turns")
-    assert len(set(turns.column("recording_id").to_pylist())) == 6 + 8 + 2
-    assert read_table(b, "frame_labels").num_rows == 2 * (6 + 8) + 4 + 3
+    assert len(set(turns.column("recording_id").to_pylist())) == 7 + 8 + 2
+    assert read_table(b, "frame_labels").num_rows == 2 * (7 + 8) + 4 + 3
     assert read_table(b, "events").num_rows > 12
     for line in ("synthesize:", "diarize:", "label-turns:", "events: assistant_turn_taking"):
         assert line in result.stdout

@@ -71,11 +71,20 @@ def fold_dual_mono(samples: np.ndarray) -> np.ndarray:
 
 
 def frame_powers(channel: np.ndarray, frame_samples: int) -> np.ndarray:
-    """Mean power per frame of `frame_samples` (last partial frame zero-padded)."""
-    n_frames = -(-channel.size // frame_samples)
-    padded = np.zeros(n_frames * frame_samples, dtype=np.float64)
-    padded[: channel.size] = channel
-    return np.mean(np.square(padded.reshape(n_frames, frame_samples)), axis=1)
+    """Mean power per frame of `frame_samples` (last partial frame zero-padded), float64.
+
+    One pass over the samples with float64 accumulation and no padded copy: every VAD call
+    runs this on whole recordings (`minmo.audio.vad.vad_gain`), so it must cost little next to
+    the VAD itself.
+    """
+    samples = np.asarray(channel)
+    n_full, rest = divmod(samples.size, frame_samples)
+    full = samples[: n_full * frame_samples].reshape(n_full, frame_samples)
+    powers = np.einsum("ij,ij->i", full, full, dtype=np.float64)
+    if rest:
+        tail = samples[n_full * frame_samples :].astype(np.float64)
+        powers = np.append(powers, tail @ tail)
+    return powers / frame_samples
 
 
 def snr_db(powers: np.ndarray, is_speech: np.ndarray) -> float | None:

@@ -25,10 +25,13 @@ Pipeline, for float32 audio (channels, samples) at 16 kHz, downmixed to mono by 
 4. One voice or several: clusters whose mean embeddings are more than `same_voice_similarity`
    cosine-similar are merged (a forced split of one voice gives such a pair, even when
    num_speakers=2 is hinted); a voice labelled on less than `min_speaker_s` of speech is folded
-   into the others. If one voice is left, or two never alternate (fewer than
-   `min_speaker_changes` speaker changes: one voice whose language or channel changes
-   mid-recording splits exactly like that), the recording is refused as `single_speaker`,
-   unless the hints say one speaker is expected (num_speakers=1 or max_speakers=1).
+   into the others, unless it has at least `min_brief_speaker_s` and is clearly another person
+   (`distinct_voice_similarity`): a quiet or brief second speaker stays. If one voice is left,
+   or two never alternate (fewer than `min_speaker_changes` speaker changes: one voice whose
+   language or channel changes mid-recording splits exactly like that), the recording is
+   refused as `single_speaker`, unless the hints say one speaker is expected (num_speakers=1 or
+   max_speakers=1). Fewer voices than the hints' lower bound (min_speakers or num_speakers,
+   when >= 2 voices were found) is `indistinct_speakers`, naming what merged or was dropped.
 5. Labels: every 10 ms speech frame takes the speaker whose centroid its covering windows are
    most similar to on average; label runs shorter than `min_turn_s` inside a region are absorbed
    by a neighbour; runs become SpeakerSegments, and same-speaker segments less than `max_gap_s`
