@@ -186,6 +186,7 @@ def run_ingest(
     finally:
         if runner:
             runner.close()
+        ledger.finish()
     bar.close()
     summary.ignored_columns = ignored.as_dict()
     for done in ledger.done_units():

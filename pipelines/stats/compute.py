@@ -19,6 +19,7 @@ from typing import Any
 import duckdb
 
 from minmo.config import ConfigError, StorageOptions, storage_options_field
+from minmo.io.atomic import sweep_temp_files
 from pipelines.build import BuildDir
 from pipelines.stats import shard_stats, tables
 from pipelines.stats.sources import connect, discover, register_parquet
@@ -65,6 +66,7 @@ def compute_stats(
     config = config or StatsConfig()
     sources = discover(uri, **config.storage_options)
     out = BuildDir(config.out or f"{uri.rstrip('/')}/stats", **config.storage_options)
+    sweep_temp_files(out.fs, out.root, recursive=True)  # a killed run's half-written files
     has = set(sources.tables)
     started = time.perf_counter()
     errors: list[dict[str, str]] = []
