@@ -154,6 +154,8 @@ class StepLedger:
         removed += sweep_temp_files(self.build.fs, self.state_dir, recursive=True)
         for table in self.tables:
             for info in self._listing(self.build.table_dir(table)):
+                if info.type != pafs.FileType.File:
+                    continue
                 name = info.base_name
                 step, unit_id = self.table_file_owner(final_name(name))
                 if step != self.step:
