@@ -95,7 +95,7 @@ def is_stale(owner: tuple[int, str] | None, mtime: datetime | float | None) -> b
 
 def stale_temp_files(fs: pafs.FileSystem, directory: str, *, recursive: bool = False) -> list[str]:
     """The temp files in `directory` (sorted paths) whose writer is gone (`is_stale`); none when
-    the directory does not exist."""
+    the directory does not exist. Only hidden names count: every temp name starts with "."."""
     infos = fs.get_file_info(
         pafs.FileSelector(directory, allow_not_found=True, recursive=recursive)
     )
@@ -103,6 +103,7 @@ def stale_temp_files(fs: pafs.FileSystem, directory: str, *, recursive: bool = F
         i.path
         for i in infos
         if i.type == pafs.FileType.File
+        and i.base_name.startswith(".")
         and is_temp_name(i.base_name)
         and is_stale(temp_owner(i.base_name), i.mtime)
     )

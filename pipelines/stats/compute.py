@@ -66,7 +66,9 @@ def compute_stats(
     config = config or StatsConfig()
     sources = discover(uri, **config.storage_options)
     out = BuildDir(config.out or f"{uri.rstrip('/')}/stats", **config.storage_options)
-    sweep_temp_files(out.fs, out.root, recursive=True)  # a killed run's half-written files
+    # a killed run's half-written files: the output folder's own, and its samples cache
+    sweep_temp_files(out.fs, out.root)
+    sweep_temp_files(out.fs, out.path("_samples"), recursive=True)
     has = set(sources.tables)
     errors: list[dict[str, str]] = []
     sample_files: list[str] = []
