@@ -448,12 +448,15 @@ def run_annotate(build_uri: str, config: AnnotateConfig, progress: bool = True) 
         from tqdm.auto import tqdm  # third-party, as in RecordingStep: only a run needs it
 
         bar = tqdm(desc=STEP, unit="unit", total=len(pending), disable=not progress)
-        for first in range(0, len(pending), config.units_per_wave):
-            wave = pending[first : first + config.units_per_wave]
-            counts = _run_wave(build, ledger, wave, config, version, actors, gpus, bar)
-            units_run += len(wave)
-            segments_run += counts["segments_run"]
-            run_stats.update(counts)
+        try:
+            for first in range(0, len(pending), config.units_per_wave):
+                wave = pending[first : first + config.units_per_wave]
+                counts = _run_wave(build, ledger, wave, config, version, actors, gpus, bar)
+                units_run += len(wave)
+                segments_run += counts["segments_run"]
+                run_stats.update(counts)
+        finally:
+            ledger.finish()
         bar.close()
     summary = AnnotateSummary(
         units_run=units_run,

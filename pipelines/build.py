@@ -14,16 +14,18 @@ marker; a crash in between leaves files without a marker, which the next run del
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pyarrow.fs as pafs
 
-from minmo.io.atomic import write_bytes_atomic
-from minmo.io.fs import open_filesystem, to_uri
-from schemas.shards import is_temp_name
+from minmo.io.atomic import is_stale, sweep_temp_files, write_bytes_atomic
+from minmo.io.fs import is_local, open_filesystem, to_uri
+from schemas.shards import final_name, is_temp_name, owner_tag, parse_owner, temp_owner
 
 BUILD_KEY_PREFIX = "build:"
 """Audio a step writes into the build (synthesized lines, duplex calls) is named
@@ -95,13 +97,18 @@ class BuildDir:
 class StepLedger:
     """What one step has committed, unit by unit, in DIR/_state/<step>/."""
 
-    def __init__(self, build: BuildDir, step: str, tables: tuple[str, ...]) -> None:
+    def __init__(
+        self, build: BuildDir, step: str, tables: tuple[str, ...], run_id: str | None = None
+    ) -> None:
+        """`run_id`: the driver's, for a ledger opened in a worker process that stages and
+        commits units of the driver's run (default: a new run, owned by this process)."""
         self.build = build
         self.step = step
         self.tables = tables
-        self.done_dir = build.path("_state", step, "done")
-        self.staging_all = build.path("_state", step, "staging")
-        self.run_id = uuid.uuid4().hex[:12]
+        self.state_dir = build.path("_state", step)
+        self.done_dir = f"{self.state_dir}/done"
+        self.staging_all = f"{self.state_dir}/staging"
+        self.run_id = run_id or f"{owner_tag()}-{uuid.uuid4().hex[:8]}"
         self.staging_root = f"{self.staging_all}/{self.run_id}"
 
     def is_done(self, unit_id: str) -> bool:
@@ -140,21 +147,56 @@ class StepLedger:
         return f"{prefix}{unit_id}_{index:04d}.parquet"
 
     def recover(self) -> int:
-        """Undo whatever a crashed run left half-done: staged output and table files of units
-        without a marker. Returns how many stray files were removed."""
-        removed = 0
-        if self.build.exists(self.staging_all):
-            self.build.delete(self.staging_all)
+        """Undo whatever a crashed run left half-done: the staging folders of dead runs, dead
+        writers' temp files under DIR/_state/<step>/, and table files of units without a
+        marker. Returns how many stray files and folders were removed."""
+        removed = self._sweep_staging()
+        removed += sweep_temp_files(self.build.fs, self.state_dir, recursive=True)
         for table in self.tables:
-            for path in self.build.files(self.build.table_dir(table)):
-                name = path.rsplit("/", 1)[-1]
-                step, unit_id = self.table_file_owner(name)
+            for info in self._listing(self.build.table_dir(table)):
+                if info.type != pafs.FileType.File:
+                    continue
+                name = info.base_name
+                step, unit_id = self.table_file_owner(final_name(name))
                 if step != self.step:
                     continue
-                if is_temp_name(name) or not self.is_done(unit_id):
-                    self.build.delete(path)
+                if is_temp_name(name):
+                    stray = is_stale(temp_owner(name), info.mtime)
+                else:
+                    stray = not self.is_done(unit_id)
+                if stray:
+                    self.build.delete(info.path)
                     removed += 1
         return removed
+
+    def _listing(self, directory: str, recursive: bool = False) -> list[pafs.FileInfo]:
+        return self.build.fs.get_file_info(
+            pafs.FileSelector(directory, allow_not_found=True, recursive=recursive)
+        )
+
+    def _sweep_staging(self) -> int:
+        """Delete the staging folders of runs that are gone (`is_stale` on the run id's owner
+        and the newest write inside); a live run's folder, on this host or another, stays."""
+        removed = 0
+        for run in self._listing(self.staging_all):
+            if run.type != pafs.FileType.Directory or run.base_name == self.run_id:
+                continue
+            times = [i.mtime for i in self._listing(run.path, recursive=True) if i.mtime]
+            newest = max(times, default=run.mtime)
+            if is_stale(parse_owner(run.base_name), newest):
+                self.build.delete(run.path)
+                removed += 1
+        return removed
+
+    def finish(self) -> None:
+        """End this run: delete its staging folder (whatever is still there was never
+        committed), then the step's `staging/` folder when no other run uses it, so a finished
+        build holds no empty staging folders. Object stores have no empty folders to remove."""
+        self.build.delete(self.staging_root)
+        if is_local(self.build.fs):
+            # rmdir refuses a folder that is not empty: a concurrent run's folder is never lost
+            with contextlib.suppress(OSError):
+                os.rmdir(self.staging_all)
 
     def commit(self, unit_id: str, summary: dict[str, Any]) -> None:
         """Move the unit's staged files into the tables, then write its marker (the commit)."""

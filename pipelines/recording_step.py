@@ -108,8 +108,11 @@ class RecordingStep:
         counts = RunCounts()
         bar = tqdm(desc=self.step, unit="rec", total=total, disable=not progress)
         units = plan_units(pending, self.recordings_per_unit)
-        while wave := list(itertools.islice(units, self.units_per_wave)):
-            self._run_wave(wave, build_dataset, counts, bar)
+        try:
+            while wave := list(itertools.islice(units, self.units_per_wave)):
+                self._run_wave(wave, build_dataset, counts, bar)
+        finally:
+            self.ledger.finish()
         bar.close()
         counts.wall_s = time.perf_counter() - started
         return counts

@@ -34,6 +34,7 @@ from minmo.audio.resample import resample
 from minmo.audio.trim import trim_silence
 from minmo.config import ConfigError, StorageOptions, section_field, storage_options_field
 from minmo.duplex.simulate import GapDistribution, SimulationConfig, simulate
+from minmo.io.atomic import sweep_temp_files
 from minmo.io.fs import Location, to_uri
 from minmo.tts.base import Style, TtsFailure, TtsRequest, Voice
 from minmo.tts.registry import make_backend
@@ -668,6 +669,8 @@ def run_synthesize(
         config.dialogues_per_unit,
         config.units_per_wave,
     )
+    # The audio this step writes lives outside its ledger's folders: sweep it here.
+    sweep_temp_files(build.fs, build.path("audio"), recursive=True)
     prompt_pool = speaker_prompts(build, config) if config.user_prompts else []
     done = step.covered()
     pending = [

@@ -9,7 +9,8 @@ each sample's members are contiguous and its key valid, FLAC decodes, speech tok
 activity track is 1-D 0/1 with one value per label (stage 4 needs both), and the `.idx` offsets
 (`_index/<tar>.idx`) point at each sample's first member header with a final sentinel equal to
 the tar size. A tar in the stage directory that index.json does not list is reported; writers'
-temp files (a writer still running or killed) are not tars. A split stage
+temp files are not tars: one whose writer is gone (minmo/io/atomic.py `is_stale`) is reported as
+a stray leftover, one whose writer still runs is not. A split stage
 (`<stage>/{train,valid,test}/`, pipelines/shards/splits.py) is one stage directory per split. The format is `schemas/shards.py`;
 the files (index.json and its version, the listing, the `.idx` files, the tar members) are read
 through the one shard reader, `minmo/io/shards.py`.
@@ -32,6 +33,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import soundfile as sf
 
+from minmo.io.atomic import stale_temp_files
 from minmo.io.fs import open_filesystem
 from minmo.io.shards import HashingReader, iter_members, list_shards, read_index, read_offsets
 from schemas.shards import (
@@ -39,6 +41,7 @@ from schemas.shards import (
     INDEX_RELPATH,
     MAX_ACTIVITY,
     MAX_LABEL,
+    META_DIR,
     SPEECH_VOCAB,
     SPLITS,
     offsets_relpath,
@@ -269,6 +272,13 @@ def _verify(fs: pafs.FileSystem, stage_dir: str) -> list[str]:
         problems += _check_shard(fs, stage_dir, entry, listing, index)
     for extra in sorted(set(listing) - listed):
         problems.append(f"{extra}: -: tar not listed in {INDEX_RELPATH}")
+    for where in (stage_dir, f"{stage_dir.rstrip('/')}/{META_DIR}"):
+        for path in stale_temp_files(fs, where):
+            stray = posixpath.relpath(path, stage_dir)
+            problems.append(
+                f"{stray}: -: stray temp file of a writer that is gone; the next "
+                "`minmo shards` removes it"
+            )
     return problems
 
 

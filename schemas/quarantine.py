@@ -18,6 +18,9 @@ class ReasonCode(str, enum.Enum):
 
     MISSING_FILE = "missing_file"  # a manifest or listing points at nothing
     READ_ERROR = "read_error"  # the file exists but its bytes could not be read
+    NOT_A_FILE = "not_a_file"  # an audio name on a directory, FIFO, socket or device
+    SYMLINK_LOOP = "symlink_loop"  # a symbolic link that resolves back to itself
+    BAD_FILENAME = "bad_filename"  # a file name that is not valid UTF-8
     UNDECODABLE = "undecodable"  # no decoder could make audio of the bytes
     EMPTY_AUDIO = "empty_audio"  # decoded to zero samples
     TOO_SHORT = "too_short"  # shorter than the configured minimum

@@ -14,7 +14,7 @@ On disk, one stage directory (written by the shards step, read by the trainer, v
                                                   "shards": [{"name", "generation", "samples",
                                                   "audio_s", "text_tokens", "speech_tokens",
                                                   "bytes", "sha256"}, ...], "tasks", "totals"}
-    <stage_dir>/.<name>.tmp-<pid>-<token>          a writer's temp file (`temp_name`): not a shard
+    <stage_dir>/.<name>.tmp-<pid>-<host>-<token>   a writer's temp file (`temp_name`): not a shard
 
 A stage written with held-out splits (the shards config's `splits:`) has no tars of its own: its
 `train/`, `valid/` and `test/` subdirectories are each a stage directory as above, with an
@@ -35,8 +35,10 @@ Must not: import anything of ours outside `schemas`, or do I/O (the reader and w
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import socket
 import uuid
 from typing import Any
 
@@ -53,9 +55,15 @@ META_DIR = "_index"
 INDEX_RELPATH = f"{META_DIR}/{INDEX_NAME}"
 # A `.idx` file: one offset per sample, then the tar's size.
 OFFSETS_DTYPE = np.dtype("<u8")
-# A writer's temp file is ".<final name>" + TEMP_MARKER + "<pid>-<token>": the leading dot hides
-# it from Ray Data and `list_shards`, the marker tells every reader it is not a finished file.
+# A writer's temp file is ".<final name>" + TEMP_MARKER + "<pid>-<host>-<token>": the leading dot
+# hides it from Ray Data and `list_shards`, the marker tells every reader it is not a finished
+# file, and the owner (`owner_tag`) lets a later run tell a dead writer's leftover from a live
+# writer's file (minmo/io/atomic.py `sweep_temp_files`).
 TEMP_MARKER = ".tmp-"
+# This machine in an owner tag: 8 hex digits of the host name's sha1 (any characters a host name
+# holds, in a fixed width that needs no escaping in a file name).
+HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+_OWNER_RE = re.compile(r"^(\d+)-([0-9a-f]{8})-")
 
 # Members a sample may carry besides "json" (required); the tar member name is "<key>.<member>".
 ARRAY_MEMBERS = (
@@ -132,12 +140,43 @@ def offsets_path(stage_dir: str, name: str) -> str:
     return f"{str(stage_dir).rstrip('/')}/{offsets_relpath(name)}"
 
 
-def temp_name(name: str, pid: int | None = None) -> str:
-    """The name a writer (process `pid`, default this one) writes `name` under before the rename.
+def owner_tag(pid: int | None = None, host: str = HOST_TAG) -> str:
+    """`<pid>-<host tag>` of process `pid` (default this one) on this machine: what temp names
+    and staging run ids start with, so that a later run can tell whether their writer lives."""
+    return f"{os.getpid() if pid is None else pid}-{host}"
 
-    A random token follows the pid: two threads of one process writing the same file never
+
+def parse_owner(tagged: str) -> tuple[int, str] | None:
+    """(pid, host tag) of a string that starts with `owner_tag(...)` + "-" (a temp name's tail,
+    a staging run id), or None (an older name without an owner)."""
+    match = _OWNER_RE.match(tagged)
+    return (int(match.group(1)), match.group(2)) if match else None
+
+
+def temp_name(name: str, pid: int | None = None, host: str = HOST_TAG) -> str:
+    """The name a writer (process `pid` on `host`, default this process) writes `name` under
+    before the rename.
+
+    A random token follows the owner: two threads of one process writing the same file never
     share a temp file."""
-    return f".{name}{TEMP_MARKER}{os.getpid() if pid is None else pid}-{uuid.uuid4().hex[:8]}"
+    return f".{name}{TEMP_MARKER}{owner_tag(pid, host)}-{uuid.uuid4().hex[:8]}"
+
+
+def temp_owner(name: str) -> tuple[int, str] | None:
+    """(pid, host tag) of the writer of temp file `name` (a name or path), or None when the name
+    carries no owner (not a temp name, or one written before owners were recorded)."""
+    base = name.rsplit("/", 1)[-1]
+    if TEMP_MARKER not in base:
+        return None
+    return parse_owner(base.rsplit(TEMP_MARKER, 1)[1])
+
+
+def final_name(name: str) -> str:
+    """The file a temp file `name` (a base name) was to become: without its leading dot and
+    TEMP_MARKER tail; any other name unchanged."""
+    if TEMP_MARKER not in name:
+        return name
+    return name.rsplit(TEMP_MARKER, 1)[0].removeprefix(".")
 
 
 def is_temp_name(name: str) -> bool:

@@ -17,6 +17,7 @@ first read instead of hanging in a region probe.
 
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import os
@@ -212,8 +213,42 @@ class Location:
 
     def list_dir(self) -> list[pafs.FileInfo]:
         """This directory's entries, not recursive: listing one directory at a time keeps a
-        walk's memory to the largest directory instead of the whole tree."""
-        return self.fs.get_file_info(pafs.FileSelector(self.path, recursive=False))
+        walk's memory to the largest directory instead of the whole tree. An entry whose name
+        is not UTF-8 (its `path` cannot be read) is left out: `list_dir_checked` reports it."""
+        readable = []
+        for info in self.fs.get_file_info(pafs.FileSelector(self.path, recursive=False)):
+            try:
+                info.path  # noqa: B018 - raises on a name that is not UTF-8
+            except UnicodeDecodeError:
+                continue
+            readable.append(info)
+        return readable
+
+    def list_dir_checked(self) -> tuple[list[pafs.FileInfo], list[Unlisted]]:
+        """`list_dir`, plus the entries it cannot give (`Unlisted`), so a walk can say why
+        each was refused instead of never seeing it.
+
+        pyarrow's local listing leaves out a symbolic link that resolves to nothing (a loop, a
+        dangling target) and cannot name an entry whose name is not UTF-8; both are found here
+        from the directory's raw names. Object stores hold UTF-8 keys and no links, so their
+        listing is complete."""
+        infos = self.list_dir()
+        if not self.is_local:
+            return infos, []
+        listed = {info.base_name for info in infos}
+        unlisted = []
+        for raw in sorted(os.listdir(os.fsencode(self.path))):
+            try:
+                name = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                shown = raw.decode("utf-8", "backslashreplace")
+                unlisted.append(
+                    Unlisted(shown, ReasonCode.BAD_FILENAME, f"file name is not UTF-8 ({err})")
+                )
+                continue
+            if name not in listed:
+                unlisted.append(_unresolved(posixpath.join(self.path, name), name))
+        return infos, unlisted
 
     def read_bytes(self, limit: int | None = None) -> bytes:
         """The file's bytes (decompressed when its name ends in .gz), at most `limit` of them."""
@@ -233,6 +268,33 @@ class Location:
         """A buffered byte stream (gzip by extension), for readers that want a file object."""
         stream = self.fs.open_input_stream(self.path, compression="detect")
         return io.BufferedReader(stream, buffer_size=_LINE_BUFFER_BYTES)
+
+
+@dataclass(frozen=True)
+class Unlisted:
+    """A directory entry a listing cannot give as a file or folder, and why (a quarantine
+    reason for whoever wanted it)."""
+
+    name: str
+    """Its name as text: bytes that are not UTF-8 appear as `\\xNN` escapes."""
+    reason: ReasonCode
+    detail: str
+
+
+def _unresolved(path: str, name: str) -> Unlisted:
+    """Why the local entry `path` did not list: a link that loops or points at nothing, or an
+    entry that cannot be looked at."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        target = os.readlink(path) if os.path.islink(path) else None
+        link = f"symbolic link to {target!r}: " if target is not None else ""
+        if err.errno == errno.ELOOP:
+            return Unlisted(name, ReasonCode.SYMLINK_LOOP, f"{link}{err.strerror}")
+        if err.errno == errno.ENOENT:
+            return Unlisted(name, ReasonCode.MISSING_FILE, f"{link}no file there")
+        return Unlisted(name, ReasonCode.READ_ERROR, f"{link}{err.strerror}")
+    return Unlisted(name, ReasonCode.READ_ERROR, "left out of the directory's listing")
 
 
 def existing(locations: Iterable[Location]) -> list[bool]:

@@ -35,7 +35,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from minmo.io.atomic import write_text_atomic
+from minmo.io.atomic import sweep_temp_files, write_text_atomic
 
 LATEST = "latest"
 
@@ -71,6 +71,15 @@ class Checkpointer:
         self.rank = rank
         if rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
+            self._remove_leftovers()
+
+    def _remove_leftovers(self) -> None:
+        """What a killed run left in `out`: a half-saved `.step-*.tmp` folder (a run is the only
+        writer of its `out`, and no rank saves before every rank has built its Checkpointer)
+        and a dead writer's temp file of `latest` or the metrics (minmo/io/atomic.py)."""
+        for stale in self.out.glob(".step-*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+        sweep_temp_files(pafs.LocalFileSystem(), str(self.out))
 
     @staticmethod
     def _options() -> StateDictOptions:

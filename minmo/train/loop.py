@@ -87,12 +87,18 @@ class TrainResult:
     export_dir: str | None = None
     trainable: dict[str, dict[str, int]] = field(default_factory=dict)
     wall_s: float = 0.0
+    steps: int = 0  # the stage's configured steps: reached before this run, it was finished
 
     def render(self) -> str:
-        first, last = (self.losses[0], self.losses[-1]) if self.losses else (float("nan"),) * 2
+        if self.losses:
+            done = f"loss {self.losses[0]:.4f} -> {self.losses[-1]:.4f}"
+        elif self.steps and self.final_step >= self.steps:
+            done = f"already finished ({self.steps} steps), nothing to train"
+        else:
+            done = "no step trained"
         parts = [
             f"train {self.stage}: {self.steps_run} steps this run (step {self.final_step}) "
-            f"in {self.wall_s:.1f} s; loss {first:.4f} -> {last:.4f}",
+            f"in {self.wall_s:.1f} s; {done}",
             "  trainable: "
             + ", ".join(
                 f"{m} {v['trainable']:,}/{v['total']:,}" for m, v in self.trainable.items()
@@ -278,6 +284,7 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
         0,
         step,
         trainable=trainable_report,
+        steps=config.steps,
         resumed_from=(f"{mirror.uri}/{resumed.name}" if mirror else str(resumed))
         if resumed
         else None,

@@ -14,7 +14,8 @@ Commit protocol (a half-uploaded piece is never taken as complete):
 - export: the old `final/` is deleted, the module files and `lora/` go up, `export.json` last.
   `load_export` (every later stage's `init_from`) refuses a directory without `export.json`.
 - `metrics.jsonl` and `tensorboard/` go up with every checkpoint and at the end; each object is
-  put whole.
+  put whole, and an event file the run merged away is deleted from the store. They come down
+  when a run starts, so a resumed run cuts them back and appends (minmo/train/metrics.py).
 
 Staging is `<root>/minmo-train-<hash of the URI>/` (root: the job's `staging`, else the system
 temp dir), one path every rank computes alike; ranks on several nodes need a `staging` root on a
@@ -90,6 +91,9 @@ class StoreMirror:
         self.local.mkdir(parents=True)
         if _exists(self.fs, f"{self.path}/{METRICS}") == pafs.FileType.File:
             download_tree(self.fs, f"{self.path}/{METRICS}", self.local / METRICS)
+        if _exists(self.fs, f"{self.path}/{TENSORBOARD}") == pafs.FileType.Directory:
+            # the run appends to its event file (minmo/train/metrics.py EventLog)
+            download_tree(self.fs, f"{self.path}/{TENSORBOARD}", self.local / TENSORBOARD)
         if _exists(self.fs, f"{self.path}/{LATEST}") != pafs.FileType.File:
             return None
         with self.fs.open_input_stream(f"{self.path}/{LATEST}") as f:
@@ -132,8 +136,13 @@ class StoreMirror:
         if (self.local / METRICS).is_file():
             _upload_file(self.local / METRICS, self.fs, f"{self.path}/{METRICS}")
         if (self.local / TENSORBOARD).is_dir():
-            # TensorBoard names each run's event file uniquely: earlier runs' files stay.
-            upload_tree(self.local / TENSORBOARD, self.fs, f"{self.path}/{TENSORBOARD}")
+            remote = f"{self.path}/{TENSORBOARD}"
+            upload_tree(self.local / TENSORBOARD, self.fs, remote)
+            # EventLog merged the event files into one: the store keeps that one alone
+            local = {p.name for p in (self.local / TENSORBOARD).iterdir()}
+            for info in self.fs.get_file_info(pafs.FileSelector(remote, allow_not_found=True)):
+                if info.type == pafs.FileType.File and info.base_name not in local:
+                    self.fs.delete_file(info.path)
 
     def push_export(self, final: Path) -> str:
         """Upload `final/` with `export.json` last; its URI."""

@@ -105,6 +105,11 @@ class IngestSummary:
     audio_s: float = 0.0
     duplicates: int = 0
     already_ingested: int = 0
+    listed: int = 0
+    """Entries the listings gave (audio files and refusals): every one is a recording, a
+    refusal or already in the build, so `listed == recordings + refused + already_ingested`."""
+    refused: int = 0
+    """Listed entries quarantined whole (a file or listing entry; label rows aside)."""
     quarantined: Counter = field(default_factory=Counter)
     ignored_columns: dict[str, int] = field(default_factory=dict)
     """Manifest columns (and Lhotse `custom.<key>`s) this run's listing carried and ingest does
@@ -122,6 +127,8 @@ class IngestSummary:
             f"  build:    {self.recordings} recordings ({self.audio_s / 3600:.3f} h, "
             f"{self.duplicates} exact duplicates), {self.segments} segments",
             f"  skipped, already in the build from another listing: {self.already_ingested}",
+            f"  listed:   {self.listed} entries = {self.recordings} recordings + {self.refused} "
+            f"refused + {self.already_ingested} already in the build",
             f"  quarantined: {sum(self.quarantined.values())}"
             + "".join(f"\n    {reason}: {n}" for reason, n in sorted(self.quarantined.items())),
         ]
@@ -186,6 +193,7 @@ def run_ingest(
     finally:
         if runner:
             runner.close()
+        ledger.finish()
     bar.close()
     summary.ignored_columns = ignored.as_dict()
     for done in ledger.done_units():
@@ -194,6 +202,11 @@ def run_ingest(
         summary.audio_s += done["audio_s"]
         summary.duplicates += done["duplicates"]
         summary.already_ingested += done.get("already_ingested", 0)
+        # units committed before these counts existed: every file a recording or a refusal
+        summary.refused += done.get("refused", 0)
+        summary.listed += done.get(
+            "listed", done["recordings"] + done.get("refused", 0) + done.get("already_ingested", 0)
+        )
         summary.quarantined.update(done["quarantined"])
     summary.wall_s = time.perf_counter() - started
     build.write_json_atomic(build.path("_state", STEP, "summary.json"), summary.to_dict())
@@ -224,6 +237,7 @@ class UnitRunner:
         self.in_flight: dict[str, Unit] = {}  # the same, until their driver state is dropped
         self.expected: dict[str, int] = {}
         self.already: dict[str, int] = {}
+        self.rejected: dict[str, int] = {}  # listing refusals staged per unit
         self.seen: set[str] = set()  # source keys of units in flight; the index has the rest
         self.staged: Counter = Counter()  # items staged per unit, as the workers report them
         self.rows: list[dict[str, Any]] = []  # _prepare's output for the unit being added
@@ -272,6 +286,7 @@ class UnitRunner:
                 self.seen.discard(item.key)
             self.expected.pop(unit_id, None)
             self.already.pop(unit_id, None)
+            self.rejected.pop(unit_id, None)
             self.staged.pop(unit_id, None)
 
     def _prepare(self, unit: Unit) -> None:
@@ -298,6 +313,7 @@ class UnitRunner:
             )
         self.expected[unit.unit_id] = len(items)
         self.already[unit.unit_id] = unit.size - len(items) - len(rejects)
+        self.rejected[unit.unit_id] = len(rejects)
         self.rows += [
             {"unit": unit.unit_id, "order": o, "item_json": json.dumps(i.to_row())}
             for o, i in items
@@ -319,6 +335,9 @@ class UnitRunner:
             )
             stats["files"] = self.expected[unit_id]
             stats["already_ingested"] = self.already[unit_id]
+            stats["listed"] = unit.size
+            # an item that made no recording was quarantined whole by its worker
+            stats["refused"] = self.expected[unit_id] - stats["recordings"] + self.rejected[unit_id]
             self.index.add(unit_id, self.keys.pop(unit_id), originals)  # before the marker
             self.ledger.commit(unit_id, stats)
             self.index.maybe_fold()

@@ -47,7 +47,7 @@ from typing import Any
 import pyarrow as pa
 
 from minmo.config import ConfigError, StorageOptions, section_field, storage_options_field
-from minmo.io.atomic import write_bytes_atomic
+from minmo.io.atomic import sweep_temp_files, write_bytes_atomic
 from minmo.io.fs import to_uri
 from minmo.io.parquet import write_table
 from minmo.io.shards import ShardTarWriter
@@ -75,7 +75,7 @@ from pipelines.shards.tokenize import (
 from schemas import QUARANTINE, ReasonCode
 from schemas.labels import LabelSource
 from schemas.quarantine import quarantine_row
-from schemas.shards import INDEX_VERSION, SPLITS, index_path, shard_name, split_dir
+from schemas.shards import INDEX_VERSION, META_DIR, SPLITS, index_path, shard_name, split_dir
 
 STEP = "shards"
 
@@ -249,6 +249,7 @@ class WriterParams:
     text_tokenizer: str | None
     speech_tokenizer: str | None
     encode_audio: bool = True  # False: the bench's plan-only mode (no audio, no tokens)
+    run_id: str | None = None  # the driver's ledger run: writers stage under its folder
 
 
 @functools.lru_cache(maxsize=2)
@@ -276,7 +277,7 @@ class ShardWriter:
     def __init__(self, params: dict[str, Any]) -> None:
         self.p = WriterParams(**params)
         self.build = BuildDir(self.p.build_uri, **self.p.storage_options)
-        self.ledger = StepLedger(self.build, STEP, ("quarantine",))
+        self.ledger = StepLedger(self.build, STEP, ("quarantine",), run_id=self.p.run_id)
         self.roots = SourceRoots.load(self.build)  # moved sources (--source-root)
         self.stage_dir = self.build.path("shards", self.p.stage)
         self.tokenize = (
@@ -468,6 +469,7 @@ class ShardStep:
         ensure_ray(progress=self.progress)
         rebuilt = self._check_config(stage)
         self.ledger.recover()
+        self._sweep(stage)
         generations = self._generations(stage)
         written = 0
         for record in generations:
@@ -494,6 +496,17 @@ class ShardStep:
             "wall_s": round(time.perf_counter() - started, 2),
             **{k: index[k] for k in ("totals", "tasks", "quarantined", "tokenizers")},
         }
+
+    def _sweep(self, stage: str) -> None:
+        """Remove dead writers' temp tars and `.idx`/index files from the stage's directories
+        (minmo/io/atomic.py `sweep_temp_files`): a killed shard write leaves a whole tar's
+        worth of bytes under a temp name, which nothing else would ever delete."""
+        for directory in (
+            self.stage_dir(stage),
+            *(split_dir(self.stage_dir(stage), s) for s in SPLITS),
+        ):
+            for where in (directory, f"{directory}/{META_DIR}"):
+                sweep_temp_files(self.build.fs, where)
 
     # ---- config and generations ---------------------------------------------------------------
 
@@ -614,6 +627,7 @@ class ShardStep:
                 text_tokenizer=cfg.text_tokenizer,
                 speech_tokenizer=cfg.speech_tokenizer,
                 encode_audio=self.encode_audio,
+                run_id=self.ledger.run_id,
             )
             ds = ray.data.read_parquet(files, filesystem=self.build.fs).map_batches(
                 assign_shards,
@@ -884,7 +898,10 @@ def run_shards(
     started = time.perf_counter()
     build = BuildDir(build_uri, **config.storage_options)
     step = ShardStep(build, config, progress, rebuild, encode_audio)
-    stages = [step.run_stage(stage) for stage in config.stages]
+    try:
+        stages = [step.run_stage(stage) for stage in config.stages]
+    finally:
+        step.ledger.finish()
     summary = ShardsSummary(stages, round(time.perf_counter() - started, 2))
     build.write_json_atomic(build.path("_state", STEP, "summary.json"), summary.to_dict())
     return summary

@@ -1,20 +1,31 @@
 """Distributions computed inside DuckDB: fixed-edge histograms, moments and approximate quantiles.
 
-Owns: the SQL for one numeric column's distribution, overall and per group, and the fixed bin
-edges of every metric the report shows. Edges are fixed (not data-driven) so that two builds'
-histograms line up bin for bin in comparison mode. Quantiles use DuckDB's `approx_quantile`
-(a t-digest: bounded memory at any row count; exact enough for a report, within a bin or two).
+Owns: the SQL for one numeric column's distribution, overall and per group, the fixed bin
+edges of every metric the report shows, and the order-independent sum (`exact_sum`). Edges are
+fixed (not data-driven) so that two builds' histograms line up bin for bin in comparison mode.
+Quantiles use DuckDB's `approx_quantile` (a t-digest: bounded memory at any row count; exact
+enough for a report, within a bin or two).
+
+Reproducible: stats.json is diffed by analysts, so a rerun on the same build must give the same
+bytes. DuckDB adds a column's rows in whatever order its threads finish, which moves a float
+sum's last bits and a t-digest's merges; so sums that reach stats.json go through `exact_sum`
+(an integer sum of fixed-point values), and the moments query (with its quantiles) runs on one
+thread, which feeds rows in file order. Everything is rounded (6 decimals) after that.
 Must not: pull rows into Python; every function returns only aggregates.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 
 QUANTILES = (0.05, 0.5, 0.95)
+# `exact_sum`'s fixed point: values are summed in units of 1e-9, far below the 6 decimals kept.
+SUM_SCALE = 10**9
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,27 @@ def r10(first_exp: int, last_exp: int) -> tuple[float, ...]:
 SHARD_SAMPLES = Bins("samples", r10(0, 6), log_x=True)
 SHARD_HOURS = Bins("h", r10(-4, 3), log_x=True)
 SHARD_BYTES = Bins("bytes", r10(3, 12), log_x=True)
+
+
+def exact_sum(expr: str) -> str:
+    """SQL for the sum of `expr` (a number) as a DOUBLE that does not depend on the order the
+    rows are added in: each value rounded to 1/SUM_SCALE and summed as a HUGEINT (exact). Values
+    that are not finite are left out (ingest quarantines them)."""
+    value = f"CAST(({expr}) AS DOUBLE)"
+    scaled = f"CAST(round({value} * {SUM_SCALE}) AS HUGEINT)"
+    return f"(sum(CASE WHEN isfinite({value}) THEN {scaled} END) / {SUM_SCALE}.0)"
+
+
+@contextlib.contextmanager
+def one_thread(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Run the enclosed queries on one DuckDB thread: rows then arrive in file order, so an
+    order-sensitive aggregate (approx_quantile's t-digest) gives the same answer every run."""
+    threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
+    con.execute("SET threads = 1")
+    try:
+        yield
+    finally:
+        con.execute(f"SET threads = {int(threads)}")
 
 
 def _bin_case(column: str, edges: tuple[float, ...]) -> str:
@@ -104,16 +136,18 @@ def _groups(
     key = f"CAST({_q(group)} AS VARCHAR)" if group else "'*'"
     qs = ", ".join(repr(q) for q in QUANTILES)
     w = f"({weight})" if weight else "0"
-    moments = con.execute(
-        f"""
-        SELECT {key} AS k, count(*) FILTER (WHERE __v IS NOT NULL), count(*) FILTER (WHERE __v IS NULL),
-               sum(__v), avg(__v), min(__v), max(__v), approx_quantile(__v, [{qs}])
-        FROM (SELECT CAST(({column}) AS DOUBLE) AS __v, * FROM {relation}) GROUP BY k
-        """
-    ).fetchall()
+    with one_thread(con):
+        moments = con.execute(
+            f"""
+            SELECT {key} AS k, count(*) FILTER (WHERE __v IS NOT NULL),
+                   count(*) FILTER (WHERE __v IS NULL), sum(__v), avg(__v), min(__v), max(__v),
+                   approx_quantile(__v, [{qs}])
+            FROM (SELECT CAST(({column}) AS DOUBLE) AS __v, * FROM {relation}) GROUP BY k
+            """
+        ).fetchall()
     hist = con.execute(
         f"""
-        SELECT {key} AS k, {_bin_case("__v", bins.edges)} AS b, count(*), sum(__w)
+        SELECT {key} AS k, {_bin_case("__v", bins.edges)} AS b, count(*), {exact_sum("__w")}
         FROM (SELECT CAST(({column}) AS DOUBLE) AS __v, CAST({w} AS DOUBLE) AS __w, *
               FROM {relation}) WHERE __v IS NOT NULL AND NOT isnan(__v) GROUP BY k, b
         """

@@ -187,11 +187,13 @@ def samples(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     """Counts, hours and durations of the shard samples, by stage, task, corpus and language.
     `hours` is each sample's input audio (its target speech for text-to-speech samples)."""
     hours = "duration_s / 3600.0"
-    n, total = con.execute(f"SELECT count(*), sum({hours}) FROM samples").fetchone() or (0, 0)
+    query = f"SELECT count(*), {d.exact_sum(hours)} FROM samples"
+    n, total = con.execute(query).fetchone() or (0, 0)
     groups = ("stage", "task", "corpus", "language")
     tokens = con.execute(
-        "SELECT stage, sum(n_speech_tokens), sum(target_speech_s), sum(n_text_tokens), "
-        "sum(input_duration_s) FROM samples GROUP BY stage ORDER BY stage"
+        f"SELECT stage, sum(n_speech_tokens), {d.exact_sum('target_speech_s')}, "
+        f"sum(n_text_tokens), {d.exact_sum('input_duration_s')} FROM samples "
+        "GROUP BY stage ORDER BY stage"
     ).fetchall()
     return {
         "count": int(n),
@@ -200,8 +202,8 @@ def samples(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         "by_stage_task": [
             {"stage": s, "task": t, "count": int(c), "hours": round(float(h or 0), 6)}
             for s, t, c, h in con.execute(
-                f"SELECT stage, task, count(*), sum({hours}) FROM samples "
-                "GROUP BY stage, task ORDER BY stage, sum(duration_s) DESC, task"
+                f"SELECT stage, task, count(*), {d.exact_sum(hours)} FROM samples "
+                f"GROUP BY stage, task ORDER BY stage, {d.exact_sum('duration_s')} DESC, task"
             ).fetchall()
         ],
         "duration_s": d.distribution(

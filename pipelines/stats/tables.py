@@ -21,11 +21,13 @@ EXAMPLES = 3  # example source URIs kept per quarantine reason
 def breakdown(
     con: duckdb.DuckDBPyConnection, relation: str, key: str, hours: str = HOURS
 ) -> list[dict[str, Any]]:
-    """[{key, count, hours}] per value of `key`, most hours first (nulls as "unknown")."""
+    """[{key, count, hours}] per value of `key`, most hours first, ties by key (nulls as
+    "unknown")."""
+    total = d.exact_sum(hours)
     rows = con.execute(
-        f"SELECT coalesce(CAST({key} AS VARCHAR), 'unknown') AS k, count(*), sum({hours}) "
-        # Ranked by the rounded hours it reports: a float sum's last bits follow row order.
-        f"FROM {relation} GROUP BY k ORDER BY round(sum({hours}), 6) DESC NULLS LAST, k"
+        f"SELECT coalesce(CAST({key} AS VARCHAR), 'unknown') AS k, count(*), {total} "
+        # Ranked by the rounded hours it reports, ties by key (the module docstring of dist.py).
+        f"FROM {relation} GROUP BY k ORDER BY round({total}, 6) DESC NULLS LAST, k"
     ).fetchall()
     return [{"key": k, "count": int(n), "hours": round(float(h or 0.0), 6)} for k, n, h in rows]
 
@@ -35,7 +37,7 @@ def _one(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[Any, ...]:
 
 
 def recordings(con: duckdb.DuckDBPyConnection, has: set[str]) -> dict[str, Any]:
-    n, hours, size = _one(con, f"SELECT count(*), sum({HOURS}), sum(bytes) FROM recordings")
+    n, hours, size = _one(con, f"SELECT count(*), {d.exact_sum(HOURS)}, sum(bytes) FROM recordings")
     groups = ("corpus", "language", "task")
     measured = {
         "rms_dbfs": ("rms_dbfs", d.DBFS),
@@ -127,7 +129,7 @@ def segments(con: duckdb.DuckDBPyConnection, has: set[str]) -> dict[str, Any]:
     else:
         source = f"SELECT {columns}, NULL AS corpus FROM segments s"
     con.execute(f"CREATE OR REPLACE TEMP VIEW segments_c AS {source}")
-    n, hours = _one(con, f"SELECT count(*), sum({HOURS}) FROM segments_c")
+    n, hours = _one(con, f"SELECT count(*), {d.exact_sum(HOURS)} FROM segments_c")
     groups = ("corpus", "language", "origin")
     return {
         "count": int(n),
@@ -145,7 +147,8 @@ def quarantine(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     where = "source_uri || coalesce('#' || item_key, '')"
     rows = con.execute(
         f"SELECT step, reason_code, count(*), min({where}, {EXAMPLES}), "
-        f"arg_min(detail, {where}) FROM quarantine GROUP BY step, reason_code "
+        f"arg_min(detail, {where} || chr(0) || coalesce(detail, '')) FROM quarantine "
+        "GROUP BY step, reason_code "
         "ORDER BY count(*) DESC, step, reason_code"
     ).fetchall()
     by_reason = [
@@ -200,7 +203,7 @@ def conversations(con: duckdb.DuckDBPyConnection, has: set[str]) -> dict[str, An
     )
     n, hours, turns, transfers = _one(
         con,
-        "SELECT count(*), sum(duration_s) / 3600.0, sum(turns), "
+        f"SELECT count(*), {d.exact_sum('duration_s')} / 3600.0, sum(turns), "
         "(SELECT count(*) FROM transfers) FROM conv",
     )
     out: dict[str, Any] = {
@@ -244,12 +247,14 @@ def events(con: duckdb.DuckDBPyConnection, has: set[str]) -> dict[str, Any]:
     recording gives two samples), the back-channel rate and the barge-in share."""
     if "frame_labels" in has:
         samples, hours = _one(
-            con, "SELECT count(DISTINCT sample_id), sum(duration_s) / 3600.0 FROM frame_labels"
+            con,
+            f"SELECT count(DISTINCT sample_id), {d.exact_sum('duration_s')} / 3600.0 "
+            "FROM frame_labels",
         )
     else:  # no durations: the last event of each sample bounds it from below
         samples, hours = _one(
             con,
-            "SELECT count(*), sum(t) / 3600.0 FROM "
+            f"SELECT count(*), {d.exact_sum('t')} / 3600.0 FROM "
             "(SELECT max(time_s) AS t FROM events GROUP BY sample_id)",
         )
     hours = float(hours or 0.0)

@@ -188,9 +188,7 @@ def _files(root: Path) -> dict[str, str]:
 
 
 def _stats(build: Path) -> dict[str, Any]:
-    stats = json.loads((build / "stats" / "stats.json").read_text())
-    stats.pop("elapsed_s")
-    return stats
+    return json.loads((build / "stats" / "stats.json").read_text())
 
 
 def _outputs(build: Path, step: str) -> dict[str, Any]:

@@ -167,6 +167,10 @@ def test_hostile_input_never_crashes_and_every_reason_is_counted(tmp_path):
         ReasonCode.BAD_DIALOGUE.value,
         ReasonCode.TTS_FAILED.value,
         ReasonCode.SAMPLE_FAILED.value,  # the shards step's, tested there
+        # a directory walk's (links, FIFOs, folders, names): test_a_hostile_directory_...
+        ReasonCode.NOT_A_FILE.value,
+        ReasonCode.SYMLINK_LOOP.value,
+        ReasonCode.BAD_FILENAME.value,
     }
     assert expected <= reasons, f"missing: {expected - reasons}: {quarantine.to_pylist()}"
     assert sum(summary.quarantined.values()) == quarantine.num_rows
@@ -185,6 +189,46 @@ def test_hostile_input_never_crashes_and_every_reason_is_counted(tmp_path):
     assert [
         s["text"] for s in kaldi_segments if s["origin"] == "supervision" and s["text"] == "hello"
     ]
+
+
+def test_a_hostile_directory_is_accounted_for_entry_by_entry(tmp_path):
+    """Every entry with an audio name, and every orphan transcript, ends as a recording or a
+    quarantine row with its reason, and the summary's counts add up to the entries listed."""
+    root = tmp_path / "corpus"
+    (root / "x.wav").mkdir(parents=True)  # a folder with an audio name, holding real audio
+    tone = (np.sin(np.arange(32000) / 5) * 0.3).astype(np.float32)
+    sf.write(root / "ok.wav", tone, 16000)
+    (root / "ok.txt").write_text("a tone")
+    sf.write(root / "x.wav" / "inner.wav", tone[::-1].copy(), 16000)
+    (root / "garbage.wav").write_bytes(b"garbage" * 10)
+    os.symlink("b.wav", root / "a.wav")
+    os.symlink("a.wav", root / "b.wav")
+    os.symlink("nowhere.wav", root / "dangling.wav")
+    os.mkfifo(root / "pipe.wav")
+    (root / os.fsdecode(b"bad\xff.wav")).write_bytes(b"RIFF")
+    (root / "ghost.txt").write_text("its audio is missing")
+    build = str(tmp_path / "build")
+    summary = run_ingest(str(root), build, IngestConfig(), progress=False)
+    reasons = {
+        q["source_uri"].removeprefix(f"{root}/"): q["reason_code"]
+        for q in _tables(build)["quarantine"].to_pylist()
+    }
+    assert reasons == {
+        "a.wav": "symlink_loop",
+        "b.wav": "symlink_loop",
+        "bad\\xff.wav": "bad_filename",
+        "dangling.wav": "missing_file",
+        "garbage.wav": "undecodable",
+        "ghost.txt": "missing_file",
+        "pipe.wav": "not_a_file",
+        "x.wav": "not_a_file",
+    }
+    assert summary.recordings == 2  # ok.wav and x.wav/inner.wav
+    assert summary.listed == 10 == summary.recordings + summary.refused + summary.already_ingested
+    assert summary.refused == len(reasons)
+    assert "listed:   10 entries = 2 recordings + 8 refused + 0 already" in summary.render()
+    again = run_ingest(str(root), build, IngestConfig(), progress=False)
+    assert (again.units_run, again.listed, again.refused) == (0, 10, 8)
 
 
 def _write_corpus(root: Path, n: int) -> Path:

@@ -1,9 +1,12 @@
 """The build directory's ledger: commit is atomic, a crashed unit is undone on the next run."""
 
+import os
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.build import BuildDir, StepLedger
+from schemas.shards import HOST_TAG, owner_tag, parse_owner, temp_name, temp_owner
 
 
 def _stage(build: BuildDir, ledger: StepLedger, unit: str) -> None:
@@ -25,19 +28,52 @@ def test_commit_moves_files_then_marks_done(tmp_path):
     assert next(ledger.done_units())["rows"] == 1
 
 
-def test_recover_removes_uncommitted_output(tmp_path):
+def test_recover_removes_uncommitted_output(tmp_path, dead_pid):
     build = BuildDir(str(tmp_path))
-    ledger = StepLedger(build, "step", ("t",))
-    _stage(build, ledger, "u1")
-    ledger.commit("u1", {})
-    # a crash after moving u2's file but before its marker:
-    _stage(build, ledger, "u2")
+    crashed = StepLedger(build, "step", ("t",), run_id=f"{owner_tag(dead_pid)}-0badf00d")
+    _stage(build, crashed, "u1")
+    crashed.commit("u1", {})
+    # a crash after moving u2's file but before its marker, and one with u3 still staged:
+    _stage(build, crashed, "u2")
     build.fs.move(
-        f"{ledger.staging_dir('u2')}/t/x.parquet", f"{build.table_dir('t')}/step~u2_0000.parquet"
+        f"{crashed.staging_dir('u2')}/t/x.parquet", f"{build.table_dir('t')}/step~u2_0000.parquet"
     )
-    assert ledger.recover() == 1
+    _stage(build, crashed, "u3")
+    rerun = StepLedger(build, "step", ("t",))
+    assert rerun.recover() == 2  # u2's part, and the dead run's staging folder
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["step~u1_0000.parquet"]
+    assert list((tmp_path / "_state" / "step" / "staging").iterdir()) == []
+    rerun.finish()
     assert not (tmp_path / "_state" / "step" / "staging").exists()
+
+
+def test_recover_keeps_a_live_runs_staging_and_sweeps_dead_writers_temp_files(tmp_path, dead_pid):
+    build = BuildDir(str(tmp_path))
+    live = StepLedger(build, "step", ("t",))  # this process: a run still going
+    _stage(build, live, "u1")
+    foreign = StepLedger(build, "step", ("t",), run_id=f"{owner_tag(dead_pid, '0' * 8)}-1")
+    _stage(build, foreign, "u2")  # another host's run, written just now: may be alive
+    state = tmp_path / "_state" / "step"
+    (state / "done").mkdir(parents=True)
+    (state / "done" / temp_name("u9.json", pid=dead_pid)).write_text("{")  # killed marker write
+    (state / "done" / temp_name("u8.json")).write_text("{")  # a live writer's
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / temp_name("step~u9_0000.parquet", pid=dead_pid)).write_text("x")
+    rerun = StepLedger(build, "step", ("t",))
+    assert rerun.recover() == 2
+    assert sorted(p.name for p in (state / "staging").iterdir()) == sorted(
+        [live.run_id, foreign.run_id]
+    )
+    [kept] = list((state / "done").iterdir())
+    assert temp_owner(kept.name) == (os.getpid(), HOST_TAG)
+    assert list((tmp_path / "t").iterdir()) == []
+    live.finish()  # a finished run leaves no folder of its own, and keeps the other run's
+    assert [p.name for p in (state / "staging").iterdir()] == [foreign.run_id]
+
+
+def test_a_run_id_names_its_driver(tmp_path):
+    ledger = StepLedger(BuildDir(str(tmp_path)), "step", ())
+    assert parse_owner(ledger.run_id) == (os.getpid(), HOST_TAG)
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):

@@ -23,7 +23,7 @@ from pipelines.build import BuildDir
 from pipelines.ingest.run import read_table
 from pipelines.shards.step import ShardsConfig, run_shards
 from pipelines.verify import verify_shards
-from schemas.shards import index_path
+from schemas.shards import index_path, owner_tag, temp_name
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGE_TASKS = {
@@ -183,22 +183,32 @@ def test_mixture_weights_repeat_and_subsample(demo: dict[str, Any]) -> None:
 
 
 def test_rerun_writes_nothing_and_a_lost_shard_is_rebuilt_identically(
-    demo: dict[str, Any],
+    demo: dict[str, Any], dead_pid: int
 ) -> None:
     stage1 = _stage(demo, "stage1")
+    build = Path(demo["build"])
     index = Path(index_path(str(stage1)))
     before = index.read_bytes()
     again = run_shards(demo["build"], _config(demo["tokenizer"]), progress=False)
     assert all(s["shards_written_now"] == 0 for s in again.stages)
     assert index.read_bytes() == before
-    # A crash that lost shard 2 (tar gone, marker gone) and left a temp file behind; the
-    # generation's record is not complete yet, as it would not be after a crash.
+    clean = _tree_bytes(build)
+    assert not (build / "_state/shards/staging").exists()  # no empty staging/<run>/ folders
+    # A crash that lost shard 2 (tar gone, marker gone) while its writer, now dead, was writing
+    # it: its temp tar and temp .idx stay behind, named as the writer names them, and so does
+    # the killed run's staging folder. The generation's record is not complete yet, as it
+    # would not be after a crash.
     tar = stage1 / "stage1-g0000-000002.tar"
     lost = tar.read_bytes()
     tar.unlink()
-    (Path(demo["build"]) / "_state/shards/done/stage1-g0000-000002.json").unlink()
-    (stage1 / ".stage1-g0000-000002.tar.tmp-1").write_bytes(b"partial")
-    record_path = Path(demo["build"]) / "_state/shards/stage1/g0000.json"
+    (build / "_state/shards/done/stage1-g0000-000002.json").unlink()
+    (stage1 / temp_name(tar.name, pid=dead_pid)).write_bytes(lost[:1000])
+    (stage1 / "_index" / temp_name(f"{tar.name}.idx", pid=dead_pid)).write_bytes(b"\0" * 8)
+    staged = build / "_state/shards/staging" / f"{owner_tag(dead_pid)}-0badf00d" / "u"
+    staged.mkdir(parents=True)
+    (staged / "part.parquet").write_bytes(b"partial")
+    assert len(verify_shards(stage1)["stage1"]) == 3  # the lost tar, and the two temp files
+    record_path = build / "_state/shards/stage1/g0000.json"
     record = json.loads(record_path.read_text())
     record_path.write_text(json.dumps({**record, "complete": False, "shards": []}))
     redo = run_shards(demo["build"], _config(demo["tokenizer"], stages=["stage1"]), progress=False)
@@ -206,6 +216,20 @@ def test_rerun_writes_nothing_and_a_lost_shard_is_rebuilt_identically(
     assert tar.read_bytes() == lost
     assert index.read_bytes() == before
     assert verify_shards(stage1) == {"stage1": []}
+    # exactly the files the clean build held, with the same bytes, but for what names the run:
+    # the summary's wall time and the redone marker's writer (node, pid)
+    after = _tree_bytes(build)
+    assert sorted(after) == sorted(clean)
+    assert _without_run(after) == _without_run(clean)
+
+
+def _without_run(tree: dict[str, bytes]) -> dict[str, Any]:
+    out: dict[str, Any] = {k: v for k, v in tree.items() if k != "_state/shards/summary.json"}
+    for name in [k for k in out if k.startswith("_state/shards/done/")]:
+        marker = json.loads(out[name])
+        marker.pop("written_by")
+        out[name] = marker
+    return out
 
 
 def test_a_fresh_build_is_byte_identical(demo: dict[str, Any], tmp_path: Path) -> None:

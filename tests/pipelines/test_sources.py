@@ -9,10 +9,14 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -30,7 +34,8 @@ from pipelines.ingest.sources import (
 )
 from schemas.quarantine import QUARANTINE
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO.parent / "shared" / "data"
 AUDIO = b"RIFF\x00\x00\x00\x00WAVE"  # never decoded here: readers only list
 
 
@@ -229,6 +234,8 @@ def test_directory_layout(audio_dir: Path):
         ("empty_transcript", "blank"),
         ("empty_transcript", "sub/d"),
         ("missing_file", "e"),
+        # beside audio with sidecars, a .txt is a transcript: one without its audio is said
+        ("missing_file", "notes"),
     }
     bad = next(r for r in rows if r["item_key"] == "bad")
     assert bad["source_uri"] == str(audio_dir / "bad.wav") and "0xe9" in bad["detail"]
@@ -781,3 +788,115 @@ def test_s3_endpoint_from_environment(s3_endpoint: str, monkeypatch: pytest.Monk
         out.write(AUDIO)
     items, rows = split(list_sources("s3://envbucket/x"))
     assert [i.source_uri for i in items] == ["s3://envbucket/x/one.wav"] and rows == []
+
+
+# -- entries a listing cannot give: nothing skipped silently ------------------------------------
+
+
+def _hostile_dir(root: Path) -> Path:
+    """One of each entry a directory walk used to skip without a word, beside one good file."""
+    root.mkdir()
+    (root / "ok.wav").write_bytes(AUDIO)
+    (root / "ok.txt").write_text("a transcript")
+    (root / "x.wav").mkdir()  # a directory with an audio name, holding audio of its own
+    (root / "x.wav" / "inner.wav").write_bytes(AUDIO)
+    os.symlink("b.wav", root / "a.wav")
+    os.symlink("a.wav", root / "b.wav")
+    os.symlink("nowhere.wav", root / "dangling.wav")
+    os.mkfifo(root / "pipe.wav")
+    (root / os.fsdecode(b"bad\xff.wav")).write_bytes(AUDIO)
+    (root / "ghost.txt").write_text("a transcript whose audio is missing")
+    (root / "notes.md").write_text("not audio: not an entry")
+    return root
+
+
+def test_every_entry_a_walk_cannot_ingest_is_refused_with_its_reason(tmp_path: Path) -> None:
+    root = _hostile_dir(tmp_path / "corpus")
+    items, rows = split(list_sources(str(root)))
+    assert sorted(i.item_key for i in items) == ["ok", "x.wav/inner"]
+    refused = {r["item_key"]: (r["reason_code"], r["source_uri"]) for r in rows}
+    assert refused == {
+        "a": ("symlink_loop", f"{root}/a.wav"),
+        "b": ("symlink_loop", f"{root}/b.wav"),
+        "dangling": ("missing_file", f"{root}/dangling.wav"),
+        "pipe": ("not_a_file", f"{root}/pipe.wav"),
+        "x": ("not_a_file", f"{root}/x.wav"),
+        "bad\\xff": ("bad_filename", f"{root}/bad\\xff.wav"),
+        "ghost": ("missing_file", f"{root}/ghost.txt"),
+    }
+    assert all(r["detail"] and r["source_key"] for r in rows)
+    QUARANTINE.from_rows(rows)  # valid rows of the closed reason enum
+    # a glob picks among audio names: the refusals it matches, never the transcript orphan
+    _, globbed = split(list_sources(f"{root}/*.wav"))
+    assert sorted(r["item_key"] for r in globbed) == ["a", "b", "bad\\xff", "dangling", "pipe", "x"]
+
+
+def test_a_manifest_row_whose_audio_is_missing_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "here.wav").write_bytes(AUDIO)
+    manifest = tmp_path / "m.jsonl"
+    rows = [{"audio": "here.wav"}, {"audio": "gone.wav", "text": "lost"}]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items, refused = split(list_sources(str(manifest)))
+    assert [i.source_uri for i in items] == [str(tmp_path / "here.wav")]
+    assert [(r["reason_code"], r["source_uri"]) for r in refused] == [
+        ("missing_file", str(tmp_path / "gone.wav"))
+    ]
+
+
+_LIST_AND_DECODE = """
+import json, sys
+from pipelines.ingest.config import IngestConfig
+from pipelines.ingest.decode_stage import decode_or_quarantine
+from pipelines.ingest.items import SourceItem
+from pipelines.ingest.sources import list_sources
+out = {}
+for entry in list_sources(sys.argv[1]):
+    if isinstance(entry, SourceItem):
+        decoded, rejects = decode_or_quarantine(entry, IngestConfig())
+        out[entry.item_key] = rejects[0]["reason_code"] if decoded is None else "ok"
+    else:
+        out[entry["item_key"]] = entry["reason_code"]
+print(json.dumps(out))
+"""
+
+
+def _without_root_powers() -> list[str]:
+    """A command prefix under which file permissions apply: none for a normal user; for root,
+    `setpriv` dropping the two capabilities that let root read anything."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: permissions cannot be made to apply")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def test_unreadable_files_and_folders_are_read_errors(tmp_path: Path) -> None:
+    import soundfile as sf
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    tone = (np.sin(np.arange(16000) / 5) * 0.3).astype(np.float32)
+    for name in ("fine", "locked", "talk"):
+        sf.write(root / f"{name}.wav", tone, 16000)
+    (root / "talk.txt").write_text("its transcript cannot be read")
+    (root / "sealed").mkdir()
+    sf.write(root / "sealed" / "inner.wav", tone, 16000)
+    for path in (root / "locked.wav", root / "talk.txt", root / "sealed"):
+        path.chmod(0)
+    try:
+        proc = subprocess.run(
+            [*_without_root_powers(), sys.executable, "-c", _LIST_AND_DECODE, str(root)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            timeout=120,
+        )
+    finally:
+        (root / "sealed").chmod(0o755)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {
+        "fine": "ok",
+        "locked": "read_error",
+        "talk": "read_error",
+        "sealed": "read_error",
+    }

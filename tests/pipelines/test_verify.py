@@ -101,11 +101,25 @@ def test_idx_offset_off_by_one_block_is_named(stage: tuple[Path, dict]) -> None:
     assert f"{NAMES[0]}: -: missing _index/{NAMES[0]}.idx" in verify_stage(d)
 
 
-def test_unlisted_tars_are_reported_temp_files_are_not(stage: tuple[Path, dict]) -> None:
+def test_unlisted_tars_are_reported_live_writers_temp_files_are_not(
+    stage: tuple[Path, dict],
+) -> None:
     d, _ = stage
     shutil.copy(d / NAMES[0], d / shard_name("s1", 0, generation=1))
-    shutil.copy(d / NAMES[0], d / temp_name(NAMES[1], pid=4242))  # a writer still at work
+    shutil.copy(d / NAMES[0], d / temp_name(NAMES[1]))  # a writer still at work: this process
     assert verify_stage(d) == [f"{shard_name('s1', 0, 1)}: -: tar not listed in _index/index.json"]
+
+
+def test_a_killed_writers_temp_file_is_reported(stage: tuple[Path, dict], dead_pid: int) -> None:
+    d, _ = stage
+    tar = temp_name(NAMES[1], pid=dead_pid)
+    idx = f"_index/{temp_name(NAMES[1] + '.idx', pid=dead_pid)}"
+    shutil.copy(d / NAMES[0], d / tar)
+    (d / idx).write_bytes(b"\0" * 8)
+    assert verify_stage(d) == [
+        f"{name}: -: stray temp file of a writer that is gone; the next `minmo shards` removes it"
+        for name in sorted([tar, idx])
+    ]
 
 
 def test_missing_index_and_old_layout(stage: tuple[Path, dict], tmp_path: Path) -> None:
@@ -121,7 +135,7 @@ def test_missing_index_and_old_layout(stage: tuple[Path, dict], tmp_path: Path) 
 @pytest.mark.slow
 def test_verify_on_s3(stage: tuple[Path, dict], moto_s3_options: dict) -> None:
     d, _ = stage
-    (d / temp_name(NAMES[0], pid=7)).write_bytes(b"partial")  # uploaded too; still not a tar
+    (d / temp_name(NAMES[0])).write_bytes(b"partial")  # a live writer's: uploaded, not a tar
     root = upload_tree(d.parent, moto_s3_options, prefix="build/shards")
     assert verify_shards(root, moto_s3_options) == {"s1": []}
     assert verify_shards(f"{root}/s1", moto_s3_options) == {"s1": []}

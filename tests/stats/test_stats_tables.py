@@ -3,11 +3,18 @@ holds the rows and says what they contain)."""
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from pipelines.stats.compute import StatsConfig, compute_stats
+from pipelines.stats.run import run_stats
 from pipelines.stats.sources import discover
-from tests.stats.tables import write_build
+from schemas import QUARANTINE, RECORDINGS
+from schemas.quarantine import quarantine_row
+from tests.stats.tables import _recording, write_build
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +184,42 @@ def test_a_corrupt_table_file_costs_only_its_section(tmp_path):
     assert stats["segments"] is None
     assert [e["section"] for e in stats["errors"]] == ["segments"]
     assert stats["recordings"]["count"] == 4 and stats["conversations"]["turns"] == 5
+
+
+def test_a_rerun_gives_byte_identical_stats_json(tmp_path):
+    """Analysts diff stats.json: rerunning `minmo stats` on one build must give the same bytes,
+    with DuckDB on several threads (float sums and t-digests would follow their finishing
+    order) and with ties (equal hours, one quarantined source with several details)."""
+    rng = np.random.default_rng(0)
+    write_build(tmp_path / "build")
+    for part in range(4):
+        extra = [
+            _recording(
+                f"x{part}-{i}",
+                f"c{i % 3}",
+                float(rng.uniform(0.1, 30.0)),
+                snr_db=float(rng.normal(20, 5)),
+                speech_ratio=float(rng.uniform(0, 1)),
+            )
+            for i in range(20_000)
+        ]
+        extra += [_recording(f"tie{part}-{c}", f"tie{c}", 10.0) for c in "ab"]  # equal hours
+        pq.write_table(
+            RECORDINGS.from_rows(extra), tmp_path / "build" / "recordings" / f"extra{part}.parquet"
+        )
+    stage = [
+        quarantine_row("/d/same.wav", "undecodable", f"detail {i}", step="ingest") for i in range(9)
+    ]
+    pq.write_table(QUARANTINE.from_rows(stage), tmp_path / "build" / "quarantine" / "extra.parquet")
+    config = StatsConfig(threads=4)
+    outputs = []
+    for _ in range(3):
+        run_stats([str(tmp_path / "build")], config, progress=False)
+        outputs.append((tmp_path / "build" / "stats" / "stats.json").read_bytes())
+    assert outputs[0] == outputs[1] == outputs[2]
+    stats = json.loads(outputs[0])
+    assert "elapsed_s" not in stats
+    (undecodable,) = [
+        r for r in stats["quarantine"]["by_reason"] if r["reason_code"] == "undecodable"
+    ]
+    assert undecodable["example_detail"] == "detail 0"  # the tie is broken by the detail

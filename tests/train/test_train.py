@@ -142,6 +142,27 @@ def test_resume_after_sigterm_gives_the_same_losses(build: Path, tmp_path: Path)
     assert resumed == expected  # bit-exact on CPU
 
 
+def test_a_killed_run_resumes_without_repeated_logs_and_a_finished_one_says_so(
+    build: Path, tmp_path: Path
+) -> None:
+    """SIGKILL after the step-4 checkpoint: steps 5.. are redone, yet logged once, in one
+    TensorBoard event file; a rerun of the finished stage says it was finished."""
+    out = tmp_path / "killed"
+    job = _job(tmp_path, out=str(out), steps=8, save_every=4, log_every=1, tensorboard=True)
+    proc = _cli(job, build, start_new_session=True)
+    deadline = time.time() + 300
+    while len(read_metrics(out)) < 6 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert (out / "latest").read_text().strip() == "step-00000004" and len(read_metrics(out)) >= 6
+    _run(job, build)
+    assert [m["step"] for m in read_metrics(out)] == list(range(1, 9))
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    again = _run(job, build)
+    assert "already finished (8 steps)" in again and "nan" not in again
+
+
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_processes(build: Path, tmp_path: Path, parallel: str) -> None:
     out_dir = tmp_path / parallel

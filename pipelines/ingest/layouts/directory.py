@@ -21,6 +21,14 @@ quarantines its audio file: training on a file whose transcript was lost would t
 A glob selects among audio files only: `/x/*` lists the audio in /x, not its text files.
 Hidden entries (names starting with `.`) are skipped: macOS `._x.wav` resource forks and
 `.cache/` directories hold no speech.
+
+Nothing with an audio name is skipped silently: a directory named `x.wav` or a FIFO is
+`not_a_file` (a directory is still walked), a symbolic link that loops is `symlink_loop`, one
+that points at nothing `missing_file`, a name that is not UTF-8 `bad_filename`, a subdirectory
+that cannot be listed `read_error`, and a sidecar transcript whose audio file is missing
+(`ghost.txt` and no `ghost.<ext>`, in a directory whose audio files have sidecars; not under a
+glob) `missing_file`. An audio
+file that cannot be read is found when it is decoded (`read_error`), like an unreadable sidecar.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from minmo.io.fs import Location
+from minmo.io.fs import Location, Unlisted
 from pipelines.ingest.items import SourceItem
 from pipelines.ingest.layouts.common import Pending, ReadContext, Row, reject, with_transcript
 from pipelines.ingest.layouts.transcripts import TABLE_NAMES, Entry, TextProblem, read_table
@@ -130,27 +138,81 @@ def _escape(name: str) -> str:
 def _walk(
     directory: Location, rel: str, glob: _Glob | None, ctx: ReadContext
 ) -> Iterator[Pending | Row]:
-    infos = [i for i in directory.list_dir() if not posixpath.basename(i.path).startswith(".")]
-    files = {posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.File}
+    try:
+        listed, unlisted = directory.list_dir_checked()
+    except OSError as err:
+        if not rel:  # the source itself: no row can stand for it
+            raise
+        yield reject(directory.uri, ReasonCode.READ_ERROR, f"cannot list: {err}", rel)
+        return
+    infos = [i for i in listed if not i.base_name.startswith(".")]
+    files = {i.base_name for i in infos if i.type == pafs.FileType.File}
     audio = sorted(n for n in files if is_audio_name(n))
     table, table_loc = _adopted_table(directory, files, audio)
     selected = 0
-    for info in sorted(infos, key=_sort_key):
-        name = posixpath.basename(info.path)
+    entries: list[pafs.FileInfo | Unlisted] = [*infos, *unlisted]
+    for entry in sorted(entries, key=_sort_key):
+        name = entry.name if isinstance(entry, Unlisted) else entry.base_name
         child_rel = f"{rel}/{name}" if rel else name
-        if info.type == pafs.FileType.Directory:
+        wanted = is_audio_name(name) and not name.startswith(".")
+        wanted = wanted and (glob is None or glob.matches(child_rel))
+        if isinstance(entry, Unlisted):
+            if wanted:  # an audio name that lists as no file: say why, never skip it
+                where = f"{directory.uri.rstrip('/')}/{name}"
+                yield reject(where, entry.reason, entry.detail, posixpath.splitext(child_rel)[0])
+        elif entry.type == pafs.FileType.Directory:
+            if wanted:
+                yield reject(
+                    directory.child(name).uri,
+                    ReasonCode.NOT_A_FILE,
+                    "a directory with an audio file's name (its contents are listed as any "
+                    "directory's)",
+                    posixpath.splitext(child_rel)[0],
+                )
             if glob is None or glob.may_enter(child_rel):
                 yield from _walk(directory.child(name), child_rel, glob, ctx)
         elif name in audio and (glob is None or glob.matches(child_rel)):
             selected += 1
             yield _audio_item(directory, name, child_rel, files, table, ctx)
+        elif wanted:  # a FIFO, socket or device with an audio name
+            yield reject(
+                directory.child(name).uri,
+                ReasonCode.NOT_A_FILE,
+                "not a regular file (a FIFO, socket or device)",
+                posixpath.splitext(child_rel)[0],
+            )
     if table_loc is not None and selected:  # a glob that picks nothing here leaves its table be
         yield from _table_orphans(table, audio, table_loc, directory)
+    if glob is None and audio:
+        yield from _sidecar_orphans(directory, rel, files, audio)
 
 
-def _sort_key(info: pafs.FileInfo) -> str:
-    name = posixpath.basename(info.path)
-    return name + "/" if info.type == pafs.FileType.Directory else name
+def _sort_key(entry: pafs.FileInfo | Unlisted) -> str:
+    if isinstance(entry, Unlisted):
+        return entry.name
+    name = entry.base_name
+    return name + "/" if entry.type == pafs.FileType.Directory else name
+
+
+def _sidecar_orphans(
+    directory: Location, rel: str, files: set[str], audio: list[str]
+) -> Iterator[Row]:
+    """A sidecar transcript (`<stem>.txt`, `<stem>.lab`) whose stem names none of the
+    directory's audio files, in a directory whose audio carries sidecars: its audio is missing
+    (`ghost.txt` without `ghost.wav`), so its text would be lost without a word. Where no audio
+    file has a sidecar, a `.txt` is not a transcript (a README beside one long recording)."""
+    stems = {posixpath.splitext(a)[0] for a in audio}
+    if not any(f"{stem}{ext}" in files for stem in stems for ext in SIDECAR_EXTENSIONS):
+        return
+    for name in sorted(files):
+        stem, ext = posixpath.splitext(name)
+        if ext in SIDECAR_EXTENSIONS and stem not in stems:
+            yield reject(
+                directory.child(name).uri,
+                ReasonCode.MISSING_FILE,
+                f"transcript {name} has no audio file {stem}.<ext> beside it",
+                f"{rel}/{stem}" if rel else stem,
+            )
 
 
 def _adopted_table(
@@ -199,7 +261,10 @@ def _transcript(directory: Location, stem: str, files: set[str]) -> Entry | None
     """The sidecar transcript of `stem`, if one sits beside it."""
     for ext in SIDECAR_EXTENSIONS:
         if stem + ext in files:
-            raw = directory.child(stem + ext).read_bytes()
+            try:
+                raw = directory.child(stem + ext).read_bytes()
+            except OSError as err:  # e.g. permission denied: the audio's text is lost
+                return Entry(TextProblem(ReasonCode.READ_ERROR, f"{stem + ext}: {err}"), 1)
             return Entry(_transcript_of(raw, stem + ext), 1)
     return None
 
