@@ -9,6 +9,7 @@ start (a held lock: 4, a damaged build: 3) and of a full disk (5). Used by `minm
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -58,6 +59,9 @@ def guarded(step: str, build: str | None, config: Any, check: bool = True) -> It
         full = find_disk_full(exc)
         if full is None:
             raise
+        # Reported once here; the step's other tasks that hit the same full disk would each
+        # print their traceback as Ray drops their results.
+        os.environ["RAY_IGNORE_UNHANDLED_ERRORS"] = "1"
         raise StepFailed(EXIT_DISK_FULL, disk_full_message(full)) from exc
 
 
