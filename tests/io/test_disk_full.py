@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import os
 import pickle
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,23 +17,7 @@ import pytest
 from minmo.io.atomic import write_bytes_atomic
 from minmo.io.errors import DiskFullError, disk_full_message, find_disk_full, naming_disk_full
 from minmo.io.parquet import write_table
-
-
-def mount_tmpfs(path: Path, size: str) -> str | None:
-    """Mount a tmpfs of `size` at `path`; None when done, else why it cannot be."""
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        return "mounting a tmpfs needs root"
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    return None if done.returncode == 0 else f"mount -t tmpfs refused: {done.stderr.strip()}"
-
-
-def unmount(path: Path) -> None:
-    subprocess.run(["umount", "-l", str(path)], check=False)
+from tests.tmpfs import mount_tmpfs, unmount
 
 
 @pytest.fixture()
