@@ -381,9 +381,11 @@ def _forget(build: BuildDir, units: list[tuple[str, str]], result: Repair) -> No
     """Let the owning steps forget cleared units: what else they keep about a unit."""
     if any(step == "ingest" for step, _ in units):
         # The commit index still lists the cleared units' sources as ingested; rebuilt from
-        # the tables that remain, the rerun ingests them again.
+        # the tables that remain, the rerun ingests them again. Deferred: they import
+        # pyarrow.dataset (~1 s), which only this repair needs, and every `minmo` command
+        # imports this module (the CLI checks builds before each step).
         from pipelines.ingest.commit_index import reindex
-        from pipelines.ingest.run import STEP, TABLES
+        from pipelines.ingest.run import STEP, TABLES  # deferred: as above
 
         counts = reindex(build, StepLedger(build, STEP, TABLES))
         result.notes.append(
