@@ -321,9 +321,7 @@ def repair(build: BuildDir, report: Report) -> Repair:
         return result
     b = _Build(build)
     damaged_units = sorted({(f.step, f.unit) for f in report.damage if f.unit != "-"})
-    why: dict[str, str] = {f.path: f.what for f in report.findings}
-    for f in report.findings:
-        why.setdefault(f.path, f.what)
+    why = {f.path: f.what for f in report.findings}
     files = _unit_files(b, damaged_units)
     steps = sorted({s for s, _ in damaged_units} | {f.step for f in report.findings})
     locks = []
@@ -336,7 +334,7 @@ def repair(build: BuildDir, report: Report) -> Repair:
             if not build.exists(build.path(rel)):
                 continue
             target = posixpath.join(aside, rel)
-            reason = why.get(rel) or f"part of damaged unit {files.get(rel, '')}"
+            reason = why.get(rel) or f"part of damaged unit {files[rel]}"
             build.fs.create_dir(build.path(posixpath.dirname(target)), recursive=True)
             build.fs.move(build.path(rel), build.path(target))
             result.moved.append({"from": rel, "to": target, "why": reason})

@@ -68,6 +68,11 @@ def guarded(step: str, build: str | None, config: Any, check: bool = True) -> It
 def run_guarded(
     name: str, spec: StepSpec, build: str | None, inputs: Any, config: Any, progress: bool
 ) -> Any:
-    """Run step `name` (its table entry `spec`) as `minmo <step>` and `minmo run` both do."""
-    with guarded(name, build if spec.build and spec.guarded else None, config):
+    """Run step `name` (its table entry `spec`) as `minmo <step>` and `minmo run` both do.
+
+    Under torchrun every rank runs `minmo train`: rank 0 holds the lock and checks the build
+    for the whole launch; the other ranks only report a full disk."""
+    secondary_rank = os.environ.get("RANK", "0") != "0"
+    check = spec.build and spec.guarded and not secondary_rank
+    with guarded(name, build if check else None, config):
         return spec.run_function()(build, inputs, config, progress)

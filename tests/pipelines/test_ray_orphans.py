@@ -1,4 +1,4 @@
-"""A step killed with SIGKILL leaves no process of the local Ray it started, and while it ran a
+"""A step killed with SIGKILL (or SIGTERM) leaves no process of the local Ray it started, and while it ran a
 second `minmo` on the same build and step was refused at once, naming it.
 
 The driver runs in a session of its own, so every process it starts (Ray's head processes and
@@ -65,9 +65,17 @@ def _left(session_id: int, session_dir: str) -> list[str]:
     return left
 
 
-def test_a_sigkilled_step_leaves_no_ray_process_and_a_second_run_was_refused(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("whom", "sig"),
+    [("driver", signal.SIGKILL), ("group", signal.SIGTERM)],
+    ids=["sigkill-driver", "sigterm-group"],
+)
+def test_a_killed_step_leaves_no_ray_process_and_a_second_run_was_refused(
+    tmp_path: Path, whom: str, sig: signal.Signals
 ) -> None:
+    """SIGKILL of the driver alone (Ray's processes are not signalled: the watchdog ends them),
+    and SIGTERM of the driver's process group as `kill` or a job scheduler sends it (Ray's
+    own handler shuts the instance down)."""
     src = _corpus(tmp_path / "src", FILES)
     build = tmp_path / "build"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
@@ -100,13 +108,17 @@ def test_a_sigkilled_step_leaves_no_ray_process_and_a_second_run_was_refused(
             time.sleep(0.2)  # until its workers have committed a unit: every kind of process up
         assert driver.poll() is None, "the ingest finished before it could be killed"
     finally:
-        os.kill(driver.pid, signal.SIGKILL)  # the driver alone: its Ray must still go
+        if whom == "driver":
+            os.kill(driver.pid, sig)
+        else:
+            os.killpg(driver.pid, sig)
         driver.wait()
         log.close()
     killed = time.monotonic()
     while _left(driver.pid, sessions[0]) and time.monotonic() - killed < GONE_WITHIN_S:
         time.sleep(0.5)
     assert _left(driver.pid, sessions[0]) == [], f"after {GONE_WITHIN_S} s"
-    print(f"every process of {sessions[0]} gone {time.monotonic() - killed:.1f} s after SIGKILL")
+    gone = time.monotonic() - killed
+    print(f"every process of {sessions[0]} gone {gone:.1f} s after {sig.name} of the {whom}")
     with BuildLock(BuildDir(str(build)), "ingest"):  # the dead driver's lock is not held
         pass
