@@ -10,6 +10,8 @@ commit). Staging is per run: workers of a killed run can outlive their driver fo
 keep writing; a fresh run id fences their late files off from what the new run commits.
 A unit is committed by moving its staged files into the table folders and THEN writing its
 marker; a crash in between leaves files without a marker, which the next run deletes first.
+The marker records each part's name and size (`PARTS_KEY`), so that a part damaged or lost
+after its commit is found from a listing alone (pipelines/integrity.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ import pyarrow.fs as pafs
 from minmo.io.atomic import is_stale, sweep_temp_files, write_bytes_atomic
 from minmo.io.fs import is_local, open_filesystem, to_uri
 from schemas.shards import final_name, is_temp_name, owner_tag, parse_owner, temp_owner
+
+PARTS_KEY = "parts"
+"""A done marker's {table: {part file name: size in bytes}}, as committed."""
 
 BUILD_KEY_PREFIX = "build:"
 """Audio a step writes into the build (synthesized lines, duplex calls) is named
@@ -201,12 +206,17 @@ class StepLedger:
     def commit(self, unit_id: str, summary: dict[str, Any]) -> None:
         """Move the unit's staged files into the tables, then write its marker (the commit)."""
         staging = self.staging_dir(unit_id)
+        parts: dict[str, dict[str, int]] = {}
         for table in self.tables:
             target = self.build.table_dir(table)
             self.build.fs.create_dir(target, recursive=True)
             for index, path in enumerate(self.build.files(f"{staging}/{table}", ".parquet")):
-                self.build.fs.move(path, f"{target}/{self.part_name(unit_id, index)}")
+                name = self.part_name(unit_id, index)
+                self.build.fs.move(path, f"{target}/{name}")
+                parts.setdefault(table, {})[name] = self.build.fs.get_file_info(
+                    f"{target}/{name}"
+                ).size
         self.build.write_json_atomic(
-            f"{self.done_dir}/{unit_id}.json", {"unit": unit_id, **summary}
+            f"{self.done_dir}/{unit_id}.json", {"unit": unit_id, **summary, PARTS_KEY: parts}
         )
         self.build.delete(staging)

@@ -9,6 +9,11 @@ API deprecation notes, which are for minmo's developers). Ray's errors still sho
 what the steps' workers print. `minmo --verbose` (`set_verbose`) brings Ray's INFO logs,
 warnings and bars back; Ray Data's log file in the session directory
 (/tmp/ray/session_latest/logs/ray-data.log) always has every line.
+
+A local instance this process starts dies with it, whatever ends it: Ray's own `atexit` hook
+and SIGTERM handler (set by `ray.init` in the main thread) shut it down on a normal exit,
+Ctrl-C or SIGTERM, and a watchdog (pipelines/ray_watchdog.py) ends its processes after a
+SIGKILL. A cluster given by RAY_ADDRESS, or an instance the caller started, is never touched.
 """
 
 from __future__ import annotations
@@ -16,8 +21,11 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 import warnings
+from pathlib import Path
 
 import yaml
 
@@ -54,6 +62,7 @@ def ensure_ray(num_cpus: int | None = None, progress: bool = True) -> None:
         if address:
             ray.init(address=address, log_to_driver=True, logging_level=level)
         else:
+            watchdog = _start_watchdog()
             # address="local" always starts a fresh instance: a bare ray.init() would try to
             # join whatever cluster /tmp/ray/ray_current_cluster last named, even a dead one.
             ray.init(
@@ -63,9 +72,53 @@ def ensure_ray(num_cpus: int | None = None, progress: bool = True) -> None:
                 log_to_driver=True,
                 logging_level=level,
             )
+            _tell_watchdog(watchdog)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress and verbose
     context.print_on_execution_start = False
+
+
+_WATCHDOGS: list[subprocess.Popen] = []
+"""The watchdogs of the instances this process started; held so that their pipes stay open
+until the process ends (closing one is what tells a watchdog the driver is gone)."""
+
+
+def _start_watchdog() -> subprocess.Popen | None:
+    """Start pipelines/ray_watchdog.py for the local instance about to start (see its
+    docstring: the instance's processes die with this driver, even on SIGKILL). Linux only
+    (it reads /proc); elsewhere Ray's own fate sharing is all there is."""
+    import ray
+
+    if not sys.platform.startswith("linux"):
+        return None
+    temp_dir = os.environ.get("RAY_TMPDIR") or os.path.join(tempfile.gettempdir(), "ray")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-I",  # stdlib only: no site-packages, no PYTHONPATH
+            str(Path(__file__).with_name("ray_watchdog.py")),
+            str(os.getpid()),
+            temp_dir,
+            os.path.dirname(ray.__file__),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a kill of the driver's process group spares it
+    )
+    _WATCHDOGS.append(proc)
+    return proc
+
+
+def _tell_watchdog(proc: subprocess.Popen | None) -> None:
+    """Give the watchdog the session directory of the instance that just started."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)  # Ray has no public accessor
+    if proc is None or proc.stdin is None or node is None:
+        return
+    proc.stdin.write((node.get_session_dir_path() + "\n").encode())
+    proc.stdin.flush()
 
 
 def _ray_data_console(level: int) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from minmo.cli.flags import add_config_flags, nest, parse_json_fields
+from minmo.cli.guard import run_guarded
 from minmo.cli.jobs import expand, read_spec, run_job, split_section
 from minmo.cli.steps import STEPS, StepFailed, StepSpec, resolve
 from minmo.config import ConfigError, merge
@@ -172,7 +173,7 @@ def _run_step(args: argparse.Namespace) -> int:
     build = getattr(args, "build", None)
     if spec.source_root:
         record_source_roots(build, args.source_root, section.get("storage_options") or {})
-    spec.run_function()(build, inputs, config, not args.quiet)
+    run_guarded(args.command, spec, build, inputs, config, not args.quiet)
     return 0
 
 

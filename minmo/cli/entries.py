@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from minmo.cli.guard import EXIT_LOCKED
 from minmo.cli.steps import (
     DemoDataConfig,
+    DoctorConfig,
     IngestInputs,
     NoInputs,
     StatsInputs,
@@ -20,6 +22,7 @@ from minmo.cli.steps import (
 )
 from minmo.demo import build_demo_corpus
 from minmo.plan import PlanConfig, PlanError, render, run_plan
+from pipelines import integrity
 from pipelines.annotate import AnnotateConfig, run_annotate
 from pipelines.build import BuildDir, StepLedger
 from pipelines.diarize import DiarizeConfig, run_diarize
@@ -27,6 +30,7 @@ from pipelines.ingest.commit_index import CommitIndexError, reindex
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.run import STEP, TABLES, run_ingest
 from pipelines.label_turns import LabelTurnsConfig, run_label_turns
+from pipelines.lock import StepLocked
 from pipelines.stats.compute import StatsConfig
 from pipelines.stats.run import run_stats
 from pipelines.synthesize import SynthesizeConfig, run_synthesize
@@ -136,3 +140,22 @@ def plan(build: str | None, _: NoInputs, config: PlanConfig, progress: bool) -> 
         raise StepFailed(2, str(exc)) from exc
     print(render(result))
     return result
+
+
+def doctor(build: str, _: NoInputs, config: DoctorConfig, progress: bool) -> Any:
+    """List the build's inconsistencies; with --fix, move them aside and check again. Exit 1
+    while damage remains (after --fix: only when a running step kept some from being fixed)."""
+    target = BuildDir(build, **config.storage_options)
+    report = integrity.inspect(target)
+    print(integrity.render(target, report))
+    if config.fix and report.findings:
+        try:
+            print(integrity.render_repair(integrity.repair(target, report)))
+        except StepLocked as exc:
+            raise StepFailed(EXIT_LOCKED, f"cannot fix now: {exc}") from exc
+        report = integrity.inspect(target)
+        print(integrity.render(target, report))
+    if report.damage:
+        hint = "" if config.fix else f"; `minmo doctor --build {build} --fix` repairs it"
+        raise StepFailed(1, f"{len(report.damage)} damaged committed file(s){hint}")
+    return report

@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from minmo.cli.guard import run_guarded
 from minmo.cli.steps import STEPS, StepSpec
 from minmo.config import ConfigError, check_keys, from_mapping, nearest
 from minmo.io.fs import open_filesystem, to_uri, uri_scheme
@@ -60,7 +61,7 @@ class JobStep:
     def run(self, build: str | None, section: dict[str, Any], progress: bool) -> Any:
         """Run the step on `section` (checked, `{build}` expanded); returns its result."""
         inputs, config = split_section(self.name, self.spec, section)
-        return self.spec.run_function()(build, inputs, config, progress)
+        return run_guarded(self.name, self.spec, build, inputs, config, progress)
 
 
 def section_keys(spec: StepSpec) -> tuple[str, ...]:

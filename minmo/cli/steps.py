@@ -98,6 +98,17 @@ class TrainInputs:
 
 
 @dataclass
+class DoctorConfig:
+    """What `minmo doctor` does with the inconsistencies it lists."""
+
+    fix: bool = False
+    """Move every damaged or uncommitted file aside (into DIR/_state/doctor/<time>/, with a
+    report.json; nothing is deleted) and clear the commits of the damaged units, so that
+    rerunning the steps redoes exactly those units."""
+    storage_options: StorageOptions = storage_options_field()
+
+
+@dataclass
 class ModelInfoConfig:
     """Which MinMo `minmo model-info` counts."""
 
@@ -156,6 +167,9 @@ class StepSpec:
     build_config: bool = True
     """False: the run function gets the section's config keys as a mapping (train: they
     override each training spec, which holds the required fields)."""
+    guarded: bool = True
+    """Whether a run holds the step's lock on the build and first checks the build for damaged
+    committed files (minmo/cli/guard.py); off only for `doctor`, which repairs them."""
 
     def config_class(self) -> type:
         return resolve(self.config)
@@ -256,6 +270,14 @@ STEPS: dict[str, StepSpec] = {
         build=False,
         positional=("dir",),
         paths={"dir": STORE_SCHEMES},
+    ),
+    "doctor": StepSpec(
+        config="minmo.cli.steps:DoctorConfig",
+        run=f"{LIGHT}:doctor",
+        help="list every inconsistency of a build (parts, markers, shards); --fix moves the "
+        "damaged files aside and clears their commits (exit 1 when damage remains)",
+        paths={"build": STORE_SCHEMES},
+        guarded=False,
     ),
     "train": StepSpec(
         config="minmo.train.config:TrainConfig",

@@ -33,6 +33,7 @@ from datetime import datetime
 import psutil
 import pyarrow.fs as pafs
 
+from minmo.io.errors import naming_disk_full
 from minmo.io.fs import is_local
 from schemas.shards import HOST_TAG, is_temp_name, temp_name, temp_owner
 
@@ -57,12 +58,12 @@ def write_bytes_atomic(
     if make_parent:
         fs.create_dir(parent, recursive=True)
     if not is_local(fs):
-        with fs.open_output_stream(path) as out:
+        with naming_disk_full(path), fs.open_output_stream(path) as out:
             out.write(data)
         return
     tmp = posixpath.join(parent, temp_name(name))
     try:
-        with fs.open_output_stream(tmp) as out:
+        with naming_disk_full(path), fs.open_output_stream(tmp) as out:
             out.write(data)
         fs.move(tmp, path)
     except BaseException:

@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from minmo.io.atomic import write_bytes_atomic
+from minmo.io.errors import naming_disk_full
 from minmo.io.fs import is_local, to_uri
 from schemas.shards import (
     ALL_MEMBERS,
@@ -229,11 +230,13 @@ class ShardTarWriter:
     def add(self, encoded: dict[str, bytes | str]) -> None:
         # TarFile.offset is the logical position of the next header, even in stream mode.
         self.offsets.append(self._writer.tarstream.offset)
-        self._writer.write(encoded)
+        with naming_disk_full(self.path):
+            self._writer.write(encoded)
 
     def close(self) -> tuple[int, str]:
-        self._writer.close()  # writes the end-of-archive blocks through _HashingFile
-        self._raw.close()
+        with naming_disk_full(self.path):
+            self._writer.close()  # writes the end-of-archive blocks through _HashingFile
+            self._raw.close()
         size = self._file.bytes
         stored = self.fs.get_file_info(self.tmp).size
         if size != stored:

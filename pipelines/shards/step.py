@@ -65,6 +65,7 @@ from pipelines.shards.plan import (
     spec_summaries,
     summarize,
 )
+from pipelines.shards.records import STEP, record_path, shard_unit, state_dir
 from pipelines.shards.splits import SplitConfig
 from pipelines.shards.tokenize import (
     MEMBER_COLUMNS,
@@ -76,8 +77,6 @@ from schemas import QUARANTINE, ReasonCode
 from schemas.labels import LabelSource
 from schemas.quarantine import quarantine_row
 from schemas.shards import INDEX_VERSION, META_DIR, SPLITS, index_path, shard_name, split_dir
-
-STEP = "shards"
 
 
 @dataclass
@@ -290,7 +289,7 @@ class ShardWriter:
         rows = sorted(group.to_pylist(), key=lambda r: (r["order"], r["key"]))
         shard = int(rows[0]["shard"])
         split = rows[0].get("split") or ""  # one split per shard: the layout is per split
-        unit = f"{self.p.stage}-g{self.p.generation:04d}-{shard:06d}"
+        unit = shard_unit(self.p.stage, self.p.generation, shard)
         entries: list[dict[str, Any]] = []
         tasks: dict[str, dict[str, Any]] = {}
         quarantine: list[dict[str, Any]] = []
@@ -459,7 +458,7 @@ class ShardStep:
         self._vocab: int | None = None
 
     def state_dir(self, stage: str) -> str:
-        return self.build.path("_state", STEP, stage)
+        return state_dir(self.build, stage)
 
     def stage_dir(self, stage: str) -> str:
         return self.build.path("shards", stage)
@@ -550,7 +549,7 @@ class ShardStep:
                 self.build.delete(part)
 
     def _record_path(self, stage: str, generation: int) -> str:
-        return f"{self.state_dir(stage)}/g{generation:04d}.json"
+        return record_path(self.build, stage, generation)
 
     def _generations(self, stage: str) -> list[dict[str, Any]]:
         records = [
