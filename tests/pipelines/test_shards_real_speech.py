@@ -97,20 +97,27 @@ def test_real_transcripts_and_audio_reach_the_shards(built: dict[str, Any]) -> N
         assert rate == 16000 and audio.ndim == 1 and np.abs(audio).max() > 0.05
 
 
-def test_the_real_call_keeps_both_channels_and_its_labels(built: dict[str, Any]) -> None:
+def test_the_real_call_gives_each_role_its_own_stream_and_labels(built: dict[str, Any]) -> None:
+    """schemas/duplex.py: a stereo call's stage-4 input is the user's channel alone, with the
+    assistant's activity beside it; the two role samples hear different audio."""
     samples = _samples(built["build"] / "shards/stage4")
+    streams = {}
     for s in samples:
         meta = json.loads(s["json"])
-        info = sf.info(io.BytesIO(s["flac"]))
-        assert info.channels == 2 and abs(info.duration - 245.0) < 1.0
+        audio, _ = sf.read(io.BytesIO(s["flac"]), dtype="float32")
+        assert audio.ndim == 1 and abs(audio.size / 16_000 - 245.0) < 1.0
         labels = np.load(io.BytesIO(s["labels.npy"]))
+        duration_s = audio.size / 16_000
         assert (
-            labels.size == meta["n_labels"] == round(info.duration / 0.12)
-            or abs(labels.size - info.duration / 0.12) <= 1
+            labels.size == meta["n_labels"] == round(duration_s / 0.12)
+            or abs(labels.size - duration_s / 0.12) <= 1
         )
         assert set(np.unique(labels)) == {0, 1, 2, 3}
-    users = {json.loads(s["json"])["provenance"]["user_channel"] for s in samples}
-    assert users == {0, 1}
+        activity = np.load(io.BytesIO(s["assistant_activity.npy"]))
+        assert activity.shape == labels.shape and set(np.unique(activity)) == {0, 1}
+        streams[meta["provenance"]["user_channel"]] = audio
+    assert set(streams) == {0, 1}
+    assert not np.array_equal(streams[0], streams[1])
 
 
 def test_speech_tokens_of_real_speech(built: dict[str, Any]) -> None:
