@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -72,15 +71,9 @@ def test_the_installed_venv_is_the_pinned_one():
     pinned = _pins().get(python)
     if pinned is None:
         return  # a Python the file has no pins for resolves freely, as pyproject.toml allows
-    out = subprocess.run(
-        [sys.executable, "-m", "pip", "freeze", "--exclude-editable"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
     installed = {
         canonicalize_name(name): version
-        for name, version in (line.split("==", 1) for line in out.splitlines() if "==" in line)
+        for name, version in (pin.split("==", 1) for pin in _pin_tool().frozen())
     }
     differ = {
         name: (version, installed.get(name))
