@@ -165,7 +165,7 @@ def test_a_killed_run_reports_and_ends_the_processes_it_left(tmp_path):
     command = [sys.executable, "-c", ORPHAN, str(tmp_path)]
     kill = KillAt(when_exists="started")
     outcome = run_command(command, tmp_path, tmp_path / "run.log", kill, grace_s=1)
-    assert outcome.killed and outcome.step == "parent"
+    assert outcome.killed and outcome.step == "parent" and outcome.trigger == "started"
     [survivor] = outcome.survivors
     assert "time.sleep(60)" in survivor and "subprocess" not in survivor
     token = (tmp_path / "run.log").read_text().splitlines()[0]
@@ -237,7 +237,8 @@ def _done_markers(files: list[str], step: str) -> list[str]:
 @pytest.mark.timeout(1200)
 def test_a_job_killed_mid_ingest_reruns_to_the_same_build(reference):
     trial, left = _trial(reference, MID_INGEST, "mid-ingest")
-    assert trial.kills[0].step == "ingest"
+    [kill] = trial.kills
+    assert kill.step == "ingest" and kill.trigger and kill.trigger.endswith(".json"), kill
     all_units = _done_markers(_files(reference[1]), "ingest")
     assert 1 <= len(_done_markers(left, "ingest")) < len(all_units) == 4, left
     assert trial.ok, trial.line() + "\n" + trial.comparison.describe()
@@ -247,8 +248,10 @@ def test_a_job_killed_mid_ingest_reruns_to_the_same_build(reference):
 @pytest.mark.timeout(1200)
 def test_a_job_killed_mid_shard_write_reruns_to_the_same_build(reference):
     trial, left = _trial(reference, MID_SHARD_WRITE, "mid-shard-write")
-    assert trial.kills[0].step == "shards"
-    assert any(".tmp-" in f for f in left if f.startswith("shards/")), left
+    [kill] = trial.kills
+    assert kill.step == "shards" and ".tmp-" in (kill.trigger or ""), kill
+    # The writer's temp file may or may not outlive the kill (Ray's workers run in sessions of
+    # their own and may finish, or clean up, first): the `files` check judges what is left.
     assert len(_done_markers(left, "shards")) < len(_done_markers(_files(reference[1]), "shards"))
     assert trial.ok, trial.line() + "\n" + trial.comparison.describe()
 

@@ -98,6 +98,7 @@ class RunOutcome:
     step: str | None  # the step it was in when it ended (its last "== <step>" line)
     log: Path
     kill: KillAt | None = None
+    trigger: str | None = None  # the path that fired `kill.when_exists` (relative to the build)
     survivors: list[str] = field(default_factory=list)  # "pid cmdline", alive after grace_s
 
     @property
@@ -160,7 +161,7 @@ def run_command(
             start_new_session=True,  # its own process group: the one the kill takes down
         )
         try:
-            killed = _wait_or_kill(proc, build, kill, started, timeout_s)
+            killed, trigger = _wait_or_kill(proc, build, kill, started, timeout_s)
         except BaseException:
             _kill_group(proc)
             _await_exit(token, grace_s)
@@ -173,6 +174,7 @@ def run_command(
         step=last_step(log),
         log=log,
         kill=kill,
+        trigger=trigger,
         survivors=survivors,
     )
 
@@ -183,21 +185,23 @@ def _wait_or_kill(
     kill: KillAt | None,
     started: float,
     timeout_s: Seconds,
-) -> bool:
-    """Whether the kill came (True) or the run ended first (False)."""
+) -> tuple[bool, str | None]:
+    """(whether the kill came before the run ended, the path that fired it)."""
     deadline: float | None = None if kill is None or kill.when_exists else started + kill.after_s
+    trigger = None
     while proc.poll() is None:
         now = time.monotonic()
         if now - started > timeout_s:
             _kill_group(proc)
             raise TimeoutError(f"{proc.args}: still running after {timeout_s:.0f} s")
-        if kill is not None and deadline is None and first_match(build, kill.when_exists or ""):
-            deadline = now + kill.after_s
+        if kill is not None and deadline is None:
+            trigger = first_match(build, kill.when_exists or "")
+            deadline = None if trigger is None else now + kill.after_s
         if deadline is not None and now >= deadline:
             _kill_group(proc)
-            return True
+            return True, trigger
         time.sleep(POLL_S)
-    return False
+    return False, trigger
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -524,11 +528,16 @@ class Trial:
 
     def line(self) -> str:
         """One line: where each kill landed, how the rerun ended, and the verdict."""
-        kills = ", ".join(f"{r.seconds:.1f} s in {r.step}" for r in self.kills) or "no kill landed"
+        kills = ", ".join(_where(r) for r in self.kills) or "no kill landed"
         verdict = (
             "identical" if self.ok else "DIFFERS: " + ", ".join(self.comparison.failed_checks())
         )
         return f"trial {self.index}: killed at {kills}; rerun {self.rerun.describe()}: {verdict}"
+
+
+def _where(run: RunOutcome) -> str:
+    fired = f" ({run.trigger} appeared)" if run.trigger else ""
+    return f"{run.seconds:.1f} s in {run.step}{fired}"
 
 
 def run_trial(
