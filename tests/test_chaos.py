@@ -20,11 +20,11 @@ import pytest
 import torch
 import yaml
 
+from minmo.testing.build_diff import compare_builds
 from minmo.testing.chaos import (
     RUN_ENV,
     KillAt,
     Trial,
-    compare_builds,
     finish_trial,
     first_match,
     run_command,
