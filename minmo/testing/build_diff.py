@@ -170,14 +170,19 @@ def _compare_exports(reference: Path, candidate: Path, result: Comparison) -> No
 
 def _file_difference(ref: Path, cand: Path, ref_build: Path, cand_build: Path) -> str | None:
     """How two files of an export differ by value, or None. torch.save embeds a serialization id
-    of its own, so tensors compare by value, not by bytes."""
-    if ref.suffix == ".json":
-        a = json.loads(normalized(ref.read_text(), ref_build))
-        b = json.loads(normalized(cand.read_text(), cand_build))
-        return None if a == b else "JSON differs"
+    of its own, so tensors compare by value, not by bytes; text (JSON, a LoRA's model card) may
+    name the build's folder."""
     if ref.suffix in (".pt", ".safetensors"):
         return _tensor_difference(ref, cand)
-    return None if sha256_file(ref) == sha256_file(cand) else "bytes differ"
+    if sha256_file(ref) == sha256_file(cand):
+        return None
+    try:
+        a, b = normalized(ref.read_text(), ref_build), normalized(cand.read_text(), cand_build)
+    except UnicodeDecodeError:
+        return "bytes differ"
+    if ref.suffix == ".json":
+        return None if json.loads(a) == json.loads(b) else "JSON differs"
+    return None if a == b else "text differs"
 
 
 def _tensor_difference(ref: Path, cand: Path) -> str | None:
