@@ -80,7 +80,7 @@ def summary(trials: list[Trial], reference_s: float) -> str:
     twice = sum(len(t.kills) > 1 for t in trials)
     lines = [
         f"chaos: {identical}/{len(trials)} builds identical to an uninterrupted one "
-        f"({sum(len(t.kills) for t in trials)} kills, {twice} trials killed twice)",
+        f"({sum(len(t.kills) for t in trials)} kills; killed twice: {twice} of the trials)",
         "  kills by step: " + ", ".join(f"{s} {n}" for s, n in sorted(steps.items(), key=str)),
         f"  uninterrupted job {reference_s:.0f} s; reruns after the kills "
         f"{min(reruns):.0f}-{max(reruns):.0f} s",
