@@ -106,6 +106,7 @@ def test_a_collapsed_uri_is_not_a_local_path(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # the whole demo job (up to 600 s), then the report in a browser
 def test_demo_job_end_to_end(tmp_path):
     build = tmp_path / "demo"
     result = subprocess.run(

@@ -153,6 +153,7 @@ DEMO_TABLE_STEPS = ["demo-data", "ingest", "synthesize", "diarize", "label-turns
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # the demo's table steps against a local S3 server (up to 600 s)
 def test_demo_job_table_steps_on_s3(tmp_path, moto_s3_options):
     """The demo job's steps up to label-turns with `--build s3://…`: every table lands on the
     store, every audio URI points into it, no read fails (quarantine holds only the bundled
@@ -248,6 +249,7 @@ def test_demo_job_table_steps_on_s3(tmp_path, moto_s3_options):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # the whole demo job against a local S3 server (up to 1800 s)
 def test_demo_job_on_s3(tmp_path, moto_s3_options):
     """The whole demo job (jobs/demo.yaml, every step) with `--build s3://…`: every step
     succeeds, the shards verify on the store, the seven training stages keep their checkpoints,

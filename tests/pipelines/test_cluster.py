@@ -38,7 +38,8 @@ from pipelines.build import StepLedger
 from pipelines.verify import verify_shards
 from schemas.shards import split_dir
 
-pytestmark = pytest.mark.slow
+# The first test pays for the module's builds: the job on one node, then on a 3-node cluster.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "jobs" / "data"

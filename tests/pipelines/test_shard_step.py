@@ -25,6 +25,8 @@ from pipelines.shards.step import ShardsConfig, run_shards
 from pipelines.verify import verify_shards
 from schemas.shards import index_path, owner_tag, temp_name
 
+# The first test pays for the module's demo build (350 s of setup in CI with other work beside).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 ROOT = Path(__file__).resolve().parents[2]
 STAGE_TASKS = {
     "stage1": {
