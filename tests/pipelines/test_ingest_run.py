@@ -163,6 +163,7 @@ def test_hostile_input_never_crashes_and_every_reason_is_counted(tmp_path):
         ReasonCode.NOT_MULTICHANNEL.value,
         ReasonCode.NO_SPEECH.value,
         ReasonCode.SINGLE_SPEAKER.value,
+        ReasonCode.INDISTINCT_SPEAKERS.value,
         ReasonCode.NOT_TWO_PARTY.value,
         ReasonCode.BAD_DIALOGUE.value,
         ReasonCode.TTS_FAILED.value,
