@@ -69,6 +69,7 @@ UNSERVED = [
     ("train", ["train", "job.yaml", "--build", "b", "--staging", "s3://b/tmp"]),
     ("run", ["run", BAD, "--build", "b"]),
     ("run", ["run", "job.yaml", "--build", BAD]),
+    ("doctor", ["doctor", "--build", BAD]),
     ("plan", ["plan", "--mix", BAD]),
     ("plan", ["plan", "--rates", BAD]),
 ]
@@ -89,7 +90,7 @@ def test_every_command_taking_a_path_checks_it():
 
     assert {c for c, _ in UNSERVED} == set(PATH_ARGS) == {
         "demo-data", "ingest", "synthesize", "diarize", "annotate", "label-turns",
-        "shards", "verify", "stats", "train", "run", "plan",
+        "shards", "verify", "stats", "train", "run", "plan", "doctor",
     }  # fmt: skip
     # every entry names a real argument (a typo would silently go unchecked)
     sub = next(a for a in build_parser()._actions if a.dest == "command")
