@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,8 +19,8 @@ from pipelines.build import PARTS_KEY, BuildDir, StepLedger
 from pipelines.integrity import DamagedBuild, check_before_step, inspect, repair
 from pipelines.lock import lock_path
 from pipelines.shards import records
+from tests.pipelines.lock_holder import hold_lock
 
-REPO = Path(__file__).resolve().parents[2]
 # A step whose units need nothing else forgotten on repair (ingest's also rebuild its commit
 # index from real recordings tables: tests/pipelines/test_build_safety.py).
 STEP = "diarize"
@@ -165,21 +164,7 @@ def test_the_cli_stops_a_step_on_a_damaged_build_before_it_runs(
 
 def _hold_lock(build: BuildDir, step: str) -> subprocess.Popen:
     """A process holding `step`'s lock until killed."""
-    code = (
-        "import sys, time\n"
-        "from pipelines.build import BuildDir\n"
-        "from pipelines.lock import BuildLock\n"
-        "with BuildLock(BuildDir(sys.argv[1]), sys.argv[2]):\n"
-        "    print('held', flush=True)\n"
-        "    time.sleep(600)\n"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, build.uri, step],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    assert proc.stdout is not None and proc.stdout.readline().strip() == b"held"
+    proc = hold_lock(build.uri, step)
     assert os.path.exists(lock_path(build, step))
     return proc
 

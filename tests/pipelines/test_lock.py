@@ -17,27 +17,7 @@ import pytest
 from minmo.cli import main
 from pipelines.build import BuildDir
 from pipelines.lock import BuildLock, StepLocked, lock_path, pid_alive, running_steps
-
-REPO = Path(__file__).resolve().parents[2]
-HOLD = (
-    "import sys, time\n"
-    "from pipelines.build import BuildDir\n"
-    "from pipelines.lock import BuildLock\n"
-    "with BuildLock(BuildDir(sys.argv[1]), sys.argv[2]):\n"
-    "    print('held', flush=True)\n"
-    "    time.sleep(600)\n"
-)
-
-
-def _holder(build: str, step: str) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLD, build, step],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    assert proc.stdout is not None and proc.stdout.readline().strip() == b"held"
-    return proc
+from tests.pipelines.lock_holder import hold_lock
 
 
 def _dead_pid() -> int:
@@ -49,7 +29,7 @@ def _dead_pid() -> int:
 
 def test_a_second_run_of_a_step_is_refused_at_once_naming_the_holder(tmp_path: Path) -> None:
     build = BuildDir(str(tmp_path / "b"))
-    holder = _holder(build.uri, "ingest")
+    holder = hold_lock(build.uri, "ingest")
     try:
         started = time.perf_counter()
         with pytest.raises(StepLocked) as refused, BuildLock(build, "ingest"):
@@ -84,7 +64,7 @@ def test_the_cli_refuses_a_second_step_before_starting_anything(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     build = str(tmp_path / "b")
-    holder = _holder(build, "ingest")
+    holder = hold_lock(build, "ingest")
     try:
         started = time.perf_counter()
         assert main(["-q", "ingest", str(tmp_path / "nowhere"), "--build", build]) == 4
