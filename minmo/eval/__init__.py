@@ -1,0 +1,1 @@
+"""Evaluating trained MinMo checkpoints: metrics (`metrics`, `normalize`) and `minmo eval`."""
