@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from schemas._document import validate_document
+
 # 2: shard stages gained `per_shard_dist` and `worst`; `per_shard` is null past the config's
 # `max_shard_rows` shards in a stage.
 STATS_VERSION = 2
@@ -330,20 +332,11 @@ class StatsSchemaError(ValueError):
 
 def validate_stats(stats: dict[str, Any]) -> dict[str, Any]:
     """Raise StatsSchemaError unless `stats` keeps STATS_JSON_SCHEMA; return it unchanged."""
-    import jsonschema
-
-    if isinstance(stats, dict) and stats.get("version") != STATS_VERSION:
-        raise StatsSchemaError(
-            f"stats.json version {stats.get('version')!r}, this checkout reads version "
-            f"{STATS_VERSION}: rerun `minmo stats` on the build it summarises"
-        )
-
-    errors = sorted(
-        jsonschema.Draft202012Validator(STATS_JSON_SCHEMA).iter_errors(stats),
-        key=lambda e: list(e.absolute_path),
+    return validate_document(
+        stats,
+        STATS_JSON_SCHEMA,
+        STATS_VERSION,
+        "stats.json",
+        "rerun `minmo stats` on the build it summarises",
+        StatsSchemaError,
     )
-    if errors:
-        first = errors[0]
-        where = "/".join(str(p) for p in first.absolute_path) or "(top)"
-        raise StatsSchemaError(f"stats.json v{STATS_VERSION}: at {where}: {first.message}")
-    return stats

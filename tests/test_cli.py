@@ -72,6 +72,9 @@ UNSERVED = [
     ("doctor", ["doctor", "--build", BAD]),
     ("plan", ["plan", "--mix", BAD]),
     ("plan", ["plan", "--rates", BAD]),
+    ("eval", ["eval", "s3://b/final", "--shards", "s"]),
+    ("eval", ["eval", "final", "--shards", BAD]),
+    ("eval", ["eval", "final", "--shards", "s", "--out", "s3://b/eval.json"]),
 ]
 
 
@@ -90,7 +93,7 @@ def test_every_command_taking_a_path_checks_it():
 
     assert {c for c, _ in UNSERVED} == set(PATH_ARGS) == {
         "demo-data", "ingest", "synthesize", "diarize", "annotate", "label-turns",
-        "shards", "verify", "stats", "train", "run", "plan", "doctor",
+        "shards", "verify", "stats", "train", "run", "plan", "doctor", "eval",
     }  # fmt: skip
     # every entry names a real argument (a typo would silently go unchecked)
     sub = next(a for a in build_parser()._actions if a.dest == "command")

@@ -310,6 +310,15 @@ STEPS: dict[str, StepSpec] = {
         build=False,
         paths={"mix": STORE_SCHEMES, "rates": STORE_SCHEMES},
     ),
+    "eval": StepSpec(
+        config="minmo.eval.run:EvalConfig",
+        run=f"{TORCH}:evaluate",
+        help="score a stage's export on a shard directory (WER/CER, accuracy, BLEU, duplex "
+        "F1@K...) -> eval.json",
+        build=False,
+        positional=("checkpoint",),
+        paths={"checkpoint": LOCAL_SCHEMES, "shards": STORE_SCHEMES, "out": LOCAL_SCHEMES},
+    ),
     "model-info": StepSpec(
         config="minmo.cli.steps:ModelInfoConfig",
         run=f"{TORCH}:model_info",

@@ -1,4 +1,4 @@
-"""Run functions of the steps that import torch (shards, train, model-info); see
+"""Run functions of the steps that import torch (shards, train, eval, model-info); see
 minmo/cli/entries.py for the contract. A separate module so that the light steps do not pay
 torch's import."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from minmo.cli.steps import ModelInfoConfig, NoInputs, ShardsInputs, StepFailed, TrainInputs
+from minmo.eval.run import EvalConfig, run_eval
 from minmo.model.info import render
 from minmo.train.entry import run_train, run_train_ray
 from pipelines.shards.step import ShardsConfig, run_shards
@@ -37,3 +38,9 @@ def train(build: str, inputs: TrainInputs, overrides: dict[str, Any], progress: 
 def model_info(build: str | None, _: NoInputs, config: ModelInfoConfig, progress: bool) -> Any:
     print(render(config.size))
     return config.size
+
+
+def evaluate(build: str | None, _: NoInputs, config: EvalConfig, progress: bool) -> Any:
+    result = run_eval(config, progress=progress)
+    print(result.render())
+    return result

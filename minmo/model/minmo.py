@@ -218,6 +218,9 @@ class MinMo(nn.Module):
             vl = self.voice_lm(semantic, lengths, batch.speech_tokens, batch.speech_lengths)
             out["speech_loss"] = vl["loss"]
             out["speech_tokens"] = vl["n_targets"]
+            # Read by `minmo eval` (top-1 accuracy); detached, as the duplex logits below.
+            out["speech_logits"] = vl["logits"].detach()
+            out["speech_targets"] = vl["targets"]
         if kind == "duplex":
             if batch.labels is None:
                 raise ValueError("stage 4 needs duplex labels in the batch")

@@ -9,8 +9,9 @@ at the newest complete one.
 
 The final export (`<out>/final/`) holds each module trained so far as `<module>.pt` (full
 tensors, loadable without torch.distributed) and the LLM's LoRA adapters through peft's
-`save_pretrained` (`final/lora/`), with `export.json` naming them; the next stage's
-`init_from` reads it.
+`save_pretrained` (`final/lora/`), with `export.json` naming them, the stage, and what rebuilds
+the frozen rest (the model spec and the seed of the random init); the next stage's `init_from`
+and `minmo eval` read it.
 """
 
 from __future__ import annotations
@@ -161,10 +162,17 @@ def trained_modules(stage_modules: tuple[str, ...], inherited: list[str]) -> lis
 
 
 def export(
-    out_dir: str | Path, model: Any, modules: list[str], stage: str, rank: int
+    out_dir: str | Path,
+    model: Any,
+    modules: list[str],
+    stage: str,
+    rank: int,
+    meta: dict[str, Any] | None = None,
 ) -> Path | None:
     """Write `final/`: full tensors of `modules` (gathered from shards on every rank), LoRA
-    adapters through peft. Every rank must call it (gathering is collective)."""
+    adapters through peft, and `export.json` ({"stage", "modules"} + `meta`: the trainer adds
+    "model" (its ModelSpec) and "seed", without which the frozen modules, random-init in a tiny
+    model, could not be rebuilt). Every rank must call it (gathering is collective)."""
     full = get_model_state_dict(
         model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
@@ -182,20 +190,29 @@ def export(
     inner = getattr(model, "module", model)
     if "llm" in modules:
         inner.llm.save_pretrained(str(tmp / "lora"))
-    (tmp / "export.json").write_text(json.dumps({"stage": stage, "modules": modules}, indent=2))
+    described = {**(meta or {}), "stage": stage, "modules": modules}
+    (tmp / "export.json").write_text(json.dumps(described, indent=2))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)  # a directory commit, as in `Checkpointer.save`
     _barrier()
     return final
 
 
+def export_meta(path: str | Path) -> dict[str, Any]:
+    """An export's `export.json` (FileNotFoundError naming it when `path` is no export)."""
+    meta_path = Path(path) / "export.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(
+            f"{meta_path} missing: not a stage's exported 'final' directory (a training run "
+            "writes it at <out>/final/ after its last step)"
+        )
+    return json.loads(meta_path.read_text())
+
+
 def load_export(path: str | Path, model: Any) -> list[str]:
     """Load an export's modules into an unwrapped MinMo; returns the module names loaded."""
     path = Path(path)
-    meta_path = path / "export.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path} missing: init_from must be an exported 'final' dir")
-    modules = json.loads(meta_path.read_text())["modules"]
+    modules = export_meta(path)["modules"]
     for module in modules:
         tensors = torch.load(path / f"{module}.pt", weights_only=True)
         missing, unexpected = getattr(model, module).load_state_dict(tensors, strict=False)

@@ -25,7 +25,7 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -384,6 +384,7 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
             trained_modules(RECIPES[config.stage], inherited),
             config.stage,
             info.rank,
+            meta={"model": asdict(config.model), "seed": config.seed},
         )
         result.export_dir = str(exported) if exported else None
         if mirror is not None and exported is not None:

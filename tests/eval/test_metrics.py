@@ -16,6 +16,7 @@ from minmo.eval.metrics import (
 )
 from minmo.eval.normalize import normalize_text, units
 from schemas.duplex import EventType
+from schemas.eval import EVAL_VERSION, EvalSchemaError, validate_eval
 
 
 def test_edit_counts_split_substitutions_insertions_deletions() -> None:
@@ -85,3 +86,21 @@ def test_duplex_events_from_frame_labels() -> None:
         (EventType.ASSISTANT_TURN_TAKING, pytest.approx(0.96)),
         (EventType.USER_TURN_TAKING, pytest.approx(0.6)),
     ]
+
+
+def test_eval_json_schema_refuses_another_version_and_bad_figures() -> None:
+    doc = {
+        "version": EVAL_VERSION,
+        "checkpoint": "ck/final",
+        "stage": "1b",
+        "modules": ["input_projector"],
+        "shards": "shards/stage1/test",
+        "samples": 2,
+        "tasks": {"language_id": {"samples": 2, "accuracy": 0.5}},
+    }
+    assert validate_eval(doc) is doc
+    with pytest.raises(EvalSchemaError, match="version 0, .* rerun `minmo eval`"):
+        validate_eval({**doc, "version": 0})
+    bad = {**doc, "tasks": {"language_id": {"samples": 2, "accuracy": 1.5}}}
+    with pytest.raises(EvalSchemaError, match="tasks/language_id/accuracy"):
+        validate_eval(bad)

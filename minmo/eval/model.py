@@ -1,0 +1,141 @@
+"""A stage's export loaded for evaluation, and greedy decoding of the LLM's text.
+
+Owns: rebuilding the model an export came from (the export holds only the modules trained so
+far; the frozen rest is rebuilt as the trainer built it: same ModelSpec, same seed, so a tiny
+model's random-init LLM is the one the stage trained against), the check that the export has
+the modules a task needs, and batched greedy decoding with a KV cache (transformers' `generate`
+on `inputs_embeds`). Must not: read shards or compute metrics (minmo.eval.run does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from minmo.model.batch import Batch
+from minmo.model.llm import splice
+from minmo.model.minmo import MinMo, SpecialIds
+from minmo.tokens.text import load_text_tokenizer
+from minmo.train.checkpoint import export_meta, load_export
+from minmo.train.config import ModelSpec
+from minmo.train.loop import build_model
+
+# Which trained modules an export must hold (at least one of each tuple) for a task's figure
+# to mean anything: text from speech needs a stage-1 module, speech tokens the output projector
+# (stage 2 on), duplex decisions the predictor (stage 4). A stage-1 export has no predictor.
+TEXT_MODULES = ("input_projector", "voice_encoder", "llm")
+SPEECH_MODULES = ("output_projector",)
+DUPLEX_MODULES = ("duplex",)
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: MinMo
+    tokenizer: Any
+    path: str
+    stage: str
+    modules: list[str]
+    device: torch.device
+
+
+def require_modules(
+    export: str, stage: str, modules: list[str], any_of: tuple[str, ...], task: str, shards: str
+) -> None:
+    """ValueError naming what is missing when an export (of `stage`, holding `modules`) has
+    none of `any_of`, the modules `task` needs."""
+    if not set(any_of) & set(modules):
+        raise ValueError(
+            f"{export} (a stage-{stage} export of {', '.join(modules)}) has no trained "
+            f"{' or '.join(any_of)}, which task {task!r} of {shards} needs: evaluate an export "
+            "of a stage that trains it (or one initialised from such a stage)"
+        )
+
+
+def read_export(path: str | Path) -> dict[str, Any]:
+    """The export.json of the export at `path`; a training output directory or one of its DCP
+    step checkpoints is refused with the export to give instead."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint {path}: no such directory")
+    if (path / "final" / "export.json").is_file():
+        raise ValueError(f"{path} is a training output directory; give its export {path}/final")
+    if (path / ".metadata").is_file():
+        raise ValueError(
+            f"{path} is a DCP step checkpoint (trainable weights and optimizer state); minmo "
+            f"eval reads a stage's export: {path.parent}/final"
+        )
+    return export_meta(path)
+
+
+def load_checkpoint(
+    path: str | Path, spec: ModelSpec, seed: int, device: str | None = None
+) -> LoadedCheckpoint:
+    """The export at `path` in a full MinMo on `device` (default: cuda when present), eval mode.
+
+    The model spec and seed recorded in the export's export.json win; `spec` and `seed` are for
+    exports written before they were recorded."""
+    path = Path(path)
+    meta = read_export(path)
+    if "model" in meta:
+        known = {f.name for f in fields(ModelSpec)}
+        spec = ModelSpec(**{k: v for k, v in meta["model"].items() if k in known})
+    seed = int(meta.get("seed", seed))
+    tokenizer = load_text_tokenizer(spec.text_tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the trainer's order: seed, then build (minmo.train.loop)
+        model = build_model(spec, tokenizer)
+    modules = load_export(path, model)
+    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(target).eval()
+    return LoadedCheckpoint(model, tokenizer, str(path), str(meta["stage"]), modules, target)
+
+
+@torch.no_grad()
+def greedy_decode(model: MinMo, batch: Batch, max_new_tokens: int) -> list[list[int]]:
+    """The assistant's text ids per sample, greedy, up to (not including) <|im_end|>.
+
+    The prompt is each sample's text before `target_start` (the chat up to
+    `<|im_start|>assistant\\n`) with its speech spliced in exactly as in training
+    (`minmo.model.llm.splice`); rows are then left-aligned to the right (left padding), so every
+    sample's next token follows its own last prompt position, and `generate` derives position
+    ids from the attention mask as training's right padding does."""
+    special: SpecialIds = model.special
+    speech = speech_lengths = None
+    if batch.waves is not None and batch.wave_lengths is not None:
+        frames, lengths = model.voice_encoder(batch.waves, batch.wave_lengths)
+        speech, speech_lengths = model.input_projector(frames, lengths)
+    embedding = model.llm.get_input_embeddings()
+    prompt_lengths = torch.minimum(batch.target_start, batch.input_lengths)
+    sp = splice(
+        embedding(batch.input_ids),
+        batch.input_ids,
+        prompt_lengths,
+        prompt_lengths,
+        speech,
+        speech_lengths,
+        special.speech_start,
+    )
+    lengths = sp.attention_mask.sum(dim=1)
+    width = int(lengths.max())
+    embeds = sp.embeds.new_zeros(batch.size, width, sp.embeds.shape[-1])
+    mask = torch.zeros(batch.size, width, dtype=torch.long, device=embeds.device)
+    for b, n in enumerate(lengths.tolist()):
+        embeds[b, width - n :] = sp.embeds[b, :n]
+        mask[b, width - n :] = 1
+    out = model.llm.generate(
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=special.turn_end,
+        pad_token_id=special.turn_end,
+    )
+    # Generating from embeddings alone, `generate` returns the new tokens only.
+    return [
+        row[: row.index(special.turn_end)] if special.turn_end in row else row
+        for row in out.tolist()
+    ]
