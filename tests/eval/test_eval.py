@@ -226,3 +226,33 @@ def test_overfit_asr_then_eval_reports_low_wer(tmp_path: Path, tokenizer: Any) -
     asr = doc["tasks"]["asr"]
     assert asr["samples"] == 3 and asr["wer"]["reference_units"] == 9
     assert asr["wer"]["rate"] <= 0.1, asr["examples"]
+
+
+@pytest.mark.slow
+def test_overfit_duplex_then_eval_reports_high_f1(tmp_path: Path, tokenizer: Any) -> None:
+    """Train the duplex predictor (stage 4) on four calls until it memorises their labels, then
+    `minmo eval` on them must find the turn-taking events: F1@5 >= 0.9 for both. The predictor's
+    frames, the labels' frames and the events read off both line up only when eval reads the
+    logits as training does. (slow: ~100 training steps plus two tiny-model builds.)"""
+    shards = tmp_path / "shards"
+    write_stage_shards(_duplex(tokenizer, 4), shards, "stage4")
+    out = tmp_path / "ck"
+    config = TrainConfig(
+        stage="4",
+        steps=100,
+        lr=1e-2,
+        warmup_steps=1,
+        max_samples=4,
+        num_workers=0,
+        tensorboard=False,
+        save_every=1000,
+        shards=str(shards),
+        out=str(out),
+    )
+    train(config, str(tmp_path), progress=False)
+    assert main(["-q", "eval", str(out / "final"), "--shards", str(shards)]) == 0
+    duplex = validate_eval(json.loads((out / "eval.json").read_text()))["tasks"]["duplex"]
+    assert duplex["samples"] == 4 and duplex["frames"] == 80
+    for event in ("assistant_turn_taking", "user_turn_taking"):
+        assert duplex["f1"][event]["5"]["reference"] == 4
+        assert duplex["f1"][event]["5"]["f1"] >= 0.9, duplex
