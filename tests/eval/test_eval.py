@@ -95,6 +95,24 @@ def _fake_export(path: Path, stage: str, modules: list[str]) -> Path:
     return path
 
 
+def _train(build: Path, stage: str, shards: Path, out: Path, steps: int, batch: int) -> Any:
+    """Train `stage` of the tiny model in this process: the whole set in every batch, a high
+    learning rate, no intermediate checkpoints (the overfit tests want memorisation, fast)."""
+    config = TrainConfig(
+        stage=stage,
+        steps=steps,
+        lr=1e-2,
+        warmup_steps=1,
+        max_samples=batch,
+        num_workers=0,
+        tensorboard=False,
+        save_every=1000,
+        shards=str(shards),
+        out=str(out),
+    )
+    return train(config, str(build), progress=False)
+
+
 def _eval(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     code = main(["-q", "eval", *argv])
     captured = capsys.readouterr()
@@ -207,19 +225,7 @@ def test_overfit_asr_then_eval_reports_low_wer(tmp_path: Path, tokenizer: Any) -
     texts = ["good morning", "thank you very much", "see you tomorrow"]
     write_stage_shards(_asr(tokenizer, texts), shards, "stage1")
     out = tmp_path / "ck"
-    config = TrainConfig(
-        stage="1c",
-        steps=60,
-        lr=1e-2,
-        warmup_steps=1,
-        max_samples=3,
-        num_workers=0,
-        tensorboard=False,
-        save_every=1000,
-        shards=str(shards),
-        out=str(out),
-    )
-    result = train(config, str(tmp_path), progress=False)
+    result = _train(tmp_path, "1c", shards, out, steps=60, batch=3)
     assert result.losses[-1] < 0.2, result.losses
     assert main(["-q", "eval", str(out / "final"), "--shards", str(shards)]) == 0
     doc = validate_eval(json.loads((out / "eval.json").read_text()))
@@ -237,19 +243,7 @@ def test_overfit_duplex_then_eval_reports_high_f1(tmp_path: Path, tokenizer: Any
     shards = tmp_path / "shards"
     write_stage_shards(_duplex(tokenizer, 4), shards, "stage4")
     out = tmp_path / "ck"
-    config = TrainConfig(
-        stage="4",
-        steps=100,
-        lr=1e-2,
-        warmup_steps=1,
-        max_samples=4,
-        num_workers=0,
-        tensorboard=False,
-        save_every=1000,
-        shards=str(shards),
-        out=str(out),
-    )
-    train(config, str(tmp_path), progress=False)
+    _train(tmp_path, "4", shards, out, steps=100, batch=4)
     assert main(["-q", "eval", str(out / "final"), "--shards", str(shards)]) == 0
     duplex = validate_eval(json.loads((out / "eval.json").read_text()))["tasks"]["duplex"]
     assert duplex["samples"] == 4 and duplex["frames"] == 80
