@@ -15,6 +15,7 @@ from minmo.eval.metrics import (
     error_rate_name,
 )
 from minmo.eval.normalize import normalize_text, units
+from minmo.eval.run import TaskScore
 from schemas.duplex import EventType
 from schemas.eval import EVAL_VERSION, EvalSchemaError, validate_eval
 
@@ -104,3 +105,23 @@ def test_eval_json_schema_refuses_another_version_and_bad_figures() -> None:
     bad = {**doc, "tasks": {"language_id": {"samples": 2, "accuracy": 1.5}}}
     with pytest.raises(EvalSchemaError, match="tasks/language_id/accuracy"):
         validate_eval(bad)
+
+
+def test_contextual_asr_hotword_recall_counts_hotwords_the_reference_holds() -> None:
+    score = TaskScore("contextual_asr")
+    messages = [{"role": "assistant", "content": "See you tomorrow in Paris."}]
+    meta = {"key": "k", "language": "en", "messages": messages}
+    # "berlin" is a distractor (not in the reference): it counts for neither side
+    meta["provenance"] = {"hotwords": ["tomorrow", "Paris", "berlin"]}
+    score.add_text(meta, "see you tomorrow in parents")
+    zh = {
+        "key": "z",
+        "language": "zh",
+        "messages": [{"role": "assistant", "content": "我们去北京。"}],
+    }
+    zh["provenance"] = {"hotwords": ["北京"]}
+    score.add_text(zh, "我们去北京")
+    result = score.result()
+    assert result["hotword_recall"] == {"recall": 2 / 3, "recalled": 2, "hotwords": 3}
+    assert result["wer"]["reference_units"] == 5 and result["wer"]["substitutions"] == 1
+    assert result["cer"]["rate"] == 0.0 and sorted(result["by_language"]) == ["en", "zh"]
