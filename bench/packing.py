@@ -13,7 +13,7 @@ real ones (text + spliced speech frames) against the positions it ran on,
    batches fill up (fewer, larger batches; `max_samples` still caps them).
 
 It also prints the voice encoder's audio padding, which packing leaves as it is (the encoder
-still runs one clip per row). `--max-tokens` overrides the specs' `max_tokens` (default 4096).
+still runs one clip per row). `--max-tokens` and `--max-samples` override the specs' budget.
 """
 
 from __future__ import annotations
@@ -72,10 +72,11 @@ def main() -> None:
     parser.add_argument("--build", required=True, help="a build holding shards/stage1..4")
     parser.add_argument("--jobs", default=str(REPO / "jobs" / "train"), help="stage specs")
     parser.add_argument("--max-tokens", type=int, default=None, help="override max_tokens")
+    parser.add_argument("--max-samples", type=int, default=None, help="override max_samples")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    overrides = {} if args.max_tokens is None else {"max_tokens": args.max_tokens}
+    overrides = {"max_tokens": args.max_tokens, "max_samples": args.max_samples}
     print(
         "| stage | batches | samples | LLM positions | padding, padded | padding, packed "
         "(same batches) | batches, packed budget | padding, packed budget | audio padding |"
