@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from minmo.model.batch import Batch  # noqa: E402
 from minmo.model.minmo import MinMo  # noqa: E402
 from minmo.tokens.text import load_text_tokenizer  # noqa: E402
 from minmo.train.config import TrainConfig, load_train_config  # noqa: E402
@@ -51,12 +52,13 @@ def epoch_positions(
     sums = dict.fromkeys(("batches", "samples", "real", "run", "audio", "audio_run"), 0.0)
     with torch.no_grad():
         while (batch := loader.next_batch()) is not None:
+            assert isinstance(batch, Batch)  # collate=True
             out = model(batch)
             sums["batches"] += 1
             sums["samples"] += batch.size
             sums["real"] += float(out["llm_positions"])
             sums["run"] += float(out["llm_padded_positions"])
-            if batch.wave_lengths is not None:
+            if batch.waves is not None and batch.wave_lengths is not None:
                 sums["audio"] += float(batch.wave_lengths.sum())
                 sums["audio_run"] += float(batch.waves.numel())
     loader.close()
