@@ -33,6 +33,7 @@ from minmo.model.duplex import DuplexHeadConfig, DuplexPredictor
 from minmo.model.input_projector import InputProjector, InputProjectorConfig
 from minmo.model.llm import LLMConfig, build_llm, splice
 from minmo.model.output_projector import OutputProjector, OutputProjectorConfig
+from minmo.model.packing import PackPlan
 from minmo.model.voice_encoder import VoiceEncoder, VoiceEncoderConfig
 from minmo.model.voice_lm import VoiceLMConfig, VoiceTokenLM
 from minmo.tokens.text import SPEECH_END, SPEECH_START
@@ -127,6 +128,10 @@ class MinMo(nn.Module):
         self.voice_lm = VoiceTokenLM(config.voice_lm)
         self.duplex = DuplexPredictor(config.duplex)
         self.stage: str | None = None
+        self.pack_length: int | None = None
+        """Row capacity in LLM positions when training packed (minmo/model/packing.py): the
+        batch's spliced samples are laid end to end in rows of this many positions, attention
+        kept inside each sample; None: one sample per row, padded to the longest."""
 
     # ---- recipes ----------------------------------------------------------------------------
 
@@ -194,24 +199,45 @@ class MinMo(nn.Module):
                 speech_lengths,
                 self.special.speech_start,
             )
-            result = self.llm(
-                inputs_embeds=sp.embeds,
-                attention_mask=sp.attention_mask,
-                output_hidden_states=kind != "text",
-                use_cache=False,
-            )
+            plan = PackPlan.build(sp.attention_mask, self.pack_length) if self.pack_length else None
+            if plan is None:
+                result = self.llm(
+                    inputs_embeds=sp.embeds,
+                    attention_mask=sp.attention_mask,
+                    output_hidden_states=kind != "text",
+                    use_cache=False,
+                )
+            else:  # no mask: transformers reads the samples' bounds off the position ids
+                result = self.llm(
+                    inputs_embeds=plan.pack(sp.embeds),
+                    position_ids=plan.positions,
+                    output_hidden_states=kind != "text",
+                    use_cache=False,
+                )
         out["llm_positions"] = sp.attention_mask.sum()
+        out["llm_padded_positions"] = torch.tensor(
+            sp.attention_mask.numel() if plan is None else plan.rows * plan.row_length
+        )
         if kind == "text" or stage == "3":
             logits = result.logits
-            text_loss = F.cross_entropy(
+            labels = sp.labels if plan is None else plan.pack(sp.labels, IGNORE)
+            nll = F.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]).float(),
-                sp.labels.reshape(-1),
+                labels.reshape(-1),
                 ignore_index=IGNORE,
-            )
-            out["text_loss"] = text_loss
-            out["text_tokens"] = (sp.labels != IGNORE).sum()
-        if kind == "speech":
+                reduction="none",
+            ).view(labels.shape)
+            if plan is not None:
+                nll = plan.unpack(nll)
+            counted = (sp.labels != IGNORE).sum(1)
+            out["text_loss"] = nll.sum() / counted.sum()
+            out["text_loss_per_sample"] = (nll.sum(1) / counted.clamp(min=1)).detach()
+            out["text_tokens"] = counted.sum()
+        if kind != "text":
+            # The heads read the sample layout: speech and assistant positions index it.
             hidden = result.hidden_states[-1]
+            hidden = hidden if plan is None else plan.unpack(hidden)
+        if kind == "speech":
             semantic, lengths = self._semantic(sp, hidden, embedding, batch)
             if batch.speech_tokens is None or batch.speech_lengths is None:
                 raise ValueError(f"stage {stage} needs speech tokens in the batch")
@@ -229,7 +255,6 @@ class MinMo(nn.Module):
                     "stage 4 needs the assistant-activity track in the batch (shard member "
                     "assistant_activity.npy; shards built before it: rebuild stage 4)"
                 )
-            hidden = result.hidden_states[-1]
             frames, padding = self._at_speech(hidden, sp.speech_positions)
             activity = _fit(batch.assistant_activity, frames.shape[1])
             logits = self.duplex(frames, activity, padding)

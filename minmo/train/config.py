@@ -85,6 +85,11 @@ class TrainConfig:
     """Padded audio seconds per batch per rank."""
     max_tokens: int = 4096
     """Text + speech tokens per batch per rank."""
+    packing: bool = False
+    """Pack each batch's samples end to end into LLM rows of `max_tokens` positions, attention
+    kept inside each sample (minmo/model/packing.py), instead of padding every sample to the
+    longest; the batch's tokens then count as their sum against `max_tokens`. Losses are the
+    unpadded run's (to float tolerance) on the same samples."""
     num_workers: int = 1
     """DataLoader workers per rank."""
     lr: float = 1e-4

@@ -367,6 +367,10 @@ class Budget:
     max_samples: int = 8
     max_audio_s: Seconds | None = None
     max_tokens: int | None = None
+    packed: bool = False
+    """Tokens counted as their sum, not batch size x the longest: the LLM runs the batch packed
+    (minmo/model/packing.py), so padding to the longest no longer sets its memory. Audio stays
+    counted padded: the voice encoder still runs one clip per row."""
 
     def __post_init__(self) -> None:
         if self.max_samples < 1:
@@ -391,15 +395,17 @@ def sample_cost(sample: dict[str, Any]) -> tuple[Seconds, int, int]:
     )
 
 
-def padded_cost(costs: list[tuple[Seconds, int, int]]) -> tuple[Seconds, int]:
-    """(padded audio seconds, padded text + speech tokens) of a batch of sample costs."""
+def padded_cost(costs: list[tuple[Seconds, int, int]], packed: bool = False) -> tuple[Seconds, int]:
+    """(padded audio seconds, padded text + speech tokens) of a batch of sample costs; with
+    `packed`, the tokens' sum (see `Budget.packed`)."""
     n = len(costs)
     if not n:
         return 0.0, 0
-    return (
-        n * max(c[0] for c in costs),
-        n * max(c[1] for c in costs) + n * max(c[2] for c in costs),
-    )
+    if packed:
+        tokens = sum(c[1] + c[2] for c in costs)
+    else:
+        tokens = n * max(c[1] for c in costs) + n * max(c[2] for c in costs)
+    return n * max(c[0] for c in costs), tokens
 
 
 class Batcher:
@@ -418,7 +424,7 @@ class Batcher:
 
     def _fits(self, costs: list[tuple[Seconds, int, int]]) -> bool:
         b = self.budget
-        audio_s, tokens = padded_cost(costs)
+        audio_s, tokens = padded_cost(costs, b.packed)
         return (
             len(costs) <= b.max_samples
             and (b.max_audio_s is None or audio_s <= b.max_audio_s)
@@ -471,6 +477,7 @@ class StageLoader:
         max_samples: int = 8,
         max_audio_s: Seconds | None = None,
         max_tokens: int | None = None,
+        packed: bool = False,
         collate: bool = True,
         prefetch_factor: int = 2,
         storage_options: dict[str, Any] | None = None,
@@ -483,7 +490,7 @@ class StageLoader:
         self.rank, self.world, self.seed = rank, world, seed
         self.num_workers = num_workers
         self.prefetch_factor = prefetch_factor
-        self.budget = Budget(max_samples, max_audio_s, max_tokens)
+        self.budget = Budget(max_samples, max_audio_s, max_tokens, packed)
         self.collate = collate
         self.index = ShardIndex.load(stage_dir, storage_options)
         total = self.index.total

@@ -166,6 +166,7 @@ def _valid_loader(config: TrainConfig, info: DistInfo) -> StageLoader | None:
         max_samples=config.max_samples,
         max_audio_s=config.max_audio_s,
         max_tokens=config.max_tokens,
+        packed=config.packing,
         storage_options=config.storage_options,
     )
 
@@ -235,6 +236,7 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
         if info.is_main:
             shutil.rmtree(init_dir, ignore_errors=True)
     model.apply_recipe(config.stage)
+    model.pack_length = config.max_tokens if config.packing else None
     trainable_report = model.trainable_report()
     forward_params = sum(p.numel() for p in model.parameters())
     trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -258,6 +260,7 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
         max_samples=config.max_samples,
         max_audio_s=config.max_audio_s,
         max_tokens=config.max_tokens,
+        packed=config.packing,
         storage_options=config.storage_options,
     )
     valid_loader = _valid_loader(config, info)
@@ -292,7 +295,7 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
     try:
         while step < config.steps:
             t0 = time.perf_counter()
-            sums = {"samples": 0.0, "audio_s": 0.0, "positions": 0.0, "tokens": 0.0}
+            sums = {"samples": 0.0, "audio_s": 0.0, "positions": 0.0, "padded": 0.0, "tokens": 0.0}
             parts: dict[str, float] = {}
             for micro in range(config.grad_accum):
                 batch = _next_batch(loader, info).to(info.device)
@@ -308,6 +311,7 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
                 if batch.wave_lengths is not None:
                     sums["audio_s"] += float(batch.wave_lengths.sum()) / SAMPLE_RATE_HZ
                 sums["positions"] += float(out["llm_positions"])
+                sums["padded"] += float(out["llm_padded_positions"])
                 sums["tokens"] += float(batch.input_lengths.sum())
                 if batch.speech_lengths is not None:
                     sums["tokens"] += float(batch.speech_lengths.sum())
@@ -334,6 +338,7 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
                 "tokens_per_s": totals["tokens"] / dt,
                 "audio_s_per_s": totals["audio_s"] / dt,
                 "step_s": dt,
+                "padding": 1.0 - totals["positions"] / max(totals["padded"], 1.0),
                 "epoch": loader.state_dict()["epoch"],
             }
             if config.peak_flops:

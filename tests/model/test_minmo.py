@@ -23,15 +23,10 @@ from minmo.model.minmo import (
     SpecialIds,
     parameter_table,
 )
-from minmo.tokens.text import SPEECH_PLACEHOLDER, encode_chat, load_text_tokenizer
+from minmo.tokens.text import SPEECH_PLACEHOLDER, encode_chat
 from schemas.units import SAMPLE_RATE_HZ
 
 SECONDS = 1.2
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_text_tokenizer(None)
 
 
 def _model(tokenizer, seed: int = 0) -> MinMo:

@@ -360,6 +360,27 @@ def test_dynamic_batching_budgets() -> None:
     assert (["k90"], 91) in [(keys(b), a) for b, a in batches]
 
 
+def test_packed_budget_counts_the_tokens_summed() -> None:
+    """`packed`: max_tokens bounds the batch's tokens end to end (the LLM rows hold them so),
+    so a stream of mixed lengths makes fuller, fewer batches than padded counting does."""
+    rng = np.random.default_rng(1)
+    samples = [
+        _fake(i, 1.0, int(rng.integers(5, 120)), int(rng.integers(0, 40))) for i in range(200)
+    ]
+    samples[50] = _fake(50, 1.0, 500, 0)  # over the budget on its own: a batch of its own
+    padded = list(Batcher(iter(samples), Budget(max_samples=64, max_tokens=400)))
+    packed = list(Batcher(iter(samples), Budget(max_samples=64, max_tokens=400, packed=True)))
+    assert keys([s for b, _ in packed for s in b]) == keys(samples)
+    for batch, after in packed:
+        _, tokens = padded_cost([sample_cost(s) for s in batch], packed=True)
+        assert tokens == sum(sum(sample_cost(s)[1:]) for s in batch)
+        assert tokens <= 400 or len(batch) == 1
+        if after < len(samples):  # greedy: the next sample would have gone over
+            assert tokens + sum(sample_cost(samples[after])[1:]) > 400
+    assert (["k50"], 51) in [(keys(b), a) for b, a in packed]
+    assert len(packed) < 0.7 * len(padded)  # 50 vs 81 here
+
+
 def test_batcher_starts_mid_stream_and_checks_order() -> None:
     samples = [_fake(i, 1.0, 5, 0) for i in range(10)]
     got = list(Batcher(iter(samples[4:]), Budget(max_samples=4), start=4))
