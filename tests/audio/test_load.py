@@ -15,7 +15,7 @@ import soundfile as sf
 
 from minmo.audio.load import load_source
 from minmo.io.channel_uri import channel_uris, is_multi_source, join_channels, map_channels
-from pipelines.audio_source import SourceRoots, load_audio_16k
+from pipelines.audio_source import RecordingCache, SourceRoots, load_audio_16k
 from schemas.quarantine import ReasonCode, Rejected
 
 CALL = Path("stereo_fasterwhisper_2ch") / "stereo_diarization.wav"
@@ -118,3 +118,17 @@ def test_the_step_loader_reads_a_moved_multi_source_recording(call, tmp_path: Pa
     audio = load_audio_16k(uri, 2, {}, roots)
     assert np.array_equal(audio, (stereo.T / np.float32(32768)).astype(np.float32))
     assert load_audio_16k(uri, 1, {}, roots).shape == (1, stereo.shape[0])
+
+
+def test_a_span_of_one_side_for_the_shard_step(call) -> None:
+    """The shard and annotate steps cut spans through RecordingCache: one side of the call."""
+    stereo, left, right = call
+    ref = {
+        "uri": join_channels([str(left), str(right)]),
+        "channels": 2,
+        "channel": 1,
+        "start_s": 1.0,
+        "end_s": 2.0,
+    }
+    span = RecordingCache({}).span(ref)
+    assert np.array_equal(span[0], stereo[RATE : 2 * RATE, 1] / np.float32(32768))
