@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from minmo.audio.decode import container_of, decode_audio
+from minmo.audio.load import load_source
 from minmo.audio.measure import fold_dual_mono
 from minmo.audio.resample import resample
-from minmo.io.fs import read_source
+from minmo.io.channel_uri import map_channels
 from pipelines.build import BuildDir, is_build_key
 from schemas.units import SAMPLE_RATE_HZ
 
@@ -75,7 +75,11 @@ class SourceRoots:
         return roots
 
     def resolve(self, uri: str) -> str:
-        """Where the source once at `uri` is now; a `build:` key resolves in this build."""
+        """Where the source once at `uri` is now; a `build:` key resolves in this build. A
+        multi-source recording's files (minmo/io/channel_uri.py) are each resolved."""
+        return map_channels(uri, self._resolve_file)
+
+    def _resolve_file(self, uri: str) -> str:
         if is_build_key(uri):
             if self.build is None:
                 raise ValueError(f"{uri!r} names audio in a build: load the roots from it")
@@ -85,7 +89,8 @@ class SourceRoots:
     def unresolve(self, uri: str) -> str:
         """Where a source now at `uri` was when it was ingested (ingest keys a URI outside its
         listing's root by the original URI, so a moved manifest target keeps its key)."""
-        return _swap_root(uri, tuple((new, old) for old, new in self.moves))
+        swaps = tuple((new, old) for old, new in self.moves)
+        return map_channels(uri, lambda part: _swap_root(part, swaps))
 
 
 def _swap_root(uri: str, swaps: tuple[tuple[str, str], ...]) -> str:
@@ -103,10 +108,11 @@ def load_audio_16k(
     storage_options: dict[str, Any],
     roots: SourceRoots | None = None,
 ) -> np.ndarray:
-    """The recording as ingest saw it: decoded, dual mono folded, (channels, samples) at 16 kHz.
+    """The recording as ingest saw it: decoded (a multi-source recording's files stacked, one
+    channel each, by minmo/audio/load.py), dual mono folded, (channels, samples) at 16 kHz.
     `roots` maps a moved source to where it is now."""
     uri = (roots or SourceRoots()).resolve(source_uri)
-    audio = decode_audio(read_source(uri, storage_options), container_of(uri))
+    audio = load_source(uri, storage_options).audio
     samples = fold_dual_mono(audio.samples)
     if channels == 1 and samples.shape[0] > 1:
         samples = samples.mean(axis=0, keepdims=True)

@@ -45,6 +45,12 @@ class ReasonCode(str, enum.Enum):
     TTS_FAILED = "tts_failed"  # the TTS engine could not speak a line (after retries)
     SAMPLE_FAILED = "sample_failed"  # a shard sample's audio or tokens could not be made
     BAD_LABEL = "bad_label"  # a label value maps onto nothing (schemas/labels.py); audio kept
+    # the channel files of one multi-source recording disagree in length beyond the tolerance,
+    # or in sample rate (minmo/audio/load.py)
+    CHANNEL_LENGTH_MISMATCH = "channel_length_mismatch"
+    # a multi-source recording's shorter channel files were padded with silence to the longest,
+    # within the tolerance; a note, the audio is kept
+    CHANNELS_PADDED = "channels_padded"
     INTERNAL_ERROR = "internal_error"  # a bug: the step failed on this input; detail has it
 
 

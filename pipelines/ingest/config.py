@@ -31,6 +31,11 @@ class IngestConfig:
     """Sources stored below this rate are quarantined (unsupported_sample_rate)."""
     max_channels: int = 2
     """Sources with more channels (after folding dual mono) are quarantined."""
+    max_channel_skew_s: float = 0.1
+    """A recording stored one file per channel (a Lhotse multi-source recording, a manifest row
+    whose `path` is a list) is quarantined as channel_length_mismatch when its files' durations
+    differ by more than this (or their sample rates differ); within it, shorter files are padded
+    with silence to the longest and noted as channels_padded (the recording is kept)."""
     max_segment_s: float = 30.0
     """VAD segments are cut to at most this long (MinMo's encoder window)."""
     merge_gap_s: float = 0.5
@@ -92,6 +97,10 @@ class IngestConfig:
                 raise ConfigError(f"ingest.{name} must be > 0, got {getattr(self, name)}")
         if self.vad_actors is not None and self.vad_actors <= 0:
             raise ConfigError(f"ingest.vad_actors must be > 0 or null, got {self.vad_actors}")
+        if self.max_channel_skew_s < 0:
+            raise ConfigError(
+                f"ingest.max_channel_skew_s must be >= 0, got {self.max_channel_skew_s}"
+            )
         if self.min_duration_s >= self.max_duration_s:
             raise ConfigError("ingest.min_duration_s must be below ingest.max_duration_s")
         if not 0.0 < self.vad_threshold < 1.0:

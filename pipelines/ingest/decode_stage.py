@@ -4,7 +4,9 @@ Owns: everything about one item that needs only its own bytes. `decode_or_quaran
 per item, either its measurements plus 16 kHz float32 PCM for the VAD stage, or quarantine
 rows; it never raises for a bad item: the reason goes into the row. It also turns the item's
 refused labels (items.LabelProblem, found by the layout reader) into `bad_label` rows, whatever
-becomes of the audio: the recording is ingested without those labels. The ingest worker
+becomes of the audio: the recording is ingested without those labels. A recording stored one
+file per channel (minmo/io/channel_uri.py) is read, vetted and stacked by minmo/audio/load.py
+with the config's `max_channel_skew_s`. The ingest worker
 (pipelines/ingest/worker.py) calls it in the same process as the VAD, so PCM never leaves that
 process; `decode_batch` is the same stage on a pyarrow batch, for tests and Ray Data callers.
 """
@@ -12,16 +14,16 @@ process; `decode_batch` is the same stage on a pyarrow batch, for tests and Ray 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from minmo.audio import measure
-from minmo.audio.decode import DecodeError, container_of, decode_audio
+from minmo.audio.decode import DecodeError
+from minmo.audio.load import load_source
 from minmo.audio.resample import resample
-from minmo.io.fs import read_source
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.items import SourceItem
 from schemas import ReasonCode
@@ -48,17 +50,17 @@ INTEGER_PCM_BITS = (8, 16, 24)
 class Decoded:
     info: dict[str, Any]
     pcm_16k: np.ndarray  # (channels, frames) float32
+    padded_notes: list[str] = field(default_factory=list)
+    """A multi-source recording's padded channel files, one detail each (`channels_padded`)."""
 
 
 def decode_item(item: SourceItem, config: IngestConfig) -> Decoded:
     """Decode and vet one item; raise Rejected with the first rule it breaks."""
-    data = read_source(item.source_uri, config.storage_options)
-    if not data:
-        raise Rejected(ReasonCode.EMPTY_AUDIO, "the file is 0 bytes long")
     try:
-        audio = decode_audio(data, container_of(item.source_uri))
+        loaded = load_source(item.source_uri, config.storage_options, config.max_channel_skew_s)
     except DecodeError as exc:
         raise Rejected(ReasonCode.UNDECODABLE, str(exc)) from exc
+    audio = loaded.audio
     if audio.frames == 0:
         raise Rejected(ReasonCode.EMPTY_AUDIO, "decoded to 0 samples")
     # Integer PCM (8/16/24-bit, A-law, mu-law) decodes to finite floats by construction: only
@@ -97,30 +99,39 @@ def decode_item(item: SourceItem, config: IngestConfig) -> Decoded:
         "channels": int(kept.shape[0]),
         "bits": audio.bits,
         "duration_s": duration_s,
-        "bytes": len(data),
+        "bytes": loaded.bytes,
         "content_sha1": sha1,
         "peak_dbfs": measure.peak_dbfs(kept),
         "rms_dbfs": measure.rms_dbfs(kept),
         "clipping_ratio": measure.clipping_ratio(kept),
     }
-    return Decoded(info=info, pcm_16k=resample(kept, audio.sample_rate_hz, SAMPLE_RATE_HZ))
+    notes = [
+        f"channel file {uri} ({duration_s - seconds:.3f} s) padded with {seconds:.3f} s of "
+        f"silence to the longest channel ({duration_s:.3f} s)"
+        for uri, seconds in loaded.padded.items()
+    ]
+    pcm = resample(kept, audio.sample_rate_hz, SAMPLE_RATE_HZ)
+    return Decoded(info=info, pcm_16k=pcm, padded_notes=notes)
 
 
 def decode_or_quarantine(
     item: SourceItem, config: IngestConfig
 ) -> tuple[Decoded | None, list[dict[str, Any]]]:
     """`decode_item`, with every failure turned into a quarantine row instead of an exception.
-    The rows always include the item's `bad_label` rows, decoded or not."""
+    The rows always include the item's `bad_label` rows, decoded or not, and a decoded
+    multi-source recording's `channels_padded` notes (the audio is kept)."""
     labels = [
         _reject_row(item, ReasonCode.BAD_LABEL, p.detail, p.item_key) for p in item.label_problems
     ]
     try:
-        return decode_item(item, config), labels
+        decoded = decode_item(item, config)
     except Rejected as rejected:
         return None, [_reject_row(item, rejected.reason, rejected.detail), *labels]
     except Exception as exc:  # a bug must not kill the job; it is quarantined and counted
         detail = f"{type(exc).__name__}: {exc}"
         return None, [_reject_row(item, ReasonCode.INTERNAL_ERROR, detail), *labels]
+    notes = [_reject_row(item, ReasonCode.CHANNELS_PADDED, n) for n in decoded.padded_notes]
+    return decoded, [*notes, *labels]
 
 
 def decode_batch(batch: pa.Table, config: dict[str, Any]) -> pa.Table:

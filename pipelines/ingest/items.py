@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from minmo.io.channel_uri import map_channels
 from schemas.labels import LABEL_NAMES
 
 Labels = dict[str, Any]
@@ -50,10 +51,12 @@ class LabelProblem:
 
 @dataclass
 class SourceItem:
-    """One audio file (URI) to ingest, with whatever metadata its layout gave.
+    """One recording to ingest (an audio file, or one file per channel), with whatever metadata
+    its layout gave.
 
     `source_uri` is the canonical URI of the audio: an absolute local path or an object-store
-    URI such as `s3://bucket/key.flac`. `task` is free text from the source (e.g. "asr").
+    URI such as `s3://bucket/key.flac`, or for a recording stored one file per channel the
+    `channels:[...]` form of minmo/io/channel_uri.py. `task` is free text from the source (e.g. "asr").
     `source_key` is what identifies the audio wherever the corpus is mounted (see `source_key`);
     the layout readers' `settle` sets it, and `key` falls back to the URI when no reader did.
     """
@@ -109,8 +112,12 @@ def source_key(corpus: str, root: str | None, uri: str) -> str:
     `root` is the listed source's root (the directory, or the directory of the listing file);
     a URI below it keys on its path relative to the root, so the same corpus re-mounted
     elsewhere, or copied from local disk to an object store, keeps its keys. A URI outside the
-    root (a manifest pointing anywhere) keys on the whole URI: nothing else names it."""
+    root (a manifest pointing anywhere) keys on the whole URI: nothing else names it. A
+    multi-source recording (minmo/io/channel_uri.py) keys each of its files that way, in the
+    same `channels:[...]` form."""
     base = (root or "").rstrip("/")
-    if base and uri.startswith(base + "/"):
-        return f"{corpus}:{uri[len(base) + 1 :]}"
-    return f"{corpus}:{uri}"
+
+    def relative(part: str) -> str:
+        return part[len(base) + 1 :] if base and part.startswith(base + "/") else part
+
+    return f"{corpus}:{map_channels(uri, relative)}"

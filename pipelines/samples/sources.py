@@ -28,6 +28,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as pads
 
+from minmo.io.channel_uri import map_channels
 from pipelines.build import BuildDir
 from schemas import CONTRACTS
 
@@ -244,7 +245,9 @@ def _resolve(uri: str, base: Path) -> str:
 
 
 def normalise_uri(uri: str) -> str:
-    return uri if "://" in uri else os.path.realpath(uri)
+    """A local path made absolute and real, for side-input lookups (each file of a recording
+    stored one file per channel alike, minmo/io/channel_uri.py)."""
+    return map_channels(uri, lambda part: part if "://" in part else os.path.realpath(part))
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:

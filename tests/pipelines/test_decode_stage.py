@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow as pa
 import soundfile as sf
 
+from minmo.io.channel_uri import join_channels
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.decode_stage import decode_batch
 from pipelines.ingest.items import SourceItem
@@ -85,9 +86,40 @@ def test_a_bug_is_quarantined_not_raised(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(stage, "decode_audio", boom)
+    monkeypatch.setattr(stage, "load_source", boom)
     path = tmp_path / "ok.wav"
     sf.write(path, np.zeros(16000, np.float32), 16000)
     (row,) = _run([SourceItem(str(path), corpus="t")])
     (reject,) = json.loads(row["quarantine_json"])
     assert reject["reason_code"] == "internal_error" and "simulated bug" in reject["detail"]
+
+
+def test_a_two_file_call_is_one_stereo_recording(tmp_path, shared_data):
+    """A recording stored one file per channel decodes to the same samples (and content hash)
+    as the stereo file it was split from; a slightly short file is padded and noted; files
+    that differ by more than `max_channel_skew_s` are quarantined with both lengths."""
+    stereo_path = shared_data / "stereo_fasterwhisper_2ch" / "stereo_diarization.wav"
+    stereo, rate = sf.read(stereo_path, dtype="int16")
+    files = {}
+    for name, right in (("same", stereo[:, 1]), ("short", stereo[:-800, 1])):
+        files[name] = [tmp_path / f"{name}_a.wav", tmp_path / f"{name}_b.wav"]
+        sf.write(files[name][0], stereo[:, 0], rate, subtype="PCM_16")
+        sf.write(files[name][1], right, rate, subtype="PCM_16")
+    whole = SourceItem(str(stereo_path), corpus="t")
+    same, short = (SourceItem(join_channels([str(p) for p in files[n]]), corpus="t") for n in files)
+    rows = _run([whole, same, short])
+    infos = [json.loads(r["info_json"]) for r in rows]
+    assert [(i["channels"], i["source_channels"]) for i in infos] == [(2, 2)] * 3
+    assert infos[1]["content_sha1"] == infos[0]["content_sha1"]
+    assert infos[1]["recording_id"] != infos[0]["recording_id"]  # another source, another id
+    assert infos[1]["bytes"] == sum(p.stat().st_size for p in files["same"])
+    assert rows[1]["pcm"] == rows[0]["pcm"]
+    assert json.loads(rows[1]["quarantine_json"]) == []
+    (note,) = json.loads(rows[2]["quarantine_json"])
+    assert note["reason_code"] == "channels_padded"
+    assert "short_b.wav (4.950 s) padded with 0.050 s" in note["detail"]
+
+    strict = _run([short], max_channel_skew_s=0.01)
+    (refused,) = json.loads(strict[0]["quarantine_json"])
+    assert refused["reason_code"] == "channel_length_mismatch" and strict[0]["pcm"] == b""
+    assert "5.000 s" in refused["detail"] and "4.950 s" in refused["detail"]

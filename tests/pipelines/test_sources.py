@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from minmo.io.channel_uri import channel_uris
 from minmo.io.fs import Location, open_filesystem
 from pipelines.ingest.items import SourceItem
 from pipelines.ingest.layouts.common import KeyedLookup, Pending, ReadContext
@@ -598,34 +599,69 @@ def test_lhotse_cuts_dedupe_and_offsets(tmp_path: Path):
     ]
 
 
-def test_lhotse_multi_source_recording(tmp_path: Path):
+def test_lhotse_multi_source_recording_is_one_recording(tmp_path: Path):
+    """A recording stored one file per channel (a two-track call) is one item: its files in
+    channel order whatever order the manifest lists them, its supervisions on their row of the
+    stacked audio, keyed relative to the source root; a missing channel file refuses it whole."""
     from lhotse import AudioSource, Recording, RecordingSet, SupervisionSet
 
     root = tmp_path / "array"
     write(root / "ch0.wav", AUDIO)
     write(root / "ch1.wav", AUDIO)
-    rec = Recording(
-        id="meeting",
-        sources=[
-            AudioSource(type="file", channels=[0], source="ch0.wav"),
-            AudioSource(type="file", channels=[1], source="ch1.wav"),
-        ],
-        sampling_rate=16000,
-        num_samples=160000,
-        duration=10.0,
-    )
+
+    def call(rec_id: str, second: str) -> Recording:
+        return Recording(
+            id=rec_id,
+            sources=[  # listed right channel first: the reader orders them by channel id
+                AudioSource(type="file", channels=[3], source=second),
+                AudioSource(type="file", channels=[2], source="ch0.wav"),
+            ],
+            sampling_rate=16000,
+            num_samples=160000,
+            duration=10.0,
+        )
+
     sups = [
-        lhotse_sup("near0", "meeting", 1.0, 1.0, "left", channel=0),
-        lhotse_sup("near1", "meeting", 2.0, 1.0, "right", channel=1),
-        lhotse_sup("both", "meeting", 3.0, 1.0, "everyone", channel=[0, 1]),
+        lhotse_sup("near0", "meeting", 1.0, 1.0, "left", channel=2),
+        lhotse_sup("near1", "meeting", 2.0, 1.0, "right", channel=3),
+        lhotse_sup("both", "meeting", 3.0, 1.0, "everyone", channel=[2, 3]),
     ]
-    RecordingSet.from_recordings([rec]).to_file(root / "recordings.jsonl.gz")
+    recs = [call("meeting", "ch1.wav"), call("torn", "gone.wav")]
+    RecordingSet.from_recordings(recs).to_file(root / "recordings.jsonl.gz")
     SupervisionSet.from_segments(sups).to_file(root / "supervisions.jsonl.gz")
-    items = split(list_sources(str(root)))[0]
+    items, rows = split(list_sources(str(root)))
     assert {i.item_key: [(s.item_key, s.channel) for s in i.supervisions] for i in items} == {
-        "meeting#0": [("near0", 0), ("both", None)],
-        "meeting#1": [("near1", 0), ("both", None)],
+        "meeting": [("near0", 0), ("near1", 1), ("both", None)],
     }
+    [item] = items
+    assert channel_uris(item.source_uri) == [str(root / "ch0.wav"), str(root / "ch1.wav")]
+    assert item.key == 'array:channels:["ch0.wav","ch1.wav"]'
+    [row] = rows
+    assert (row["reason_code"], row["item_key"]) == ("missing_file", "torn")
+    assert "gone.wav" in row["detail"] and "ch0.wav" not in row["detail"]
+
+
+def test_manifest_row_with_a_list_of_paths_is_one_recording(tmp_path: Path):
+    """JSONL `path` as a list, and a CSV cell holding a JSON array, name one file per channel."""
+    root = tmp_path / "calls"
+    for name in ("a.wav", "b.wav"):
+        write(root / name, AUDIO)
+    write(
+        root / "calls.jsonl",
+        jsonl_line({"id": "c1", "path": ["a.wav", "b.wav"], "task": "conversation"})
+        + jsonl_line({"id": "c2", "path": ["a.wav", 7]})
+        + jsonl_line({"id": "c3", "path": ["a.wav"]}),
+    )
+    write(root / "calls.csv", 'id,path\nc1,"[""a.wav"",""b.wav""]"\n')
+    items, rows = split(list_sources(str(root / "calls.jsonl")))
+    assert [(i.item_key, channel_uris(i.source_uri)) for i in items] == [
+        ("c1", [str(root / "a.wav"), str(root / "b.wav")]),
+        ("c3", [str(root / "a.wav")]),  # a one-element list is the plain file
+    ]
+    assert items[1].source_uri == str(root / "a.wav")
+    assert [(r["reason_code"], r["item_key"]) for r in rows] == [("bad_manifest_row", "c2")]
+    [from_csv] = split(list_sources(str(root / "calls.csv")))[0]
+    assert from_csv.source_uri == items[0].source_uri and from_csv.key == items[0].key
 
 
 def test_lhotse_bad_lines(tmp_path: Path):

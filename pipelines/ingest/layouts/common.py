@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from minmo.io.channel_uri import join_channels, map_channels
 from minmo.io.fs import Location, existing
 from pipelines.ingest.items import LabelProblem, Labels, SourceItem, Supervision, source_key
 from schemas.labels import LABEL_NAMES, PARSERS, LabelError, parse_emotion
@@ -88,11 +89,21 @@ class Pending:
     """An item whose audio is at the first of `candidates` that exists.
 
     Readers do not check existence themselves: `settle` does it in batches for all of them.
-    `listed=True` means a directory listing already proved the file is there."""
+    `listed=True` means a directory listing already proved the file is there.
+
+    A recording stored one file per channel gives `channel_candidates`: each channel file's
+    candidates, in channel order (`candidates` then holds channel 0's, for refusal rows). It
+    settles only when every channel file is found, as `channels:[...]` (minmo/io/channel_uri.py)."""
 
     item: SourceItem
     candidates: list[Location]
     listed: bool = False
+    channel_candidates: list[list[Location]] | None = None
+
+    @property
+    def files(self) -> list[list[Location]]:
+        """The candidates of each file the recording needs (one for a plain file)."""
+        return self.channel_candidates or [self.candidates]
 
 
 @dataclass(frozen=True)
@@ -214,11 +225,13 @@ class Keyer:
     original: Callable[[str], str] | None = None
 
     def key(self, corpus: str, uri: str) -> str:
+        return source_key(corpus, self.root, map_channels(uri, self._original))
+
+    def _original(self, uri: str) -> str:
+        """One file's URI as first ingested, when it lies outside the root."""
         base = (self.root or "").rstrip("/")
         outside = not (base and uri.startswith(base + "/"))
-        if outside and self.original:
-            uri = self.original(uri)
-        return source_key(corpus, self.root, uri)
+        return self.original(uri) if outside and self.original else uri
 
     def item(self, item: SourceItem) -> SourceItem:
         item.source_key = self.key(item.corpus, item.source_uri)
@@ -255,39 +268,48 @@ def settle(
 def _settle_batch(
     batch: list[Pending | Row], check_exists: bool, keyer: Keyer
 ) -> Iterator[SourceItem | Row]:
-    pending = {i: e for i, e in enumerate(batch) if isinstance(e, Pending)}
-    chosen: dict[int, Location] = {}
-    unresolved: list[int] = []
-    for i, waiting in pending.items():
-        if waiting.listed or not check_exists:
-            chosen[i] = waiting.candidates[0]
+    # one slot per file each pending item needs: (item index, file index) -> its candidates
+    slots = {
+        (i, f): cands
+        for i, e in enumerate(batch)
+        if isinstance(e, Pending)
+        for f, cands in enumerate(e.files)
+    }
+    chosen: dict[tuple[int, int], Location] = {}
+    unresolved: list[tuple[int, int]] = []
+    for slot, cands in slots.items():
+        entry = batch[slot[0]]
+        if (isinstance(entry, Pending) and entry.listed) or not check_exists:
+            chosen[slot] = cands[0]
         else:
-            unresolved.append(i)
-    rank = 0  # ask for every item's best candidate at once, then the second best of the rest...
+            unresolved.append(slot)
+    rank = 0  # ask for every file's best candidate at once, then the second best of the rest...
     while unresolved:
-        asked = [i for i in unresolved if rank < len(pending[i].candidates)]
-        found = existing(pending[i].candidates[rank] for i in asked)
-        for i, ok in zip(asked, found, strict=True):
+        asked = [s for s in unresolved if rank < len(slots[s])]
+        found = existing(slots[s][rank] for s in asked)
+        for slot, ok in zip(asked, found, strict=True):
             if ok:
-                chosen[i] = pending[i].candidates[rank]
-        unresolved = [i for i in asked if i not in chosen]
+                chosen[slot] = slots[slot][rank]
+        unresolved = [s for s in asked if s not in chosen]
         rank += 1
     for i, entry in enumerate(batch):
         if not isinstance(entry, Pending):
             yield keyer.row(entry)
-        elif i in chosen:
-            entry.item.source_uri = chosen[i].uri
+            continue
+        files = range(len(entry.files))
+        missing = [f for f in files if (i, f) not in chosen]
+        if not missing:
+            entry.item.source_uri = join_channels([chosen[(i, f)].uri for f in files])
             yield keyer.item(entry.item)
-        else:
-            tried = ", ".join(dict.fromkeys(c.uri for c in entry.candidates))
-            detail = f"no audio file at {tried}"
-            if entry.item.label_problems:  # the labels of audio that is not there go with it
-                bad = "; ".join(p.detail for p in entry.item.label_problems)
-                detail += f" (its labels were refused too: {bad})"
-            row = reject(
-                entry.candidates[0].uri, ReasonCode.MISSING_FILE, detail, entry.item.item_key
-            )
-            yield keyer.row(row, entry.item.corpus)
+            continue
+        tried = "; ".join(", ".join(dict.fromkeys(c.uri for c in entry.files[f])) for f in missing)
+        detail = f"no audio file at {tried}"
+        if entry.item.label_problems:  # the labels of audio that is not there go with it
+            bad = "; ".join(p.detail for p in entry.item.label_problems)
+            detail += f" (its labels were refused too: {bad})"
+        uri = join_channels([entry.files[f][0].uri for f in files])
+        row = reject(uri, ReasonCode.MISSING_FILE, detail, entry.item.item_key)
+        yield keyer.row(row, entry.item.corpus)
 
 
 def is_sorted(keys: Iterable[str | None]) -> bool:

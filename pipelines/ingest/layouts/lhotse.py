@@ -15,11 +15,14 @@ is loaded whole; a `.json` array is the exception, as in Lhotse) and turned into
 by Lhotse's own `deserialize_item`, so every manifest version Lhotse reads is read the same way.
 
 Per recording:
-- each `file` source becomes one item (`item_key` = recording id, `#<n>` appended when the
-  recording has several sources); `url` sources on an object store (s3://, gs://) are read like
-  files; `url` (http), `memory`, `command` and `shar` sources are `unsupported_source`, and so
-  is a recording with a Speed/Tempo transform (its supervision times are in perturbed time,
-  while ingest reads the stored file);
+- one item (`item_key` = recording id). A recording with several sources (one file per channel,
+  as telephone corpora and two-track call exports ship) becomes one recording whose audio is its
+  files stacked in channel order (minmo/io/channel_uri.py; ingest vets their lengths and rates,
+  minmo/audio/load.py), and a supervision's channel id becomes its row in that stack. `url`
+  sources on an object store (s3://, gs://) are read like files; `url` (http), `memory`,
+  `command` and `shar` sources are `unsupported_source` (the whole recording), and so is a
+  recording with a Speed/Tempo transform (its supervision times are in perturbed time, while
+  ingest reads the stored file);
 - where the audio is: the stored path as is (a relative one against the working directory,
   for local manifests), then relative to the manifest's directory, then **the stored file name
   in the manifest's directory**. The last one exists because manifests are often written
@@ -56,6 +59,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from minmo.io.channel_uri import join_channels
 from minmo.io.fs import Location, uri_scheme
 from pipelines.ingest.items import LabelProblem, Labels, SourceItem, Supervision
 from pipelines.ingest.layouts.common import (
@@ -440,37 +444,61 @@ def _transform_names(recording: Any) -> list[str]:
 def _recording_items(
     recording: Any, sups: list[_Sup], manifest: Location, ctx: ReadContext
 ) -> Iterator[Pending | Row]:
-    """One pending item per audio source of `recording`, or the reason it cannot be read."""
+    """One pending item for `recording` (its files stacked in channel order when it has
+    several sources), or the reason it cannot be read."""
     changing = [t for t in _transform_names(recording) if t in TIME_CHANGING_TRANSFORMS]
     if changing:
         detail = f"recording {recording.id!r}: {'/'.join(changing)} transform puts its supervisions in perturbed time"
         yield reject(manifest.uri, ReasonCode.UNSUPPORTED_SOURCE, detail, recording.id)
         return
-    multi = len(recording.sources) > 1
-    for index, source in enumerate(recording.sources):
-        key = f"{recording.id}#{index}" if multi else recording.id
+    sources = _in_channel_order(recording.sources)
+    files: list[list[Location]] = []
+    for source in sources:
         candidates = _candidates(source, manifest.parent)
         if candidates is None:
             detail = f"recording {recording.id!r}: {source.type} source {str(source.source)[:200]!r} is not a file"
-            yield reject(manifest.uri, ReasonCode.UNSUPPORTED_SOURCE, detail, key)
-            continue
-        item = SourceItem(
-            source_uri=candidates[0].uri, corpus=ctx.corpus_for(), item_key=key, task=ctx.task_for()
-        )
-        for sup, offset, where in sups:
-            channel, applies = _channel_in(sup.channel, list(source.channels or []), multi)
-            if not applies:
-                continue
-            converted = _supervision(sup, offset, channel, candidates[0].uri)
-            if isinstance(converted, Supervision):
-                converted.labels, problems = _labels(sup, where, ctx)
-                item.label_problems += problems
-                item.supervisions.append(converted)
-            else:
-                yield converted
-        if not multi:
-            _lift_whole_file(item, float(recording.duration))
-        yield Pending(in_time_order(item), candidates)
+            yield reject(manifest.uri, ReasonCode.UNSUPPORTED_SOURCE, detail, recording.id)
+            return
+        files.append(candidates)
+    position = _channel_positions(sources)
+    multi = len(sources) > 1
+    uri = join_channels([f[0].uri for f in files])
+    item = SourceItem(
+        source_uri=uri, corpus=ctx.corpus_for(), item_key=recording.id, task=ctx.task_for()
+    )
+    for sup, offset, where in sups:
+        channel = _channel_of(sup.channel, position, multi)
+        converted = _supervision(sup, offset, channel, uri)
+        if isinstance(converted, Supervision):
+            converted.labels, problems = _labels(sup, where, ctx)
+            item.label_problems += problems
+            item.supervisions.append(converted)
+        else:
+            yield converted
+    _lift_whole_file(item, float(recording.duration))
+    yield Pending(in_time_order(item), files[0], channel_candidates=files if multi else None)
+
+
+def _in_channel_order(sources: list[Any]) -> list[Any]:
+    """A recording's sources by their first channel id (Lhotse lists them in any order)."""
+    return sorted(sources, key=lambda s: min(s.channels) if s.channels else 0)
+
+
+def _channel_positions(sources: list[Any]) -> dict[int, int]:
+    """Recording channel id -> row of the stacked audio: each source's channels in turn."""
+    ids = [c for source in sources for c in (source.channels or [0])]
+    return {channel: row for row, channel in enumerate(ids)}
+
+
+def _channel_of(channel: Any, position: dict[int, int], multi: bool) -> int | None:
+    """A supervision's channel in the ingested audio: its one channel id mapped to its row of
+    the (stacked) audio; None (every channel) for several ids or none. An id the recording does
+    not list is None for a multi-source recording, and kept as given for a single file."""
+    if isinstance(channel, list) and len(channel) == 1:
+        channel = channel[0]
+    if not isinstance(channel, int):
+        return None
+    return position.get(channel, None if multi else channel)
 
 
 def _candidates(source: Any, manifest_dir: Location) -> list[Location] | None:
@@ -495,17 +523,6 @@ def _candidates(source: Any, manifest_dir: Location) -> list[Location] | None:
     for place in places:
         unique.setdefault(place.uri, place)
     return list(unique.values())
-
-
-def _channel_in(channel: Any, source_channels: list[int], multi: bool) -> tuple[int | None, bool]:
-    """(channel within this source's file, whether the supervision belongs to this source)."""
-    if isinstance(channel, list) and len(channel) == 1:
-        channel = channel[0]
-    if not isinstance(channel, int):
-        return None, True
-    if channel in source_channels:
-        return source_channels.index(channel), True
-    return (None, False) if multi else (channel, True)
 
 
 def _supervision(sup: Any, offset: float, channel: int | None, audio_uri: str) -> Supervision | Row:

@@ -11,7 +11,10 @@ Columns (first present alias wins; a column not named here is ignored, and count
 that give it a value are tallied in `ReadContext.ignored`, which the ingest summary lists):
   path      `path`, `audio_filepath` (NeMo), `audio`, `wav`, `audio_path`; `audio` may also be
             a `{"path": ...}` object (Hugging Face style). Relative paths resolve against the
-            manifest's directory, on the manifest's filesystem.
+            manifest's directory, on the manifest's filesystem. A **list** of paths is one
+            recording stored one file per channel (a two-track call: `["a.wav", "b.wav"]`,
+            channel 0 first); in a CSV cell, write it as a JSON array. Ingest stacks the files
+            into one multi-channel recording (minmo/io/channel_uri.py, minmo/audio/load.py).
   text      `text`, `txt`, `transcript`, `transcription`, `sentence`
   language  `language`, `lang`, `locale`    speaker `speaker`, `speaker_id`, `spk`
   task, corpus, id (`id`, `key`, `utt_id`)
@@ -32,6 +35,7 @@ Each detail names the line (JSONL, CSV) or row (Parquet, JSON) number.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -40,6 +44,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from minmo.io.channel_uri import join_channels
 from minmo.io.fs import Location
 from pipelines.ingest.items import SourceItem
 from pipelines.ingest.layouts.common import (
@@ -264,23 +269,33 @@ def _row_item(
     path = _first(row, PATH_COLUMNS)
     if isinstance(path, dict):
         path = path.get("path")
-    if path is None or path == "":
+    if isinstance(path, str) and path.lstrip().startswith("["):  # a CSV cell's JSON list
+        with contextlib.suppress(json.JSONDecodeError):  # not JSON: a path beginning with [
+            path = json.loads(path)
+    if path is None or path == "" or path == []:
         detail = f"{where}: no audio path (looked for {', '.join(PATH_COLUMNS)})"
         return _bad(manifest, ReasonCode.BAD_MANIFEST_ROW, detail, key)
-    if not isinstance(path, str):
-        detail = f"{where}: audio path is a {type(path).__name__}, not a string"
+    paths = path if isinstance(path, list) else [path]
+    wrong = next((p for p in paths if not isinstance(p, str) or not p), None)
+    if wrong is not None:
+        kind = "an empty string" if wrong == "" else f"a {type(wrong).__name__}"
+        detail = (
+            f"{where}: audio path is {kind}; give a path, or a list of paths (one file per channel)"
+        )
         return _bad(manifest, ReasonCode.BAD_MANIFEST_ROW, detail, key)
-    audio = manifest.parent.resolve(path)
+    files = [manifest.parent.resolve(p) for p in paths]
+    audio = files[0]
+    uri = join_channels([f.uri for f in files])
     offset = _first(row, OFFSET_COLUMNS)
     if not _is_zero(offset):
         detail = f"{where}: offset {offset!r} marks a stretch of the file; per-file manifests carry whole files"
-        return reject(audio.uri, ReasonCode.UNSUPPORTED_SOURCE, detail, key)
+        return reject(uri, ReasonCode.UNSUPPORTED_SOURCE, detail, key)
     text = _first(row, TEXT_COLUMNS)
     if isinstance(text, bytes):  # a Parquet binary column
         decoded = decode_utf8(text)
         if decoded is None:
             return reject(
-                audio.uri,
+                uri,
                 ReasonCode.BAD_TRANSCRIPT_ENCODING,
                 f"{where}: text {utf8_error(text)}",
                 key,
@@ -292,9 +307,9 @@ def _row_item(
     if text is not None:
         text = text.strip()
         if not text:
-            return reject(audio.uri, ReasonCode.EMPTY_TRANSCRIPT, f"{where}: blank transcript", key)
+            return reject(uri, ReasonCode.EMPTY_TRANSCRIPT, f"{where}: blank transcript", key)
     item = SourceItem(
-        source_uri=audio.uri,
+        source_uri=uri,
         corpus=ctx.corpus_for(_as_str(row.get("corpus"))),
         item_key=key,
         text=text,
@@ -303,4 +318,5 @@ def _row_item(
         task=ctx.task_for(_as_str(row.get("task"))),
     )
     item.labels, item.label_problems = read_labels(row, f"{manifest.name}#{where}", ctx, key)
-    return Pending(with_transcript(item), [audio])
+    channels = [[f] for f in files] if len(files) > 1 else None
+    return Pending(with_transcript(item), [audio], channel_candidates=channels)
