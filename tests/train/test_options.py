@@ -5,6 +5,7 @@ behind fused AdamW and `num_workers: auto`."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,10 +20,13 @@ from minmo.model.batch import Batch, collate
 from minmo.model.minmo import MinMo
 from minmo.tokens.text import load_text_tokenizer
 from minmo.train.config import TrainConfig
+from minmo.train.data import StageLoader
 from minmo.train.distributed import DistInfo, compiled_blocks, wrap_model
 from minmo.train.optim import adamw_implementation, build_optimizer
 from minmo.train.workers import WorkerProbe, choose_workers
+from pipelines.shards.writer import write_stage_shards
 from tests.model.test_minmo import _model, _sample
+from tests.train.test_train import _stage1_samples
 
 CPU = DistInfo(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
 
@@ -172,6 +176,32 @@ def test_worker_probe_skips_the_warm_up() -> None:
     assert probe.means() == pytest.approx((0.3, 0.2))
     with pytest.raises(ValueError, match=">= 0"):
         choose_workers(-1.0, 0.1, 2)
+
+
+def test_loader_switching_workers_mid_epoch_keeps_the_batches(tmp_path: Path) -> None:
+    """What `auto` does after its probe: the loader reopens at its position with workers, and
+    the batches are those of a run that had them from the start."""
+    stage_dir = tmp_path / "stage1"
+    write_stage_shards(_stage1_samples(12), stage_dir, "stage1", max_samples=5)
+
+    def keys(loader: StageLoader, switch_at: int | None) -> list[list[str]]:
+        out = []
+        for i in range(5):  # crosses the epoch's end (6 samples per rank, batches of 2)
+            if i == switch_at:
+                loader.set_num_workers(1)
+            batch = loader.next_batch()
+            if batch is None:
+                loader.next_epoch()
+                batch = loader.next_batch()
+            out.append([s["key"] for s in batch])
+        return out
+
+    def loader(workers: int) -> StageLoader:
+        return StageLoader(stage_dir, 1, 2, num_workers=workers, max_samples=2, collate=False)
+
+    switched = loader(0)
+    assert keys(switched, switch_at=2) == keys(loader(1), switch_at=None)
+    assert switched.num_workers == 1
 
 
 def test_num_workers_accepts_a_count_or_auto() -> None:
