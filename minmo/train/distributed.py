@@ -99,12 +99,21 @@ def compiled_blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def compile_blocks(model: nn.Module, backend: str = "inductor") -> int:
-    """torch.compile each of `compiled_blocks(model)` in place; returns how many. Compilation
-    happens at a block's first call (the first two batch shapes compile: the second marks the
-    sequence length dynamic), so a stage's frozen, unused modules cost nothing."""
+    """torch.compile each of `compiled_blocks(model)` in place; returns how many. A block that
+    activation checkpointing wrapped is compiled with its wrapper, so that the recomputation is
+    traced too (torchtitan compiles its checkpointed blocks the same way). Compilation happens
+    at a block's first call (the first two batch shapes compile: the second marks the sequence
+    length dynamic), so a stage's frozen, unused modules cost nothing."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
+    wrappers = {
+        id(m._checkpoint_wrapped_module): m
+        for m in model.modules()
+        if isinstance(m, CheckpointWrapper)
+    }
     blocks = compiled_blocks(model)
     for block in blocks:
-        block.compile(backend=backend)
+        wrappers.get(id(block), block).compile(backend=backend)
     return len(blocks)
 
 

@@ -21,7 +21,7 @@ from minmo.model.minmo import MinMo
 from minmo.tokens.text import load_text_tokenizer
 from minmo.train.config import TrainConfig
 from minmo.train.data import StageLoader
-from minmo.train.distributed import DistInfo, compiled_blocks, wrap_model
+from minmo.train.distributed import DistInfo, compiled_blocks, transformer_blocks, wrap_model
 from minmo.train.optim import adamw_implementation, build_optimizer
 from minmo.train.workers import WorkerProbe, choose_workers
 from pipelines.shards.writer import write_stage_shards
@@ -63,25 +63,33 @@ def _two_steps(wrapped: torch.nn.Module, batch: Batch) -> list[float]:
     return losses
 
 
-@pytest.mark.slow  # 30-50 s here: dynamo traces every block twice (forward and backward)
+@pytest.mark.slow  # 60-90 s here: dynamo traces every block, forward and backward, twice
 def test_compiled_blocks_train_like_eager(tokenizer) -> None:
     """Stage 1c (LoRA on the LLM, speech through the encoder): the LLM's decoder layers and the
-    encoder's SAN-M blocks compiled in place give eager's losses over an optimizer step.
+    encoder's SAN-M blocks compiled in place give eager's losses over an optimizer step, and
+    so do they compiled with their activation-checkpointing wrappers.
 
     backend="aot_eager" (dynamo + AOTAutograd, no code generation): inductor works on this CPU
     too (gcc is installed; one step gave the eager loss exactly) but spends ~25 s generating
     C++ here, too long for the suite."""
     batch = _batch(tokenizer, "1c", samples=2, seconds=1.0, words=2)
     eager = _two_steps(_stage_model(tokenizer, "1c"), batch)
-    model = _stage_model(tokenizer, "1c")
-    wrapped = wrap_model(model, "none", CPU, checkpointing=False, compile_backend="aot_eager")
-    blocks = compiled_blocks(model)
-    names = {type(b).__name__ for b in blocks}
-    assert names == {"Qwen2DecoderLayer", "EncoderLayerSANM"}
-    assert all(b._compiled_call_impl is not None for b in blocks)
-    compiled = _two_steps(wrapped, batch)
-    assert compiled[1] < compiled[0]
-    assert compiled == pytest.approx(eager, rel=1e-5)
+    for checkpointing in (False, True):
+        model = _stage_model(tokenizer, "1c")
+        wrapped = wrap_model(model, "none", CPU, checkpointing, compile_backend="aot_eager")
+        blocks = compiled_blocks(model)
+        names = {type(b).__name__ for b in blocks}
+        assert names == {"Qwen2DecoderLayer", "EncoderLayerSANM"}
+        outer = {
+            id(m._checkpoint_wrapped_module): m
+            for m in model.modules()
+            if isinstance(m, CheckpointWrapper)
+        }
+        assert len(outer) == (len(transformer_blocks(model)) if checkpointing else 0)
+        assert all(outer.get(id(b), b)._compiled_call_impl is not None for b in blocks)
+        compiled = _two_steps(wrapped, batch)
+        assert compiled[1] < compiled[0]
+        assert compiled == pytest.approx(eager, rel=1e-5), checkpointing
 
 
 def _peak_bytes(fn: Callable[[], None]) -> int:
