@@ -9,7 +9,7 @@ from typing import Any
 from minmo.cli.steps import ModelInfoConfig, NoInputs, ShardsInputs, StepFailed, TrainInputs
 from minmo.eval.run import EvalConfig, run_eval
 from minmo.model.info import render
-from minmo.train.entry import run_train, run_train_ray
+from minmo.train.entry import render_ray, run_train, run_train_ray
 from pipelines.shards.step import ShardsConfig, run_shards
 
 
@@ -27,7 +27,9 @@ def train(build: str, inputs: TrainInputs, overrides: dict[str, Any], progress: 
     results = []
     for job in inputs.stages:
         if inputs.ray:
-            results.append(run_train_ray(job, build, inputs.workers, inputs.gpu, **overrides))
+            result = run_train_ray(job, build, inputs.workers, inputs.gpu, **overrides)
+            print(render_ray(result, inputs.workers))
+            results.append(result)
             continue
         result = run_train(job, build, progress=progress, **overrides)
         print(result.render())

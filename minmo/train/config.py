@@ -90,8 +90,9 @@ class TrainConfig:
     kept inside each sample (minmo/model/packing.py), instead of padding every sample to the
     longest; the batch's tokens then count as their sum against `max_tokens`. Losses are the
     unpadded run's (to float tolerance) on the same samples."""
-    num_workers: int = 1
-    """DataLoader workers per rank."""
+    num_workers: int | str = 1
+    """DataLoader workers per rank, or "auto": chosen after the first steps from the measured
+    time to load a batch against the time of a step (minmo/train/workers.py), and logged."""
     lr: float = 1e-4
     """Peak learning rate."""
     min_lr_ratio: float = 0.1
@@ -113,6 +114,9 @@ class TrainConfig:
     activation_checkpointing: bool = False
     """Recompute the transformer blocks' activations in the backward pass: less memory, more
     compute."""
+    compile: bool = False
+    """torch.compile the LLM's (and voice LM's) decoder layers and the voice encoder's blocks,
+    each in place, before DDP / FSDP2 wrap them (minmo/train/distributed.py)."""
     out: str | None = None
     """Checkpoint directory; default: DIR/checkpoints/<stage>; a path or URI."""
     staging: str | None = None
@@ -144,6 +148,7 @@ class TrainConfig:
             check_scheme("minmo train", self.staging, LOCAL_SCHEMES)
             self.staging = _path(self.staging)
         self.betas = tuple(self.betas)  # type: ignore[assignment]
+        self.num_workers = _workers(self.num_workers)
         names = ("steps", "max_samples", "grad_accum", "save_every", "keep_last", "log_every")
         for name in (*names, "valid_every", "valid_batches"):
             if getattr(self, name) < 1:
@@ -171,6 +176,16 @@ class TrainConfig:
         out = _path(self.out or f"{base}/checkpoints/{self.stage}")
         init_from = _path(self.init_from) if self.init_from else None
         return shards, out, init_from
+
+
+def _workers(value: int | str) -> int | str:
+    """num_workers as given in YAML or on the command line (where it arrives as text): a
+    count >= 0, or "auto"."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    raise ConfigError(f'num_workers must be a count >= 0 or "auto", got {value!r}')
 
 
 def _path(uri: str) -> str:

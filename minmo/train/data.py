@@ -548,6 +548,16 @@ class StageLoader:
         self.epoch += 1
         self.position = 0
 
+    def set_num_workers(self, num_workers: int) -> None:
+        """Read with `num_workers` DataLoader workers from the next batch on: the stream
+        reopens at the current position, as on resume, so the batches are the same ones
+        (`num_workers: auto` calls this once it has measured the step)."""
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if num_workers != self.num_workers:
+            self.num_workers = num_workers
+            self._batches = None
+
     def rewind(self) -> None:
         """Back to the first batch of epoch 0: a validation pass reads the same batches each
         time, so that its losses compare from one pass to the next."""

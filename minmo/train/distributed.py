@@ -9,6 +9,10 @@ layers, the encoder's blocks, the projectors' and predictor's layers), then the 
 module, whose forward does every embedding lookup (see minmo/model/minmo.py), so the root's
 all-gather covers the embeddings. Frozen and trainable parameters may share a block (LoRA):
 FSDP2 shards per parameter, so that is fine.
+
+The order is torchtitan's: activation checkpointing, then torch.compile, then DDP / FSDP2.
+Compilation is per block (`compiled_blocks`), in place (`nn.Module.compile`), so the modules
+FSDP2 wraps are the same objects, each running its compiled forward.
 """
 
 from __future__ import annotations
@@ -85,6 +89,34 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, block_types)]
 
 
+def compiled_blocks(model: nn.Module) -> list[nn.Module]:
+    """The blocks `compile: true` compiles: the Qwen2 decoder layers (the LLM's and the voice
+    LM's) and the voice encoder's SAN-M blocks. The projectors' and the duplex predictor's
+    `nn.TransformerEncoderLayer`s stay eager: frozen and in eval mode they take PyTorch's fused
+    fast path (`aten._transformer_encoder_layer_fwd`), whose fake kernel inductor fails on
+    (torch 2.14: "expected size 10==10, stride 64==1"), and they are one layer each."""
+    return [m for m in transformer_blocks(model) if not isinstance(m, nn.TransformerEncoderLayer)]
+
+
+def compile_blocks(model: nn.Module, backend: str = "inductor") -> int:
+    """torch.compile each of `compiled_blocks(model)` in place; returns how many. A block that
+    activation checkpointing wrapped is compiled with its wrapper, so that the recomputation is
+    traced too (torchtitan compiles its checkpointed blocks the same way). Compilation happens
+    at a block's first call (the first two batch shapes compile: the second marks the sequence
+    length dynamic), so a stage's frozen, unused modules cost nothing."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
+    wrappers = {
+        id(m._checkpoint_wrapped_module): m
+        for m in model.modules()
+        if isinstance(m, CheckpointWrapper)
+    }
+    blocks = compiled_blocks(model)
+    for block in blocks:
+        wrappers.get(id(block), block).compile(backend=backend)
+    return len(blocks)
+
+
 def resolve_mode(requested: str, info: DistInfo) -> str:
     if requested == "auto":
         return "ddp" if info.world > 1 else "none"
@@ -93,7 +125,15 @@ def resolve_mode(requested: str, info: DistInfo) -> str:
     return requested
 
 
-def wrap_model(model: nn.Module, mode: str, info: DistInfo, checkpointing: bool) -> nn.Module:
+def wrap_model(
+    model: nn.Module,
+    mode: str,
+    info: DistInfo,
+    checkpointing: bool,
+    compile_backend: str | None = None,
+) -> nn.Module:
+    """`model` on the device, with activation checkpointing, compiled blocks (`compile_backend`:
+    a torch.compile backend, None: eager) and DDP / FSDP2 applied in that order."""
     model.to(info.device)
     if checkpointing:
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
@@ -102,6 +142,8 @@ def wrap_model(model: nn.Module, mode: str, info: DistInfo, checkpointing: bool)
 
         blocks = set(transformer_blocks(model))
         apply_activation_checkpointing(model, check_fn=lambda m: m in blocks)
+    if compile_backend is not None:
+        compile_blocks(model, compile_backend)
     if mode == "none":
         return model
     if mode == "ddp":

@@ -49,7 +49,9 @@ from minmo.train.distributed import (
     wrap_model,
 )
 from minmo.train.metrics import MetricsLog, step_flops
+from minmo.train.optim import adamw_implementation, build_optimizer
 from minmo.train.store import StoreMirror, fetch_export, is_remote, staging_dir
+from minmo.train.workers import WorkerProbe, choose_workers, cpus_for_workers
 from schemas.units import SAMPLE_RATE_HZ
 
 
@@ -241,12 +243,18 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
     forward_params = sum(p.numel() for p in model.parameters())
     trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     mode = resolve_mode(config.parallel, info)
-    wrapped = wrap_model(model, mode, info, config.activation_checkpointing)
+    wrapped = wrap_model(
+        model,
+        mode,
+        info,
+        config.activation_checkpointing,
+        compile_backend="inductor" if config.compile else None,
+    )
     wrapped.train()
     params = [p for p in wrapped.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
-    )
+    optimizer = build_optimizer(params, config)
+    if info.is_main and progress:
+        print(f"minmo train: AdamW ({adamw_implementation(params)})", file=sys.stderr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda s: warmup_cosine(s, config.warmup_steps, config.steps, config.min_lr_ratio),
@@ -256,7 +264,8 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
         rank=info.rank,
         world=info.world,
         seed=config.seed,
-        num_workers=config.num_workers,
+        # "auto": none until WorkerProbe has timed loading in this process.
+        num_workers=0 if config.num_workers == "auto" else int(config.num_workers),
         max_samples=config.max_samples,
         max_audio_s=config.max_audio_s,
         max_tokens=config.max_tokens,
@@ -273,6 +282,7 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
         scheduler.load_state_dict(extras["scheduler"])
         loader.load_state_dict(extras["data"])
         step = int(extras["step"])
+    probe = WorkerProbe() if config.num_workers == "auto" else None
     stop = _Stop()
     metrics = MetricsLog(
         out_dir, info.is_main, config.steps, step, config.tensorboard, progress and info.is_main
@@ -297,8 +307,12 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
             t0 = time.perf_counter()
             sums = {"samples": 0.0, "audio_s": 0.0, "positions": 0.0, "padded": 0.0, "tokens": 0.0}
             parts: dict[str, float] = {}
+            load_s = 0.0
             for micro in range(config.grad_accum):
-                batch = _next_batch(loader, info).to(info.device)
+                t_load = time.perf_counter()
+                batch = _next_batch(loader, info)
+                load_s += time.perf_counter() - t_load
+                batch = batch.to(info.device)
                 sync = micro == config.grad_accum - 1 or mode != "ddp"
                 with contextlib.nullcontext() if sync else wrapped.no_sync(), autocast:
                     out = wrapped(batch)
@@ -341,6 +355,11 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
                 "padding": 1.0 - totals["positions"] / max(totals["padded"], 1.0),
                 "epoch": loader.state_dict()["epoch"],
             }
+            if probe is not None and not probe.done:
+                per_micro = config.grad_accum
+                probe.add(load_s / per_micro, (dt - load_s) / per_micro)
+                if probe.done:
+                    record["num_workers"] = _choose_workers(probe, loader, info)
             if config.peak_flops:
                 achieved = step_flops(totals["positions"], forward_params, trainable_params) / dt
                 record["mfu"] = achieved / (config.peak_flops * info.world)
@@ -399,6 +418,22 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
         mirror.remove_staging()
     result.wall_s = time.perf_counter() - started
     return result
+
+
+def _choose_workers(probe: WorkerProbe, loader: StageLoader, info: DistInfo) -> int:
+    """`num_workers: auto`'s choice from the probe's timings, averaged over ranks (so every
+    rank takes the same count), applied to `loader` and said on stderr by rank 0."""
+    load_s, step_s = (v / info.world for v in all_sum(list(probe.means()), info))
+    cpus = cpus_for_workers()
+    workers = choose_workers(load_s, step_s, cpus)
+    loader.set_num_workers(workers)
+    if info.is_main:
+        print(
+            f"minmo train: num_workers auto -> {workers} (loading {load_s * 1e3:.1f} ms, "
+            f"step {step_s * 1e3:.1f} ms per micro-batch; {cpus} CPU(s) for workers per rank)",
+            file=sys.stderr,
+        )
+    return workers
 
 
 def _kind(stage: str) -> str:
