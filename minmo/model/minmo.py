@@ -194,22 +194,22 @@ class MinMo(nn.Module):
                 speech_lengths,
                 self.special.speech_start,
             )
+            # Text logits only where a label is (transformers flattens a boolean mask to
+            # (labelled, V)): the LM head and the loss skip the speech, the prompt and the
+            # padding. Stages without a text loss keep one position's logits only.
+            labelled = sp.labels != IGNORE
+            text = kind == "text" or stage == "3"
             result = self.llm(
                 inputs_embeds=sp.embeds,
                 attention_mask=sp.attention_mask,
                 output_hidden_states=kind != "text",
                 use_cache=False,
+                logits_to_keep=labelled if text else 1,
             )
         out["llm_positions"] = sp.attention_mask.sum()
-        if kind == "text" or stage == "3":
-            logits = result.logits
-            text_loss = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(),
-                sp.labels.reshape(-1),
-                ignore_index=IGNORE,
-            )
-            out["text_loss"] = text_loss
-            out["text_tokens"] = (sp.labels != IGNORE).sum()
+        if text:
+            out["text_loss"] = F.cross_entropy(result.logits.float(), sp.labels[labelled])
+            out["text_tokens"] = labelled.sum()
         if kind == "speech":
             hidden = result.hidden_states[-1]
             semantic, lengths = self._semantic(sp, hidden, embedding, batch)

@@ -366,30 +366,36 @@ class VoiceEncoder(nn.Module):
     def fbank(self, waves: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Kaldi log-mel fbank (snip_edges) of the batch: (B, N, n_mels) and frames per item.
 
-        Frames past an item's count hold padding garbage; callers must respect the counts.
+        Frames past an item's count are 0 (not computed); callers must respect the counts.
         """
         if waves.dim() != 2:
             raise ValueError(f"waves must be (B, T), got shape {tuple(waves.shape)}")
         lengths = lengths.to(device=waves.device, dtype=torch.long)
         if lengths.shape != waves.shape[:1]:
             raise ValueError(f"lengths must be (B,)={waves.shape[0]}, got {tuple(lengths.shape)}")
-        if bool((lengths < 2).any()) or bool((lengths > waves.shape[1]).any()):
-            raise ValueError(
-                f"each length must be in [2, T={waves.shape[1]}] samples, got {lengths.tolist()}"
-            )
         x = waves.float() * _INT16_SCALE
         long_enough = lengths >= self._win
         counts = torch.where(long_enough, 1 + (lengths - self._win).clamp_min(0) // self._hop, 1)
-        n_max = int(counts.max())
+        # Everything the host needs, in one device-to-host copy.
+        bad, n_max, n_long = torch.stack(
+            [((lengths < 2) | (lengths > waves.shape[1])).sum(), counts.max(), long_enough.sum()]
+        ).tolist()
+        if bad:
+            raise ValueError(
+                f"each length must be in [2, T={waves.shape[1]}] samples, got {lengths.tolist()}"
+            )
         out = x.new_zeros(x.shape[0], n_max, self.config.n_mels)
-        if bool(long_enough.any()):
+        if n_long:
             frames = x.unfold(1, self._win, self._hop)[:, :n_max]
+            # Only each item's own frames: padding frames would cost as much as real ones.
+            real = torch.arange(frames.shape[1], device=x.device) < counts[:, None]
+            real = torch.nonzero(real & long_enough[:, None], as_tuple=True)
             window, banks = self._window_and_banks(self._win, x.device)
-            out[:, : frames.shape[1]] = _log_mel(frames, window, banks)
-        # Utterances shorter than one window: funasr shrinks the window to the whole utterance
-        # (one frame, FFT at the next power of two). Rare; batched over just those items.
-        short = torch.nonzero(~long_enough).flatten()
-        if len(short):
+            out[real] = _log_mel(frames[real], window, banks)
+        if n_long < x.shape[0]:
+            # Utterances shorter than one window: funasr shrinks the window to the whole
+            # utterance (one frame, FFT at the next power of two). Rare; batched over them.
+            short = torch.nonzero(~long_enough).flatten()
             out[short, 0] = self._short_log_mel(x[short, : self._win], lengths[short])
         return out, counts
 

@@ -84,15 +84,18 @@ class StepProfile:
         self._forward_start: dict[str, float] = {}
         self._backward: dict[str, list[float]] = {}  # name -> [start, end]
         self._cuda = False
+        self._root_type: type[nn.Module] = MinMo
 
     # ---- attaching ---------------------------------------------------------------------------
 
-    def start(self) -> StepProfile:
-        """Attach to the next MinMo whose forward runs."""
+    def start(self, root: type[nn.Module] = MinMo) -> StepProfile:
+        """Attach to the next `root` (a MinMo) whose forward runs."""
+        self._root_type = root
         self._global = nn.modules.module.register_module_forward_pre_hook(self._find_root)
         return self
 
-    def attach(self, model: MinMo) -> StepProfile:
+    def attach(self, model: nn.Module) -> StepProfile:
+        """Hook `model` (its forward marks a micro-batch) and its `modules`."""
         self._cuda = any(p.is_cuda for p in model.parameters())
         self._handles.append(model.register_forward_pre_hook(self._root_start))
         for name in self.modules:
@@ -117,7 +120,7 @@ class StepProfile:
             self._global = None
 
     def _find_root(self, module: nn.Module, args: Any) -> None:
-        if isinstance(module, MinMo) and self._global is not None:
+        if isinstance(module, self._root_type) and self._global is not None:
             self._global.remove()
             self._global = None
             self.attach(module)
