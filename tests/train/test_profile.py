@@ -65,12 +65,13 @@ def test_the_split_matches_the_known_sleeps() -> None:
     assert len(profile.roots) == steps + 1
     start, end = profile.window(0, steps)
     inside = profile.by_module(start, end)
-    step = (end - start) / steps
-    assert step == pytest.approx(2 * (FORWARD_S + BACKWARD_S + OUTSIDE_S), rel=0.5)
+    # Sleeps never end early, and a busy machine only stretches them: lower bounds on both
+    # sides fail if any sleep is put on the wrong side.
     for name in ("encoder", "llm"):
-        assert inside[name] / steps == pytest.approx(FORWARD_S + BACKWARD_S, rel=0.25)
-    outside = 2 * OUTSIDE_S / (2 * (FORWARD_S + BACKWARD_S + OUTSIDE_S))  # 4/9
-    assert profile.outside_share(0, steps) == pytest.approx(outside, abs=0.15)
+        assert inside[name] >= 0.95 * steps * (FORWARD_S + BACKWARD_S), name
+    outside_s = (end - start) - profile.inside(start, end)
+    assert outside_s >= 0.95 * steps * 2 * OUTSIDE_S
+    assert profile.outside_share(0, steps) == pytest.approx(outside_s / (end - start))
     assert profile.llm_padding.fraction == pytest.approx(2 / 8)
     assert profile.audio_padding.total == 0
     # Detached: a further step records nothing.
