@@ -1,23 +1,27 @@
 """Benchmark: the trainer's own step (`minmo.train.loop.train`) on synthetic shards.
 
     .venv/bin/python bench/train.py [--stage 1b] [--batch 8 64] [--steps 10] [--size tiny|full]
+                                    [--clock wall|cpu] [--json rows.json]
 
 Writes stage-1 shards of synthetic utterances (2-10 s, a tone over noise, an ASR chat from the
 built-in tokenizer) with the shard step's writer, then for each batch size runs `train()` on
-them, exactly as `minmo train` would (loader with `--workers` workers, the stage's recipe, AdamW,
-checkpoint at the end), and prints, over the steps after `--warmup`:
+them exactly as `minmo train` would (loader with `--workers` workers, the stage's recipe, AdamW,
+a checkpoint at the end) and prints, over the `--steps` steps after `--warmup`:
 
-- samples/s, tokens/s and MFU: the medians of what the trainer itself logs (metrics.jsonl);
-  MFU against `--peak-tflops` (default: on CUDA 800, the bf16 matmul rate measured on a lent
-  H100; on CPU, the fp32 matmul rate this machine reaches, measured here first);
-- the padding fraction of the LLM's positions (attention mask) and of the audio samples;
-- the share of the step's wall time spent outside the top-level modules' forward and backward
-  (minmo.train.profile.StepProfile: hooks, measured, not estimated), and per module the time
-  inside. A step's wall time runs from one root forward to the next, so data loading,
-  collation, optimizer, logging and checkpoint checks are in it.
+- the step time, from one root forward to the next (so loading and collating the batch, the
+  optimizer, logging and checkpoint checks are in it), and the trainer's own `step_s`;
+- samples/s, tokens/s and MFU: the trainer's own counts per step (from its metrics.jsonl) over
+  that step time; MFU against `--peak-tflops` (default: on CUDA 800, the bf16 matmul rate
+  measured on a lent H100; on CPU, the fp32 matmul rate this machine reaches, measured first);
+- the padding fraction of the LLM's positions (its attention mask) and of the audio samples;
+- the share of the step spent outside the top-level modules' forward and backward, and per
+  module the share inside it (minmo.train.profile.StepProfile: hooks, measured, not estimated).
 
-The shards hold `batch x (warmup + steps + 1)` samples of the largest batch, so the measured
-steps never cross an epoch (a new epoch starts new loader workers).
+`--clock cpu` (CPU only) runs one torch thread and times the main thread's CPU time: on a shared
+machine the wall clock moves with the other processes' load, CPU time barely does; waiting for
+the loader's worker is then not counted. The shards hold `batch x (warmup + steps + 1)` samples
+of the largest batch, so the measured steps never cross an epoch (a new epoch starts new loader
+workers).
 """
 
 from __future__ import annotations
