@@ -135,47 +135,60 @@ def splice(
     token_embeddings: (B, L, H) embeddings of input_ids; speech: (B, S, H) projected frames.
     labels: position p predicts text id p+1 for p+1 >= target_start (the assistant's text),
     counted in text positions, never across the speech gap.
+
+    Batched index arithmetic, no loop over samples: output position q of sample b holds text
+    position q before the cut (just after the marker), speech frame q - cut in the gap, text
+    position q - n_speech after it, padding past n + n_speech; every output tensor is one gather
+    from [text | speech | one padding row]. One host sync per batch (the output length, and
+    whether a sample has speech but no marker).
     """
-    batch, _, hidden = token_embeddings.shape
+    batch, length, hidden = token_embeddings.shape
     device = token_embeddings.device
-    rows, label_rows, id_rows, positions = [], [], [], []
-    for b in range(batch):
-        n = int(input_lengths[b])
-        ids = input_ids[b, :n]
-        emb = token_embeddings[b, :n]
-        text_labels = torch.full((n,), IGNORE, dtype=torch.long, device=device)
-        start = int(target_start[b])
-        if start < n:
-            text_labels[max(start - 1, 0) : n - 1] = ids[max(start, 1) : n]
-        n_speech = 0 if speech is None or speech_lengths is None else int(speech_lengths[b])
-        marker = (ids == speech_start_id).nonzero()
-        if n_speech and len(marker) == 0:
-            raise ValueError(f"sample {b} has speech but no <|startofspeech|> in its text tokens")
-        if n_speech:
-            cut = int(marker[0]) + 1  # labels stay with their text positions across the gap
-            gap = torch.full((n_speech,), IGNORE, dtype=torch.long, device=device)
-            rows.append(torch.cat([emb[:cut], speech[b, :n_speech], emb[cut:]]))
-            label_rows.append(torch.cat([text_labels[:cut], gap, text_labels[cut:]]))
-            id_rows.append(torch.cat([ids[:cut], gap, ids[cut:]]))
-            positions.append(torch.arange(cut, cut + n_speech, device=device))
-        else:
-            rows.append(emb)
-            label_rows.append(text_labels)
-            id_rows.append(ids.clone())
-            positions.append(torch.zeros(0, dtype=torch.long, device=device))
-    length = max(r.shape[0] for r in rows)
-    embeds = token_embeddings.new_zeros(batch, length, hidden)
-    mask = torch.zeros(batch, length, dtype=torch.long, device=device)
-    labels = torch.full((batch, length), IGNORE, dtype=torch.long, device=device)
-    token_ids = torch.full((batch, length), IGNORE, dtype=torch.long, device=device)
-    max_speech = max((p.shape[0] for p in positions), default=0)
-    speech_positions = torch.full((batch, max_speech), -1, dtype=torch.long, device=device)
-    for b, (row, lab, tid, pos) in enumerate(
-        zip(rows, label_rows, id_rows, positions, strict=True)
-    ):
-        embeds[b, : row.shape[0]] = row
-        mask[b, : row.shape[0]] = 1
-        labels[b, : lab.shape[0]] = lab
-        token_ids[b, : tid.shape[0]] = tid
-        speech_positions[b, : pos.shape[0]] = pos
-    return Spliced(embeds, mask, labels, token_ids, speech_positions)
+    n_text = input_lengths.to(device=device, dtype=torch.long)
+    text_pos = torch.arange(length, device=device)
+    if speech is None or speech_lengths is None:
+        n_speech = torch.zeros_like(n_text)
+        frames = token_embeddings.new_zeros(batch, 0, hidden)
+    else:
+        n_speech = speech_lengths.to(device=device, dtype=torch.long)
+        frames = speech.to(token_embeddings.dtype)
+    width = frames.shape[1]
+    marker = (input_ids == speech_start_id) & (text_pos < n_text[:, None])
+    has_marker = marker.any(dim=1)
+    cut = torch.where(n_speech > 0, marker.long().argmax(dim=1) + 1, 0)  # first marker
+    orphan = (n_speech > 0) & ~has_marker
+    sizes = torch.stack(
+        [
+            (n_text + n_speech).max(),
+            n_speech.max(),
+            torch.where(orphan, torch.arange(batch, device=device), batch).min(),
+        ]
+    ).tolist()
+    out_length, max_speech, first_orphan = sizes
+    if first_orphan < batch:
+        raise ValueError(
+            f"sample {first_orphan} has speech but no <|startofspeech|> in its text tokens"
+        )
+    q = torch.arange(out_length, device=device)[None, :]
+    cut_, n_speech_, n_text_ = cut[:, None], n_speech[:, None], n_text[:, None]
+    in_gap = (q >= cut_) & (q < cut_ + n_speech_)
+    real = q < n_text_ + n_speech_
+    # Source row in [text (L) | speech (S) | padding (1)] of each output position.
+    text_source = torch.where(q < cut_, q, q - n_speech_)
+    pad = length + width
+    source = torch.where(in_gap, length + q - cut_, torch.where(real, text_source, pad))
+
+    pool = torch.cat([token_embeddings, frames, token_embeddings.new_zeros(batch, 1, hidden)], 1)
+    embeds = torch.gather(pool, 1, source[..., None].expand(-1, -1, hidden))
+    # Text label of text position p: the id at p + 1, from the assistant's text on.
+    following = torch.cat([input_ids[:, 1:], input_ids.new_zeros(batch, 1)], dim=1)
+    labelled = (text_pos + 1 >= target_start.to(device)[:, None]) & (text_pos + 1 < n_text_)
+    text_labels = torch.where(labelled, following, IGNORE).long()
+    ignored = torch.full((batch, width + 1), IGNORE, dtype=torch.long, device=device)
+    labels = torch.gather(torch.cat([text_labels, ignored], 1), 1, source)
+    ids = torch.where(text_pos < n_text_, input_ids, IGNORE).long()
+    token_ids = torch.gather(torch.cat([ids, ignored], 1), 1, source)
+
+    frame = torch.arange(max_speech, device=device)[None, :]
+    speech_positions = torch.where(frame < n_speech_, cut_ + frame, -1)
+    return Spliced(embeds, real.long(), labels, token_ids, speech_positions)

@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from minmo.model.batch import IGNORE, Batch
 from minmo.model.duplex import DuplexHeadConfig, DuplexPredictor
 from minmo.model.input_projector import InputProjector, InputProjectorConfig
-from minmo.model.llm import LLMConfig, build_llm, splice
+from minmo.model.llm import LLMConfig, Spliced, build_llm, splice
 from minmo.model.output_projector import OutputProjector, OutputProjectorConfig
 from minmo.model.packing import PackPlan
 from minmo.model.voice_encoder import VoiceEncoder, VoiceEncoderConfig
@@ -200,38 +200,44 @@ class MinMo(nn.Module):
                 self.special.speech_start,
             )
             plan = PackPlan.build(sp.attention_mask, self.pack_length) if self.pack_length else None
+            # Text logits only where a label is (transformers flattens a boolean mask to
+            # (labelled, V), row-major): the LM head and the loss skip the speech, the prompt and
+            # the padding. Stages without a text loss keep one position's logits only.
+            labelled = sp.labels != IGNORE
+            text = kind == "text" or stage == "3"
+            sample_of = torch.arange(labelled.shape[0], device=labelled.device)[:, None]
+            sample_of = sample_of.expand_as(labelled)
             if plan is None:
+                keep = labelled
                 result = self.llm(
                     inputs_embeds=sp.embeds,
                     attention_mask=sp.attention_mask,
                     output_hidden_states=kind != "text",
                     use_cache=False,
+                    logits_to_keep=keep if text else 1,
                 )
             else:  # no mask: transformers reads the samples' bounds off the position ids
+                keep = plan.pack(labelled, False)
+                sample_of = plan.pack(sample_of, 0)
                 result = self.llm(
                     inputs_embeds=plan.pack(sp.embeds),
                     position_ids=plan.positions,
                     output_hidden_states=kind != "text",
                     use_cache=False,
+                    logits_to_keep=keep if text else 1,
                 )
         out["llm_positions"] = sp.attention_mask.sum()
         out["llm_padded_positions"] = torch.tensor(
             sp.attention_mask.numel() if plan is None else plan.rows * plan.row_length
         )
-        if kind == "text" or stage == "3":
-            logits = result.logits
-            labels = sp.labels if plan is None else plan.pack(sp.labels, IGNORE)
-            nll = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(),
-                labels.reshape(-1),
-                ignore_index=IGNORE,
-                reduction="none",
-            ).view(labels.shape)
-            if plan is not None:
-                nll = plan.unpack(nll)
-            counted = (sp.labels != IGNORE).sum(1)
+        if text:
+            targets = sp.labels if plan is None else plan.pack(sp.labels, IGNORE)
+            nll = F.cross_entropy(result.logits.float(), targets[keep], reduction="none")
+            per_sample = torch.zeros(labelled.shape[0], dtype=nll.dtype, device=nll.device)
+            per_sample = per_sample.index_add(0, sample_of[keep], nll)
+            counted = labelled.sum(1)
             out["text_loss"] = nll.sum() / counted.sum()
-            out["text_loss_per_sample"] = (nll.sum(1) / counted.clamp(min=1)).detach()
+            out["text_loss_per_sample"] = (per_sample / counted.clamp(min=1)).detach()
             out["text_tokens"] = counted.sum()
         if kind != "text":
             # The heads read the sample layout: speech and assistant positions index it.
@@ -277,30 +283,11 @@ class MinMo(nn.Module):
             return self.input_projector(frames, lengths)
 
     def _semantic(
-        self, sp: Any, hidden: torch.Tensor, embedding: nn.Module, batch: Batch
+        self, sp: Spliced, hidden: torch.Tensor, embedding: nn.Module, batch: Batch
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Semantic vectors of the assistant's text: [embedding ‖ hidden] per text position,
         from the first assistant token up to (not including) its <|im_end|>."""
-        rows = []
-        for b in range(batch.size):
-            ids = sp.token_ids[b]
-            real = sp.attention_mask[b].bool()
-            text_pos = (ids != IGNORE) & real
-            # Text index of each position = how many text positions precede it.
-            text_index = torch.cumsum(text_pos.long(), 0) - 1
-            assistant = text_pos & (text_index >= batch.target_start[b])
-            positions = assistant.nonzero().flatten()
-            ends = positions[ids[positions] == self.special.turn_end]
-            if len(ends):
-                positions = positions[positions < ends[0]]
-            rows.append(positions)
-        n = max((len(r) for r in rows), default=0)
-        if n == 0:
-            raise ValueError("no assistant text to voice in this batch")
-        index = torch.zeros(batch.size, n, dtype=torch.long, device=hidden.device)
-        lengths = torch.tensor([len(r) for r in rows], device=hidden.device)
-        for b, r in enumerate(rows):
-            index[b, : len(r)] = r
+        index, lengths = assistant_positions(sp, batch.target_start, self.special.turn_end)
         gathered_ids = torch.gather(sp.token_ids.clamp(min=0), 1, index)
         token_emb = embedding(gathered_ids)
         gathered_hidden = torch.gather(hidden, 1, index[..., None].expand(-1, -1, hidden.shape[-1]))
@@ -314,6 +301,35 @@ class MinMo(nn.Module):
         padding = positions < 0
         index = positions.clamp(min=0)[..., None].expand(-1, -1, hidden.shape[-1])
         return torch.gather(hidden, 1, index).detach(), padding
+
+
+def assistant_positions(
+    sp: Spliced, target_start: torch.Tensor, turn_end: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence positions of each sample's assistant text, in order, up to (not including) its
+    first <|im_end|>: (B, N) long, 0-padded, and (B,) counts.
+
+    A position's text index is the number of text positions before it, so the speech gap does
+    not count; the assistant's text starts at text index `target_start`. Batched: a cumulative
+    sum finds the text indices, a scatter packs each row's kept positions to the left (padding
+    positions all go to one extra column, dropped). One host sync (N).
+    """
+    ids = sp.token_ids
+    text = (ids != IGNORE) & sp.attention_mask.bool()
+    text_index = torch.cumsum(text.long(), 1) - 1
+    assistant = text & (text_index >= target_start.to(ids.device)[:, None])
+    ends = assistant & (ids == turn_end)
+    position = torch.arange(ids.shape[1], device=ids.device)[None, :]
+    first_end = torch.where(ends, position, ids.shape[1]).min(dim=1, keepdim=True).values
+    keep = assistant & (position < first_end)
+    lengths = keep.sum(dim=1)
+    n = int(lengths.max()) if ids.shape[0] else 0
+    if n == 0:
+        raise ValueError("no assistant text to voice in this batch")
+    slot = torch.where(keep, torch.cumsum(keep.long(), 1) - 1, n)
+    index = torch.zeros(ids.shape[0], n + 1, dtype=torch.long, device=ids.device)
+    index.scatter_(1, slot, position.expand_as(slot))
+    return index[:, :n], lengths
 
 
 def _fit(track: torch.Tensor, n: int) -> torch.Tensor:

@@ -238,8 +238,15 @@ def _window_size(sample_rate: int, ms: float | Tensor) -> int:
 
 
 def _kaldi_window(kind: str, size: int) -> Tensor:
-    n = torch.arange(size, dtype=torch.float64)
-    cosine = torch.cos(2 * math.pi * n / max(size - 1, 1))
+    """Kaldi's analysis window of `size` samples (float64 arithmetic, float32 result)."""
+    return _kaldi_windows(kind, torch.tensor([size]), size)[0]
+
+
+def _kaldi_windows(kind: str, sizes: Tensor, width: int) -> Tensor:
+    """`_kaldi_window` of each size in `sizes` (K,), zero-padded to `width`: (K, width)."""
+    n = torch.arange(width, dtype=torch.float64, device=sizes.device)[None, :]
+    size = sizes.to(torch.float64)[:, None]
+    cosine = torch.cos(2 * math.pi * n / (size - 1).clamp_min(1))
     if kind == "hamming":
         w = 0.54 - 0.46 * cosine
     elif kind == "hanning":
@@ -247,8 +254,8 @@ def _kaldi_window(kind: str, size: int) -> Tensor:
     elif kind == "povey":
         w = (0.5 - 0.5 * cosine).pow(0.85)
     else:
-        w = torch.ones(size, dtype=torch.float64)
-    return w.float()
+        w = torch.ones_like(cosine)
+    return torch.where(n < size, w, 0.0).float()
 
 
 def _kaldi_mel_banks(n_mels: int, n_fft: int, sample_rate: int) -> Tensor:
@@ -328,6 +335,7 @@ class VoiceEncoder(nn.Module):
         # window size rather than registered as buffers, so meta-device construction followed
         # by to_empty() / load_state_dict() cannot leave them uninitialised.
         self._constants: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}
+        self._short_tables: dict[str, Tensor] = {}
 
     @property
     def output_size(self) -> int:
@@ -358,35 +366,85 @@ class VoiceEncoder(nn.Module):
     def fbank(self, waves: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Kaldi log-mel fbank (snip_edges) of the batch: (B, N, n_mels) and frames per item.
 
-        Frames past an item's count hold padding garbage; callers must respect the counts.
+        Frames past an item's count are 0 (not computed); callers must respect the counts.
         """
         if waves.dim() != 2:
             raise ValueError(f"waves must be (B, T), got shape {tuple(waves.shape)}")
         lengths = lengths.to(device=waves.device, dtype=torch.long)
         if lengths.shape != waves.shape[:1]:
             raise ValueError(f"lengths must be (B,)={waves.shape[0]}, got {tuple(lengths.shape)}")
-        if bool((lengths < 2).any()) or bool((lengths > waves.shape[1]).any()):
-            raise ValueError(
-                f"each length must be in [2, T={waves.shape[1]}] samples, got {lengths.tolist()}"
-            )
         x = waves.float() * _INT16_SCALE
         long_enough = lengths >= self._win
         counts = torch.where(long_enough, 1 + (lengths - self._win).clamp_min(0) // self._hop, 1)
-        n_max = int(counts.max())
+        # Everything the host needs, in one device-to-host copy.
+        bad, n_max, n_long = torch.stack(
+            [((lengths < 2) | (lengths > waves.shape[1])).sum(), counts.max(), long_enough.sum()]
+        ).tolist()
+        if bad:
+            raise ValueError(
+                f"each length must be in [2, T={waves.shape[1]}] samples, got {lengths.tolist()}"
+            )
         out = x.new_zeros(x.shape[0], n_max, self.config.n_mels)
-        if bool(long_enough.any()):
+        if n_long:
             frames = x.unfold(1, self._win, self._hop)[:, :n_max]
+            # Only each item's own frames: padding frames would cost as much as real ones.
+            real = torch.arange(frames.shape[1], device=x.device) < counts[:, None]
+            real = torch.nonzero(real & long_enough[:, None], as_tuple=True)
             window, banks = self._window_and_banks(self._win, x.device)
-            out[:, : frames.shape[1]] = _log_mel(frames, window, banks)
-        # Utterances shorter than one window: funasr shrinks the window to the whole utterance
-        # (one frame, FFT at the next power of two). Rare, so a loop over just those items.
-        for b in torch.nonzero(~long_enough).flatten().tolist():
-            n = int(lengths[b])
-            ms = torch.tensor(n) / self.config.sample_rate * 1000  # float32, as funasr does
-            win = _window_size(self.config.sample_rate, ms)
-            window, banks = self._window_and_banks(win, x.device)
-            out[b, 0] = _log_mel(x[b, :win], window, banks)
+            out[real] = _log_mel(frames[real], window, banks)
+        if n_long < x.shape[0]:
+            # Utterances shorter than one window: funasr shrinks the window to the whole
+            # utterance (one frame, FFT at the next power of two). Rare; batched over them.
+            short = torch.nonzero(~long_enough).flatten()
+            out[short, 0] = self._short_log_mel(x[short, : self._win], lengths[short])
         return out, counts
+
+    def _short_log_mel(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """(K, n_mels) fbank of K signals shorter than a window, each as ONE frame, as funasr
+        computes it: the window is the whole signal (its size truncated from float32
+        milliseconds, as funasr does) and the FFT is at the next power of two, so every item
+        has its own window and FFT size.
+
+        Batched: frames are zero-padded to the regular FFT size N; an item whose FFT size is
+        n = N / 2^s reads its mel filters at every 2^s-th bin of the N-point spectrum, since the
+        N-point FFT of a signal zero-padded from n samples is its n-point FFT there (equal up to
+        rounding, ~1e-6 relative).
+        """
+        rate = self.config.sample_rate
+        ms = lengths.float() / rate * 1000  # float32, as funasr does
+        wins = (rate * ms * 0.001).long().clamp(1, self._win - 1)  # Kaldi's truncation
+        width = x.shape[1]
+        inside = torch.arange(width, device=x.device)[None, :] < wins[:, None]
+        frames = x * inside
+        frames = frames - frames.sum(dim=-1, keepdim=True) / wins[:, None] * inside
+        previous = torch.cat([frames[:, :1], frames[:, :-1]], dim=-1)
+        window = _kaldi_windows(self.config.window, wins, width)
+        frames = (frames - _PREEMPHASIS * previous) * window
+        table = self._short_banks(x.device)  # (levels, n_mels, N // 2 + 1)
+        n_fft = 2 * (table.shape[-1] - 1)
+        spectrum = torch.fft.rfft(frames, n=n_fft)
+        power = spectrum.real.square() + spectrum.imag.square()
+        # An item's FFT size is 2^level with level = bit length of (win - 1), as for the
+        # regular window.
+        powers = 2 ** torch.arange(table.shape[0], device=x.device)
+        level = ((wins - 1)[:, None] >= powers).sum(dim=1)
+        mel = torch.einsum("kf,kmf->km", power, table[level])
+        return mel.clamp_min(_ENERGY_FLOOR).log()
+
+    def _short_banks(self, device: torch.device) -> Tensor:
+        """Mel filters of every FFT size 2^i up to the regular window's N, each spread over the
+        N // 2 + 1 bins of an N-point spectrum (bin k of size 2^i sits at bin k N / 2^i):
+        (log2 N + 1, n_mels, N // 2 + 1)."""
+        key = str(device)
+        if key not in self._short_tables:
+            n_fft = 1 << (self._win - 1).bit_length()
+            levels = n_fft.bit_length()
+            table = torch.zeros(levels, self.config.n_mels, n_fft // 2 + 1)
+            for i in range(levels):  # over FFT sizes (10 for SenseVoice), built once
+                banks = _kaldi_mel_banks(self.config.n_mels, 1 << i, self.config.sample_rate)
+                table[i, :, :: n_fft >> i] = banks
+            self._short_tables[key] = table.to(device)
+        return self._short_tables[key]
 
     def lfr(self, fbank: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
         """Low-frame-rate stacking as funasr's ``apply_lfr``, batched by index arithmetic.

@@ -255,33 +255,79 @@ class VoiceTokenLM(nn.Module):
         c = self.config
         return list(plan(n_semantic, n_speech, c.text_chunk, c.speech_chunk, streaming)[0])
 
-    def _indices(
-        self, n_semantic: int, speech: torch.Tensor, streaming: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(L,) rows into [special (2) | semantic (N) | speech (M)] and (L,) target ids."""
-        c = self.config
-        n_speech = int(speech.shape[0])
-        inputs, targets = plan(n_semantic, n_speech, c.text_chunk, c.speech_chunk, streaming)
-        base = {"sos": SOS, "turn": TURN_OF_SPEECH, "sem": 2, "speech": 2 + n_semantic}
-        rows = torch.tensor([base[k] + i for k, i in inputs], dtype=torch.long)
-        # targets index into [speech (M) | IGNORE | FILL | EOS]
-        fixed = {"ignore": n_speech, "fill": n_speech + 1, "eos": n_speech + 2}
-        pick = torch.tensor([i if k == "speech" else fixed[k] for k, i in targets])
-        extra = torch.tensor([IGNORE, c.fill, c.end_of_speech], device=speech.device)
-        ids = torch.cat([speech.long(), extra])[pick.to(speech.device)]
-        return rows, ids
-
-    def _assemble(
+    def assemble(
         self,
         semantic: torch.Tensor,
+        semantic_lengths: torch.Tensor,
         speech: torch.Tensor,
-        speech_emb: torch.Tensor,
-        streaming: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        rows, targets = self._indices(int(semantic.shape[0]), speech, streaming)
+        speech_lengths: torch.Tensor,
+        streaming: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch's sequences, laid out as `plan` says, with index arithmetic (no loop over
+        samples): (B, L, H) inputs (0 on padding), (B, L) targets (IGNORE on padding), (B,)
+        lengths. One host sync (L).
+
+        semantic (B, N, H), speech (B, M) ids (anything past a length is ignored), lengths (B,).
+        Position p of a sample with F full chunks (`plan`'s F) holds: p = 0 sos; p in
+        [1, 1 + F (t + s)) chunk j = (p - 1) // (t + s), offset o = (p - 1) % (t + s): sem[j t + o]
+        for o < t, else speech[j s + o - t]; after the chunks, the tail's semantic vectors, turn,
+        then the rest of the speech.
+        """
+        c = self.config
+        tc, sc = c.text_chunk, c.speech_chunk
+        batch, m = speech.shape
+        n_max = semantic.shape[1]
+        device = speech.device
+        n_sem = semantic_lengths.to(device=device, dtype=torch.long)[:, None]
+        n_sp = speech_lengths.to(device=device, dtype=torch.long)[:, None]
+        valid = torch.arange(m, device=device)[None, :] < n_sp
+        speech_ids = speech.long().masked_fill(~valid, 0)
+        speech_emb = self.speech_embedding(speech_ids)  # one lookup for the batch
+        full = n_sem // tc
+        # Unistream (no full chunk) when asked, or when the speech is too short (docstring).
+        full = torch.where((n_sp >= sc * full) & streaming, full, 0)
+        lengths = n_sem + n_sp + 2
+        p = torch.arange(int(lengths.max()), device=device)[None, :]
+        chunks_end = 1 + full * (tc + sc)
+        in_chunks = (p >= 1) & (p < chunks_end)
+        j, o = torch.div(p - 1, tc + sc, rounding_mode="floor"), (p - 1) % (tc + sc)
+        t = p - chunks_end  # position in the tail
+        tail_sem = n_sem - full * tc
+        in_tail = (p >= chunks_end) & (p < lengths)
+        is_sem = (in_chunks & (o < tc)) | (in_tail & (t < tail_sem))
+        is_turn = in_tail & (t == tail_sem)
+        is_speech = (in_chunks & (o >= tc)) | (in_tail & (t > tail_sem))
+        sem_index = torch.where(in_chunks, j * tc + o, full * tc + t)
+        speech_index = torch.where(in_chunks, j * sc + o - tc, full * sc + t - tail_sem - 1)
+
+        # Inputs: rows of [special (2) | semantic (N) | speech (M) | zero (1)].
+        zero = 2 + n_max + m
+        rows = torch.where(is_speech, 2 + n_max + speech_index, zero)
+        rows = torch.where(is_sem, 2 + sem_index, rows)
+        rows = torch.where(is_turn, TURN_OF_SPEECH, rows)
+        rows = torch.where(p == 0, SOS, rows).expand(batch, -1)
         dtype = speech_emb.dtype
-        pool = torch.cat([self.special_embedding.weight.to(dtype), semantic.to(dtype), speech_emb])
-        return pool[rows.to(pool.device)], targets
+        hidden = speech_emb.shape[-1]
+        pool = torch.cat(
+            [
+                self.special_embedding.weight.to(dtype)[None].expand(batch, -1, -1),
+                semantic.to(dtype),
+                speech_emb,
+                speech_emb.new_zeros(batch, 1, hidden),
+            ],
+            dim=1,
+        )
+        inputs = torch.gather(pool, 1, rows[..., None].expand(-1, -1, hidden))
+
+        # Targets: the next input's speech id; FILL after a chunk's last speech token; EOS last.
+        next_speech = torch.cat([is_speech[:, 1:], is_speech.new_zeros(batch, 1)], dim=1)
+        next_index = torch.cat([speech_index[:, 1:], speech_index.new_zeros(batch, 1)], dim=1)
+        ids = torch.cat([speech_ids, speech_ids.new_full((batch, 1), IGNORE)], dim=1)
+        targets = torch.gather(ids, 1, torch.where(next_speech, next_index, m))
+        targets = torch.where(~next_speech & is_speech, c.fill, targets)
+        targets = torch.where(p == lengths - 1, c.end_of_speech, targets)
+        targets = torch.where(p < lengths, targets, IGNORE)
+        return inputs, targets, lengths[:, 0]
 
     def build_sequence(
         self, semantic: torch.Tensor, speech: torch.Tensor, streaming: bool = True
@@ -296,7 +342,14 @@ class VoiceTokenLM(nn.Module):
             )
         if speech.ndim != 1:
             raise ValueError(f"speech must be (M,), got {tuple(speech.shape)}")
-        return self._assemble(semantic, speech, self.speech_embedding(speech.long()), streaming)
+        inputs, targets, _ = self.assemble(
+            semantic[None],
+            torch.tensor([semantic.shape[0]]),
+            speech[None],
+            torch.tensor([speech.shape[0]]),
+            streaming,
+        )
+        return inputs[0], targets[0]
 
     # ---- training -----------------------------------------------------------------------------
 
@@ -313,29 +366,10 @@ class VoiceTokenLM(nn.Module):
         Returns loss (mean cross-entropy over predicted positions of the whole batch), logits
         (B, L, V), targets (B, L) with IGNORE on padding, n_targets, lengths (B,).
         """
-        b, m = speech.shape
-        n_sem = [int(x) for x in semantic_lengths.tolist()]
-        n_sp = [int(x) for x in speech_lengths.tolist()]
-        valid = (
-            torch.arange(m, device=speech.device)[None, :]
-            < speech_lengths.to(speech.device)[:, None]
+        # The embedding lookup happens in here (FSDP2 needs lookups inside a forward).
+        inputs, targets, lengths = self.assemble(
+            semantic, semantic_lengths, speech, speech_lengths, streaming
         )
-        # One embedding call for the batch, inside forward (FSDP2 needs lookups in the root).
-        speech_ids = speech.long().masked_fill(~valid, 0)
-        speech_emb = self.speech_embedding(speech_ids)
-        seqs, tgts = [], []
-        for i in range(b):
-            x, y = self._assemble(
-                semantic[i, : n_sem[i]],
-                speech_ids[i, : n_sp[i]],
-                speech_emb[i, : n_sp[i]],
-                streaming,
-            )
-            seqs.append(x)
-            tgts.append(y)
-        lengths = torch.tensor([len(y) for y in tgts], device=speech_emb.device)
-        inputs = nn.utils.rnn.pad_sequence(seqs, batch_first=True)
-        targets = nn.utils.rnn.pad_sequence(tgts, batch_first=True, padding_value=IGNORE)
         mask = torch.arange(inputs.shape[1], device=inputs.device)[None, :] < lengths[:, None]
         hidden = self.model(inputs_embeds=inputs, attention_mask=mask.long(), use_cache=False)
         logits = self.head(hidden.last_hidden_state)

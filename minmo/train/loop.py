@@ -306,13 +306,16 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
         while step < config.steps:
             t0 = time.perf_counter()
             sums = {"samples": 0.0, "audio_s": 0.0, "positions": 0.0, "padded": 0.0, "tokens": 0.0}
-            parts: dict[str, float] = {}
+            # Losses and positions stay on the device until the step's end: one device-to-host
+            # copy per step, none per micro-batch (a sync would stop the host queueing work).
+            part_sums: dict[str, torch.Tensor] = {}
+            positions = torch.zeros((), dtype=torch.long, device=info.device)
             load_s = 0.0
             for micro in range(config.grad_accum):
                 t_load = time.perf_counter()
-                batch = _next_batch(loader, info)
+                host = _next_batch(loader, info)  # the loader's batch: counting it costs no sync
                 load_s += time.perf_counter() - t_load
-                batch = batch.to(info.device)
+                batch = host.to(info.device)
                 sync = micro == config.grad_accum - 1 or mode != "ddp"
                 with contextlib.nullcontext() if sync else wrapped.no_sync(), autocast:
                     out = wrapped(batch)
@@ -320,24 +323,28 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
                 loss.backward()
                 for key, value in out.items():
                     if key.endswith("_loss"):
-                        parts[key] = parts.get(key, 0.0) + float(value) / config.grad_accum
-                sums["samples"] += batch.size
-                if batch.wave_lengths is not None:
-                    sums["audio_s"] += float(batch.wave_lengths.sum()) / SAMPLE_RATE_HZ
-                sums["positions"] += float(out["llm_positions"])
-                sums["padded"] += float(out["llm_padded_positions"])
-                sums["tokens"] += float(batch.input_lengths.sum())
-                if batch.speech_lengths is not None:
-                    sums["tokens"] += float(batch.speech_lengths.sum())
+                        part = value.detach().double() / config.grad_accum
+                        part_sums[key] = part_sums[key] + part if key in part_sums else part
+                positions = positions + out["llm_positions"].detach()
+                sums["padded"] += float(out["llm_padded_positions"])  # a host-side count
+                sums["samples"] += host.size
+                if host.wave_lengths is not None:
+                    sums["audio_s"] += float(host.wave_lengths.sum()) / SAMPLE_RATE_HZ
+                sums["tokens"] += float(host.input_lengths.sum())
+                if host.speech_lengths is not None:
+                    sums["tokens"] += float(host.speech_lengths.sum())
             grad_norm = torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             result.steps_run += 1
+            keys = sorted(part_sums)
+            norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+            on_device = [*(part_sums[k] for k in keys), positions.double(), norm.detach().double()]
+            *losses, sums["positions"], grad_norm_value = torch.stack(on_device).tolist()
             # Loss averaged over ranks, so the log does not depend on which rank writes it.
-            keys = sorted(parts)
-            reduced = all_sum([parts[k] for k in keys] + list(sums.values()), info)
+            reduced = all_sum(losses + list(sums.values()), info)
             parts = {k: v / info.world for k, v in zip(keys, reduced[: len(keys)], strict=True)}
             totals = dict(zip(sums, reduced[len(keys) :], strict=True))
             dt = time.perf_counter() - t0
@@ -345,9 +352,7 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
                 "loss": parts[f"{_kind(config.stage)}_loss"],
                 **parts,
                 "lr": scheduler.get_last_lr()[0],
-                "grad_norm": float(
-                    grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-                ),
+                "grad_norm": grad_norm_value,
                 "samples_per_s": totals["samples"] / dt,
                 "tokens_per_s": totals["tokens"] / dt,
                 "audio_s_per_s": totals["audio_s"] / dt,
