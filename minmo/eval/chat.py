@@ -23,7 +23,6 @@ import torch
 from minmo.eval.model import (
     DUPLEX_MODULES,
     SPEECH_MODULES,
-    LoadedCheckpoint,
     load_checkpoint,
     read_export,
     require_modules,
@@ -31,6 +30,8 @@ from minmo.eval.model import (
 from minmo.eval.stream import DuplexStreamer, LatencyBudget, Reply, read_audio, stream_reply
 from minmo.io.atomic import write_text_atomic
 from minmo.model.batch import Batch
+from minmo.model.minmo import MinMo
+from minmo.tokens.speech import TOKENS_PER_S
 from minmo.tokens.text import SPEECH_PLACEHOLDER, encode_chat
 from minmo.train.config import ModelSpec
 from schemas.units import LLM_HOP_S, SAMPLE_RATE_HZ
@@ -111,9 +112,11 @@ def duplex_prompt(tokenizer: Any) -> list[int]:
     return [int(i) for i in encode_chat(tokenizer, messages)]
 
 
-def predictor_latency(ckpt: LoadedCheckpoint, wave: np.ndarray, context_s: float) -> float | None:
+def predictor_latency(
+    model: MinMo, tokenizer: Any, wave: np.ndarray, context_s: float
+) -> float | None:
     """Mean wall time of one 120 ms duplex step over the user's audio (assistant silent)."""
-    streamer = DuplexStreamer(ckpt.model, duplex_prompt(ckpt.tokenizer), context_s)
+    streamer = DuplexStreamer(model, duplex_prompt(tokenizer), context_s)
     hop = round(LLM_HOP_S * SAMPLE_RATE_HZ)
     for end in range(hop, wave.shape[-1] + 1, hop):
         streamer.step(wave[:end], 0)
@@ -133,7 +136,7 @@ class ChatResult:
         n = len(self.reply.speech_tokens)
         lines = [
             f"reply: {self.text!r}",
-            f"{len(self.reply.text_ids)} text tokens, {n} speech tokens ({n / 25:.2f} s of "
+            f"{len(self.reply.text_ids)} text tokens, {n} speech tokens ({n / TOKENS_PER_S:.2f} s of "
             f"speech) in {self.reply.wall_s:.2f} s -> {self.out}",
             self.latency.render(self.device),
             *self.notes,
@@ -157,7 +160,7 @@ def run_chat(config: ChatConfig) -> ChatResult:
     )
     text = ckpt.tokenizer.decode(reply.text_ids, skip_special_tokens=True).strip()
     latency = LatencyBudget(
-        predictor_step_s=predictor_latency(ckpt, wave, config.context_s),
+        predictor_step_s=predictor_latency(ckpt.model, ckpt.tokenizer, wave, config.context_s),
         llm_step_s=reply.llm_step_s,
         lm_token_s=reply.lm_token_s,
     )
