@@ -145,7 +145,14 @@ class DuplexSimResult:
             f"{d['hop_s'] * 1000:.0f} ms, {d['step_ms']:.1f} ms per step on {d['device']} -> "
             f"{self.out}",
             "decisions: " + ", ".join(f"{k} {v}" for k, v in d["decisions"].items()),
-            self.score.render(),
+            "event type               " + "".join(f"  F1@{k:<3}" for k in DEFAULT_KS),
+            *(
+                f"{event:<25}" + "".join(f"  {per_k[str(k)]['f1']:6.3f}" for k in DEFAULT_KS)
+                for event, per_k in d["f1"].items()
+            ),
+            f"{'back-channel accuracy':<25}"
+            + "".join(f"  {d['backchannel_accuracy'][str(k)]:6.3f}" for k in DEFAULT_KS)
+            + f"  ({d['backchannels']} reference back-channels)",
             f"response latency (user turn end -> speak): answered {latency['answered']} of "
             f"{latency['turns']}"
             + ("" if mean is None else f", mean {mean:.2f} s, median {latency['median_s']:.2f} s"),
@@ -221,6 +228,7 @@ def run_duplex_sim(config: DuplexSimConfig) -> DuplexSimResult:
         },
         "f1": duplex_f1_table(score, DEFAULT_KS),
         "backchannel_accuracy": {str(k): score.backchannel_accuracy(k) for k in DEFAULT_KS},
+        "backchannels": sum(e is EventType.USER_BACKCHANNEL for e, _ in reference.events),
         "response_latency": {
             "turns": len(latencies),
             "answered": len(answered),

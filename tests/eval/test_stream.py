@@ -151,7 +151,8 @@ def test_duplex_sim_streams_a_real_call(
     assert att["5"]["reference"] == 1 and 0.0 <= att["5"]["f1"] <= 1.0
     assert summary["response_latency"]["turns"] == 1
     assert summary["steps"] == 100 and summary["step_ms"] > 0
-    assert "response latency" in text and "F1@5" in text
+    assert "response latency" in text and "F1@5" in text and "reference back-channels" in text
+    assert "user_backchannel" not in text  # no F1 for an event the decisions cannot state
 
 
 def test_response_latency_is_measured_from_the_turn_end_to_the_speak_decision() -> None:
