@@ -75,6 +75,13 @@ UNSERVED = [
     ("eval", ["eval", "s3://b/final", "--shards", "s"]),
     ("eval", ["eval", "final", "--shards", BAD]),
     ("eval", ["eval", "final", "--shards", "s", "--out", "s3://b/eval.json"]),
+    ("chat", ["chat", "s3://b/final", "q.wav"]),
+    ("chat", ["chat", "final", "gs://b/q.wav"]),
+    ("chat", ["chat", "final", "q.wav", "--out", "s3://b/out"]),
+    ("chat", ["chat", "final", "q.wav", "--cosyvoice2", "s3://b/cv2"]),
+    ("duplex-sim", ["duplex-sim", "s3://b/final", "call.wav"]),
+    ("duplex-sim", ["duplex-sim", "final", "s3://b/call.wav"]),
+    ("duplex-sim", ["duplex-sim", "final", "call.wav", "--out", "s3://b/d.jsonl"]),
 ]
 
 
@@ -93,7 +100,8 @@ def test_every_command_taking_a_path_checks_it():
 
     assert {c for c, _ in UNSERVED} == set(PATH_ARGS) == {
         "demo-data", "ingest", "synthesize", "diarize", "annotate", "label-turns",
-        "shards", "verify", "stats", "train", "run", "plan", "doctor", "eval",
+        "shards", "verify", "stats", "train", "run", "plan", "doctor", "eval", "chat",
+        "duplex-sim",
     }  # fmt: skip
     # every entry names a real argument (a typo would silently go unchecked)
     sub = next(a for a in build_parser()._actions if a.dest == "command")

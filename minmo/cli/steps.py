@@ -319,6 +319,29 @@ STEPS: dict[str, StepSpec] = {
         positional=("checkpoint",),
         paths={"checkpoint": LOCAL_SCHEMES, "shards": STORE_SCHEMES, "out": LOCAL_SCHEMES},
     ),
+    "chat": StepSpec(
+        config="minmo.eval.chat:ChatConfig",
+        run=f"{TORCH}:chat",
+        help="a spoken reply to AUDIO from an export, streamed (text, then 15 speech tokens per "
+        "5 text tokens), with the latency terms beside the paper's",
+        build=False,
+        positional=("checkpoint", "audio"),
+        paths={
+            "checkpoint": LOCAL_SCHEMES,
+            "audio": LOCAL_SCHEMES,
+            "out": LOCAL_SCHEMES,
+            "cosyvoice2": LOCAL_SCHEMES,
+        },
+    ),
+    "duplex-sim": StepSpec(
+        config="minmo.eval.duplex_sim:DuplexSimConfig",
+        run=f"{TORCH}:duplex_sim",
+        help="stream a two-channel call through the duplex predictor in 120 ms steps: "
+        "decisions with times, F1@K against the call's labels, response latency",
+        build=False,
+        positional=("checkpoint", "call"),
+        paths={"checkpoint": LOCAL_SCHEMES, "call": LOCAL_SCHEMES, "out": LOCAL_SCHEMES},
+    ),
     "model-info": StepSpec(
         config="minmo.cli.steps:ModelInfoConfig",
         run=f"{TORCH}:model_info",

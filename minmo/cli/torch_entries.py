@@ -1,12 +1,14 @@
-"""Run functions of the steps that import torch (shards, train, eval, model-info); see
-minmo/cli/entries.py for the contract. A separate module so that the light steps do not pay
-torch's import."""
+"""Run functions of the steps that import torch (shards, train, eval, chat, duplex-sim,
+model-info); see minmo/cli/entries.py for the contract. A separate module so that the light
+steps do not pay torch's import."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from minmo.cli.steps import ModelInfoConfig, NoInputs, ShardsInputs, StepFailed, TrainInputs
+from minmo.eval.chat import ChatConfig, run_chat
+from minmo.eval.duplex_sim import DuplexSimConfig, run_duplex_sim
 from minmo.eval.run import EvalConfig, run_eval
 from minmo.model.info import render
 from minmo.train.entry import render_ray, run_train, run_train_ray
@@ -44,5 +46,17 @@ def model_info(build: str | None, _: NoInputs, config: ModelInfoConfig, progress
 
 def evaluate(build: str | None, _: NoInputs, config: EvalConfig, progress: bool) -> Any:
     result = run_eval(config, progress=progress)
+    print(result.render())
+    return result
+
+
+def chat(build: str | None, _: NoInputs, config: ChatConfig, progress: bool) -> Any:
+    result = run_chat(config)
+    print(result.render())
+    return result
+
+
+def duplex_sim(build: str | None, _: NoInputs, config: DuplexSimConfig, progress: bool) -> Any:
+    result = run_duplex_sim(config)
     print(result.render())
     return result

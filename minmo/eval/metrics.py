@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from minmo.duplex.evaluate import event_times_from_frames
+from minmo.duplex.evaluate import DuplexScore, event_times_from_frames
 from minmo.eval.normalize import normalize_text, scores_characters, units
 from schemas.duplex import EventType, FrameLabel
 
@@ -172,3 +172,23 @@ _EVENT_LABELS = (
 )
 SCORED_EVENTS = tuple(event for event, _ in _EVENT_LABELS)
 """The duplex events `minmo eval` scores from frame labels."""
+
+
+def duplex_f1_table(score: DuplexScore, ks: Sequence[int]) -> dict[str, dict[str, dict]]:
+    """{event type: {K: f1, precision, recall and the counts}} of the events read off frame
+    labels (SCORED_EVENTS): the duplex entry of eval.json and of duplex-sim's summary."""
+    return {
+        event.value: {
+            str(k): {
+                "f1": s.f1,
+                "precision": s.precision,
+                "recall": s.recall,
+                "matched": s.matched,
+                "predicted": s.predicted,
+                "reference": s.reference,
+            }
+            for k in ks
+            for s in [score.events[(event, k)]]
+        }
+        for event in SCORED_EVENTS
+    }

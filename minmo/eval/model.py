@@ -93,15 +93,14 @@ def load_checkpoint(
     return LoadedCheckpoint(model, tokenizer, str(path), str(meta["stage"]), modules, target)
 
 
-@torch.no_grad()
-def greedy_decode(model: MinMo, batch: Batch, max_new_tokens: int) -> list[list[int]]:
-    """The assistant's text ids per sample, greedy, up to (not including) <|im_end|>.
+def prompt_embeds(model: MinMo, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, W, H) embeddings and (B, W) attention mask of each sample's prompt, left-padded.
 
     The prompt is each sample's text before `target_start` (the chat up to
     `<|im_start|>assistant\\n`) with its speech spliced in exactly as in training
     (`minmo.model.llm.splice`); rows are then left-aligned to the right (left padding), so every
-    sample's next token follows its own last prompt position, and `generate` derives position
-    ids from the attention mask as training's right padding does."""
+    sample's next token follows its own last prompt position. Shared by batched greedy decoding
+    and the streaming reply (minmo.eval.stream), so both start from the same prompt."""
     special: SpecialIds = model.special
     speech = speech_lengths = None
     if batch.waves is not None and batch.wave_lengths is not None:
@@ -125,6 +124,17 @@ def greedy_decode(model: MinMo, batch: Batch, max_new_tokens: int) -> list[list[
     for b, n in enumerate(lengths.tolist()):
         embeds[b, width - n :] = sp.embeds[b, :n]
         mask[b, width - n :] = 1
+    return embeds, mask
+
+
+@torch.no_grad()
+def greedy_decode(model: MinMo, batch: Batch, max_new_tokens: int) -> list[list[int]]:
+    """The assistant's text ids per sample, greedy, up to (not including) <|im_end|>.
+
+    From `prompt_embeds` (left padding); `generate` derives position ids from the attention
+    mask as training's right padding does."""
+    special: SpecialIds = model.special
+    embeds, mask = prompt_embeds(model, batch)
     out = model.llm.generate(
         inputs_embeds=embeds,
         attention_mask=mask,

@@ -35,11 +35,11 @@ from torch.nn import functional as F
 from minmo.config import StorageOptions, storage_options_field
 from minmo.duplex.evaluate import DEFAULT_KS, score_samples
 from minmo.eval.metrics import (
-    SCORED_EVENTS,
     Confusion,
     EditCounts,
     bleu_chrf,
     duplex_events,
+    duplex_f1_table,
     error_counts,
     error_rate_name,
 )
@@ -244,21 +244,7 @@ class TaskScore:
             raise ValueError(f"duplex samples with label hops {sorted(self.hops)}: expected one")
         (hop,) = self.hops
         score = score_samples(self.duplex_pred, self.duplex_ref, hop, DEFAULT_KS)
-        f1 = {
-            event.value: {
-                str(k): {
-                    "f1": s.f1,
-                    "precision": s.precision,
-                    "recall": s.recall,
-                    "matched": s.matched,
-                    "predicted": s.predicted,
-                    "reference": s.reference,
-                }
-                for k in DEFAULT_KS
-                for s in [score.events[(event, k)]]
-            }
-            for event in SCORED_EVENTS
-        }
+        f1 = duplex_f1_table(score, DEFAULT_KS)
         return {
             "f1": f1,
             "frame_accuracy": self.correct / self.tokens if self.tokens else 0.0,

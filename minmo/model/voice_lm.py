@@ -50,6 +50,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -243,9 +244,7 @@ class VoiceTokenLM(nn.Module):
         self.head = nn.Linear(h, config.vocab_size)
         nn.init.normal_(self.head.weight, std=config.initializer_range)
         nn.init.zeros_(self.head.bias)
-        params = inspect.signature(self.model.forward).parameters
-        # transformers 5.2x renames past_key_values -> cache; accept either.
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._cache_kw = cache_keyword(self.model.forward)
 
     # ---- layout -------------------------------------------------------------------------------
 
@@ -416,7 +415,7 @@ class VoiceTokenLM(nn.Module):
         c = self.config
         weight = self.speech_embedding.weight
         device, dtype = weight.device, weight.dtype
-        cache = _new_cache(self.model.config)
+        cache = new_cache(self.model.config)
         allow_stream = torch.full((c.vocab_size,), float("-inf"), device=device)
         allow_stream[: c.speech_vocab] = 0
         allow_final = allow_stream.clone()
@@ -546,7 +545,14 @@ class VoiceTokenLM(nn.Module):
         return model
 
 
-def _new_cache(config):
+def cache_keyword(forward: Any) -> str:
+    """The keyword a transformers model's `forward` takes its KV cache by: transformers 5.2x
+    renames `past_key_values` to `cache`; accept either (also used by minmo.eval.stream)."""
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+def new_cache(config: Any) -> Any:
+    """An empty DynamicCache for a model of `config` (filled in place by each forward)."""
     from transformers import DynamicCache
 
     try:
