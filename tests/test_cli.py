@@ -1,6 +1,4 @@
-"""The command line as a user meets it: help, clear errors, and the demo job end to end."""
-
-from pathlib import Path
+"""The command line as a user meets it: help, clear errors, flags from the config classes."""
 
 import pytest
 
@@ -9,8 +7,6 @@ from minmo.cli.jobs import load_job, split_section
 from minmo.cli.steps import STEPS
 from minmo.config import ConfigError
 from minmo.train.config import load_train_config
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_help_lists_the_commands(capsys):
