@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,8 +49,8 @@ def ray_local():
     ray.shutdown()
 
 
-@pytest.fixture()
-def moto_s3_options():
+@contextmanager
+def _moto_s3_server() -> Iterator[dict[str, Any]]:
     """An in-process moto S3 server; yields the pyarrow S3FileSystem options that reach it.
 
     moto's servers share one store within a process: a test that must not see another's
@@ -68,3 +71,18 @@ def moto_s3_options():
         }
     finally:
         server.stop()
+
+
+@pytest.fixture()
+def moto_s3_options() -> Iterator[dict[str, Any]]:
+    """A moto S3 server for one test (`_moto_s3_server`)."""
+    with _moto_s3_server() as options:
+        yield options
+
+
+@pytest.fixture(scope="module")
+def moto_s3_module_options() -> Iterator[dict[str, Any]]:
+    """A moto S3 server for a whole module: what a module-scoped build on the store needs, so
+    that one slow run can serve several tests."""
+    with _moto_s3_server() as options:
+        yield options

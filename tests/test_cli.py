@@ -1,8 +1,4 @@
-"""The command line as a user meets it: help, clear errors, and the demo job end to end."""
-
-import subprocess
-import sys
-from pathlib import Path
+"""The command line as a user meets it: help, clear errors, flags from the config classes."""
 
 import pytest
 
@@ -11,8 +7,6 @@ from minmo.cli.jobs import load_job, split_section
 from minmo.cli.steps import STEPS
 from minmo.config import ConfigError
 from minmo.train.config import load_train_config
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_help_lists_the_commands(capsys):
@@ -117,82 +111,8 @@ def test_a_collapsed_uri_is_not_a_local_path(tmp_path, monkeypatch, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(1200)  # the whole demo job (up to 600 s), then the report in a browser
-def test_demo_job_end_to_end(tmp_path):
-    build = tmp_path / "demo"
-    result = subprocess.run(
-        [sys.executable, "-m", "minmo.cli", "-q", "run", "jobs/demo.yaml", "--build", str(build)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "audio-h per wall-h" in result.stdout
-    from pipelines.build import BuildDir
-    from pipelines.ingest.run import read_table
-
-    b = BuildDir(str(build))
-    recordings = read_table(b, "recordings")
-    assert recordings.num_rows >= 46
-    stereo = [r for r in recordings.to_pylist() if r["channels"] == 2]
-    assert len(stereo) >= 3
-    assert read_table(b, "segments").num_rows > recordings.num_rows
-    # the only refusals: the four broken rows of demo_dialogues_unusable.jsonl
-    refused = read_table(b, "quarantine").to_pylist()
-    assert sorted((q["step"], q["reason_code"], q["item_key"]) for q in refused) == [
-        ("synthesize", "bad_dialogue", f"line {n}") for n in (1, 2, 3, 4)
-    ]
-    assert all(q["source_uri"].endswith("demo_dialogues_unusable.jsonl") for q in refused)
-    # synthesize: 8 bundled dialogues -> stage-3 samples and 8 simulated duplex calls, which
-    # diarize + label-turns take with the 7 demo conversations (one far-field; two labelled
-    # samples each) and the 2 demo meetings (4 and 3 voices found: one sample per speaker).
-    assert read_table(b, "s2s_samples").num_rows > 8
-    turns = read_table(b, "turns")
-    assert len(set(turns.column("recording_id").to_pylist())) == 7 + 8 + 2
-    assert read_table(b, "frame_labels").num_rows == 2 * (7 + 8) + 4 + 3
-    assert read_table(b, "events").num_rows > 12
-    for line in ("synthesize:", "diarize:", "label-turns:", "events: assistant_turn_taking"):
-        assert line in result.stdout
-    # shards + verify: four stages written from everything above, each split verified.
-    for stage in ("stage1", "stage2", "stage3", "stage4"):
-        for split in ("train", "valid", "test"):
-            if (build / "shards" / stage / split).is_dir():
-                assert f"verify {stage}/{split}: ok" in result.stdout
-                assert (build / "shards" / stage / split / "_index" / "index.json").is_file()
-        assert f"verify {stage}/train: ok" in result.stdout
-    assert "RANDOM-INIT S3TokenizerV2" in result.stdout
-    # train: a tiny MinMo through all seven stages, each exporting its modules.
-    for stage in ("1a", "1b", "1c", "2a", "2b", "3", "4"):
-        assert f"train {stage}:" in result.stdout
-        assert (build / "checkpoints" / stage / "final" / "export.json").is_file()
-    # stats: the analysts' report of everything above, which must render in a real browser.
-    report = build / "stats" / "report.html"
-    assert f"report: {report}" in result.stdout
-    _check_report_renders(report, build)
-
-
-def _check_report_renders(report: Path, build: Path) -> None:
-    import json
-    import shutil
-
-    from tests.stats.chromium import render_report, require_chromium
-
-    stats = json.loads((build / "stats" / "stats.json").read_text())
-    assert stats["recordings"]["count"] >= 46 and stats["samples"]["count"] > 100
-    assert set(stats["shards"]) == {"stage1", "stage2", "stage3", "stage4"}
-    assert stats["quarantine"]["count"] == 4 and not stats["errors"]
-    require_chromium()
-    shot = build / "stats" / "report.png"
-    rendered = render_report(report, shot)
-    assert rendered.problems() == [], rendered.problems()
-    assert rendered.external_requests == []
-    assert len(rendered.figures) >= 30
-    # keep the screenshot where a developer (or CI's artifacts) can look at it
-    keep = REPO / "build" / "test-artifacts" / "demo-report.png"
-    keep.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(shot, keep)
+# The demo job end to end (`make demo`): tests/test_jobs.py runs it once, on S3, for all the
+# tests that read its build.
 
 
 # ------------------------------------------------- flags generated from the config dataclasses
