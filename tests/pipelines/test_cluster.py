@@ -34,7 +34,8 @@ import pytest
 import yaml
 
 from minmo.cli.jobs import run_job
-from pipelines.build import StepLedger
+from pipelines.build import BuildDir, StepLedger
+from pipelines.shards.records import reopen_generation
 from pipelines.verify import verify_shards
 from schemas.shards import split_dir
 
@@ -235,8 +236,14 @@ def test_a_node_lost_mid_step_loses_no_committed_work(
     or finish on the two nodes left), every shard committed before the loss stays as it was, and
     a rerun completes with the reference's shards: same bytes, no sample twice."""
     build = job["build"]
-    # "shards" also leaves out _state/shards: the copy has no shard step history.
+    # "shards" also leaves out _state/shards: the copy has no shard step history ...
     shutil.copytree(on_cluster, build, ignore=shutil.ignore_patterns("shards", "stats"))
+    # ... but stage 1's plan, reopened: what a run stopped after planning leaves (or `minmo
+    # doctor` after clearing every marker). The child's time then goes to the shard writes,
+    # where the node is lost, not to planning again what the cluster run above planned.
+    state = Path("_state") / "shards" / "stage1"
+    shutil.copytree(on_cluster / state, build / state)
+    assert reopen_generation(BuildDir(str(build)), "stage1", 0)
     spec = yaml.safe_load(job["spec"].read_text())
     shards_only = job["root"] / "shards-only.yaml"
     stage1 = {**spec["shards"], "stages": ["stage1"]}  # its many small shards suffice
