@@ -34,7 +34,7 @@ from minmo.audio.encode import flac_bytes  # noqa: E402
 from minmo.model.minmo import MinMo, MinMoConfig, SpecialIds  # noqa: E402
 from minmo.tokens.text import SPEECH_PLACEHOLDER, encode_chat, load_text_tokenizer  # noqa: E402
 from minmo.train.data import StageLoader  # noqa: E402
-from minmo.train.metrics import step_flops  # noqa: E402
+from minmo.train.flops import FlopCounter  # noqa: E402
 from pipelines.shards.writer import write_stage_shards  # noqa: E402
 from schemas.units import SAMPLE_RATE_HZ  # noqa: E402
 
@@ -155,21 +155,26 @@ def main() -> None:
             else torch.autocast("cpu", enabled=False)
         )
 
+        counter = FlopCounter(model)
+
         def step(b):
-            with autocast:
+            with autocast, counter.watch():
                 out = model(b.to(device))
+            flops = counter.count(out)
             out["loss"].backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            return float(out["llm_positions"])
+            return float(out["llm_positions"]), flops
 
         step(batches[0])  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t0, n, positions = time.perf_counter(), 0, 0.0
+        t0, n, positions, model_flops = time.perf_counter(), 0, 0.0, 0.0
         for i in range(args.steps):
             b = batches[i % len(batches)]
-            positions += step(b)
+            ran, flops = step(b)
+            positions += ran
+            model_flops += flops
             n += b.size
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -181,7 +186,7 @@ def main() -> None:
             f"training steps: {args.steps / dt:.2f} steps/s, {n / dt:,.1f} samples/s, {positions / dt:,.0f} LLM positions/s"
         )
         if device.type == "cuda":
-            flops = step_flops(positions, total, trainable) / dt
+            flops = model_flops / dt
             print(
                 f"MFU: {flops / 1e12:.1f} TFLOP/s achieved / {args.peak_tflops:.0f} peak = {flops / (args.peak_tflops * 1e12):.3f}"
             )

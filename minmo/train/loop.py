@@ -48,7 +48,8 @@ from minmo.train.distributed import (
     resolve_mode,
     wrap_model,
 )
-from minmo.train.metrics import MetricsLog, step_flops
+from minmo.train.flops import FlopCounter, peak_flops
+from minmo.train.metrics import MetricsLog, TaskLosses
 from minmo.train.store import StoreMirror, fetch_export, is_remote, staging_dir
 from schemas.units import SAMPLE_RATE_HZ
 
@@ -238,8 +239,7 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
     model.apply_recipe(config.stage)
     model.pack_length = config.max_tokens if config.packing else None
     trainable_report = model.trainable_report()
-    forward_params = sum(p.numel() for p in model.parameters())
-    trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    flop_counter = FlopCounter(model)  # the unwrapped model: its hooks see every wrapper's call
     mode = resolve_mode(config.parallel, info)
     wrapped = wrap_model(model, mode, info, config.activation_checkpointing)
     wrapped.train()
@@ -282,6 +282,7 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
         if config.bf16 and info.device.type == "cuda"
         else contextlib.nullcontext()
     )
+    peak = peak_flops(config.peak_flops, info.device, config.bf16)
     result = TrainResult(
         config.stage,
         0,
@@ -295,14 +296,23 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
     try:
         while step < config.steps:
             t0 = time.perf_counter()
-            sums = {"samples": 0.0, "audio_s": 0.0, "positions": 0.0, "padded": 0.0, "tokens": 0.0}
+            sums = dict.fromkeys(
+                ("samples", "audio_s", "positions", "padded", "tokens", "flops"), 0.0
+            )
             parts: dict[str, float] = {}
+            tasks = TaskLosses(info.device)
             for micro in range(config.grad_accum):
                 batch = _next_batch(loader, info).to(info.device)
                 sync = micro == config.grad_accum - 1 or mode != "ddp"
-                with contextlib.nullcontext() if sync else wrapped.no_sync(), autocast:
+                with (
+                    contextlib.nullcontext() if sync else wrapped.no_sync(),
+                    autocast,
+                    flop_counter.watch(),
+                ):
                     out = wrapped(batch)
                     loss = out["loss"] / config.grad_accum
+                sums["flops"] += flop_counter.count(out)
+                tasks.add(out, batch.tasks)
                 loss.backward()
                 for key, value in out.items():
                     if key.endswith("_loss"):
@@ -323,9 +333,10 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
             result.steps_run += 1
             # Loss averaged over ranks, so the log does not depend on which rank writes it.
             keys = sorted(parts)
-            reduced = all_sum([parts[k] for k in keys] + list(sums.values()), info)
+            local = [parts[k] for k in keys] + list(sums.values())
+            reduced = all_sum(local + tasks.values(), info)
             parts = {k: v / info.world for k, v in zip(keys, reduced[: len(keys)], strict=True)}
-            totals = dict(zip(sums, reduced[len(keys) :], strict=True))
+            totals = dict(zip(sums, reduced[len(keys) : len(local)], strict=True))
             dt = time.perf_counter() - t0
             record = {
                 "loss": parts[f"{_kind(config.stage)}_loss"],
@@ -336,14 +347,16 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
                 ),
                 "samples_per_s": totals["samples"] / dt,
                 "tokens_per_s": totals["tokens"] / dt,
+                "llm_positions_per_s": totals["positions"] / dt,
                 "audio_s_per_s": totals["audio_s"] / dt,
                 "step_s": dt,
                 "padding": 1.0 - totals["positions"] / max(totals["padded"], 1.0),
                 "epoch": loader.state_dict()["epoch"],
+                "model_flops": totals["flops"],
+                **tasks.record(reduced[len(local) :]),
             }
-            if config.peak_flops:
-                achieved = step_flops(totals["positions"], forward_params, trainable_params) / dt
-                record["mfu"] = achieved / (config.peak_flops * info.world)
+            if peak:
+                record["mfu"] = totals["flops"] / dt / (peak * info.world)
             result.losses.append(record["loss"])
             validating = valid_loader is not None and (
                 step % config.valid_every == 0 or step == config.steps
