@@ -5,16 +5,21 @@ that do not run cost nothing; and each sample's loss share adds up to the batch'
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from minmo.cli import main
 from minmo.model.batch import Batch, collate
 from minmo.model.minmo import MinMo, MinMoConfig, SpecialIds
 from minmo.tokens.text import load_text_tokenizer
 from minmo.train.flops import FlopCounter, module_positions, peak_flops
-from minmo.train.metrics import TaskLosses
+from minmo.train.metrics import TaskLosses, read_metrics
+from pipelines.shards.writer import write_stage_shards
 from tests.model.test_minmo import _sample
+from tests.train.test_train import _job, _stage1_samples
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +188,30 @@ def test_peak_comes_from_the_job_else_from_a_listed_gpu() -> None:
     cpu = torch.device("cpu")
     assert peak_flops(None, cpu, bf16=True) is None  # a CPU has no MFU unless the job says
     assert peak_flops(1e12, cpu, bf16=False) == 1e12
+
+
+def test_the_trainer_logs_mfu_tokens_per_s_and_loss_per_task(tmp_path: Path) -> None:
+    """`minmo train` logs, per step, the counted FLOPs, MFU against the job's peak, throughput
+    and the loss of each task the step's samples carry, in metrics.jsonl and TensorBoard."""
+    samples = _stage1_samples(8)
+    for sample in samples[1::2]:
+        sample["json"]["task"] = "emotion"
+    build = tmp_path / "build"
+    write_stage_shards(samples, build / "shards" / "stage1", "stage1", max_samples=4)
+    job = _job(tmp_path, steps=3, save_every=100, num_workers=0, peak_flops=1e12, tensorboard=True)
+    assert main(["-q", "train", str(job), "--build", str(build), "--out", str(tmp_path / "o")]) == 0
+    metrics = read_metrics(tmp_path / "o")
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    for m in metrics:
+        assert m["model_flops"] > 0 and m["tokens_per_s"] > 0 and m["llm_positions_per_s"] > 0
+        assert m["mfu"] == pytest.approx(m["model_flops"] / m["step_s"] / 1e12)
+        per_task = [m[k] for k in ("text_loss/asr", "text_loss/emotion") if k in m]
+        assert per_task and {k for k in m if "/" in k} <= {"text_loss/asr", "text_loss/emotion"}
+        # one micro-batch on one rank: the step's loss is the token-weighted mean of its tasks'
+        assert min(per_task) - 1e-6 <= m["loss"] <= max(per_task) + 1e-6
+    assert {"text_loss/asr", "text_loss/emotion"} <= {k for m in metrics for k in m}
+    board = EventAccumulator(str(tmp_path / "o" / "tensorboard"))
+    board.Reload()
+    assert {"mfu", "model_flops", "text_loss/asr", "text_loss/emotion"} <= set(
+        board.Tags()["scalars"]
+    )
