@@ -18,8 +18,9 @@ The formula, per step (every micro-batch, every rank):
   spliced text + speech positions for the LLM, the assistant's text tokens for the output
   projector, the interleaved sequence for the voice token LM, speech frames for the duplex
   predictor. A module that did not run in the step reports nothing and costs nothing.
-- r(m) = positions m computed per position of its module (1 for every matmul of MinMo; a stride-
-  2 convolution is counted at its output positions), measured by the watched forward.
+- r(m) = the times m ran in the watched forward, each time over every position of its module (1
+  for every matmul of MinMo; a stride-2 convolution runs at its output positions, the ones its
+  module reports).
 - mult(m) = 2 (forward) + 2 if its weight trains (the weight gradient) + 2 if its input carries a
   gradient (the input gradient, which autograd computes only then). So 6 for a trained weight
   inside a trained stack, 4 for a frozen weight that gradients pass through (a frozen LLM under a
@@ -38,24 +39,31 @@ The formula, per step (every micro-batch, every rank):
   the recomputation of activation checkpointing (MFU counts model FLOPs, not hardware FLOPs).
   Padding is not counted either: it is work the hardware did that the model did not need.
 
-The watched forward is the first training micro-batch of a run (again if a module runs later
-that had not run then, e.g. the voice encoder after a text-only batch). Its hooks return
-nothing, so the step's numbers are those of an unwatched one; they are removed afterwards, so
-later steps carry no hook. A `TransformerEncoderLayer` that took PyTorch's fused inference path
-(frozen, no grad) calls none of its children; it is counted as a whole from its own call.
+The watched forward is the first training micro-batch of a run (again on the next one if a
+module runs later that had not run then, e.g. the voice encoder after a text-only batch; the
+step in between counts that module as 0). Its hooks are global module hooks that return
+nothing, so the step computes exactly what an unwatched one does (per-module hooks would turn off
+PyTorch's fused `TransformerEncoderLayer` path); they are removed afterwards, so later steps
+carry no hook. A `TransformerEncoderLayer` that took the fused inference path (frozen, no grad)
+calls none of its children; it is counted as a whole from its own call.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
 from minmo.model.minmo import MODULES, POSITIONS
+
+# What multiplies a weight matrix by every position (embeddings do not: they are lookups).
+MATMULS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 # Dense bf16 peak FLOP/s per GPU, by the name torch.cuda reports. H100 and H200 (the same tensor
 # cores) use the bf16 matmul rate measured on the lent H100 (../shared/FACTS.md: 800 TFLOP/s, as
@@ -82,7 +90,7 @@ class Matmul:
     name: str  # its path under the model
     params: int  # weight elements
     mult: int  # 2, 4 or 6 FLOPs per weight per position (module docstring)
-    rate: float  # positions computed per position of `module`
+    rate: int  # calls per forward, each over every position of `module`
 
 
 @dataclass(frozen=True)
@@ -179,78 +187,80 @@ class FlopCounter:
         self.model = model
         self.profile = FlopProfile()
         self._probe = True
-        self._calls: list[tuple[str, str, int, int, float]] = []  # module, name, params, mult, n
-        self._attn: list[tuple[str, str, int, bool, int, float]] = []
+        self._calls: list[Matmul] = []  # one per hooked call (rate 1)
+        self._attn: list[Attention] = []
         self._fired = 0  # hooked calls so far in the watched forward
+        self._seen: dict[int, int] = {}  # id(layer) -> self._fired when it started
+        self._where: dict[int, tuple[str, str]] = {}  # id(submodule) -> (MinMo module, path)
 
     @contextlib.contextmanager
     def watch(self) -> Iterator[None]:
+        """Hooks for one forward, while the profile lacks a module. Global module hooks, not
+        per-module ones: PyTorch turns off a TransformerEncoderLayer's fused inference path when
+        the layer or a child has hooks of its own, which would make a watched step compute
+        differently from an unwatched one."""
         if not self._probe:
             yield
             return
-        handles = []
-        for path, sub in self.model.named_modules():
-            top = path.split(".")[0]
-            if top not in MODULES:
-                continue
-            hooks = self._hooks(top, path, sub)
-            if hooks is not None:
-                handles.append(sub.register_forward_pre_hook(hooks[0], with_kwargs=True))
-                handles.append(sub.register_forward_hook(hooks[1], with_kwargs=True))
-        self._calls, self._attn, self._fired = [], [], 0
+        self._where = {
+            id(sub): (path.split(".")[0], path)
+            for path, sub in self.model.named_modules()
+            if path.split(".")[0] in MODULES
+            and (_attention_kind(sub) or isinstance(sub, (*MATMULS, nn.TransformerEncoderLayer)))
+        }
+        self._calls, self._attn, self._fired, self._seen = [], [], 0, {}
+        handles = [
+            register_module_forward_pre_hook(self._before),
+            register_module_forward_hook(self._after, with_kwargs=True),
+        ]
         try:
             yield
         finally:
             for handle in handles:
                 handle.remove()
+            self._where = {}
 
-    def _hooks(self, top: str, path: str, sub: nn.Module) -> tuple[Any, Any] | None:
-        kind = _attention_kind(sub)
-        is_matmul = isinstance(sub, (nn.Linear, nn.modules.conv._ConvNd))
-        fusable = isinstance(sub, nn.TransformerEncoderLayer)
-        if kind is None and not is_matmul and not fusable:
-            return None
-        seen: dict[str, int] = {}
+    def _before(self, module: nn.Module, args: tuple) -> None:
+        if id(module) in self._where:
+            self._seen[id(module)] = self._fired
 
-        def before(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            seen["fired"] = self._fired
-
-        def after(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            grad = torch.is_grad_enabled()
-            x = _first_tensor(args) if args else kwargs.get("hidden_states")
-            y = _first_tensor(output)
-            if x is None or y is None:
-                return
-            self._fired += 1
-            if is_matmul:
-                n = y.numel() / y.shape[1 if isinstance(sub, nn.modules.conv._ConvNd) else -1]
-                mult = _mult(grad, module.weight.requires_grad, x.requires_grad)
-                self._calls.append((top, path, module.weight.numel(), mult, n))
-            elif kind is not None:
-                tokens = x.numel() / x.shape[-1]
-                causal = kind[1] or bool(kwargs.get("is_causal", False))
-                self._attn.append((top, path, kind[0], causal, 3 if y.requires_grad else 1, 1))
-                if isinstance(module, nn.MultiheadAttention):
-                    trains = module.out_proj.weight.requires_grad
-                    mult = _mult(grad, trains, x.requires_grad)
-                    self._calls.append((top, path, _mha_params(module), mult, tokens))
-            elif fusable and self._fired == seen["fired"] + 1:
-                # PyTorch's fused encoder layer (inference only): none of its children ran.
-                self._fused_layer(top, path, module, x, kwargs)
-
-        return before, after
+    def _after(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        where = self._where.get(id(module))
+        y = _first_tensor(output)
+        if where is None or y is None:
+            return
+        top, path = where
+        self._fired += 1
+        grad = torch.is_grad_enabled()
+        x = _first_tensor(args)
+        kind = _attention_kind(module)
+        if isinstance(module, MATMULS) and x is not None:
+            mult = _mult(grad, module.weight.requires_grad, x.requires_grad)
+            self._calls.append(Matmul(top, path, module.weight.numel(), mult, 1))
+        elif kind is not None:
+            causal = kind[1] or bool(kwargs.get("is_causal", False))
+            self._attn.append(Attention(top, path, kind[0], causal, 3 if y.requires_grad else 1))
+            if isinstance(module, nn.MultiheadAttention) and x is not None:
+                trains = module.out_proj.weight.requires_grad
+                mult = _mult(grad, trains, x.requires_grad)
+                self._calls.append(Matmul(top, path, _mha_params(module), mult, 1))
+        elif isinstance(module, nn.TransformerEncoderLayer) and (
+            self._fired == self._seen.get(id(module), -1) + 1
+        ):
+            # PyTorch's fused encoder layer (inference only): none of its children ran.
+            self._fused_layer(top, path, module, kwargs)
 
     def _fused_layer(
-        self, top: str, path: str, layer: nn.TransformerEncoderLayer, x: torch.Tensor, kw: dict
+        self, top: str, path: str, layer: nn.TransformerEncoderLayer, kw: dict
     ) -> None:
-        tokens = x.numel() / x.shape[-1]
+        """The fused path runs without gradients: every product is forward only."""
         attn = layer.self_attn
         causal = bool(kw.get("is_causal", False))
-        self._attn.append((top, f"{path}.self_attn", attn.embed_dim, causal, 1, 1))
-        self._calls.append((top, f"{path}.self_attn", _mha_params(attn), 2, tokens))
+        self._attn.append(Attention(top, f"{path}.self_attn", attn.embed_dim, causal, 1))
+        self._calls.append(Matmul(top, f"{path}.self_attn", _mha_params(attn), 2, 1))
         for name in ("linear1", "linear2"):
-            lin = getattr(layer, name)
-            self._calls.append((top, f"{path}.{name}", lin.weight.numel(), 2, tokens))
+            weights = getattr(layer, name).weight.numel()
+            self._calls.append(Matmul(top, f"{path}.{name}", weights, 2, 1))
 
     def count(self, out: Mapping[str, Any]) -> float:
         """The forward's FLOPs (forward and backward); learns the profile after a watch."""
@@ -261,25 +271,14 @@ class FlopCounter:
         return self.profile.flops(positions)
 
     def _learn(self, positions: Mapping[str, torch.Tensor]) -> None:
-        padded = {
-            m: float(n.numel() * int(n.max())) if n.numel() else 0.0 for m, n in positions.items()
-        }
-        unreported = {c[0] for c in self._calls} - set(padded)
+        unreported = {c.module for c in self._calls} - set(positions)
         if unreported:
             raise ValueError(
                 f"modules {sorted(unreported)} ran but MinMo.forward reported no "
                 f"{POSITIONS}<module> for them: the FLOP count cannot weigh them"
             )
         have = self.profile.modules
-        merged: dict[tuple[str, str, int, int], float] = {}
-        for top, path, params, mult, n in self._calls:
-            if top not in have:
-                key = (top, path, params, mult)
-                merged[key] = merged.get(key, 0.0) + n
-        for (top, path, params, mult), n in merged.items():
-            rate = n / padded[top] if padded[top] else 0.0
-            self.profile.matmuls.append(Matmul(top, path, params, mult, rate))
-        for top, path, width, causal, mult, _ in self._attn:
-            if top not in have:
-                self.profile.attentions.append(Attention(top, path, width, causal, mult))
+        calls = Counter(c for c in self._calls if c.module not in have)
+        self.profile.matmuls += [replace(c, rate=n) for c, n in calls.items()]
+        self.profile.attentions += [a for a in self._attn if a.module not in have]
         self._calls, self._attn = [], []

@@ -15,6 +15,7 @@ from minmo.cli import main
 from minmo.model.batch import Batch, collate
 from minmo.model.minmo import MinMo, MinMoConfig, SpecialIds
 from minmo.tokens.text import load_text_tokenizer
+from minmo.train.distributed import DistInfo, wrap_model
 from minmo.train.flops import FlopCounter, module_positions, peak_flops
 from minmo.train.metrics import TaskLosses, read_metrics
 from pipelines.shards.writer import write_stage_shards
@@ -46,9 +47,12 @@ def _model(tokenizer, stage: str) -> MinMo:
     return model
 
 
-def _counted(tokenizer, stage: str) -> tuple[float, dict, FlopCounter, MinMo, Batch]:
+def _counted(
+    tokenizer, stage: str, checkpointing: bool = False
+) -> tuple[float, dict, FlopCounter, MinMo, Batch]:
     model, batch = _model(tokenizer, stage), _batch(tokenizer, stage)
     counter = FlopCounter(model)
+    wrap_model(model, "none", DistInfo(0, 1, 0, torch.device("cpu")), checkpointing)
     with counter.watch():
         out = model(batch)
     flops = counter.count(out)
@@ -131,8 +135,11 @@ def test_stage_1a_frozen_llm_under_a_trained_projector(tokenizer) -> None:
     assert counter.profile.modules == {"voice_encoder", "input_projector", "llm"}
 
 
-def test_stage_1c_lora(tokenizer) -> None:
-    flops, out, counter, model, batch = _counted(tokenizer, "1c")
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_stage_1c_lora(tokenizer, checkpointing: bool) -> None:
+    """Activation checkpointing recomputes blocks in the backward: hardware FLOPs, not model
+    FLOPs, so the count is the same with it."""
+    flops, out, counter, model, batch = _counted(tokenizer, "1c", checkpointing)
     n = _lengths(model, batch)
     conv, layer, layers = _projector_parts(model)
     h = model.config.llm.hidden_size
@@ -215,3 +222,28 @@ def test_the_trainer_logs_mfu_tokens_per_s_and_loss_per_task(tmp_path: Path) -> 
     assert {"mfu", "model_flops", "text_loss/asr", "text_loss/emotion"} <= set(
         board.Tags()["scalars"]
     )
+
+
+def test_watching_keeps_the_fused_path_and_counts_it_as_unfused(tokenizer, monkeypatch) -> None:
+    """1c's frozen input projector takes PyTorch's fused encoder-layer path (hooks on a layer
+    would turn it off): a watched step still takes it, computes what an unwatched one does,
+    and counts the same FLOPs as the unfused path."""
+    fused = []
+    fwd = torch._transformer_encoder_layer_fwd
+    monkeypatch.setattr(
+        torch, "_transformer_encoder_layer_fwd", lambda *a, **k: fused.append(1) or fwd(*a, **k)
+    )
+    model, batch = _model(tokenizer, "1c"), _batch(tokenizer, "1c")
+    plain = model(batch)["loss"]
+    counter = FlopCounter(model)
+    with counter.watch():
+        out = model(batch)
+    layers = model.config.input_projector.layers
+    assert len(fused) == 2 * layers  # both forwards, every projector layer
+    assert torch.equal(out["loss"], plain)
+    monkeypatch.setattr(torch.backends.mha, "get_fastpath_enabled", lambda: False)
+    unfused = FlopCounter(model)
+    with unfused.watch():
+        again = model(batch)
+    assert len(fused) == 2 * layers
+    assert unfused.count(again) == counter.count(out)
