@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from minmo.cli import main
 from minmo.model.batch import Batch, collate
-from minmo.model.minmo import MinMo, MinMoConfig, SpecialIds
+from minmo.model.minmo import POSITIONS, MinMo, MinMoConfig, SpecialIds
 from minmo.tokens.text import load_text_tokenizer
 from minmo.train.distributed import DistInfo, wrap_model
 from minmo.train.flops import FlopCounter, module_positions, peak_flops
@@ -247,3 +247,16 @@ def test_watching_keeps_the_fused_path_and_counts_it_as_unfused(tokenizer, monke
         again = model(batch)
     assert len(fused) == 2 * layers
     assert unfused.count(again) == counter.count(out)
+
+
+def test_packed_rows_count_the_same_model_flops(tokenizer) -> None:
+    """Packing changes the layout, not the model's work: positions and attention stay per
+    sample (attention is kept inside each sample), so the count equals the padded run's."""
+    padded = _counted(tokenizer, "1c")[0]
+    model, batch = _model(tokenizer, "1c"), _batch(tokenizer, "1c")
+    model.pack_length = 72  # the two short samples share a row
+    counter = FlopCounter(model)
+    with counter.watch():
+        out = model(batch)
+    assert float(out["llm_padded_positions"]) < batch.size * int(out[POSITIONS + "llm"].max())
+    assert counter.count(out) == padded
