@@ -32,6 +32,7 @@ class Batch:
     speech_lengths: torch.Tensor | None = None  # (B,)
     labels: torch.Tensor | None = None  # (B, F) long duplex frame labels, IGNORE padded
     assistant_activity: torch.Tensor | None = None  # (B, F) long 0/1 per label frame, 0 padded
+    tasks: tuple[str, ...] | None = None  # (B,) each sample's shard `task`; None if unnamed
 
     def to(self, device: torch.device | str) -> Batch:
         moved = {
@@ -67,6 +68,8 @@ def collate(samples: list[dict[str, Any]]) -> Batch:
         input_lengths=_lengths(text),
         target_start=torch.tensor([int(s["json"]["target_start"]) for s in samples]),
     )
+    if all(s["json"].get("task") for s in samples):
+        batch.tasks = tuple(str(s["json"]["task"]) for s in samples)
     if all(s.get("audio") is not None for s in samples):
         waves = [_one_channel(s) for s in samples]
         batch.waves, batch.wave_lengths = _pad(waves, 0.0, torch.float32), _lengths(waves)

@@ -94,3 +94,20 @@ class DuplexPredictor(nn.Module):
             weight=self.class_weights.to(logits.device),
             ignore_index=-100,
         )
+
+    @torch.no_grad()
+    def sample_losses(
+        self, logits: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per sample, (B,) each: the class-weighted loss summed over its frames, and the summed
+        class weights; `loss` is the batch's sums over its weights (per-task loss reads these)."""
+        counted = labels >= 0
+        per_frame = F.cross_entropy(
+            logits.float().transpose(1, 2),
+            labels,
+            weight=self.class_weights.to(logits.device),
+            ignore_index=-100,
+            reduction="none",
+        )
+        weights = self.class_weights.to(logits.device)[labels.clamp(min=0)] * counted
+        return per_frame.sum(1), weights.sum(1)

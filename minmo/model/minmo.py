@@ -59,6 +59,11 @@ LOSS_OF_STAGE = {
     "3": "speech",
     "4": "duplex",
 }
+# `forward` reports, under POSITIONS + module, the (B,) positions each sample ran through each
+# module that ran (the trainer's FLOP count reads them), and under "<kind>_loss_sums" and
+# "<kind>_loss_counts" each sample's summed loss and the weight it carries in the batch's mean
+# (the trainer's per-task loss reads them).
+POSITIONS = "positions/"
 # Which shard directory feeds each stage.
 SHARDS_OF_STAGE = {
     "1a": "stage1",
@@ -185,7 +190,7 @@ class MinMo(nn.Module):
             raise ValueError(f"unknown stage {stage!r}")
         kind = LOSS_OF_STAGE[stage]
         out: dict[str, torch.Tensor] = {}
-        speech, speech_lengths = self._speech_inputs(batch)
+        speech, speech_lengths = self._speech_inputs(batch, out)
         llm_grad = self._trains("voice_encoder", "input_projector", "llm")
         with torch.set_grad_enabled(torch.is_grad_enabled() and llm_grad):
             embedding = self.llm.get_input_embeddings()
@@ -230,6 +235,7 @@ class MinMo(nn.Module):
         out["llm_padded_positions"] = torch.tensor(
             sp.attention_mask.numel() if plan is None else plan.rows * plan.row_length
         )
+        out[POSITIONS + "llm"] = sp.attention_mask.sum(1)
         if text:
             targets = sp.labels if plan is None else plan.pack(sp.labels, IGNORE)
             nll = F.cross_entropy(result.logits.float(), targets[keep], reduction="none")
@@ -239,6 +245,8 @@ class MinMo(nn.Module):
             out["text_loss"] = nll.sum() / counted.sum()
             out["text_loss_per_sample"] = (per_sample / counted.clamp(min=1)).detach()
             out["text_tokens"] = counted.sum()
+            out["text_loss_sums"] = per_sample.detach()
+            out["text_loss_counts"] = counted
         if kind != "text":
             # The heads read the sample layout: speech and assistant positions index it.
             hidden = result.hidden_states[-1]
@@ -253,6 +261,18 @@ class MinMo(nn.Module):
             # Read by `minmo eval` (top-1 accuracy); detached, as the duplex logits below.
             out["speech_logits"] = vl["logits"].detach()
             out["speech_targets"] = vl["targets"]
+            out[POSITIONS + "output_projector"] = lengths
+            out[POSITIONS + "voice_lm"] = vl["lengths"]
+            with torch.no_grad():
+                targets = vl["targets"]
+                per_token = F.cross_entropy(
+                    vl["logits"].float().transpose(1, 2),
+                    targets,
+                    ignore_index=IGNORE,
+                    reduction="none",
+                )
+                out["speech_loss_sums"] = per_token.sum(1)
+                out["speech_loss_counts"] = (targets != IGNORE).sum(1)
         if kind == "duplex":
             if batch.labels is None:
                 raise ValueError("stage 4 needs duplex labels in the batch")
@@ -269,10 +289,15 @@ class MinMo(nn.Module):
             out["duplex_loss"] = self.duplex.loss(logits[:, :n], labels)
             out["duplex_frames"] = (labels != IGNORE).sum()
             out["duplex_logits"] = logits[:, :n].detach()
+            out[POSITIONS + "duplex"] = (~padding).sum(1)
+            sums, weights = self.duplex.sample_losses(out["duplex_logits"], labels)
+            out["duplex_loss_sums"], out["duplex_loss_counts"] = sums, weights
         out["loss"] = out[f"{kind}_loss"]
         return out
 
-    def _speech_inputs(self, batch: Batch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def _speech_inputs(
+        self, batch: Batch, out: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if batch.waves is None or batch.wave_lengths is None:
             return None, None
         with torch.set_grad_enabled(torch.is_grad_enabled() and self._trains("voice_encoder")):
@@ -280,7 +305,10 @@ class MinMo(nn.Module):
         with torch.set_grad_enabled(
             torch.is_grad_enabled() and self._trains("voice_encoder", "input_projector")
         ):
-            return self.input_projector(frames, lengths)
+            speech, speech_lengths = self.input_projector(frames, lengths)
+        out[POSITIONS + "voice_encoder"] = lengths
+        out[POSITIONS + "input_projector"] = speech_lengths
+        return speech, speech_lengths
 
     def _semantic(
         self, sp: Spliced, hidden: torch.Tensor, embedding: nn.Module, batch: Batch

@@ -48,7 +48,8 @@ from minmo.train.distributed import (
     resolve_mode,
     wrap_model,
 )
-from minmo.train.metrics import MetricsLog, step_flops
+from minmo.train.flops import FlopCounter, peak_flops
+from minmo.train.metrics import MetricsLog, TaskLosses
 from minmo.train.optim import adamw_implementation, build_optimizer
 from minmo.train.store import StoreMirror, fetch_export, is_remote, staging_dir
 from minmo.train.workers import WorkerProbe, choose_workers, cpus_for_workers
@@ -240,8 +241,7 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
     model.apply_recipe(config.stage)
     model.pack_length = config.max_tokens if config.packing else None
     trainable_report = model.trainable_report()
-    forward_params = sum(p.numel() for p in model.parameters())
-    trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    flop_counter = FlopCounter(model)  # the unwrapped model: its hooks see every wrapper's call
     mode = resolve_mode(config.parallel, info)
     wrapped = wrap_model(
         model,
@@ -292,6 +292,7 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
         if config.bf16 and info.device.type == "cuda"
         else contextlib.nullcontext()
     )
+    peak = peak_flops(config.peak_flops, info.device, config.bf16)
     result = TrainResult(
         config.stage,
         0,
@@ -305,11 +306,14 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
     try:
         while step < config.steps:
             t0 = time.perf_counter()
-            sums = {"samples": 0.0, "audio_s": 0.0, "positions": 0.0, "padded": 0.0, "tokens": 0.0}
+            sums = dict.fromkeys(
+                ("samples", "audio_s", "positions", "padded", "tokens", "flops"), 0.0
+            )
             # Losses and positions stay on the device until the step's end: one device-to-host
             # copy per step, none per micro-batch (a sync would stop the host queueing work).
             part_sums: dict[str, torch.Tensor] = {}
             positions = torch.zeros((), dtype=torch.long, device=info.device)
+            tasks = TaskLosses(info.device)
             load_s = 0.0
             for micro in range(config.grad_accum):
                 t_load = time.perf_counter()
@@ -317,9 +321,15 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
                 load_s += time.perf_counter() - t_load
                 batch = host.to(info.device)
                 sync = micro == config.grad_accum - 1 or mode != "ddp"
-                with contextlib.nullcontext() if sync else wrapped.no_sync(), autocast:
+                with (
+                    contextlib.nullcontext() if sync else wrapped.no_sync(),
+                    autocast,
+                    flop_counter.watch(),
+                ):
                     out = wrapped(batch)
                     loss = out["loss"] / config.grad_accum
+                sums["flops"] += flop_counter.count(out)
+                tasks.add(out, batch.tasks)
                 loss.backward()
                 for key, value in out.items():
                     if key.endswith("_loss"):
@@ -344,9 +354,10 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
             on_device = [*(part_sums[k] for k in keys), positions.double(), norm.detach().double()]
             *losses, sums["positions"], grad_norm_value = torch.stack(on_device).tolist()
             # Loss averaged over ranks, so the log does not depend on which rank writes it.
-            reduced = all_sum(losses + list(sums.values()), info)
+            local = losses + list(sums.values())
+            reduced = all_sum(local + tasks.values(), info)
             parts = {k: v / info.world for k, v in zip(keys, reduced[: len(keys)], strict=True)}
-            totals = dict(zip(sums, reduced[len(keys) :], strict=True))
+            totals = dict(zip(sums, reduced[len(keys) : len(local)], strict=True))
             dt = time.perf_counter() - t0
             record = {
                 "loss": parts[f"{_kind(config.stage)}_loss"],
@@ -355,19 +366,21 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
                 "grad_norm": grad_norm_value,
                 "samples_per_s": totals["samples"] / dt,
                 "tokens_per_s": totals["tokens"] / dt,
+                "llm_positions_per_s": totals["positions"] / dt,
                 "audio_s_per_s": totals["audio_s"] / dt,
                 "step_s": dt,
                 "padding": 1.0 - totals["positions"] / max(totals["padded"], 1.0),
                 "epoch": loader.state_dict()["epoch"],
+                "model_flops": totals["flops"],
+                **tasks.record(reduced[len(local) :]),
             }
             if probe is not None and not probe.done:
                 per_micro = config.grad_accum
                 probe.add(load_s / per_micro, (dt - load_s) / per_micro)
                 if probe.done:
                     record["num_workers"] = _choose_workers(probe, loader, info)
-            if config.peak_flops:
-                achieved = step_flops(totals["positions"], forward_params, trainable_params) / dt
-                record["mfu"] = achieved / (config.peak_flops * info.world)
+            if peak:
+                record["mfu"] = totals["flops"] / dt / (peak * info.world)
             result.losses.append(record["loss"])
             validating = valid_loader is not None and (
                 step % config.valid_every == 0 or step == config.steps

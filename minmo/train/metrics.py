@@ -1,12 +1,16 @@
 """Training metrics: a JSONL log, TensorBoard scalars and a console progress bar with ETA.
 
-MFU = achieved model FLOP/s / (peak FLOP/s per device x devices). The peak comes from the job's
-`peak_flops` (never hard-coded: it depends on the accelerator and the precision); without it MFU
-is not reported. Achieved FLOPs per step are estimated the standard way for transformers:
-2 x (parameters the forward pass runs through) x positions, plus 4 x (trainable parameters) x
-positions for the backward pass (weight and input gradients of what trains; frozen modules
-upstream of nothing trainable need no backward). Attention's quadratic term is left out, as in
-the usual 6ND estimate.
+MFU = achieved model FLOP/s / (peak FLOP/s per device x devices): the FLOPs counted from what
+ran in the stage (minmo/train/flops.py, which documents the formula), the peak from the job's
+`peak_flops` or, for a GPU training in bf16, from the device's name (`flops.BF16_PEAK_FLOPS`);
+without a peak (CPU) MFU is not reported.
+
+Loss per task (`TaskLosses`): `<kind>_loss/<task>` = the summed loss of the step's samples of
+that task (every micro-batch and rank) over their summed weight (tokens for text and speech,
+class weights for duplex), from each sample's share that `MinMo.forward` reports. It is the
+step's loss restricted to the task's samples, token-weighted over the whole step, where the
+logged `loss` is the mean of micro-batch means (the two agree for a single micro-batch and
+rank).
 
 Resume: a run resumed from the checkpoint at step N redoes the steps after N, so it first cuts
 metrics.jsonl and the TensorBoard event file back to step N (each rewritten atomically), then
@@ -22,18 +26,63 @@ import io
 import json
 import socket
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
+import torch
 
 from minmo.io.atomic import write_bytes_atomic
+from minmo.model.minmo import LOSS_OF_STAGE
+from schemas.tasks import STAGE_TASKS
 
 EVENTS_GLOB = "events.out.tfevents.*"
 
 
-def step_flops(positions: float, forward_params: int, trainable_params: int) -> float:
-    return 2.0 * forward_params * positions + 4.0 * trainable_params * positions
+# Every task name a shard may carry, then one bucket for a name outside the taxonomy.
+TASK_NAMES: tuple[str, ...] = (*sorted({t for ts in STAGE_TASKS.values() for t in ts}), "other")
+LOSS_KINDS: tuple[str, ...] = tuple(sorted(set(LOSS_OF_STAGE.values())))
+
+
+class TaskLosses:
+    """One step's loss per task and loss kind, summed on the device (no host sync per
+    micro-batch); `values()` is what the ranks all-reduce, `record()` the logged scalars.
+    The vector has a fixed length (every kind x every task), so ranks with different tasks in
+    their batches all-reduce the same shape."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._index = {name: i for i, name in enumerate(TASK_NAMES)}
+        # (kind, task, [loss sum, weight])
+        self._sums = torch.zeros(len(LOSS_KINDS), len(TASK_NAMES), 2, device=device)
+
+    def add(self, out: Mapping[str, Any], tasks: Sequence[str] | None) -> None:
+        """One micro-batch: `out` from MinMo.forward, `tasks` the batch's (B,) task names."""
+        if tasks is None:
+            return
+        other = self._index["other"]
+        rows = torch.tensor([self._index.get(t, other) for t in tasks], device=self._sums.device)
+        for k, kind in enumerate(LOSS_KINDS):
+            if f"{kind}_loss_sums" not in out:
+                continue
+            shares = torch.stack(
+                [out[f"{kind}_loss_sums"].detach(), out[f"{kind}_loss_counts"].detach()], dim=1
+            )
+            self._sums[k].index_add_(0, rows, shares.to(self._sums.dtype))
+
+    def values(self) -> list[float]:
+        return self._sums.flatten().tolist()
+
+    def record(self, reduced: Sequence[float]) -> dict[str, float]:
+        """`<kind>_loss/<task>` for every kind and task with weight in the step (all ranks)."""
+        sums = torch.tensor(list(reduced), dtype=torch.float64).view(self._sums.shape)
+        out = {}
+        for k, kind in enumerate(LOSS_KINDS):
+            for t, task in enumerate(TASK_NAMES):
+                loss, weight = sums[k, t].tolist()
+                if weight > 0:
+                    out[f"{kind}_loss/{task}"] = loss / weight
+        return out
 
 
 class MetricsLog:
