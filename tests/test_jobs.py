@@ -17,6 +17,7 @@ def test_demo_job_parses(tmp_path):
         "shards",
         "verify",
         "train",
+        "eval",
         "stats",
         "plan",
     ]
@@ -323,3 +324,6 @@ def test_demo_job_on_s3(tmp_path, moto_s3_options):
     assert f"{bucket}/demo/stats/report.html" in keys
     with s3.open_input_stream(f"{bucket}/demo/stats/stats.json") as f:
         assert json.loads(f.read())
+    for stage, tasks in (("1b", {"asr", "language_id"}), ("4", {"duplex"})):  # eval step
+        with s3.open_input_stream(f"{bucket}/demo/eval/{stage}/eval.json") as f:
+            assert tasks <= set(json.loads(f.read())["tasks"])
