@@ -22,10 +22,11 @@ rerun that finds the same fingerprint at `out` keeps that file instead of scorin
 In a job, `eval: {stages: [1b, 4]}` scores each stage's export of the build on its shard
 stage's held-out split: `{build}/checkpoints/<stage>/final` on
 `{build}/shards/<stage's shard stage>/<split>` -> `{build}/eval/<stage>/eval.json`
-(`build_runs`), where `minmo stats` finds it (pipelines/stats/evals.py). Refused before any
-model work: a DIR that is no stage
-directory of this checkout's index version (the reader says which file), samples of an unknown
-stage or task, and an export without the modules a present task needs.
+(`build_runs`), where `minmo stats` finds it (pipelines/stats/evals.py).
+
+Refused before any model work: a DIR that is no stage directory of this checkout's index
+version (the reader says which file), samples of an unknown stage or task, and an export
+without the modules a present task needs.
 """
 
 from __future__ import annotations
@@ -445,16 +446,17 @@ def run_eval(config: EvalConfig, progress: bool = False) -> EvalResult:
     # (its version is checked by the reader), the first batch's stages, tasks and needs.
     export_dir = local_dir(checkpoint, config.storage_options)
     meta = read_export(export_dir)
-    fp = fingerprint(export_dir, shards, config)
-    kept = None if config.redo else _read_kept(out, fp, config)
-    if kept is not None:
-        return EvalResult(validate_eval(kept), out, kept=True)
     loader = StageLoader(
         shards,
         max_samples=config.batch_size,
         collate=False,
         storage_options=config.storage_options,
     )
+    fp = fingerprint(export_dir, shards, config)  # the index is there: the loader read it
+    kept = None if config.redo else _read_kept(out, fp, config)
+    if kept is not None:
+        loader.close()
+        return EvalResult(validate_eval(kept), out, kept=True)
     checked: set[str] = set()
 
     def check(samples: list[dict[str, Any]]) -> None:

@@ -21,7 +21,7 @@ from schemas.eval import validate_eval
 
 EVAL_DIR = "eval"
 EVAL_NAME = "eval.json"
-MAX_DEPTH = 3  # <build>/eval/<stage>/eval.json, with room for a split or run folder below
+MAX_DEPTH = 3  # <build>/eval/<stage>/eval.json, or one folder further down (a run, a split)
 
 # (eval.json key, headline name): plain numbers of a task's entry, in report order.
 _SCALARS = (
