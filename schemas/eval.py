@@ -1,6 +1,7 @@
 """The eval.json contract: what `minmo eval` writes, as a versioned JSON Schema.
 
-One document per (checkpoint, shard directory): where both came from, then `tasks.<task>`, one
+One document per (checkpoint, shard directory): where both came from (and the export's
+training `step`, and a `fingerprint` of what was scored, by which a rerun keeps the file), then `tasks.<task>`, one
 entry per task present in the shards, each with `samples` and the metrics of its kind:
 
 * text tasks scored on decoded text (asr, contextual_asr): `wer` and/or `cer` (`$defs/rate`:
@@ -71,6 +72,17 @@ EVAL_JSON_SCHEMA: dict[str, Any] = {
         "version": {"const": EVAL_VERSION},
         "checkpoint": {"type": "string", "description": "the evaluated export (`final/`)"},
         "stage": {"type": "string", "description": "the stage that wrote the export"},
+        "step": {
+            "type": ["integer", "null"],
+            "minimum": 0,
+            "description": "the training step the export was written at (its stage's last); "
+            "null for exports that do not record it",
+        },
+        "fingerprint": {
+            "type": "string",
+            "description": "sha256 of what the figures depend on (the export's files, the "
+            "shards' index.json, the limits): a rerun with the same one keeps this file",
+        },
         "modules": {"type": "array", "items": {"type": "string"}},
         "shards": {"type": "string", "description": "the evaluated stage directory"},
         "samples": _COUNT,

@@ -15,6 +15,11 @@ e.g. `fewest_samples`, `most_bytes`); it lists every shard in `per_shard` only u
 config's `max_shard_rows` shards, and has `per_shard: null` beyond.
 
 A *breakdown* (`$defs/breakdown`) is `[{key, count, hours}]`, most hours first.
+
+`eval` (absent in stats.json written before it) lists the eval.json files found under
+DIR/eval/ or given with `--eval`: per checkpoint its stage, training `step`, shard directory and
+per task the headline figures (`metrics`: `wer`, `accuracy`, `f1.<event>@<K>`...,
+pipelines/stats/evals.py), ordered by shard directory, stage and step.
 """
 
 from __future__ import annotations
@@ -119,6 +124,36 @@ STATS_JSON_SCHEMA: dict[str, Any] = {
         },
     },
     "properties": {
+        "eval": {
+            "type": "array",
+            "description": "one entry per eval.json (pipelines/stats/evals.py)",
+            "items": {
+                "type": "object",
+                "required": ["source", "checkpoint", "stage", "step", "shards", "samples", "tasks"],
+                "properties": {
+                    "source": {"type": "string"},
+                    "checkpoint": {"type": "string"},
+                    "stage": {"type": "string"},
+                    "step": {"type": ["integer", "null"]},
+                    "shards": {"type": "string"},
+                    "samples": _COUNT,
+                    "tasks": {
+                        "type": "object",
+                        "additionalProperties": {
+                            "type": "object",
+                            "required": ["samples", "metrics"],
+                            "properties": {
+                                "samples": _COUNT,
+                                "metrics": {
+                                    "type": "object",
+                                    "additionalProperties": {"type": "number"},
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
         "errors": {
             "type": "array",
             "description": "inputs or sections that could not be read: left out, not fatal",

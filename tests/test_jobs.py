@@ -29,6 +29,7 @@ def test_demo_job_parses(tmp_path):
         "shards",
         "verify",
         "train",
+        "eval",
         "stats",
         "plan",
     ]
@@ -273,6 +274,8 @@ def test_demo_job_on_s3_runs_every_step_on_the_store(demo_on_s3: DemoOnS3) -> No
     assert f"{bucket}/demo/stats/stats.json" in keys
     assert f"{bucket}/demo/stats/report.html" in keys
     assert json.loads(run.read("demo/stats/stats.json"))
+    for stage, tasks in (("1b", {"asr", "language_id"}), ("4", {"duplex"})):  # the eval step
+        assert tasks <= set(json.loads(run.read(f"demo/eval/{stage}/eval.json"))["tasks"])
 
 
 @pytest.mark.slow
@@ -411,6 +414,7 @@ def _check_report_renders(report: Path, stats: dict[str, Any]) -> None:
     assert stats["recordings"]["count"] >= 46 and stats["samples"]["count"] > 100
     assert set(stats["shards"]) == {"stage1", "stage2", "stage3", "stage4"}
     assert stats["quarantine"]["count"] == 4 and not stats["errors"]
+    assert [e["stage"] for e in stats["eval"]] == ["1b", "4"]  # the eval step's figures
     require_chromium()
     shot = report.parent / "report.png"
     rendered = render_report(report, shot)

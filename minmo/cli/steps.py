@@ -98,6 +98,18 @@ class TrainInputs:
 
 
 @dataclass
+class EvalInputs:
+    """Which of a build's exports a job's `eval` step scores, beside its EvalConfig."""
+
+    stages: list[str] = field(default_factory=list)
+    """In a job: training stages (1b, 4...) whose exports are scored, each
+    {build}/checkpoints/<stage>/final on {build}/shards/<its shard stage>/<split> ->
+    {build}/eval/<stage>/eval.json, where `minmo stats` finds it. Without it: CHECKPOINT."""
+    split: str = "test"
+    """The held-out split the `stages` are scored on (test or valid)."""
+
+
+@dataclass
 class DoctorConfig:
     """What `minmo doctor` does with the inconsistencies it lists."""
 
@@ -315,9 +327,10 @@ STEPS: dict[str, StepSpec] = {
         run=f"{TORCH}:evaluate",
         help="score a stage's export on a shard directory (WER/CER, accuracy, BLEU, duplex "
         "F1@K...) -> eval.json",
+        inputs=EvalInputs,
         build=False,
         positional=("checkpoint",),
-        paths={"checkpoint": LOCAL_SCHEMES, "shards": STORE_SCHEMES, "out": LOCAL_SCHEMES},
+        paths={"checkpoint": STORE_SCHEMES, "shards": STORE_SCHEMES, "out": STORE_SCHEMES},
     ),
     "chat": StepSpec(
         config="minmo.eval.chat:ChatConfig",

@@ -4,12 +4,20 @@ steps do not pay torch's import."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from minmo.cli.steps import ModelInfoConfig, NoInputs, ShardsInputs, StepFailed, TrainInputs
+from minmo.cli.steps import (
+    EvalInputs,
+    ModelInfoConfig,
+    NoInputs,
+    ShardsInputs,
+    StepFailed,
+    TrainInputs,
+)
 from minmo.eval.chat import ChatConfig, run_chat
 from minmo.eval.duplex_sim import DuplexSimConfig, run_duplex_sim
-from minmo.eval.run import EvalConfig, run_eval
+from minmo.eval.run import EvalConfig, build_runs, run_eval
 from minmo.model.info import render
 from minmo.train.entry import render_ray, run_train, run_train_ray
 from pipelines.shards.step import ShardsConfig, run_shards
@@ -44,10 +52,24 @@ def model_info(build: str | None, _: NoInputs, config: ModelInfoConfig, progress
     return config.size
 
 
-def evaluate(build: str | None, _: NoInputs, config: EvalConfig, progress: bool) -> Any:
-    result = run_eval(config, progress=progress)
-    print(result.render())
-    return result
+def evaluate(build: str | None, inputs: EvalInputs, config: EvalConfig, progress: bool) -> Any:
+    """One export (CHECKPOINT --shards DIR), or in a job each of `stages`' exports of the build
+    on its held-out split (minmo.eval.run.build_runs); returns the EvalResult(s)."""
+    if not inputs.stages:
+        result = run_eval(config, progress=progress)
+        print(result.render())
+        return result
+    if build is None:
+        raise StepFailed(2, "eval: `stages` name a build's exports: use it in a job (minmo run)")
+    if config.checkpoint or config.shards or config.out:
+        raise StepFailed(2, "eval: give `stages` or CHECKPOINT/--shards/--out, not both")
+    results = []
+    for checkpoint, shards, out in build_runs(build, inputs.stages, inputs.split):
+        run = replace(config, checkpoint=checkpoint, shards=shards, out=out)
+        result = run_eval(run, progress=progress)
+        print(result.render())
+        results.append(result)
+    return results
 
 
 def chat(build: str | None, _: NoInputs, config: ChatConfig, progress: bool) -> Any:

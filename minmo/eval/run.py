@@ -13,15 +13,28 @@ and scores each task present, by the kind of answer it has:
                    per-frame argmax states, against the shard's labels
                    (minmo.duplex.evaluate.score_samples), and frame accuracy
 
-and writes eval.json (schemas/eval.py). Refused before any model work: a DIR that is no stage
-directory of this checkout's index version (the reader says which file), samples of an unknown
-stage or task, and an export without the modules a present task needs.
+and writes eval.json (schemas/eval.py) through pyarrow.fs, so CHECKPOINT and `--out` may be
+object-store URIs (an export on a store is copied once into minmo's local cache, as model
+directories are: minmo.io.trees.local_dir). Resumable: eval.json records a fingerprint of what
+it scored (the export's files, the shard directory's index.json, the decoding limits), and a
+rerun that finds the same fingerprint at `out` keeps that file instead of scoring again.
+
+In a job, `eval: {stages: [1b, 4]}` scores each stage's export of the build on its shard
+stage's held-out split: `{build}/checkpoints/<stage>/final` on
+`{build}/shards/<stage's shard stage>/<split>` -> `{build}/eval/<stage>/eval.json`
+(`build_runs`), where `minmo stats` finds it (pipelines/stats/evals.py).
+
+Refused before any model work: a DIR that is no stage directory of this checkout's index
+version (the reader says which file), samples of an unknown stage or task, and an export
+without the modules a present task needs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import posixpath
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -55,10 +68,14 @@ from minmo.eval.model import (
 )
 from minmo.eval.normalize import normalize_text, scores_characters
 from minmo.io.atomic import write_text_atomic
+from minmo.io.fs import open_filesystem, uri_scheme
+from minmo.io.trees import FETCHED_MARKER, local_dir
 from minmo.model.batch import IGNORE, collate
+from minmo.model.minmo import SHARDS_OF_STAGE
 from minmo.train.config import ModelSpec
 from minmo.train.data import StageLoader
 from schemas.eval import EVAL_VERSION, validate_eval
+from schemas.shards import index_path
 from schemas.tasks import STAGE_TASKS
 
 TRANSCRIPTION = ("asr", "contextual_asr")
@@ -77,12 +94,18 @@ EXAMPLES = 5
 class EvalConfig:
     """What `minmo eval` scores and how."""
 
-    checkpoint: str
-    """A stage's export directory (`<out>/final/`, with export.json)."""
-    shards: str
-    """A stage directory of shards (e.g. DIR/shards/stage1/test); a path or URI."""
+    checkpoint: str | None = None
+    """A stage's export directory (`<out>/final/`, with export.json); a path or URI. Required
+    unless a job's `stages` name the exports."""
+    shards: str | None = None
+    """A stage directory of shards (e.g. DIR/shards/stage1/test); a path or URI. Required
+    unless a job's `stages` name the exports."""
     out: str | None = None
-    """Where eval.json goes; default: eval.json beside the export (the training `out`)."""
+    """Where eval.json goes (a path or URI); default: eval.json beside the export (the training
+    `out`)."""
+    redo: bool = False
+    """Score again even when `out` already holds an eval.json of the same export, shards and
+    limits (its fingerprint matches), which a rerun otherwise keeps."""
     batch_size: int = 8
     """Samples per batch."""
     max_new_tokens: int = 128
@@ -257,12 +280,15 @@ class TaskScore:
 class EvalResult:
     doc: dict[str, Any]
     out: str
+    kept: bool = False
+    """True when `out` already held this fingerprint's figures and nothing was scored."""
 
     def render(self) -> str:
         d = self.doc
+        done = "kept (same export, shards and limits)" if self.kept else f"{d['wall_s']:.1f} s"
         lines = [
             f"eval {d['checkpoint']} (stage {d['stage']}) on {d['shards']}: {d['samples']} "
-            f"samples in {d['wall_s']:.1f} s on {d['device']} -> {self.out}"
+            f"samples in {done} on {d['device']} -> {self.out}"
         ]
         for task, r in sorted(d["tasks"].items()):
             parts = [f"{r['samples']} samples"]
@@ -339,30 +365,97 @@ def _score_batch(
             score.duplex_ref[sample["key"]] = (duplex_events(ref, hop), ref)
 
 
+def fingerprint(export_dir: Path, shards: str, config: EvalConfig) -> str:
+    """What an eval.json's figures depend on, hashed: every file of the export (content, so a
+    re-export of the same weights keeps it), the shard directory's index.json (which holds each
+    shard's sha256) and the limits that change what is scored."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in export_dir.rglob("*") if p.is_file()):
+        if file.name == FETCHED_MARKER:  # the cache's own note, not part of the export
+            continue
+        digest.update(file.relative_to(export_dir).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(file.read_bytes()).digest())
+    fs, stage_dir = open_filesystem(shards, **config.storage_options)
+    with fs.open_input_stream(index_path(stage_dir.rstrip("/"))) as f:
+        digest.update(hashlib.sha256(f.read()).digest())
+    digest.update(json.dumps([config.max_samples, config.max_new_tokens]).encode())
+    return digest.hexdigest()
+
+
+def _default_out(checkpoint: str) -> str:
+    """eval.json beside the export: in the training `out` that holds `final/`."""
+    if uri_scheme(checkpoint) in (None, "file"):
+        return str(Path(open_filesystem(checkpoint)[1]).resolve().parent / "eval.json")
+    return f"{posixpath.dirname(checkpoint.rstrip('/'))}/eval.json"
+
+
+def _read_kept(out: str, fp: str, config: EvalConfig) -> dict[str, Any] | None:
+    """The eval.json at `out` when it holds figures of fingerprint `fp`, else None."""
+    fs, path = open_filesystem(out, **config.storage_options)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        try:
+            doc = json.loads(f.read().decode("utf-8"))
+        except ValueError:
+            return None  # a damaged file is scored again, not trusted
+    return doc if isinstance(doc, dict) and doc.get("fingerprint") == fp else None
+
+
+def build_runs(build: str, stages: list[str], split: str) -> list[tuple[str, str, str]]:
+    """(export, shard directory, eval.json) for each training stage of `build`: the layout a
+    job's `eval: {stages: [...]}` scores (see the module docstring)."""
+    base = build.rstrip("/")
+    runs = []
+    for stage in stages:
+        if stage not in SHARDS_OF_STAGE:
+            raise ValueError(
+                f"eval: stage {stage!r} unknown; expected one of {', '.join(SHARDS_OF_STAGE)}"
+            )
+        runs.append(
+            (
+                f"{base}/checkpoints/{stage}/final",
+                f"{base}/shards/{SHARDS_OF_STAGE[stage]}/{split}",
+                f"{base}/eval/{stage}/eval.json",
+            )
+        )
+    return runs
+
+
 def run_eval(config: EvalConfig, progress: bool = False) -> EvalResult:
+    if config.checkpoint is None or config.shards is None:
+        raise ValueError("eval: give CHECKPOINT (a stage's export) and --shards DIR")
     started = time.perf_counter()
+    checkpoint, shards = config.checkpoint.rstrip("/"), config.shards
+    out = config.out or _default_out(checkpoint)
     # Refusals first, before the model is built: the export's metadata, the shards' index
     # (its version is checked by the reader), the first batch's stages, tasks and needs.
-    meta = read_export(config.checkpoint)
+    export_dir = local_dir(checkpoint, config.storage_options)
+    meta = read_export(export_dir)
     loader = StageLoader(
-        config.shards,
+        shards,
         max_samples=config.batch_size,
         collate=False,
         storage_options=config.storage_options,
     )
+    fp = fingerprint(export_dir, shards, config)  # the index is there: the loader read it
+    kept = None if config.redo else _read_kept(out, fp, config)
+    if kept is not None:
+        loader.close()
+        return EvalResult(validate_eval(kept), out, kept=True)
     checked: set[str] = set()
 
     def check(samples: list[dict[str, Any]]) -> None:
         for sample in samples:
-            task = check_sample(sample["json"], config.shards)
+            task = check_sample(sample["json"], shards)
             if task not in checked:
                 require_modules(
-                    config.checkpoint,
+                    checkpoint,
                     str(meta["stage"]),
                     list(meta["modules"]),
                     _NEEDS[task_kind(task)],
                     task,
-                    config.shards,
+                    shards,
                 )
                 checked.add(task)
 
@@ -370,7 +463,7 @@ def run_eval(config: EvalConfig, progress: bool = False) -> EvalResult:
     first = loader.next_batch()
     assert isinstance(first, list)
     check(first)
-    ckpt = load_checkpoint(config.checkpoint, config.model, config.seed, config.device)
+    ckpt = load_checkpoint(export_dir, config.model, config.seed, config.device)
     scores: dict[str, TaskScore] = {}
     seen = 0
     audio_s = 0.0
@@ -394,10 +487,12 @@ def run_eval(config: EvalConfig, progress: bool = False) -> EvalResult:
     loader.close()
     doc = {
         "version": EVAL_VERSION,
-        "checkpoint": ckpt.path,
+        "checkpoint": checkpoint,
         "stage": ckpt.stage,
+        "step": meta.get("step"),
         "modules": ckpt.modules,
-        "shards": config.shards,
+        "shards": shards,
+        "fingerprint": fp,
         "samples": seen,
         "audio_s": audio_s,
         "wall_s": time.perf_counter() - started,
@@ -405,7 +500,6 @@ def run_eval(config: EvalConfig, progress: bool = False) -> EvalResult:
         "tasks": {task: score.result() for task, score in sorted(scores.items())},
     }
     validate_eval(doc)
-    out = config.out or str(Path(config.checkpoint).resolve().parent / "eval.json")
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(pafs.LocalFileSystem(), out, json.dumps(doc, indent=2, ensure_ascii=False))
+    fs, path = open_filesystem(out, **config.storage_options)
+    write_text_atomic(fs, path, json.dumps(doc, indent=2, ensure_ascii=False))
     return EvalResult(doc, out)

@@ -426,7 +426,7 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
             trained_modules(RECIPES[config.stage], inherited),
             config.stage,
             info.rank,
-            meta={"model": asdict(config.model), "seed": config.seed},
+            meta={"model": asdict(config.model), "seed": config.seed, "step": step},
         )
         result.export_dir = str(exported) if exported else None
         if mirror is not None and exported is not None:

@@ -2,7 +2,8 @@
 
 Owns: compare.json, the flat list of B - A deltas of headline figures and of every breakdown
 (hours by corpus / language / task, samples by stage and task, quarantine by reason, shards per
-stage). The report draws both builds itself (sections.py); this is the machine-readable side.
+stage) and of the eval figures (`eval[<shards>|<stage>].<task>.<metric>`, the shard directory
+relative to each build, the latest step of a stage where several were evaluated). The report draws both builds itself (sections.py); this is the machine-readable side.
 Must not: compute statistics from tables.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipelines.stats.evals import shards_key
 from pipelines.stats.report import value_at
 
 COMPARE_VERSION = 1
@@ -80,6 +82,18 @@ def _reasons(stats: dict[str, Any]) -> dict[str, int]:
     }
 
 
+def _eval_figures(stats: dict[str, Any]) -> dict[str, float]:
+    """Every eval figure of a build by a name both builds share; entries come ordered by step
+    (pipelines/stats/evals.py), so a stage's latest evaluated step wins."""
+    out = {}
+    for entry in stats.get("eval") or []:
+        where = shards_key(entry, stats["inputs"]["root"])
+        for task, figures in entry["tasks"].items():
+            for metric, value in figures["metrics"].items():
+                out[f"eval[{where}|{entry['stage']}].{task}.{metric}"] = value
+    return out
+
+
 def compare_stats(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """Every delta B - A, as rows {metric, a, b, delta, relative}; a missing side is null."""
     rows = [_row(path, value_at(a, path), value_at(b, path)) for path in HEADLINE]
@@ -102,6 +116,9 @@ def compare_stats(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         for field in SHARD_FIGURES:
             path = f"shards.{stage}.{field}"
             rows.append(_row(path, value_at(a, path), value_at(b, path)))
+    eval_a, eval_b = _eval_figures(a), _eval_figures(b)
+    for name in sorted(eval_a.keys() | eval_b.keys()):
+        rows.append(_row(name, eval_a.get(name), eval_b.get(name)))
     changed = [r for r in rows if r["a"] != r["b"]]
     return {
         "schema": "minmo.stats.compare",

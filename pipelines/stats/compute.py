@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import duckdb
@@ -22,6 +22,7 @@ from minmo.config import ConfigError, StorageOptions, storage_options_field
 from minmo.io.atomic import sweep_temp_files
 from pipelines.build import BuildDir
 from pipelines.stats import shard_stats, tables
+from pipelines.stats.evals import eval_section
 from pipelines.stats.sources import connect, discover, register_parquet
 from schemas.stats import STATS_VERSION, validate_stats
 
@@ -48,6 +49,9 @@ class StatsConfig:
     """Shards kept per "worst" criterion (shard_stats.WORST)."""
     title: str | None = None
     """The report's title; default: the input's path."""
+    eval: list[str] = field(default_factory=list)
+    """eval.json files (`minmo eval`'s, paths or URIs) to show beside the ones the input holds
+    under DIR/eval/ (a job's `eval` step writes DIR/eval/<stage>/eval.json)."""
     storage_options: StorageOptions = storage_options_field()
 
     def __post_init__(self) -> None:
@@ -125,6 +129,7 @@ def compute_stats(
             "shards",
             {},
         ),
+        "eval": eval_section(sources.fs, sources.root, config.eval, config.storage_options, errors),
         "config": {k: v for k, v in asdict(config).items() if k != "storage_options"},
     }
     stats["errors"] = errors  # no run time here: a rerun must give the same bytes (dist.py)

@@ -126,3 +126,20 @@ def histogram(
     if len(series) > 1:
         ax.legend(frameon=False)
     return _svg(fig, salt)
+
+
+def lines(
+    salt: str,
+    series: Sequence[tuple[str, Sequence[float], Sequence[float]]],
+    xlabel: str,
+    ylabel: str,
+) -> str:
+    """One marked line per series (label, xs, ys): a figure against the training step."""
+    fig, ax = _axes()
+    for i, (label, xs, ys) in enumerate(series):
+        ax.plot(list(xs), list(ys), marker="o", label=label, color=COLORS[i % len(COLORS)])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if len(series) > 1:
+        ax.legend(frameon=False)
+    return _svg(fig, salt)

@@ -33,7 +33,8 @@ def fmt_number(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def _delta(a: Any, b: Any) -> str:
+def fmt_delta(a: Any, b: Any) -> str:
+    """B - A as the tables show it: signed, with the relative change when A is not 0."""
     if not isinstance(a, int | float) or not isinstance(b, int | float):
         return "–"
     diff = b - a
@@ -117,7 +118,9 @@ class Report:
             values = [path(s) if callable(path) else value_at(s, path) for _, s in self.builds]
             if all(v is None for v in values):
                 continue
-            rows.append([name, *values, *([_delta(values[0], values[1])] if self.compare else [])])
+            rows.append(
+                [name, *values, *([fmt_delta(values[0], values[1])] if self.compare else [])]
+            )
         self.table(headers, rows)
 
     # ---- plots over builds ----------------------------------------------------------------

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipelines.stats import plots
-from pipelines.stats.report import Build, Report, fmt_number, value_at
+from pipelines.stats.evals import LOWER_IS_BETTER, shards_key
+from pipelines.stats.report import Build, Report, fmt_delta, fmt_number, value_at
 from schemas import FrameLabel
 
 STAGES = ("stage1", "stage2", "stage3", "stage4")
@@ -29,6 +30,7 @@ def render_report(builds: Sequence[Build], title: str) -> str:
     _quarantine(r)
     _conversations(r)
     _shards(r)
+    _eval(r)
     return r.html()
 
 
@@ -585,3 +587,94 @@ def _shard_histogram(r: Report, stage: str, metric: str, unit: str, anchor: str)
             counts[min(29, int((v - lo) / width))] += 1
         series.append((label, counts))
     return plots.histogram(anchor, edges, series, f"{metric} per shard ({unit})", "shards")
+
+
+def _better(metric: str) -> str:
+    return "lower is better" if metric.startswith(LOWER_IS_BETTER) else "higher is better"
+
+
+def _eval(r: Report) -> None:
+    """Per shard directory and task: a table of each evaluated checkpoint's figures (with the
+    delta when there are two), and each figure against the training step when the checkpoints
+    have several steps."""
+    r.section(
+        "eval",
+        "Evaluation",
+        "What `minmo eval` measured on held-out shards, per checkpoint (the eval.json files "
+        "under DIR/eval/ or given with --eval). Rates and F1 are pooled over the samples.",
+    )
+    columns: list[tuple[str, str, dict[str, Any]]] = []  # (column label, build label, entry)
+    for label, s in r.builds:
+        for entry in s.get("eval") or []:
+            name = f"{entry['stage']} @ step {fmt_number(entry['step'])}"
+            name = f"{label}: {name}" if r.compare else name
+            taken = {c for c, _, _ in columns}
+            unique, n = name, 2
+            while unique in taken:  # the same stage and step evaluated twice
+                unique, n = f"{name} ({n})", n + 1
+            columns.append((unique, label, {**entry, "_root": s["inputs"]["root"]}))
+    if not columns:
+        r.note(
+            "No eval.json in this input: a job's `eval` step writes DIR/eval/<stage>/eval.json; "
+            "`minmo stats DIR --eval FILE` shows others."
+        )
+        return
+    r.table(
+        ["checkpoint", "stage", "step", "export", "shards", "samples"],
+        [
+            [c, e["stage"], e["step"], e["checkpoint"], e["shards"], e["samples"]]
+            for c, _, e in columns
+        ],
+    )
+    groups: dict[tuple[str, str], list[tuple[str, str, dict[str, Any]]]] = {}
+    for column, label, entry in columns:
+        for task in entry["tasks"]:
+            key = (shards_key(entry, entry["_root"]), task)
+            groups.setdefault(key, []).append((column, label, entry))
+    for (shards, task), members in sorted(groups.items()):
+        _eval_group(r, shards, task, members)
+
+
+def _eval_group(
+    r: Report, shards: str, task: str, members: list[tuple[str, str, dict[str, Any]]]
+) -> None:
+    figures = [e["tasks"][task] for _, _, e in members]
+    metrics = list(dict.fromkeys(m for f in figures for m in f["metrics"]))
+    two = len(members) == 2
+    r.note(
+        f"{task} on {shards}"
+        + (": the delta is the second checkpoint's minus the first's." if two else ".")
+    )
+    rows: list[list[Any]] = [["samples", *(f["samples"] for f in figures)]]
+    if two:
+        rows[0].append(fmt_delta(figures[0]["samples"], figures[1]["samples"]))
+    for metric in metrics:
+        values = [f["metrics"].get(metric) for f in figures]
+        row = [f"{metric} ({_better(metric)})", *values]
+        rows.append([*row, fmt_delta(values[0], values[1])] if two else row)
+    headers = ["metric", *(c for c, _, _ in members)]
+    r.table([*headers, "delta"] if two else headers, rows)
+    stepped = [(label, e) for _, label, e in members if e["step"] is not None]
+    if len({e["step"] for _, e in stepped}) < 2:
+        return
+    anchor = f"eval-{shards}-{task}".replace("/", "-")
+    for metric in metrics:
+        series = []
+        for label in dict.fromkeys(label for label, _ in stepped):
+            points = sorted(
+                (e["step"], e["tasks"][task]["metrics"][metric])
+                for lab, e in stepped
+                if lab == label and metric in e["tasks"][task]["metrics"]
+            )
+            if points:
+                series.append((label, [x for x, _ in points], [y for _, y in points]))
+        shown = "; ".join(
+            f"{label}: " * r.compare
+            + ", ".join(f"step {x}: {fmt_number(y)}" for x, y in zip(xs, ys, strict=True))
+            for label, xs, ys in series
+        )
+        r.figure(
+            f"{anchor}-{metric}",
+            plots.lines(f"{anchor}-{metric}", series, "training step (steps)", metric),
+            f"{task} on {shards}: {metric} against the training step ({_better(metric)}; {shown}).",
+        )

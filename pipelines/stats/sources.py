@@ -21,7 +21,7 @@ from schemas import CONTRACTS
 from schemas.shards import INDEX_RELPATH, META_DIR
 
 MAX_DEPTH = 4  # how deep under the input a table or shard directory is looked for
-SKIP_DIRS = {"_state", "stats", "checkpoints", "demo-src", ".git", META_DIR}
+SKIP_DIRS = {"_state", "stats", "checkpoints", "eval", "demo-src", ".git", META_DIR}
 
 
 @dataclass
