@@ -335,7 +335,6 @@ class VoiceEncoder(nn.Module):
         # window size rather than registered as buffers, so meta-device construction followed
         # by to_empty() / load_state_dict() cannot leave them uninitialised.
         self._constants: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}
-        self._short_tables: dict[str, Tensor] = {}
 
     @property
     def output_size(self) -> int:
@@ -394,57 +393,17 @@ class VoiceEncoder(nn.Module):
             out[real] = _log_mel(frames[real], window, banks)
         if n_long < x.shape[0]:
             # Utterances shorter than one window: funasr shrinks the window to the whole
-            # utterance (one frame, FFT at the next power of two). Rare; batched over them.
+            # utterance (one frame, FFT at the next power of two). Rare; batched per distinct
+            # window size (a handful at most), so each clip gets exactly funasr's computation.
             short = torch.nonzero(~long_enough).flatten()
-            out[short, 0] = self._short_log_mel(x[short, : self._win], lengths[short])
+            rate = self.config.sample_rate
+            ms = lengths[short].float() / rate * 1000  # float32, as funasr does
+            wins = (rate * ms * 0.001).long().clamp(1, self._win - 1)  # Kaldi's truncation
+            for win in torch.unique(wins).tolist():
+                rows = short[wins == win]
+                window, banks = self._window_and_banks(win, x.device)
+                out[rows, 0] = _log_mel(x[rows, :win], window, banks)
         return out, counts
-
-    def _short_log_mel(self, x: Tensor, lengths: Tensor) -> Tensor:
-        """(K, n_mels) fbank of K signals shorter than a window, each as ONE frame, as funasr
-        computes it: the window is the whole signal (its size truncated from float32
-        milliseconds, as funasr does) and the FFT is at the next power of two, so every item
-        has its own window and FFT size.
-
-        Batched: frames are zero-padded to the regular FFT size N; an item whose FFT size is
-        n = N / 2^s reads its mel filters at every 2^s-th bin of the N-point spectrum, since the
-        N-point FFT of a signal zero-padded from n samples is its n-point FFT there (equal up to
-        rounding, ~1e-6 relative).
-        """
-        rate = self.config.sample_rate
-        ms = lengths.float() / rate * 1000  # float32, as funasr does
-        wins = (rate * ms * 0.001).long().clamp(1, self._win - 1)  # Kaldi's truncation
-        width = x.shape[1]
-        inside = torch.arange(width, device=x.device)[None, :] < wins[:, None]
-        frames = x * inside
-        frames = frames - frames.sum(dim=-1, keepdim=True) / wins[:, None] * inside
-        previous = torch.cat([frames[:, :1], frames[:, :-1]], dim=-1)
-        window = _kaldi_windows(self.config.window, wins, width)
-        frames = (frames - _PREEMPHASIS * previous) * window
-        table = self._short_banks(x.device)  # (levels, n_mels, N // 2 + 1)
-        n_fft = 2 * (table.shape[-1] - 1)
-        spectrum = torch.fft.rfft(frames, n=n_fft)
-        power = spectrum.real.square() + spectrum.imag.square()
-        # An item's FFT size is 2^level with level = bit length of (win - 1), as for the
-        # regular window.
-        powers = 2 ** torch.arange(table.shape[0], device=x.device)
-        level = ((wins - 1)[:, None] >= powers).sum(dim=1)
-        mel = torch.einsum("kf,kmf->km", power, table[level])
-        return mel.clamp_min(_ENERGY_FLOOR).log()
-
-    def _short_banks(self, device: torch.device) -> Tensor:
-        """Mel filters of every FFT size 2^i up to the regular window's N, each spread over the
-        N // 2 + 1 bins of an N-point spectrum (bin k of size 2^i sits at bin k N / 2^i):
-        (log2 N + 1, n_mels, N // 2 + 1)."""
-        key = str(device)
-        if key not in self._short_tables:
-            n_fft = 1 << (self._win - 1).bit_length()
-            levels = n_fft.bit_length()
-            table = torch.zeros(levels, self.config.n_mels, n_fft // 2 + 1)
-            for i in range(levels):  # over FFT sizes (10 for SenseVoice), built once
-                banks = _kaldi_mel_banks(self.config.n_mels, 1 << i, self.config.sample_rate)
-                table[i, :, :: n_fft >> i] = banks
-            self._short_tables[key] = table.to(device)
-        return self._short_tables[key]
 
     def lfr(self, fbank: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
         """Low-frame-rate stacking as funasr's ``apply_lfr``, batched by index arithmetic.
