@@ -1,6 +1,6 @@
 """The eval.json contract: what `minmo eval` writes, as a versioned JSON Schema.
 
-One document per (checkpoint, shard directory): where both came from (and the export's
+One document per (checkpoint, shard directory): where both came from (and the checkpoint's
 training `step`, and a `fingerprint` of what was scored, by which a rerun keeps the file), then `tasks.<task>`, one
 entry per task present in the shards, each with `samples` and the metrics of its kind:
 
@@ -70,13 +70,16 @@ EVAL_JSON_SCHEMA: dict[str, Any] = {
     "required": ["version", "checkpoint", "stage", "modules", "shards", "samples", "tasks"],
     "properties": {
         "version": {"const": EVAL_VERSION},
-        "checkpoint": {"type": "string", "description": "the evaluated export (`final/`)"},
+        "checkpoint": {
+            "type": "string",
+            "description": "the evaluated export (`final/`) or DCP step directory",
+        },
         "stage": {"type": "string", "description": "the stage that wrote the export"},
         "step": {
             "type": ["integer", "null"],
             "minimum": 0,
-            "description": "the training step the export was written at (its stage's last); "
-            "null for exports that do not record it",
+            "description": "the training step of the checkpoint: an export's (its stage's "
+            "last), a step directory's own; null for exports that do not record it",
         },
         "fingerprint": {
             "type": "string",
@@ -89,6 +92,12 @@ EVAL_JSON_SCHEMA: dict[str, Any] = {
         "audio_s": {"type": "number", "minimum": 0},
         "wall_s": {"type": "number", "minimum": 0},
         "device": {"type": "string"},
+        "ranks": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "processes that scored a share each (torchrun); the figures are "
+            "their pooled counts, the same as one process's",
+        },
         "tasks": {
             "type": "object",
             "additionalProperties": {

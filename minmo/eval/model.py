@@ -2,7 +2,8 @@
 
 Owns: rebuilding the model an export came from (the export holds only the modules trained so
 far; the frozen rest is rebuilt as the trainer built it: same ModelSpec, same seed, so a tiny
-model's random-init LLM is the one the stage trained against), the check that the export has
+model's random-init LLM is the one the stage trained against), the same for a DCP step
+checkpoint of a training run (`describe_step`, `load_step`), the check that the export has
 the modules a task needs, and batched greedy decoding with a KV cache (transformers' `generate`
 on `inputs_embeds`). Must not: read shards or compute metrics (minmo.eval.run does).
 """
@@ -14,10 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    set_model_state_dict,
+)
 
 from minmo.model.batch import Batch
 from minmo.model.llm import splice
-from minmo.model.minmo import MinMo, SpecialIds
+from minmo.model.minmo import RECIPES, MinMo, SpecialIds
 from minmo.tokens.text import load_text_tokenizer
 from minmo.train.checkpoint import export_meta, load_export
 from minmo.train.config import ModelSpec
@@ -79,10 +86,7 @@ def load_checkpoint(
     exports written before they were recorded."""
     path = Path(path)
     meta = read_export(path)
-    if "model" in meta:
-        known = {f.name for f in fields(ModelSpec)}
-        spec = ModelSpec(**{k: v for k, v in meta["model"].items() if k in known})
-    seed = int(meta.get("seed", seed))
+    spec, seed = spec_of(meta, spec, seed)
     tokenizer = load_text_tokenizer(spec.text_tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the trainer's order: seed, then build (minmo.train.loop)
@@ -91,6 +95,109 @@ def load_checkpoint(
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(target).eval()
     return LoadedCheckpoint(model, tokenizer, str(path), str(meta["stage"]), modules, target)
+
+
+def spec_of(meta: dict[str, Any], spec: ModelSpec, seed: int) -> tuple[ModelSpec, int]:
+    """The model spec and seed an export.json records; `spec` and `seed` where it does not."""
+    if "model" in meta:
+        known = {f.name for f in fields(ModelSpec)}
+        spec = ModelSpec(**{k: v for k, v in meta["model"].items() if k in known})
+    return spec, int(meta.get("seed", seed))
+
+
+def is_step_checkpoint(path: str | Path) -> bool:
+    """A DCP step directory the trainer wrote (`<out>/step-00000012/`, minmo.train.checkpoint)."""
+    return (Path(path) / ".metadata").is_file()
+
+
+@dataclass
+class StepCheckpoint:
+    """What a DCP step directory holds and what rebuilds the rest of the model.
+
+    The step directory holds only the weights its stage trains (`ignore_frozen_params`) and
+    records neither the model spec, the seed, the stage nor the export the run started from.
+    The run's own `<out>/final/export.json` (`record`, present once the run has finished)
+    records all four, and its modules are the inherited ones as the run saw them (frozen, so
+    unchanged by training): they are loaded first and the step's weights over them. Without
+    it, the spec and seed fall back to the command line's (as for an old export), the stage is
+    read off the trained modules, and modules inherited from an earlier stage stay as built."""
+
+    path: Path
+    step: int
+    stage: str
+    trained: list[str]
+    """Top-level modules whose weights the step directory holds."""
+    record: Path | None
+    """The run's export whose export.json and inherited modules are used, when there is one."""
+
+    @property
+    def modules(self) -> list[str]:
+        inherited = export_meta(self.record)["modules"] if self.record else []
+        return sorted(set(self.trained) | set(inherited))
+
+
+def _stage_of(trained: set[str]) -> str:
+    """The stage(s) whose recipe trains exactly `trained` (2b and 3 share one: "2b/3")."""
+    stages = [s for s, recipe in RECIPES.items() if {m.split(".")[0] for m in recipe} == trained]
+    if not stages:
+        raise ValueError(f"no stage trains exactly {sorted(trained)}")
+    return "/".join(stages)
+
+
+def describe_step(path: str | Path, record: Path | None) -> StepCheckpoint:
+    """The step directory at `path` (local), with `record` the run's `final/` export when it
+    exists (the caller fetches it from an object store). The step count is the trainer's own
+    `rank0.pt` entry; the trained modules are the DCP metadata's keys."""
+    path = Path(path)
+    keys = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    trained = sorted({k.split(".")[1] for k in keys if k.startswith("model.")})
+    if not trained:
+        raise ValueError(f"{path}: a DCP checkpoint without model weights")
+    extras = torch.load(path / "rank0.pt", weights_only=False)  # the trainer's own pickle
+    if record is not None:
+        stage = str(export_meta(record)["stage"])
+        recipe = {m.split(".")[0] for m in RECIPES.get(stage, ())}
+        if recipe != set(trained):
+            raise ValueError(
+                f"{path} holds {', '.join(trained)} but {record}/export.json records stage "
+                f"{stage}, which trains {', '.join(sorted(recipe))}: the export is of another run"
+            )
+    else:
+        stage = _stage_of(set(trained))
+    return StepCheckpoint(path, int(extras["step"]), stage, trained, record)
+
+
+def load_step(
+    step: StepCheckpoint, spec: ModelSpec, seed: int, device: str | None = None
+) -> LoadedCheckpoint:
+    """The model at `step`: built as the trainer built it, the run's export loaded (when there
+    is one), then the step's weights read through torch.distributed.checkpoint with the
+    state-dict API the trainer saved them with, on `device`, eval mode."""
+    if step.record is not None:
+        spec, seed = spec_of(export_meta(step.record), spec, seed)
+    tokenizer = load_text_tokenizer(spec.text_tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(spec, tokenizer)
+    if step.record is not None:
+        load_export(step.record, model)
+    saved = {
+        k[len("model.") :]
+        for k in dcp.FileSystemReader(str(step.path)).read_metadata().state_dict_metadata
+        if k.startswith("model.")
+    }
+    full = get_model_state_dict(model)
+    if missing := sorted(saved - set(full)):
+        raise ValueError(
+            f"{step.path}: weights {missing[:3]}... do not fit the model {spec}: give the "
+            "run's --model options"
+        )
+    state = {"model": {k: v for k, v in full.items() if k in saved}}
+    dcp.load(state, checkpoint_id=str(step.path))
+    set_model_state_dict(model, state["model"], options=StateDictOptions(strict=False))
+    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(target).eval()
+    return LoadedCheckpoint(model, tokenizer, str(step.path), step.stage, step.modules, target)
 
 
 def prompt_embeds(model: MinMo, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

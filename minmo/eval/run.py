@@ -1,7 +1,9 @@
-"""`minmo eval CHECKPOINT --shards DIR`: a stage's export scored on a shard directory.
+"""`minmo eval CHECKPOINT --shards DIR`: a stage's export, or a DCP step checkpoint of a
+training run, scored on a shard directory.
 
-Reads DIR with the trainer's own reader (`minmo.train.data.StageLoader`, one epoch, in order)
-and scores each task present, by the kind of answer it has:
+Reads DIR with the trainer's own reader (`minmo.train.data`: ShardIndex, the epoch-0 order of
+seed 0 that a single-process StageLoader reads, Batcher) and scores each task present, by the
+kind of answer it has:
 
     decoded text   asr, contextual_asr (WER / CER, hotword recall), language_id, emotion,
                    audio_event, speaker_analysis (accuracy, confusion), speech_translation
@@ -24,8 +26,18 @@ stage's held-out split: `{build}/checkpoints/<stage>/final` on
 `{build}/shards/<stage's shard stage>/<split>` -> `{build}/eval/<stage>/eval.json`
 (`build_runs`), where `minmo stats` finds it (pipelines/stats/evals.py).
 
+CHECKPOINT may also be a step directory `<out>/step-00000012/` (minmo.eval.model.load_step
+says what rebuilds the model from it); eval.json's `step` is then that step, so evaluating a
+run's step directories gives the figures' curve against the training step.
+
+Distributed (`torchrun --nproc-per-node N -m minmo.cli eval ...`): the first `limit` samples
+of the order above are cut into N contiguous shares, rank r scores share r, and the ranks'
+raw counts (edit counts, confusion counts, F1 match counts, token and NLL sums: `TaskScore`)
+are gathered and summed in rank order, so the figures are the single process's (float sums up
+to rounding); rank 0 writes eval.json.
+
 Refused before any model work: a DIR that is no stage directory of this checkout's index
-version (the reader says which file), samples of an unknown stage or task, and an export
+version (the reader says which file), samples of an unknown stage or task, and a checkpoint
 without the modules a present task needs.
 """
 
@@ -43,10 +55,11 @@ from typing import Any
 
 import pyarrow.fs as pafs
 import torch
+import torch.distributed as dist
 from torch.nn import functional as F
 
 from minmo.config import StorageOptions, storage_options_field
-from minmo.duplex.evaluate import DEFAULT_KS, score_samples
+from minmo.duplex.evaluate import DEFAULT_KS, DuplexScore, score_samples
 from minmo.eval.metrics import (
     Confusion,
     EditCounts,
@@ -61,8 +74,12 @@ from minmo.eval.model import (
     SPEECH_MODULES,
     TEXT_MODULES,
     LoadedCheckpoint,
+    StepCheckpoint,
+    describe_step,
     greedy_decode,
+    is_step_checkpoint,
     load_checkpoint,
+    load_step,
     read_export,
     require_modules,
 )
@@ -73,7 +90,8 @@ from minmo.io.trees import FETCHED_MARKER, local_dir
 from minmo.model.batch import IGNORE, collate
 from minmo.model.minmo import SHARDS_OF_STAGE
 from minmo.train.config import ModelSpec
-from minmo.train.data import StageLoader
+from minmo.train.data import Batcher, Budget, ShardIndex
+from minmo.train.distributed import DistInfo, barrier, init_distributed
 from schemas.eval import EVAL_VERSION, validate_eval
 from schemas.shards import index_path
 from schemas.tasks import STAGE_TASKS
@@ -95,14 +113,15 @@ class EvalConfig:
     """What `minmo eval` scores and how."""
 
     checkpoint: str | None = None
-    """A stage's export directory (`<out>/final/`, with export.json); a path or URI. Required
-    unless a job's `stages` name the exports."""
+    """A stage's export directory (`<out>/final/`, with export.json) or a DCP step directory
+    of a training run (`<out>/step-00000012/`); a path or URI. Required unless a job's
+    `stages` name the exports."""
     shards: str | None = None
     """A stage directory of shards (e.g. DIR/shards/stage1/test); a path or URI. Required
     unless a job's `stages` name the exports."""
     out: str | None = None
     """Where eval.json goes (a path or URI); default: eval.json beside the export (the training
-    `out`)."""
+    `out`), and `<out>/eval/step-00000012/eval.json` for a step directory."""
     redo: bool = False
     """Score again even when `out` already holds an eval.json of the same export, shards and
     limits (its fingerprint matches), which a rerun otherwise keeps."""
@@ -115,9 +134,10 @@ class EvalConfig:
     device: str | None = None
     """torch device; None: cuda when present, else cpu."""
     model: ModelSpec = field(default_factory=ModelSpec)
-    """The model, for an export whose export.json does not record it (older exports)."""
+    """The model, for an export whose export.json does not record it (older exports) and for a
+    step directory of a run that has not exported yet (nothing else records it)."""
     seed: int = 0
-    """The training seed, for an export whose export.json does not record it."""
+    """The training seed, where `model` is used."""
     storage_options: StorageOptions = storage_options_field()
 
     def __post_init__(self) -> None:
@@ -192,10 +212,41 @@ class TaskScore:
     tokens: int = 0
     nll: float = 0.0
     correct: int = 0
-    duplex_pred: dict[str, Any] = field(default_factory=dict)
-    duplex_ref: dict[str, Any] = field(default_factory=dict)
+    duplex: DuplexScore | None = None
     hops: set[float] = field(default_factory=set)
     examples: list[dict[str, str]] = field(default_factory=list)
+
+    def merge(self, other: TaskScore) -> None:
+        """Add `other`'s counts (a later share of the same task's samples) to these."""
+        self.samples += other.samples
+        for name, per_language in other.rates.items():
+            for lang, counts in per_language.items():
+                self.rates[name][lang] = self.rates[name].get(lang, EditCounts()) + counts
+        self.hotwords = [a + b for a, b in zip(self.hotwords, other.hotwords, strict=True)]
+        self.confusion.counts.update(other.confusion.counts)
+        for lang, (refs, hyps) in other.translations.items():
+            mine = self.translations.setdefault(lang, ([], []))
+            mine[0].extend(refs)
+            mine[1].extend(hyps)
+        self.tokens += other.tokens
+        self.nll += other.nll
+        self.correct += other.correct
+        if other.duplex is not None:
+            self.add_duplex(other.duplex)
+        self.hops |= other.hops
+        self.examples = (self.examples + other.examples)[:EXAMPLES]
+
+    def add_duplex(self, score: DuplexScore) -> None:
+        if self.duplex is None:
+            self.duplex = score
+            return
+        mine = self.duplex
+        events = {key: mine.events[key] + score.events[key] for key in mine.events}
+        backchannel = {
+            k: (mine.backchannel[k][0] + c, mine.backchannel[k][1] + n)
+            for k, (c, n) in score.backchannel.items()
+        }
+        self.duplex = DuplexScore(events, backchannel)
 
     def add_text(self, meta: dict[str, Any], hypothesis: str) -> None:
         reference, language = _answer(meta), meta.get("language")
@@ -266,8 +317,8 @@ class TaskScore:
         if len(self.hops) != 1:
             raise ValueError(f"duplex samples with label hops {sorted(self.hops)}: expected one")
         (hop,) = self.hops
-        score = score_samples(self.duplex_pred, self.duplex_ref, hop, DEFAULT_KS)
-        f1 = duplex_f1_table(score, DEFAULT_KS)
+        assert self.duplex is not None  # a hop was seen, so a sample was scored
+        f1 = duplex_f1_table(self.duplex, DEFAULT_KS)
         return {
             "f1": f1,
             "frame_accuracy": self.correct / self.tokens if self.tokens else 0.0,
@@ -282,9 +333,14 @@ class EvalResult:
     out: str
     kept: bool = False
     """True when `out` already held this fingerprint's figures and nothing was scored."""
+    rank: int = 0
+    """This process's rank under torchrun: every rank holds the merged figures, rank 0 wrote
+    them and prints them."""
 
     def render(self) -> str:
         d = self.doc
+        if self.rank:
+            return f"eval rank {self.rank}: share scored; rank 0 wrote {self.out}"
         done = "kept (same export, shards and limits)" if self.kept else f"{d['wall_s']:.1f} s"
         lines = [
             f"eval {d['checkpoint']} (stage {d['stage']}) on {d['shards']}: {d['samples']} "
@@ -361,32 +417,93 @@ def _score_batch(
             score.hops.add(hop)
             score.tokens += int(ref.size)
             score.correct += int((pred == ref).sum())
-            score.duplex_pred[sample["key"]] = (duplex_events(pred, hop), pred)
-            score.duplex_ref[sample["key"]] = (duplex_events(ref, hop), ref)
+            # Scored per sample (events match within a sample only), so counts pool by summing.
+            key = sample["key"]
+            score.add_duplex(
+                score_samples(
+                    {key: (duplex_events(pred, hop), pred)},
+                    {key: (duplex_events(ref, hop), ref)},
+                    hop,
+                    DEFAULT_KS,
+                )
+            )
 
 
-def fingerprint(export_dir: Path, shards: str, config: EvalConfig) -> str:
-    """What an eval.json's figures depend on, hashed: every file of the export (content, so a
-    re-export of the same weights keeps it), the shard directory's index.json (which holds each
-    shard's sha256) and the limits that change what is scored."""
+@dataclass
+class Resolved:
+    """The checkpoint to score, read before any model work."""
+
+    local: Path
+    """The export or step directory, local (an object store's copied into the cache)."""
+    stage: str
+    modules: list[str]
+    step: int | None
+    step_dir: StepCheckpoint | None
+    """Set for a DCP step directory."""
+    inputs: list[Path]
+    """Every directory the model's weights come from (fingerprinted)."""
+
+
+def _record_of(checkpoint: str, config: EvalConfig) -> Path | None:
+    """The run's `final/` export beside step directory `checkpoint`, local, when it exists."""
+    if uri_scheme(checkpoint) in (None, "file"):
+        final = Path(open_filesystem(checkpoint)[1]).resolve().parent / "final"
+        return final if (final / "export.json").is_file() else None
+    final_uri = f"{posixpath.dirname(checkpoint)}/final"
+    fs, path = open_filesystem(final_uri, **config.storage_options)
+    if fs.get_file_info(f"{path}/export.json").type != pafs.FileType.File:
+        return None
+    return local_dir(final_uri, config.storage_options)
+
+
+def resolve(checkpoint: str, config: EvalConfig) -> Resolved:
+    """CHECKPOINT read: an export's export.json, or a step directory's DCP metadata and the
+    run's export beside it (minmo.eval.model.describe_step)."""
+    local = local_dir(checkpoint, config.storage_options)
+    if is_step_checkpoint(local):
+        record = _record_of(checkpoint, config)
+        step = describe_step(local, record)
+        inputs = [local] + ([record] if record else [])
+        return Resolved(local, step.stage, step.modules, step.step, step, inputs)
+    meta = read_export(local)
+    step_no = meta.get("step")
+    stage, modules = str(meta["stage"]), list(meta["modules"])
+    return Resolved(local, stage, modules, None if step_no is None else int(step_no), None, [local])
+
+
+def fingerprint(resolved: Resolved, shards: str, config: EvalConfig) -> str:
+    """What an eval.json's figures depend on, hashed: every file the weights come from
+    (content, so a re-export of the same weights keeps it), the shard directory's index.json
+    (which holds each shard's sha256), the limits that change what is scored, and for a step
+    directory without its run's export the model spec and seed it was rebuilt from."""
     digest = hashlib.sha256()
-    for file in sorted(p for p in export_dir.rglob("*") if p.is_file()):
-        if file.name == FETCHED_MARKER:  # the cache's own note, not part of the export
-            continue
-        digest.update(file.relative_to(export_dir).as_posix().encode() + b"\0")
-        digest.update(hashlib.sha256(file.read_bytes()).digest())
+    for root in resolved.inputs:
+        for file in sorted(p for p in root.rglob("*") if p.is_file()):
+            if file.name == FETCHED_MARKER:  # the cache's own note, not part of the export
+                continue
+            digest.update(file.relative_to(root).as_posix().encode() + b"\0")
+            digest.update(hashlib.sha256(file.read_bytes()).digest())
     fs, stage_dir = open_filesystem(shards, **config.storage_options)
     with fs.open_input_stream(index_path(stage_dir.rstrip("/"))) as f:
         digest.update(hashlib.sha256(f.read()).digest())
     digest.update(json.dumps([config.max_samples, config.max_new_tokens]).encode())
+    if resolved.step_dir is not None and resolved.step_dir.record is None:
+        digest.update(repr((config.model, config.seed)).encode())
     return digest.hexdigest()
 
 
-def _default_out(checkpoint: str) -> str:
-    """eval.json beside the export: in the training `out` that holds `final/`."""
+def _default_out(checkpoint: str, step_dir: bool) -> str:
+    """eval.json beside the export: in the training `out` that holds `final/`; for a step
+    directory, `<out>/eval/<step dir>/eval.json` (one per step, none inside the DCP files)."""
     if uri_scheme(checkpoint) in (None, "file"):
-        return str(Path(open_filesystem(checkpoint)[1]).resolve().parent / "eval.json")
-    return f"{posixpath.dirname(checkpoint.rstrip('/'))}/eval.json"
+        path = Path(open_filesystem(checkpoint)[1]).resolve()
+        return str(
+            path.parent / "eval" / path.name / "eval.json"
+            if step_dir
+            else path.parent / "eval.json"
+        )
+    parent, name = posixpath.split(checkpoint.rstrip("/"))
+    return f"{parent}/eval/{name}/eval.json" if step_dir else f"{parent}/eval.json"
 
 
 def _read_kept(out: str, fp: str, config: EvalConfig) -> dict[str, Any] | None:
@@ -400,6 +517,29 @@ def _read_kept(out: str, fp: str, config: EvalConfig) -> dict[str, Any] | None:
         except ValueError:
             return None  # a damaged file is scored again, not trusted
     return doc if isinstance(doc, dict) and doc.get("fingerprint") == fp else None
+
+
+def share(limit: int, info: DistInfo) -> range:
+    """This rank's contiguous share of positions [0, limit): every position in exactly one
+    share, ranks in position order (so concatenating shares by rank is the single order)."""
+    return range(info.rank * limit // info.world, (info.rank + 1) * limit // info.world)
+
+
+def _merge(
+    parts: list[tuple[dict[str, TaskScore], int, float]],
+) -> tuple[dict[str, TaskScore], int, float]:
+    """Every rank's (scores, samples, audio seconds), summed in rank order."""
+    scores: dict[str, TaskScore] = {}
+    seen, audio_s = 0, 0.0
+    for part, n, seconds in parts:
+        for task, score in part.items():
+            if task in scores:
+                scores[task].merge(score)
+            else:
+                scores[task] = score
+        seen += n
+        audio_s += seconds
+    return scores, seen, audio_s
 
 
 def build_runs(build: str, stages: list[str], split: str) -> list[tuple[str, str, str]]:
@@ -427,22 +567,27 @@ def run_eval(config: EvalConfig, progress: bool = False) -> EvalResult:
         raise ValueError("eval: give CHECKPOINT (a stage's export) and --shards DIR")
     started = time.perf_counter()
     checkpoint, shards = config.checkpoint.rstrip("/"), config.shards
-    out = config.out or _default_out(checkpoint)
-    # Refusals first, before the model is built: the export's metadata, the shards' index
+    # Refusals first, before the model is built: the checkpoint's metadata, the shards' index
     # (its version is checked by the reader), the first batch's stages, tasks and needs.
-    export_dir = local_dir(checkpoint, config.storage_options)
-    meta = read_export(export_dir)
-    loader = StageLoader(
-        shards,
-        max_samples=config.batch_size,
-        collate=False,
-        storage_options=config.storage_options,
-    )
-    fp = fingerprint(export_dir, shards, config)  # the index is there: the loader read it
+    resolved = resolve(checkpoint, config)
+    out = config.out or _default_out(checkpoint, resolved.step_dir is not None)
+    index = ShardIndex.load(shards, config.storage_options)
+    fp = fingerprint(resolved, shards, config)  # the index is there: the reader read it
     kept = None if config.redo else _read_kept(out, fp, config)
     if kept is not None:
-        loader.close()
         return EvalResult(validate_eval(kept), out, kept=True)
+    owned = not (dist.is_available() and dist.is_initialized())
+    info = init_distributed()
+    # The order a single-process StageLoader reads (seed 0, epoch 0), cut into rank shares.
+    order = index.epoch_order(0, 0)
+    limit = min(config.max_samples or order.total, order.total)
+    positions = share(limit, info)
+    batches = iter(
+        Batcher(
+            (index.read(*order.locate(p)) for p in positions),
+            Budget(max_samples=config.batch_size),
+        )
+    )
     checked: set[str] = set()
 
     def check(samples: list[dict[str, Any]]) -> None:
@@ -451,26 +596,28 @@ def run_eval(config: EvalConfig, progress: bool = False) -> EvalResult:
             if task not in checked:
                 require_modules(
                     checkpoint,
-                    str(meta["stage"]),
-                    list(meta["modules"]),
+                    resolved.stage,
+                    resolved.modules,
                     _NEEDS[task_kind(task)],
                     task,
                     shards,
                 )
                 checked.add(task)
 
-    limit = min(config.max_samples or loader.samples_per_epoch, loader.samples_per_epoch)
-    first = loader.next_batch()
-    assert isinstance(first, list)
-    check(first)
-    ckpt = load_checkpoint(export_dir, config.model, config.seed, config.device)
+    first = next(batches, None)
+    if first is not None:
+        check(first[0])
+    device = config.device or str(info.device)
+    if resolved.step_dir is not None:
+        ckpt = load_step(resolved.step_dir, config.model, config.seed, device)
+    else:
+        ckpt = load_checkpoint(resolved.local, config.model, config.seed, device)
     scores: dict[str, TaskScore] = {}
     seen = 0
     audio_s = 0.0
-    samples: Any = first
     with torch.no_grad():
-        while samples is not None and seen < limit:
-            samples = samples[: limit - seen]
+        while first is not None:
+            samples = first[0]
             check(samples)
             seen += len(samples)
             groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -481,15 +628,18 @@ def run_eval(config: EvalConfig, progress: bool = False) -> EvalResult:
                 groups[task_kind(task)].append(sample)
             for kind, group in groups.items():
                 _score_batch(ckpt, kind, group, scores, config)
-            if progress:
-                print(f"eval: {seen}/{limit} samples", flush=True)
-            samples = loader.next_batch()
-    loader.close()
+            if progress and info.is_main:
+                print(f"eval: {seen}/{len(positions)} samples of rank 0's share", flush=True)
+            first = next(batches, None)
+    if info.world > 1:
+        parts: list[Any] = [None] * info.world
+        dist.all_gather_object(parts, (scores, seen, audio_s))
+        scores, seen, audio_s = _merge(parts)
     doc = {
         "version": EVAL_VERSION,
         "checkpoint": checkpoint,
         "stage": ckpt.stage,
-        "step": meta.get("step"),
+        "step": resolved.step,
         "modules": ckpt.modules,
         "shards": shards,
         "fingerprint": fp,
@@ -497,9 +647,14 @@ def run_eval(config: EvalConfig, progress: bool = False) -> EvalResult:
         "audio_s": audio_s,
         "wall_s": time.perf_counter() - started,
         "device": str(ckpt.device),
+        "ranks": info.world,
         "tasks": {task: score.result() for task, score in sorted(scores.items())},
     }
     validate_eval(doc)
-    fs, path = open_filesystem(out, **config.storage_options)
-    write_text_atomic(fs, path, json.dumps(doc, indent=2, ensure_ascii=False))
-    return EvalResult(doc, out)
+    if info.is_main:
+        fs, path = open_filesystem(out, **config.storage_options)
+        write_text_atomic(fs, path, json.dumps(doc, indent=2, ensure_ascii=False))
+    barrier(info)  # eval.json is written when any rank returns
+    if owned and info.world > 1:
+        dist.destroy_process_group()
+    return EvalResult(doc, out, rank=info.rank)

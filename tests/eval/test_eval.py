@@ -135,11 +135,6 @@ def test_refusals_name_what_and_where(
     assert code == 2 and f"give its export {tmp_path / '1b' / 'final'}" in text
     code, text = _eval(capsys, str(tmp_path / "shards"), "--shards", str(stage1))
     assert code == 2 and "export.json missing" in text
-    step = tmp_path / "1b" / "step-00000001"
-    step.mkdir()
-    (step / ".metadata").write_bytes(b"")
-    code, text = _eval(capsys, str(step), "--shards", str(stage1))
-    assert code == 2 and "DCP step checkpoint" in text
     # duplex F1 from a stage-1 export: the predictor is missing
     code, text = _eval(capsys, str(stage1_export), "--shards", str(stage4))
     assert code == 2 and "has no trained duplex" in text and "'duplex'" in text
