@@ -89,6 +89,31 @@ def _duplex(tokenizer: Any, n: int, seed: int = 0) -> list[dict[str, Any]]:
     return out
 
 
+def _chat_lid_tts(tokenizer: Any) -> list[dict[str, Any]]:
+    """One s2t_chat (text loss), one language_id (a class) and one tts (speech tokens) sample."""
+    rng = np.random.default_rng(1)
+    chat = [
+        {"role": "user", "content": f"Answer.\n{SPEECH_PLACEHOLDER}"},
+        {"role": "assistant", "content": "see you tomorrow"},
+    ]
+    lid = [
+        {"role": "user", "content": f"Which language?\n{SPEECH_PLACEHOLDER}"},
+        {"role": "assistant", "content": "English"},
+    ]
+    tts = [
+        {"role": "user", "content": "Say: good morning"},
+        {"role": "assistant", "content": "good morning"},
+    ]
+    extra = [
+        _chat(tokenizer, "chat-0", "stage1", "s2t_chat", chat, language="en"),
+        _chat(tokenizer, "lid-0", "stage1", "language_id", lid, language="en"),
+        _chat(tokenizer, "tts-0", "stage2", "tts", tts, language="en"),
+    ]
+    extra[0]["flac"] = extra[1]["flac"] = _noise(rng, 0.5)
+    extra[2]["speech_tokens.npy"] = rng.integers(0, 6561, 30).astype(np.int32)
+    return extra
+
+
 def _fake_export(path: Path, stage: str, modules: list[str]) -> Path:
     path.mkdir(parents=True)
     (path / "export.json").write_text(json.dumps({"stage": stage, "modules": modules}))
@@ -160,27 +185,8 @@ def test_every_kind_of_task_lands_in_a_valid_eval_json(tmp_path: Path, tokenizer
     from one mixed shard directory. The figures are a random model's; their ranges and counts
     are what is checked. (slow: two tiny-model builds, ~10 s.)"""
     special = SpecialIds.from_tokenizer(tokenizer)
-    rng = np.random.default_rng(1)
     samples = _asr(tokenizer, ["good morning", "thank you"]) + _duplex(tokenizer, 2)
-    chat = [
-        {"role": "user", "content": f"Answer.\n{SPEECH_PLACEHOLDER}"},
-        {"role": "assistant", "content": "see you tomorrow"},
-    ]
-    lid = [
-        {"role": "user", "content": f"Which language?\n{SPEECH_PLACEHOLDER}"},
-        {"role": "assistant", "content": "English"},
-    ]
-    tts = [
-        {"role": "user", "content": "Say: good morning"},
-        {"role": "assistant", "content": "good morning"},
-    ]
-    extra = [
-        _chat(tokenizer, "chat-0", "stage1", "s2t_chat", chat, language="en"),
-        _chat(tokenizer, "lid-0", "stage1", "language_id", lid, language="en"),
-        _chat(tokenizer, "tts-0", "stage2", "tts", tts, language="en"),
-    ]
-    extra[0]["flac"] = extra[1]["flac"] = _noise(rng, 0.5)
-    extra[2]["speech_tokens.npy"] = rng.integers(0, 6561, 30).astype(np.int32)
+    extra = _chat_lid_tts(tokenizer)
     shards = tmp_path / "mixed"
     write_stage_shards(samples + extra, shards, "stage1", max_samples=3)
     assert special.turn_end in extra[0]["text_tokens.npy"]

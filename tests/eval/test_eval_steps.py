@@ -12,19 +12,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
 from minmo.cli import main
 from minmo.eval.model import describe_step, load_step
-from minmo.tokens.text import SPEECH_PLACEHOLDER, load_text_tokenizer
+from minmo.tokens.text import load_text_tokenizer
 from minmo.train.checkpoint import export
 from minmo.train.config import ModelSpec, TrainConfig
 from minmo.train.loop import build_model, train
 from pipelines.shards.writer import write_stage_shards
 from schemas.eval import validate_eval
-from tests.eval.test_eval import _asr, _chat, _duplex, _noise
+from tests.eval.test_eval import _asr, _chat_lid_tts, _duplex
 
 REPO = Path(__file__).resolve().parents[2]
 # What differs between two runs of the same figures: time, ranks, and the file's own place.
@@ -116,36 +115,17 @@ def test_step_dirs_are_scored_with_their_step(
     assert "has no trained duplex" in text and "step-00000001" in text and str(stage4) in text
 
 
-def _mixed(tokenizer: Any) -> list[dict[str, Any]]:
-    """Six samples of four kinds: decoded text (asr, language_id), speech tokens (tts), duplex."""
-    rng = np.random.default_rng(1)
-    lid = [
-        {"role": "user", "content": f"Which language?\n{SPEECH_PLACEHOLDER}"},
-        {"role": "assistant", "content": "English"},
-    ]
-    tts = [
-        {"role": "user", "content": "Say: good morning"},
-        {"role": "assistant", "content": "good morning"},
-    ]
-    extra = [
-        _chat(tokenizer, "lid-0", "stage1", "language_id", lid, language="en"),
-        _chat(tokenizer, "tts-0", "stage2", "tts", tts, language="en"),
-    ]
-    extra[0]["flac"] = _noise(rng, 0.5)
-    extra[1]["speech_tokens.npy"] = rng.integers(0, 6561, 30).astype(np.int32)
-    return _asr(tokenizer, ["good morning", "thank you"]) + _duplex(tokenizer, 2) + extra
-
-
 @pytest.mark.slow
 def test_torchrun_two_ranks_give_the_single_process_eval_json(
     tmp_path: Path, tokenizer: Any
 ) -> None:
     """Two gloo ranks each score half the samples and rank 0 writes the merged counts: the
-    eval.json equals the single process's (batches of 3, so both runs form the same batches
-    and only the merge differs). (slow: two more processes import torch and build the tiny
+    eval.json equals the single process's (batches of 3 and shares of 3 and 4 samples, so both
+    runs form the same batches and only the merge differs). (slow: two more processes import torch and build the tiny
     model, ~20 s on this 2-core machine.)"""
     shards = tmp_path / "mixed"
-    write_stage_shards(_mixed(tokenizer), shards, "stage1", max_samples=2)
+    samples = _asr(tokenizer, ["good morning", "thank you"]) + _duplex(tokenizer, 2)
+    write_stage_shards(samples + _chat_lid_tts(tokenizer), shards, "stage1", max_samples=2)
     torch.manual_seed(3)
     model = build_model(ModelSpec(), tokenizer)
     modules = ["duplex", "input_projector", "output_projector", "voice_lm"]
@@ -162,8 +142,8 @@ def test_torchrun_two_ranks_give_the_single_process_eval_json(
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     one = validate_eval(json.loads(single.read_text()))
     two = validate_eval(json.loads(double.read_text()))
-    assert one["ranks"] == 1 and two["ranks"] == 2 and two["samples"] == 6
-    assert sorted(two["tasks"]) == ["asr", "duplex", "language_id", "tts"]
+    assert one["ranks"] == 1 and two["ranks"] == 2 and two["samples"] == 7
+    assert sorted(two["tasks"]) == ["asr", "duplex", "language_id", "s2t_chat", "tts"]
     # Counts are integers and equal exactly; float sums (NLL, audio seconds) to rounding.
     _assert_same(_figures(two), _figures(one))
     assert json.dumps(two["tasks"]["duplex"]) == json.dumps(one["tasks"]["duplex"])
