@@ -63,16 +63,19 @@ def require_modules(
 
 def read_export(path: str | Path) -> dict[str, Any]:
     """The export.json of the export at `path`; a training output directory or one of its DCP
-    step checkpoints is refused with the export to give instead."""
+    step checkpoints is refused with the export to give instead (`minmo eval` checks for a
+    step directory first)."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint {path}: no such directory")
     if (path / "final" / "export.json").is_file():
         raise ValueError(f"{path} is a training output directory; give its export {path}/final")
-    if (path / ".metadata").is_file():
+    if is_step_checkpoint(path):
+        # `minmo eval` takes step directories (minmo.eval.run.resolve); chat and duplex-sim
+        # take exports only.
         raise ValueError(
-            f"{path} is a DCP step checkpoint (trainable weights and optimizer state); minmo "
-            f"eval reads a stage's export: {path.parent}/final"
+            f"{path} is a DCP step checkpoint (trainable weights and optimizer state); this "
+            f"command reads a stage's export: {path.parent}/final (minmo eval takes either)"
         )
     return export_meta(path)
 
