@@ -325,8 +325,8 @@ STEPS: dict[str, StepSpec] = {
     "eval": StepSpec(
         config="minmo.eval.run:EvalConfig",
         run=f"{TORCH}:evaluate",
-        help="score a stage's export or a training step directory on a shard directory (WER/CER, accuracy, BLEU, duplex "
-        "F1@K...) -> eval.json",
+        help="score a stage's export or a training step directory on a shard directory "
+        "(WER/CER, accuracy, BLEU, duplex F1@K...) -> eval.json",
         inputs=EvalInputs,
         build=False,
         positional=("checkpoint",),
