@@ -287,11 +287,12 @@ class Trial:
 
     def line(self) -> str:
         """One line: where each kill landed, how the rerun ended, and the verdict."""
-        kills = ", ".join(_where(r) for r in self.kills) or "no kill landed"
+        landed = ", ".join(_where(r) for r in self.kills)
+        kills = f"killed at {landed}" if landed else "no kill landed (the run ended first)"
         verdict = (
             "identical" if self.ok else "DIFFERS: " + ", ".join(self.comparison.failed_checks())
         )
-        return f"trial {self.index}: killed at {kills}; rerun {self.rerun.describe()}: {verdict}"
+        return f"trial {self.index}: {kills}; rerun {self.rerun.describe()}: {verdict}"
 
 
 def _where(run: RunOutcome) -> str:
