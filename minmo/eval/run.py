@@ -341,10 +341,14 @@ class EvalResult:
         d = self.doc
         if self.rank:
             return f"eval rank {self.rank}: share scored; rank 0 wrote {self.out}"
-        done = "kept (same export, shards and limits)" if self.kept else f"{d['wall_s']:.1f} s"
+        done = (
+            "kept from the last run (same export, shards and limits)"
+            if self.kept
+            else f"scored in {d['wall_s']:.1f} s on {d['device']}"
+        )
         lines = [
             f"eval {d['checkpoint']} (stage {d['stage']}) on {d['shards']}: {d['samples']} "
-            f"samples in {done} on {d['device']} -> {self.out}"
+            f"samples {done} -> {self.out}"
         ]
         for task, r in sorted(d["tasks"].items()):
             parts = [f"{r['samples']} samples"]

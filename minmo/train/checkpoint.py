@@ -190,12 +190,23 @@ def export(
     inner = getattr(model, "module", model)
     if "llm" in modules:
         inner.llm.save_pretrained(str(tmp / "lora"))
+        _sort_adapter_config(tmp / "lora" / "adapter_config.json")
     described = {**(meta or {}), "stage": stage, "modules": modules}
     (tmp / "export.json").write_text(json.dumps(described, indent=2))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)  # a directory commit, as in `Checkpointer.save`
     _barrier()
     return final
+
+
+def _sort_adapter_config(path: Path) -> None:
+    """peft writes `target_modules` from a set, in the process's string-hash order, so two
+    exports of the same weights differed in adapter_config.json: sorted, the export's bytes
+    depend on the weights only (eval's fingerprint keeps its figures; builds diff clean)."""
+    config = json.loads(path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def export_meta(path: str | Path) -> dict[str, Any]:

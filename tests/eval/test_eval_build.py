@@ -73,7 +73,9 @@ def test_eval_step_scores_the_build_and_a_rerun_keeps_it(
 
     # The trainer re-exports on a rerun of a finished stage: the same weights keep the figures.
     _export(build / "checkpoints/1b", seed=3)
-    assert "kept (same export, shards and limits)" in _run(spec, str(build), capsys)
+    assert "kept from the last run (same export, shards and limits)" in _run(
+        spec, str(build), capsys
+    )
     assert result.read_bytes() == first
     # Other weights are another checkpoint: scored again.
     _export(build / "checkpoints/1b", seed=4)
