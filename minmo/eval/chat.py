@@ -32,7 +32,7 @@ from minmo.io.atomic import write_text_atomic
 from minmo.model.batch import Batch
 from minmo.model.minmo import MinMo
 from minmo.tokens.speech import TOKENS_PER_S
-from minmo.tokens.text import SPEECH_PLACEHOLDER, encode_chat
+from minmo.tokens.text import encode_chat, user_with_audio
 from minmo.train.config import ModelSpec
 from schemas.units import LLM_HOP_S, SAMPLE_RATE_HZ
 
@@ -92,8 +92,8 @@ class ChatConfig:
 def chat_batch(tokenizer: Any, wave: np.ndarray, instruction: str) -> Batch:
     """One sample's batch: the user turn (instruction, then the speech markers, as the sample
     builders lay it out) and the generation prompt, with the mono wave."""
-    user = f"{instruction}\n{SPEECH_PLACEHOLDER}" if instruction else SPEECH_PLACEHOLDER
-    ids = encode_chat(tokenizer, [{"role": "user", "content": user}], add_generation_prompt=True)
+    user = {"role": "user", "content": user_with_audio(instruction)}
+    ids = encode_chat(tokenizer, [user], add_generation_prompt=True)
     return Batch(
         input_ids=torch.as_tensor(ids, dtype=torch.long)[None],
         input_lengths=torch.tensor([ids.size]),
@@ -107,7 +107,7 @@ def duplex_prompt(tokenizer: Any) -> list[int]:
     """A stage-4 sample's text ids (system prompt, then the user's speech markers)."""
     messages = [
         {"role": "system", "content": DUPLEX_SYSTEM},
-        {"role": "user", "content": SPEECH_PLACEHOLDER},
+        {"role": "user", "content": user_with_audio("")},
     ]
     return [int(i) for i in encode_chat(tokenizer, messages)]
 

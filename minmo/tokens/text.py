@@ -47,6 +47,13 @@ SPECIAL_TOKENS: tuple[str, ...] = (
 # What a chat message holds where the user's audio goes; each marker must stay one id.
 SPEECH_PLACEHOLDER = SPEECH_START + SPEECH_END
 
+
+def user_with_audio(instruction: str) -> str:
+    """A user turn: task instruction, then the audio markers (DESIGN.md §1 sample format); the
+    sample builders and the inference paths (minmo chat) lay it out alike."""
+    return f"{instruction}\n{SPEECH_PLACEHOLDER}" if instruction else SPEECH_PLACEHOLDER
+
+
 CHATML_TOKENS: tuple[str, ...] = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
 # Qwen2's ChatML layout, without its tool-calling and default-system-prompt branches.

@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from minmo.tokens.text import user_with_audio
 from pipelines.build import BuildDir
 from pipelines.samples import sources
 from pipelines.samples.filters import (
@@ -54,7 +55,7 @@ from pipelines.samples.filters import (
     segment_reason,
 )
 from pipelines.samples.prompts import PromptBook, language_name
-from pipelines.samples.spec import audio_ref, make_spec, span_s, user_with_audio
+from pipelines.samples.spec import audio_ref, make_spec, span_s
 from schemas.labels import AGE_DECADES, LABEL_NAMES, LabelSource
 from schemas.tasks import STAGE_TASKS, STAGES
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 from typing import Any, TypedDict
 
-from minmo.tokens.text import SPEECH_PLACEHOLDER
 from schemas.units import SAMPLE_RATE_HZ
 
 
@@ -50,11 +49,6 @@ def sample_key(task: str, source_id: str) -> str:
     """Stable, unique per (task, source): the same input always gets the same key."""
     digest = hashlib.sha256(f"{task}\0{source_id}".encode()).hexdigest()[:24]
     return f"{task}-{digest}"
-
-
-def user_with_audio(instruction: str) -> str:
-    """A user turn: task instruction, then the audio markers (DESIGN.md §1 sample format)."""
-    return f"{instruction}\n{SPEECH_PLACEHOLDER}" if instruction else SPEECH_PLACEHOLDER
 
 
 def make_spec(
