@@ -119,22 +119,21 @@ class FlopProfile:
 
     def flops(self, positions: Mapping[str, torch.Tensor]) -> float:
         """The step's FLOPs from each module's (B,) real positions per sample."""
-        names = [m for m in MODULES if m in positions]
-        if not names:
-            return 0.0
-        # One host transfer for every module: sum n, sum n^2, sum n(n+1)/2.
-        stats = torch.stack(
-            [
-                torch.stack([n.sum(), (n * n).sum(), (n * (n + 1) / 2).sum()])
-                for n in (positions[m].detach().double() for m in names)
-            ]
-        ).tolist()
-        total = 0.0
-        for name, (tokens, full, causal) in zip(names, stats, strict=True):
-            total += self.per_position(name) * tokens
+        total = self.flops_on_device(positions)
+        return 0.0 if total is None else float(total)
+
+    def flops_on_device(self, positions: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """`flops` as a float64 scalar on the positions' device, with no host sync (the
+        trainer's step copies it to the host once, with its losses); None when nothing ran."""
+        total = None
+        for name in (m for m in MODULES if m in positions):
+            n = positions[name].detach().double()
+            module = self.per_position(name) * n.sum()
             for a in self.attentions:
                 if a.module == name:
-                    total += a.mult * 4 * a.width * (causal if a.causal else full)
+                    pairs = (n * (n + 1) / 2).sum() if a.causal else (n * n).sum()
+                    module = module + a.mult * 4 * a.width * pairs
+            total = module if total is None else total + module
         return total
 
 
@@ -264,11 +263,18 @@ class FlopCounter:
 
     def count(self, out: Mapping[str, Any]) -> float:
         """The forward's FLOPs (forward and backward); learns the profile after a watch."""
+        return self.profile.flops(self._positions(out))
+
+    def count_on_device(self, out: Mapping[str, Any]) -> torch.Tensor | None:
+        """`count` without a host sync (None when no module ran), for the trainer's step."""
+        return self.profile.flops_on_device(self._positions(out))
+
+    def _positions(self, out: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         positions = module_positions(out)
         if self._probe and (self._calls or self._attn):
             self._learn(positions)
         self._probe = not set(positions) <= self.profile.modules
-        return self.profile.flops(positions)
+        return positions
 
     def _learn(self, positions: Mapping[str, torch.Tensor]) -> None:
         unreported = {c.module for c in self._calls} - set(positions)

@@ -313,6 +313,7 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
             # copy per step, none per micro-batch (a sync would stop the host queueing work).
             part_sums: dict[str, torch.Tensor] = {}
             positions = torch.zeros((), dtype=torch.long, device=info.device)
+            flops = torch.zeros((), dtype=torch.float64, device=info.device)
             tasks = TaskLosses(info.device)
             load_s = 0.0
             for micro in range(config.grad_accum):
@@ -328,7 +329,8 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
                 ):
                     out = wrapped(batch)
                     loss = out["loss"] / config.grad_accum
-                sums["flops"] += flop_counter.count(out)
+                counted = flop_counter.count_on_device(out)
+                flops = flops if counted is None else flops + counted
                 tasks.add(out, batch.tasks)
                 loss.backward()
                 for key, value in out.items():
@@ -351,8 +353,15 @@ def train(config: TrainConfig, build: str, progress: bool = True) -> TrainResult
             result.steps_run += 1
             keys = sorted(part_sums)
             norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-            on_device = [*(part_sums[k] for k in keys), positions.double(), norm.detach().double()]
-            *losses, sums["positions"], grad_norm_value = torch.stack(on_device).tolist()
+            on_device = [
+                *(part_sums[k] for k in keys),
+                positions.double(),
+                flops,
+                norm.detach().double(),
+            ]
+            *losses, sums["positions"], sums["flops"], grad_norm_value = torch.stack(
+                on_device
+            ).tolist()
             # Loss averaged over ranks, so the log does not depend on which rank writes it.
             local = losses + list(sums.values())
             reduced = all_sum(local + tasks.values(), info)
