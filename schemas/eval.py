@@ -13,7 +13,9 @@ entry per task present in the shards, each with `samples` and the metrics of its
 * s2t_chat: `loss_per_token` (teacher-forced text cross-entropy, nats) over `tokens`;
 * tts / instruct_tts / s2s_chat / s2s_style_chat: `top1_accuracy` and `perplexity` of the speech
   tokens under teacher forcing, over `tokens`;
-* duplex: `f1.<event type>.<K>` (`$defs/f1`) and `frame_accuracy`.
+* duplex: `f1.<event type>.<K>` (`$defs/f1`), `frame_accuracy`, `backchannels` (the reference
+  user back-channels) and, when there are any, `backchannel_accuracy.<K>`: the share of them at
+  which the predictor does not stop within K frames (minmo/duplex/evaluate.py).
 
 Every rate and count is computed from pooled counts, never a mean of per-sample rates.
 """
@@ -141,6 +143,12 @@ EVAL_JSON_SCHEMA: dict[str, Any] = {
                     "frame_accuracy": _UNIT,
                     "frames": _COUNT,
                     "hop_s": {"type": "number", "exclusiveMinimum": 0},
+                    "backchannels": _COUNT,
+                    "backchannel_accuracy": {
+                        "type": "object",
+                        "description": "K (prediction steps) -> share of back-channels kept",
+                        "additionalProperties": _UNIT,
+                    },
                     "f1": {
                         "type": "object",
                         "description": "event type -> K (prediction steps) -> positive F1",

@@ -30,7 +30,10 @@ Pipeline, for float32 audio (channels, samples) at 16 kHz, downmixed to mono by 
    or two never alternate (fewer than `min_speaker_changes` speaker changes: one voice whose
    language or channel changes mid-recording splits exactly like that), the recording is
    refused as `single_speaker`, unless the hints say one speaker is expected (num_speakers=1 or
-   max_speakers=1). Fewer voices than the hints' lower bound (min_speakers or num_speakers,
+   max_speakers=1), or a second look finds a brief voice: a speech region of at least
+   `min_brief_speaker_s` whose whole-region embedding is less than `brief_voice_similarity`
+   alike to the rest of the speech (1 s of a second voice is a single embedding window, too few
+   to cluster). Fewer voices than the hints' lower bound (min_speakers or num_speakers,
    when >= 2 voices were found) is `indistinct_speakers`, naming what merged or was dropped.
 5. Labels: every 10 ms speech frame takes the speaker whose centroid its covering windows are
    most similar to on average; label runs shorter than `min_turn_s` inside a region are absorbed
@@ -128,6 +131,13 @@ class OfflineDiarizerConfig:
     """Below this raw-centroid cosine similarity a brief voice is a different person. Measured:
     the brief second clusters that a forced split of one voice gives were 0.82-0.90 alike to
     the main one (14 real single-speaker clips); a real 1.5 s second voice was 0.50-0.52."""
+    brief_voice_similarity: float = 0.60
+    """A speech region of at least min_brief_speaker_s whose own embedding (the whole region as
+    one window) is less alike than this to the rest of the recording's speech is another
+    person's, even when the window clustering saw one voice: 1 s of a second voice is one
+    embedding window, too few to form a cluster. Measured on real readers: 1.0-1.1 s of a
+    second voice, at 0 and -15 dB, was 0.42-0.57 alike to the rest; regions of one voice were
+    0.66 or more (14 single-voice clips, an English -> German change of language included)."""
     new_speaker_similarity: float = 0.83
     """Estimating the count (no num_speakers hint): one more cluster is one more speaker only if it
     is less alike than this to every other. Stricter than same_voice_similarity because a third
@@ -318,6 +328,26 @@ class OfflineDiarizer:
         reliable = self._reliable(windows)
         if high == 1:
             return self._one_speaker(embeddings, region_frames)
+        try:
+            return self._several(embeddings, reliable, windows, region_frames, low, high)
+        except DiarizationRejected as refused:
+            if refused.reason != "single_speaker" or low > 2:
+                raise
+            segments = self._brief_voice(mels, region_frames)
+            if not segments:
+                raise
+            return segments
+
+    def _several(
+        self,
+        embeddings: np.ndarray,
+        reliable: np.ndarray,
+        windows: _Windows,
+        region_frames: list[tuple[int, int]],
+        low: int,
+        high: int,
+    ) -> list[SpeakerSegment]:
+        """Steps 3-5 of the module docstring: cluster the windows, label the frames."""
         if len(reliable) < 2 * _MIN_CLUSTER_SIZE:
             raise DiarizationRejected(
                 "single_speaker",
@@ -479,6 +509,47 @@ class OfflineDiarizer:
             for label, a, b, confidence in pieces
         ]
         return merge_close(segments, config.max_gap_s), names
+
+    def _brief_voice(
+        self, mels: Tensor, region_frames: list[tuple[int, int]]
+    ) -> list[SpeakerSegment]:
+        """The refusal's second look (see brief_voice_similarity): each region of at least
+        min_brief_speaker_s is embedded whole and compared with the duration-weighted mean of
+        every other region. Regions less alike than brief_voice_similarity are the second
+        voice (of two regions unlike each other, the less typical one); shorter regions then go
+        to the nearer of the two voices. Returns [] when there are none. The speaker-change
+        count is not asked for: one brief turn at the very end of a call is one change, and such
+        a voice is far more distinct than a drifting one."""
+        config = self.config
+        if len(region_frames) < 2:
+            return []
+        with torch.inference_mode():
+            whole = self._encoder.embed([mels[a:b] for a, b in region_frames])
+        regions = _unit(np.asarray(whole))
+        frames = np.array([b - a for a, b in region_frames], dtype=np.float64)
+        sims = np.empty(len(regions))
+        for index in range(len(regions)):
+            rest = np.delete(regions, index, axis=0) * np.delete(frames, index)[:, None]
+            sims[index] = float(regions[index] @ _unit(rest.sum(0)))
+        long_enough = frames * FRAME_S >= config.min_brief_speaker_s
+        brief = long_enough & (sims < config.brief_voice_similarity)
+        if brief.all():  # two regions, each unlike the other: the more typical one is the main
+            brief[int(np.argmax(sims))] = False
+        if not brief.any():
+            return []
+        main = _unit((regions[~brief] * frames[~brief, None]).sum(0))
+        other = _unit((regions[brief] * frames[brief, None]).sum(0))
+        # Regions too short to judge alone go to whichever voice they are nearer.
+        brief |= ~long_enough & (regions @ other > regions @ main)
+        first_is_brief = bool(brief[0])
+        segments = []
+        for index, (a, b) in enumerate(region_frames):
+            own, rival = (other, main) if brief[index] else (main, other)
+            margin = float(regions[index] @ own - regions[index] @ rival)
+            speaker = "spk0" if bool(brief[index]) == first_is_brief else "spk1"
+            confidence = float(np.clip(margin / config.margin_scale, 0.0, 1.0))
+            segments.append(SpeakerSegment(speaker, 0, _seconds(a), _seconds(b), confidence))
+        return merge_close(segments, config.max_gap_s)
 
     def _one_speaker(
         self, embeddings: np.ndarray, region_frames: list[tuple[int, int]]

@@ -13,7 +13,8 @@ kind of answer it has:
                    the voice token LM under teacher forcing
     duplex         positive F1 at K = 1, 5, 10 of the turn-taking events the predictor's
                    per-frame argmax states, against the shard's labels
-                   (minmo.duplex.evaluate.score_samples), and frame accuracy
+                   (minmo.duplex.evaluate.score_samples), frame accuracy, and back-channel
+                   accuracy at the user back-channels the shard's meta lists (`backchannel_s`)
 
 and writes eval.json (schemas/eval.py) through pyarrow.fs, so CHECKPOINT and `--out` may be
 object-store URIs (an export on a store is copied once into minmo's local cache, as model
@@ -92,6 +93,7 @@ from minmo.model.minmo import SHARDS_OF_STAGE
 from minmo.train.config import ModelSpec
 from minmo.train.data import Batcher, Budget, ShardIndex
 from minmo.train.distributed import DistInfo, barrier, init_distributed
+from schemas.duplex import EventType
 from schemas.eval import EVAL_VERSION, validate_eval
 from schemas.shards import index_path
 from schemas.tasks import STAGE_TASKS
@@ -319,12 +321,18 @@ class TaskScore:
         (hop,) = self.hops
         assert self.duplex is not None  # a hop was seen, so a sample was scored
         f1 = duplex_f1_table(self.duplex, DEFAULT_KS)
-        return {
+        out: dict[str, Any] = {
             "f1": f1,
             "frame_accuracy": self.correct / self.tokens if self.tokens else 0.0,
             "frames": self.tokens,
             "hop_s": hop,
+            "backchannels": self.duplex.backchannel[DEFAULT_KS[0]][1],
         }
+        if out["backchannels"]:  # no reference back-channel: no accuracy to state
+            out["backchannel_accuracy"] = {
+                str(k): self.duplex.backchannel_accuracy(k) for k in DEFAULT_KS
+            }
+        return out
 
 
 @dataclass
@@ -370,6 +378,10 @@ class EvalResult:
             for event, per_k in r.get("f1", {}).items():
                 cells = "  ".join(f"F1@{k} {v['f1']:.3f}" for k, v in per_k.items())
                 lines.append(f"    {event:<24} {cells}")
+            if "backchannel_accuracy" in r:
+                cells = "  ".join(f"@{k} {v:.3f}" for k, v in r["backchannel_accuracy"].items())
+                lines.append(f"    {'back-channel accuracy':<24} {cells}")
+                lines[-1] += f"  ({r['backchannels']} back-channels)"
         return "\n".join(lines)
 
 
@@ -423,10 +435,13 @@ def _score_batch(
             score.correct += int((pred == ref).sum())
             # Scored per sample (events match within a sample only), so counts pool by summing.
             key = sample["key"]
+            # Back-channels leave no trace in the labels: the shard's meta carries their times.
+            said = (sample["json"].get("provenance") or {}).get("backchannel_s") or []
+            backchannels = [(EventType.USER_BACKCHANNEL, float(t)) for t in said]
             score.add_duplex(
                 score_samples(
                     {key: (duplex_events(pred, hop), pred)},
-                    {key: (duplex_events(ref, hop), ref)},
+                    {key: (duplex_events(ref, hop) + backchannels, ref)},
                     hop,
                     DEFAULT_KS,
                 )

@@ -787,7 +787,9 @@ class StageBuilder:
 
     def _stage4(self) -> Iterator[dict[str, Any]]:
         """One duplex sample per frame_labels row: the user's stream as input (schemas/duplex.py
-        says what that is), the frame labels as target, the assistant activity as a member."""
+        says what that is), the frame labels as target, the assistant activity as a member;
+        the user's back-channel times ride in the meta (`backchannel_s`) for `minmo eval`."""
+        backchannels = sources.backchannel_times(self.build, self.view)
         for row in sources.iter_rows(self.build, "frame_labels", None, self.view):
             rec = self.recs.get(row["recording_id"])
             if rec is None:
@@ -827,6 +829,7 @@ class StageBuilder:
                     assistant_speaker=row["assistant_speaker"],
                     user_channel=user_channel,
                     label_hop_s=float(row["hop_s"]),
+                    backchannel_s=backchannels.get(sid, []),
                 ),
                 # The user's channel of a multi-channel call; the whole file of a mono one.
                 input_audio=audio_ref(

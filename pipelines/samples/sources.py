@@ -31,6 +31,7 @@ import pyarrow.dataset as pads
 from minmo.io.channel_uri import map_channels
 from pipelines.build import BuildDir
 from schemas import CONTRACTS
+from schemas.duplex import EventType
 
 BATCH_ROWS = 8192
 
@@ -235,6 +236,17 @@ def model_labels(build: BuildDir, view: TableView = None) -> dict[str, ModelLabe
             confidence={name: _float(row.get(f"{name}_confidence")) for name in ANNOTATION_LABELS},
         )
     return out
+
+
+def backchannel_times(build: BuildDir, view: TableView = None) -> dict[str, list[float]]:
+    """Duplex sample_id -> the times (s, ascending) of its user back-channels, from the events
+    table: the frame labels carry no trace of them (they lie inside keep_speaking), so a
+    stage-4 sample takes them along for `minmo eval`'s back-channel accuracy."""
+    out: dict[str, list[float]] = {}
+    for row in iter_rows(build, "events", ["sample_id", "event_type", "time_s"], view):
+        if row["event_type"] == EventType.USER_BACKCHANNEL.value:
+            out.setdefault(row["sample_id"], []).append(round(float(row["time_s"]), 3))
+    return {sid: sorted(times) for sid, times in out.items()}
 
 
 def _resolve(uri: str, base: Path) -> str:

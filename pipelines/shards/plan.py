@@ -58,6 +58,7 @@ VIEW_TABLES = (
     "s2s_samples",
     "turns",
     "frame_labels",
+    "events",  # stage 4's user back-channel times (label-turns writes them beside frame_labels)
     "annotations",
 )
 # Tables another step adds to a unit after the fact (`annotate`'s labels of one unit's segments,

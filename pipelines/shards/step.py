@@ -290,6 +290,11 @@ class ShardWriter:
         shard = int(rows[0]["shard"])
         split = rows[0].get("split") or ""  # one split per shard: the layout is per split
         unit = shard_unit(self.p.stage, self.p.generation, shard)
+        if self.ledger.is_done(unit):
+            # A retry of a group already committed: Ray re-runs a finished task whose output
+            # was lost with its node. The commit stands as written; the shard is not redone.
+            committed = self.build.read_json(f"{self.ledger.done_dir}/{unit}.json")
+            return pa.table({"unit": [unit], "marker": [json.dumps(committed)]})
         entries: list[dict[str, Any]] = []
         tasks: dict[str, dict[str, Any]] = {}
         quarantine: list[dict[str, Any]] = []

@@ -40,7 +40,8 @@ LOWER_IS_BETTER = ("wer", "cer", "loss_per_token", "perplexity")
 def headline(task: dict[str, Any]) -> dict[str, float]:
     """A task's figures of eval.json as flat names: `wer`, `cer`, `hotword_recall`,
     `accuracy`, `bleu`, `chrf`, `loss_per_token`, `top1_accuracy`, `perplexity`,
-    `frame_accuracy` and `f1.<event>@<K>` (duplex), whichever the task has."""
+    `frame_accuracy`, `f1.<event>@<K>` and `backchannel_accuracy@<K>` (duplex), whichever the
+    task has."""
     out: dict[str, float] = {}
     for name in ("wer", "cer"):
         if name in task:
@@ -53,6 +54,9 @@ def headline(task: dict[str, Any]) -> dict[str, float]:
     for event, per_k in sorted((task.get("f1") or {}).items()):
         for k, score in sorted(per_k.items(), key=lambda item: int(item[0])):
             out[f"f1.{event}@{k}"] = float(score["f1"])
+    kept = task.get("backchannel_accuracy") or {}
+    for k, share in sorted(kept.items(), key=lambda item: int(item[0])):
+        out[f"backchannel_accuracy@{k}"] = float(share)
     return out
 
 

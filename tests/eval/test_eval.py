@@ -80,7 +80,9 @@ def _duplex(tokenizer: Any, n: int, seed: int = 0) -> list[dict[str, Any]]:
         labels[speak] = 1
         labels[speak + 1 : speak + 7] = 2
         labels[speak + 7] = 3
-        meta = {"label_hop_s": HOP_S, "n_labels": 20, "language": None}
+        # A user back-channel inside the assistant's turn, 3 frames before the user takes over.
+        backchannel = {"backchannel_s": [round((speak + 3) * HOP_S, 3)]}
+        meta = {"label_hop_s": HOP_S, "n_labels": 20, "language": None, "provenance": backchannel}
         sample = _chat(tokenizer, f"duplex-{i:03d}", "stage4", "duplex", messages, **meta)
         sample["flac"] = _noise(rng, 20 * HOP_S)
         sample["labels.npy"] = labels
@@ -213,6 +215,8 @@ def test_every_kind_of_task_lands_in_a_valid_eval_json(tmp_path: Path, tokenizer
     assert sorted(f1) == ["assistant_turn_taking", "user_turn_taking"]
     assert f1["assistant_turn_taking"]["5"]["reference"] == 2
     assert tasks["duplex"]["frames"] == 40
+    assert tasks["duplex"]["backchannels"] == 2
+    assert all(0 <= v <= 1 for v in tasks["duplex"]["backchannel_accuracy"].values())
 
 
 @pytest.mark.slow
@@ -258,3 +262,8 @@ def test_overfit_duplex_then_eval_reports_high_f1(tmp_path: Path, tokenizer: Any
     for event in ("assistant_turn_taking", "user_turn_taking"):
         assert duplex["f1"][event]["5"]["reference"] == 4
         assert duplex["f1"][event]["5"]["f1"] >= 0.9, duplex
+    # Within 1 frame of each back-channel the memorised labels keep speaking; 10 frames on,
+    # they reach the user's turn (a stop 3 frames after it), so K = 10 counts them as stopped.
+    assert duplex["backchannels"] == 4
+    assert duplex["backchannel_accuracy"]["1"] == 1.0, duplex
+    assert duplex["backchannel_accuracy"]["10"] == 0.0, duplex

@@ -160,10 +160,18 @@ def test_stage3_and_stage4_samples_match_their_tables(demo: dict[str, Any]) -> N
     recordings = {r["recording_id"]: r for r in read_table(build, "recordings").to_pylist()}
     samples = _samples(_stage(demo, "stage4"))
     assert len(samples) == len(labels)
+    backchannels: dict[str, list[float]] = {}
+    for event in read_table(build, "events").to_pylist():
+        if event["event_type"] == "user_backchannel":
+            backchannels.setdefault(event["sample_id"], []).append(round(event["time_s"], 3))
+    said = sum(len(json.loads(s["json"])["provenance"]["backchannel_s"]) for s in samples)
+    assert said == sum(map(len, backchannels.values())) > 0  # each back-channel, once
     for sample in samples:
         meta = json.loads(sample["json"])
         row = labels[meta["provenance"]["sample_id"]]
         assert np.load(io.BytesIO(sample["labels.npy"])).tolist() == row["labels"]
+        expected = sorted(backchannels.get(row["sample_id"], []))
+        assert meta["provenance"]["backchannel_s"] == expected
         activity = np.load(io.BytesIO(sample["assistant_activity.npy"])).tolist()
         assert activity == row["assistant_activity"]
         # The user's stream: one channel, the user's on a multi-channel call.
