@@ -31,7 +31,7 @@ Pipeline, for float32 audio (channels, samples) at 16 kHz, downmixed to mono by 
    language or channel changes mid-recording splits exactly like that), the recording is
    refused as `single_speaker`, unless the hints say one speaker is expected (num_speakers=1 or
    max_speakers=1), or a second look finds a brief voice: a speech region of at least
-   `min_brief_speaker_s` whose whole-region embedding is less than `brief_voice_similarity`
+   `min_brief_speaker_s` whose mean embedding is less than `brief_voice_similarity`
    alike to the rest of the speech (1 s of a second voice is a single embedding window, too few
    to cluster). Fewer voices than the hints' lower bound (min_speakers or num_speakers,
    when >= 2 voices were found) is `indistinct_speakers`, naming what merged or was dropped.
@@ -131,13 +131,14 @@ class OfflineDiarizerConfig:
     """Below this raw-centroid cosine similarity a brief voice is a different person. Measured:
     the brief second clusters that a forced split of one voice gives were 0.82-0.90 alike to
     the main one (14 real single-speaker clips); a real 1.5 s second voice was 0.50-0.52."""
-    brief_voice_similarity: float = 0.60
-    """A speech region of at least min_brief_speaker_s whose own embedding (the whole region as
-    one window) is less alike than this to the rest of the recording's speech is another
-    person's, even when the window clustering saw one voice: 1 s of a second voice is one
-    embedding window, too few to form a cluster. Measured on real readers: 1.0-1.1 s of a
-    second voice, at 0 and -15 dB, was 0.42-0.57 alike to the rest; regions of one voice were
-    0.66 or more (14 single-voice clips, an English -> German change of language included)."""
+    brief_voice_similarity: float = 0.70
+    """A speech region of at least min_brief_speaker_s whose embedding (the mean of its windows'
+    d-vectors, as Resemblyzer embeds an utterance) is less alike than this to the rest of the
+    recording's speech is another person's, even when the window clustering saw one voice: 1 s
+    of a second voice is one embedding window, too few to form a cluster. Measured on real
+    readers: 1.0 s of a second voice, at 0 and -15 dB, was 0.48-0.63 alike to the rest; regions
+    of one voice were 0.78 or more (7 single-voice clips, an English -> German change of language
+    included)."""
     new_speaker_similarity: float = 0.83
     """Estimating the count (no num_speakers hint): one more cluster is one more speaker only if it
     is less alike than this to every other. Stricter than same_voice_similarity because a third
@@ -333,7 +334,7 @@ class OfflineDiarizer:
         except DiarizationRejected as refused:
             if refused.reason != "single_speaker" or low > 2:
                 raise
-            segments = self._brief_voice(mels, region_frames)
+            segments = self._brief_voice(embeddings, windows, region_frames)
             if not segments:
                 raise
             return segments
@@ -511,21 +512,23 @@ class OfflineDiarizer:
         return merge_close(segments, config.max_gap_s), names
 
     def _brief_voice(
-        self, mels: Tensor, region_frames: list[tuple[int, int]]
+        self, embeddings: np.ndarray, windows: _Windows, region_frames: list[tuple[int, int]]
     ) -> list[SpeakerSegment]:
-        """The refusal's second look (see brief_voice_similarity): each region of at least
-        min_brief_speaker_s is embedded whole and compared with the duration-weighted mean of
-        every other region. Regions less alike than brief_voice_similarity are the second
-        voice (of two regions unlike each other, the less typical one); shorter regions then go
-        to the nearer of the two voices. Returns [] when there are none. The speaker-change
-        count is not asked for: one brief turn at the very end of a call is one change, and such
-        a voice is far more distinct than a drifting one."""
+        """The refusal's second look (see brief_voice_similarity), from the window embeddings
+        already computed: each region of at least min_brief_speaker_s, as the mean of its
+        windows, is compared with the duration-weighted mean of every other region. Regions
+        less alike than brief_voice_similarity are the second voice (of two regions unlike each
+        other, the less typical one); shorter regions then go to the nearer of the two voices.
+        Returns [] when there are none. The speaker-change count is not asked for: one brief
+        turn at the very end of a call is one change, and such a voice is far more distinct
+        than a drifting one."""
         config = self.config
         if len(region_frames) < 2:
             return []
-        with torch.inference_mode():
-            whole = self._encoder.embed([mels[a:b] for a, b in region_frames])
-        regions = _unit(np.asarray(whole))
+        units = _unit(np.asarray(embeddings))
+        regions = _unit(
+            np.stack([units[windows.region == i].mean(0) for i in range(len(region_frames))])
+        )
         frames = np.array([b - a for a, b in region_frames], dtype=np.float64)
         sims = np.empty(len(regions))
         for index in range(len(regions)):
