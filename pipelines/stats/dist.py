@@ -8,9 +8,12 @@ enough for a report, within a bin or two).
 
 Reproducible: stats.json is diffed by analysts, so a rerun on the same build must give the same
 bytes. DuckDB adds a column's rows in whatever order its threads finish, which moves a float
-sum's last bits and a t-digest's merges; so sums that reach stats.json go through `exact_sum`
-(an integer sum of fixed-point values), and the moments query (with its quantiles) runs on one
-thread, which feeds rows in file order. Everything is rounded (6 decimals) after that.
+sum's last bits and a t-digest's merges; so every sum and mean that reaches stats.json goes
+through `exact_sum` (an integer sum of fixed-point values), and the moments query (with its
+quantiles) runs on one thread, which feeds rows in file order. Everything is rounded (6
+decimals) after that. One thread is not enough for a sum: a build resumed after a crash may
+hold the same rows in other part files, in another order (the chaos bench saw a `sum` differ
+in its last decimal that way), and a float sum then rounds the other way.
 Must not: pull rows into Python; every function returns only aggregates.
 """
 
@@ -140,7 +143,9 @@ def _groups(
         moments = con.execute(
             f"""
             SELECT {key} AS k, count(*) FILTER (WHERE __v IS NOT NULL),
-                   count(*) FILTER (WHERE __v IS NULL), sum(__v), avg(__v), min(__v), max(__v),
+                   count(*) FILTER (WHERE __v IS NULL), {exact_sum("__v")},
+                   {exact_sum("__v")} / nullif(count(*) FILTER (WHERE isfinite(__v)), 0),
+                   min(__v), max(__v),
                    approx_quantile(__v, [{qs}])
             FROM (SELECT CAST(({column}) AS DOUBLE) AS __v, * FROM {relation}) GROUP BY k
             """
