@@ -530,10 +530,9 @@ class OfflineDiarizer:
             np.stack([units[windows.region == i].mean(0) for i in range(len(region_frames))])
         )
         frames = np.array([b - a for a, b in region_frames], dtype=np.float64)
-        sims = np.empty(len(regions))
-        for index in range(len(regions)):
-            rest = np.delete(regions, index, axis=0) * np.delete(frames, index)[:, None]
-            sims[index] = float(regions[index] @ _unit(rest.sum(0)))
+        weighted = regions * frames[:, None]
+        rest = _unit(weighted.sum(0) - weighted)  # row i: every region but i, by duration
+        sims = np.einsum("ij,ij->i", regions, rest)
         long_enough = frames * FRAME_S >= config.min_brief_speaker_s
         brief = long_enough & (sims < config.brief_voice_similarity)
         if brief.all():  # two regions, each unlike the other: the more typical one is the main
