@@ -525,10 +525,9 @@ class OfflineDiarizer:
         config = self.config
         if len(region_frames) < 2:
             return []
-        units = _unit(np.asarray(embeddings))
-        regions = _unit(
-            np.stack([units[windows.region == i].mean(0) for i in range(len(region_frames))])
-        )
+        sums = np.zeros((len(region_frames), embeddings.shape[1]))
+        np.add.at(sums, windows.region, _unit(np.asarray(embeddings)))  # one pass over windows
+        regions = _unit(sums)  # the unit mean of each region's windows
         frames = np.array([b - a for a, b in region_frames], dtype=np.float64)
         weighted = regions * frames[:, None]
         rest = _unit(weighted.sum(0) - weighted)  # row i: every region but i, by duration

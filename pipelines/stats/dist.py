@@ -144,8 +144,7 @@ def _groups(
             f"""
             SELECT {key} AS k, count(*) FILTER (WHERE __v IS NOT NULL),
                    count(*) FILTER (WHERE __v IS NULL), {exact_sum("__v")},
-                   {exact_sum("__v")} / nullif(count(*) FILTER (WHERE isfinite(__v)), 0),
-                   min(__v), max(__v),
+                   count(*) FILTER (WHERE isfinite(__v)), min(__v), max(__v),
                    approx_quantile(__v, [{qs}])
             FROM (SELECT CAST(({column}) AS DOUBLE) AS __v, * FROM {relation}) GROUP BY k
             """
@@ -159,7 +158,8 @@ def _groups(
     ).fetchall()
     n_bins = len(bins.edges) - 1
     groups: dict[str, dict[str, Any]] = {}
-    for k, n, nulls, total, mean, lo, hi, quant in moments:
+    for k, n, nulls, total, finite, lo, hi, quant in moments:
+        mean = total / finite if finite else None  # exact sum over the values it adds
         groups[_name(k)] = {
             **_empty(n_bins, weight is not None),
             "n": int(n),
